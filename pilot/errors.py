@@ -1,0 +1,90 @@
+"""Exit codes and the pilot's exception tree.
+
+Every error the pilot raises on purpose derives from :class:`PilotError` and knows
+the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
+
+    PilotError
+    ├── UsageError              bad command line or configuration
+    ├── JDLError                malformed or invalid job description (pilot.jdl)
+    ├── ServerError             the matcher answered with an error
+    │   ├── ServerUnreachable   transport failure after all retries
+    │   └── AuthError           401/403 from the matcher
+    ├── CheckFailed             a required environment check failed
+    ├── CredentialError         missing, unreadable or expired proxy/token
+    ├── SandboxError            input sandbox could not be fetched or was rejected
+    │   └── DiskFullError       no space left while staging
+    └── PayloadFailed           a local-mode job ended in a non-zero status
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``pilot`` and ``pilot-stub``; documented in the README."""
+
+    OK = 0
+    INTERNAL = 1  # a bug: unexpected exception (a traceback is logged)
+    USAGE = 2  # bad command line or configuration file
+    JDL_INVALID = 10  # job description does not parse or is semantically invalid
+    SERVER_UNREACHABLE = 20  # matcher not reachable after retries
+    SERVER_ERROR = 21  # matcher answered with an error
+    AUTH = 22  # matcher refused our credentials
+    CHECK_FAILED = 30  # a required environment check failed: node not fit
+    CREDENTIALS = 31  # proxy/token missing, unreadable or expired
+    SANDBOX = 40  # sandbox could not be staged (download, checksum, rejected)
+    DISK_FULL = 41  # no space left on the work directory
+    JOB_FAILED = 50  # local mode: the payload failed
+    SIGNALLED = 60  # pilot stopped by SIGTERM/SIGINT/SIGUSR1/SIGXCPU
+    DRAINED = 61  # pilot stopped taking work because of the drain file
+
+
+class PilotError(Exception):
+    """Base of every error the pilot raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class UsageError(PilotError):
+    exit_code = ExitCode.USAGE
+
+
+class ServerError(PilotError):
+    exit_code = ExitCode.SERVER_ERROR
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerUnreachable(ServerError):
+    exit_code = ExitCode.SERVER_UNREACHABLE
+
+
+class AuthError(ServerError):
+    exit_code = ExitCode.AUTH
+
+
+class CheckFailed(PilotError):
+    exit_code = ExitCode.CHECK_FAILED
+
+
+class CredentialError(PilotError):
+    exit_code = ExitCode.CREDENTIALS
+
+
+class SandboxError(PilotError):
+    exit_code = ExitCode.SANDBOX
+
+
+class DiskFullError(SandboxError):
+    exit_code = ExitCode.DISK_FULL
+
+
+class PayloadFailed(PilotError):
+    exit_code = ExitCode.JOB_FAILED
+
+
+class Signalled(PilotError):
+    exit_code = ExitCode.SIGNALLED
