@@ -16,10 +16,13 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "system-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || { echo "system-deps: apt-get install failed" >&2; exit 1; }
-# Debian starts services on install; our tests run their own private instances.
-for svc in munge slurmctld slurmd mariadb; do
-    systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
-done
+# Debian starts services on install; our tests run their own private instances,
+# so forbid starting any service while installing (policy-rc.d exit 101).
+policy=/usr/sbin/policy-rc.d
+had_policy=0; [ -e "$policy" ] && had_policy=1
+[ $had_policy = 1 ] || { printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; }
+rc=0
+apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=1
+[ $had_policy = 1 ] || rm -f "$policy"
+[ $rc = 0 ] || { echo "system-deps: apt-get install failed" >&2; exit 1; }
 exit 0
