@@ -1,0 +1,326 @@
+"""The matcher stub as a WSGI application (standard library only).
+
+Routes are shaped after DiracX's REST API; see ARCHITECTURE.md and the README. Pilot
+calls that change a job carry that job's token in the ``X-Job-Token`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO
+
+from pilot import jdl
+from server_stub.sandboxes import SandboxStore
+from server_stub.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+JSON = Any
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: JSON = None
+    stream: BinaryIO | None = None
+    length: int | None = None
+    content_type: str = "application/json"
+
+
+_REASONS = {
+    200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+    411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    environ: Environ
+
+    def json(self, max_bytes: int = 64 << 20) -> JSON:
+        length = int(self.headers.get("content-length") or 0)
+        if length > max_bytes:
+            raise StoreError("request body too large", 413)
+        raw = self.environ["wsgi.input"].read(length) if length else b""
+        try:
+            return json.loads(raw or b"null")
+        except ValueError as exc:
+            raise StoreError(f"body is not JSON: {exc}") from None
+
+    @property
+    def job_token(self) -> str | None:
+        return self.headers.get("x-job-token")
+
+
+Handler = Callable[..., Response]
+
+
+class StubApp:
+    """WSGI callable: ``StubApp(store, sandboxes)``."""
+
+    def __init__(self, store: Store, sandboxes: SandboxStore, max_parametric: int = 1000) -> None:
+        self.store = store
+        self.sandboxes = sandboxes
+        self.max_parametric = max_parametric
+        self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("POST", re.compile(r"/api/jobs/jdl"), self.submit),
+            ("GET", re.compile(r"/api/jobs"), self.list_jobs),
+            ("POST", re.compile(r"/api/jobs/match"), self.match),
+            ("PATCH", re.compile(r"/api/jobs/status"), self.set_status),
+            ("PATCH", re.compile(r"/api/jobs/heartbeat"), self.heartbeat),
+            ("GET", re.compile(r"/api/jobs/(\d+)"), self.get_job),
+            ("GET", re.compile(r"/api/jobs/(\d+)/jdl"), self.get_jdl),
+            ("GET", re.compile(r"/api/jobs/(\d+)/logging"), self.logging_info),
+            ("POST", re.compile(r"/api/jobs/(\d+)/kill"), self.kill),
+            ("DELETE", re.compile(r"/api/jobs/(\d+)"), self.delete),
+            ("PATCH", re.compile(r"/api/jobs/(\d+)/sandbox/output"), self.attach_output),
+            ("GET", re.compile(r"/api/jobs/(\d+)/sandbox/output"), self.get_output),
+            ("PUT", re.compile(r"/api/sandboxes/([0-9a-f]{64})"), self.put_sandbox),
+            ("GET", re.compile(r"/api/sandboxes/([0-9a-f]{64})"), self.get_sandbox),
+            ("POST", re.compile(r"/api/pilots"), self.register_pilot),
+            ("GET", re.compile(r"/api/pilots"), self.list_pilots),
+            ("PUT", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.put_pilot_log),
+            ("GET", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.get_pilot_log),
+            ("PUT", re.compile(r"/api/files/(LFN:.+)"), self.put_file),
+            ("GET", re.compile(r"/api/files/(LFN:.+)"), self.get_file),
+        ]
+
+    # -- WSGI plumbing ------------------------------------------------------------------
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        request = _request(environ)
+        try:
+            response = self.dispatch(request)
+        except StoreError as exc:
+            response = Response(exc.status, {"detail": str(exc)})
+        except jdl.JDLError as exc:
+            response = Response(400, {"detail": f"invalid JDL: {exc}"})
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = Response(500, {"detail": "internal server error"})
+        return _send(response, environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        allowed = False
+        for method, pattern, handler in self.routes:
+            found = pattern.fullmatch(request.path)
+            if found is None:
+                continue
+            if method != request.method:
+                allowed = True
+                continue
+            return handler(request, *found.groups())
+        if allowed:
+            return Response(405, {"detail": f"{request.method} not allowed on {request.path}"})
+        return Response(404, {"detail": f"no route {request.path}"})
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> Response:
+        body = request.json()
+        texts = [body] if isinstance(body, str) else body
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise StoreError("body must be a JDL string or a list of JDL strings")
+        expanded = []
+        for text in texts:
+            expanded.extend(jdl.expand(jdl.parse(text), self.max_parametric))
+        for attrs in expanded:  # validate all before storing any
+            jdl.JobDescription.from_attrs(attrs)
+        owner = request.headers.get("x-user")
+        ids = [self.store.submit(attrs, owner) for attrs in expanded]
+        return Response(200, [{"JobID": i, "Status": "Waiting"} for i in ids])
+
+    def list_jobs(self, request: Request) -> Response:
+        return Response(200, self.store.jobs(request.query.get("status")))
+
+    def get_job(self, request: Request, job_id: str) -> Response:
+        return Response(200, self.store.job(int(job_id)))
+
+    def get_jdl(self, request: Request, job_id: str) -> Response:
+        return Response(200, {"jdl": self.store.jdl_of(int(job_id))})
+
+    def logging_info(self, request: Request, job_id: str) -> Response:
+        return Response(200, self.store.history(int(job_id)))
+
+    def kill(self, request: Request, job_id: str) -> Response:
+        return Response(200, {"job_id": int(job_id), "result": self.store.kill(int(job_id))})
+
+    def delete(self, request: Request, job_id: str) -> Response:
+        self.store.delete(int(job_id))
+        return Response(200, {"job_id": int(job_id), "result": "Deleted"})
+
+    # -- pilot side ---------------------------------------------------------------------
+
+    def match(self, request: Request) -> Response:
+        body = _object(request.json())
+        resources = _object(body.get("resources", {}))
+        pilot = str(body.get("pilot", "unknown"))
+        dry_run = bool(body.get("dry_run", False))
+        claim = self.store.match(resources, pilot, dry_run)
+        if dry_run:
+            found = None if claim is None else {"job_id": claim.job_id, "jdl": claim.jdl}
+            misses = self.store.near_misses(resources) if claim is None else []
+            return Response(200, {"match": found, "near_misses": misses})
+        if claim is None:
+            return Response(204)
+        log.info("job %d matched to pilot %s", claim.job_id, pilot)
+        return Response(200, {"job_id": claim.job_id, "jdl": claim.jdl, "token": claim.token})
+
+    def set_status(self, request: Request) -> Response:
+        body = _object(request.json())
+        done: dict[str, int] = {}
+        for job_id, updates in body.items():
+            jid = _job_id(job_id)
+            self.store.check_token(jid, request.job_token)
+            for stamp, update in sorted(_object(updates).items()):
+                self.store.set_status(jid, _object(update), _timestamp(stamp))
+            done[str(jid)] = len(updates)
+        return Response(200, {"success": done})
+
+    def heartbeat(self, request: Request) -> Response:
+        body = _object(request.json())
+        commands = []
+        for job_id, data in body.items():
+            jid = _job_id(job_id)
+            self.store.check_token(jid, request.job_token)
+            for command in self.store.heartbeat(jid, _object(data)):
+                commands.append({"job_id": jid, "command": command})
+        return Response(200, commands)
+
+    def attach_output(self, request: Request, job_id: str) -> Response:
+        jid = int(job_id)
+        self.store.check_token(jid, request.job_token)
+        sha = str(_object(request.json()).get("sha256", ""))
+        if not self.sandboxes.exists(sha):
+            raise StoreError(f"no sandbox {sha}", 404)
+        self.store.attach_output(jid, sha)
+        return Response(200, {"job_id": jid, "sha256": sha})
+
+    def get_output(self, request: Request, job_id: str) -> Response:
+        fh, size = self.sandboxes.open(self.store.output_of(int(job_id)))
+        return Response(200, stream=fh, length=size, content_type="application/octet-stream")
+
+    def put_sandbox(self, request: Request, sha256: str) -> Response:
+        if self.sandboxes.exists(sha256):
+            _drain(request)
+            return Response(200, {"sha256": sha256, "existed": True})
+        length = request.headers.get("content-length")
+        size = self.sandboxes.put(
+            sha256, request.environ["wsgi.input"], int(length) if length else None
+        )
+        log.info("sandbox %s stored (%d bytes)", sha256[:12], size)
+        return Response(201, {"sha256": sha256, "size": size})
+
+    def get_sandbox(self, request: Request, sha256: str) -> Response:
+        fh, size = self.sandboxes.open(sha256)
+        return Response(200, stream=fh, length=size, content_type="application/octet-stream")
+
+    def register_pilot(self, request: Request) -> Response:
+        body = _object(request.json())
+        stamp = str(body.get("stamp") or "")
+        if not re.fullmatch(r"[\w.:@-]{1,128}", stamp):
+            raise StoreError("pilot stamp missing or malformed")
+        self.store.register_pilot(stamp, _object(body.get("info", {})))
+        return Response(200, {"stamp": stamp})
+
+    def list_pilots(self, request: Request) -> Response:
+        return Response(200, self.store.pilots())
+
+    def put_pilot_log(self, request: Request, stamp: str) -> Response:
+        text = _object(request.json()).get("log", "")
+        self.store.set_pilot_log(stamp, str(text))
+        return Response(200, {"stamp": stamp})
+
+    def get_pilot_log(self, request: Request, stamp: str) -> Response:
+        return Response(200, {"stamp": stamp, "log": self.store.pilot_log(stamp)})
+
+    def put_file(self, request: Request, lfn: str) -> Response:
+        body = _object(request.json())
+        sha = str(body.get("sha256", ""))
+        if not self.sandboxes.exists(sha):
+            raise StoreError(f"no stored content {sha}", 404)
+        self.store.put_file(lfn, sha, int(body.get("size", 0)))
+        return Response(200, {"lfn": lfn, "sha256": sha})
+
+    def get_file(self, request: Request, lfn: str) -> Response:
+        return Response(200, self.store.file(lfn))
+
+
+def _request(environ: Environ) -> Request:
+    headers = {
+        key[5:].replace("_", "-").lower(): value
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    }
+    for key in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+        if environ.get(key):
+            headers[key.replace("_", "-").lower()] = environ[key]
+    query = {}
+    for part in environ.get("QUERY_STRING", "").split("&"):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            query[k] = v
+    path = environ.get("PATH_INFO", "/")
+    return Request(environ["REQUEST_METHOD"], path, query, headers, environ)
+
+
+def _send(response: Response, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    status = f"{response.status} {_REASONS.get(response.status, 'Status')}"
+    if response.stream is not None:
+        headers = [("Content-Type", response.content_type)]
+        if response.length is not None:
+            headers.append(("Content-Length", str(response.length)))
+        start_response(status, headers)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None:
+            return wrapper(response.stream, 1 << 20)  # type: ignore[no-any-return]
+        return iter(lambda: response.stream.read(1 << 20), b"")  # type: ignore[union-attr]
+    data = b"" if response.status == 204 else json.dumps(response.body).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def _object(value: JSON) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise StoreError("expected a JSON object")
+    return value
+
+
+def _job_id(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise StoreError(f"bad job id {value!r}") from None
+
+
+def _timestamp(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise StoreError(f"bad timestamp {value!r}") from None
+
+
+def _drain(request: Request) -> None:
+    remaining = int(request.headers.get("content-length") or 0)
+    stream = request.environ["wsgi.input"]
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        remaining -= len(chunk)

@@ -1,0 +1,228 @@
+"""``pilot-stub``: run the matcher stub, and talk to it as a user would.
+
+    pilot-stub serve [--host H] [--port P] [--db FILE] [--url-file PATH]
+    pilot-stub submit FILE.jdl...          one job id per line
+    pilot-stub status ID... [--json]
+    pilot-stub logging-info ID
+    pilot-stub get-output ID --dir DIR     writes DIR/ID/
+    pilot-stub kill ID | delete ID
+    pilot-stub jobs [--status S] [--json]
+    pilot-stub pilots [--json] [--log STAMP]
+    pilot-stub put-file LFN PATH
+
+Errors are one line on stderr and a non-zero exit (see ``ExitCode``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pilot import archive, jdl
+from pilot.errors import ExitCode, PilotError, UsageError
+from server_stub.server import ServerSettings, StubServer
+from server_stub.userclient import UserClient
+
+log = logging.getLogger("server_stub")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pilot-stub", description="Matcher stub for pilot-agent")
+    parser.add_argument("--server", default=os.environ.get("PILOT_SERVER"), help="stub URL")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the stub")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0)
+    serve.add_argument("--db", type=Path, help="SQLite file (default: a temporary one)")
+    serve.add_argument("--sandbox-dir", type=Path, help="default: beside the database")
+    serve.add_argument("--url-file", type=Path, help="also write the base URL here")
+    serve.add_argument("--max-sandbox-mb", type=int, default=10240)
+    serve.add_argument("--max-parametric", type=int, default=1000)
+    serve.add_argument("--stalled-after", type=float, default=900.0,
+                       help="seconds without heartbeat before a job is Stalled")  # fmt: skip
+    serve.add_argument("--reap-interval", type=float, default=30.0)
+    serve.add_argument("--max-reschedules", type=int, default=3)
+    serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
+
+    sub.add_parser("submit", help="submit JDL files").add_argument("jdl", nargs="+", type=Path)
+    status = sub.add_parser("status", help="job status")
+    status.add_argument("ids", nargs="+", type=int)
+    status.add_argument("--json", action="store_true")
+    sub.add_parser("logging-info", help="status history").add_argument("id", type=int)
+    out = sub.add_parser("get-output", help="fetch the output sandbox")
+    out.add_argument("id", type=int)
+    out.add_argument("--dir", type=Path, default=Path("."))
+    sub.add_parser("kill", help="kill a job").add_argument("id", type=int)
+    sub.add_parser("delete", help="delete a job").add_argument("id", type=int)
+    jobs = sub.add_parser("jobs", help="list jobs")
+    jobs.add_argument("--status")
+    jobs.add_argument("--json", action="store_true")
+    pilots = sub.add_parser("pilots", help="list pilots and their checks")
+    pilots.add_argument("--json", action="store_true")
+    pilots.add_argument("--log", metavar="STAMP", help="print that pilot's uploaded log")
+    put = sub.add_parser("put-file", help="store a file in the catalogue under an LFN")
+    put.add_argument("lfn")
+    put.add_argument("path", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if not args.server:
+            raise UsageError("no server: give --server URL or set PILOT_SERVER")
+        with UserClient(args.server) as client:
+            return run_client_command(client, args)
+    except PilotError as exc:
+        print(f"pilot-stub: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except (OSError, ValueError) as exc:
+        print(f"pilot-stub: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except KeyboardInterrupt:
+        return int(ExitCode.SIGNALLED)
+
+
+def serve(args: argparse.Namespace) -> int:
+    tmp = None
+    if args.db is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pilot-stub-")
+        args.db = Path(tmp.name) / "stub.db"
+    settings = ServerSettings(
+        db=args.db,
+        sandbox_dir=args.sandbox_dir or args.db.parent / (args.db.name + ".sandboxes"),
+        host=args.host,
+        port=args.port,
+        max_sandbox_bytes=args.max_sandbox_mb << 20,
+        max_parametric=args.max_parametric,
+        stalled_after=args.stalled_after,
+        reap_interval=args.reap_interval,
+        max_reschedules=args.max_reschedules,
+        insecure=args.insecure,
+    )
+    server = StubServer(settings)
+    server.start()
+    print(server.url, flush=True)
+    if args.url_file:
+        args.url_file.write_text(server.url + "\n")
+    log.info("matcher stub listening on %s (database %s)", server.url, settings.db)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    server.stop()
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+def run_client_command(client: UserClient, args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "submit":
+        for path in args.jdl:
+            for job_id in submit_file(client, path):
+                print(job_id)
+    elif command == "status":
+        jobs = [client.job(i) for i in args.ids]
+        _print_jobs(jobs, args.json)
+    elif command == "jobs":
+        _print_jobs(client.jobs(args.status), args.json)
+    elif command == "logging-info":
+        for row in client.logging_info(args.id):
+            stamp = datetime.fromtimestamp(row["Timestamp"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{stamp}  {row['Status']:<11} {row['MinorStatus']:<32} "
+                  f"{row['ApplicationStatus']:<20} {row['Source']}")  # fmt: skip
+        timing = client.job(args.id).get("timing")
+        if timing:
+            print("timing: " + ", ".join(f"{k}={v:.3f}s" for k, v in timing.items()))
+    elif command == "get-output":
+        target = args.dir / str(args.id)
+        names = client.get_output(args.id, target)
+        print(f"{len(names)} file(s) in {target}")
+    elif command in ("kill", "delete"):
+        result = client.kill(args.id) if command == "kill" else client.delete(args.id)
+        print(f"job {args.id}: {result}")
+    elif command == "pilots":
+        _print_pilots(client, args)
+    elif command == "put-file":
+        sha = client.put_file(args.lfn, args.path)
+        print(f"{args.lfn} {sha}")
+    return 0
+
+
+def submit_file(client: UserClient, path: Path) -> list[int]:
+    """Submit one JDL file: pack its local input sandbox, upload it, send the JDL."""
+    try:
+        attrs = jdl.parse(path.read_bytes())
+    except jdl.JDLError as exc:
+        raise jdl.JDLError(f"{path}:{exc}", exc.line, exc.col) from None
+    sandbox = jdl.get(attrs, "InputSandbox")
+    entries = [] if sandbox is None else sandbox if isinstance(sandbox, list) else [sandbox]
+    local = [str(e) for e in entries if not _is_remote(str(e))]
+    remote = [e for e in entries if _is_remote(str(e))]
+    if local:
+        files = []
+        for name in local:
+            file = Path(name) if Path(name).is_absolute() else path.parent / name
+            if not file.is_file():
+                raise UsageError(f"{path}: input sandbox file {name} not found")
+            files.append((file, file.name))
+        with tempfile.TemporaryDirectory() as tmp:
+            packed = Path(tmp) / "sandbox.tar.gz"
+            archive.pack_files(files, packed)
+            sha = client.put_sandbox(packed)
+        key = next(k for k in attrs if k.lower() == "inputsandbox")
+        attrs[key] = [*remote, f"SB:{sha}"]
+    return client.submit(jdl.dumps(attrs))
+
+
+def _is_remote(entry: str) -> bool:
+    return entry.startswith(("SB:", "LFN:", "lfn:", "https://", "http://"))
+
+
+def _print_jobs(jobs: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(jobs, indent=2))
+        return
+    for job in jobs:
+        print(f"{job['job_id']:>6}  {job['status']:<11} {job['minor_status']:<34} "
+              f"{job['application_status'] or '-':<18} {job['site'] or '-'}")  # fmt: skip
+
+
+def _print_pilots(client: UserClient, args: argparse.Namespace) -> None:
+    if args.log:
+        print(client.pilot_log(args.log), end="")
+        return
+    pilots = client.pilots()
+    if args.json:
+        print(json.dumps(pilots, indent=2))
+        return
+    for pilot in pilots:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(pilot["registered"]))
+        checks = pilot.get("checks", {}).get("results", [])
+        fit = "fit" if pilot.get("checks", {}).get("ok", True) else "NOT FIT"
+        print(f"{pilot['stamp']}  {when}  site={pilot.get('site', '-')}  {fit}")
+        for check in checks:
+            print(f"    {check['name']:<14} {check['status']:<8} {check['message']}")

@@ -1,0 +1,427 @@
+"""SQLite persistence of the matcher stub: jobs, status history, pilots, sandboxes.
+
+One database file in WAL mode, one connection per thread. Claiming a job is a single
+``UPDATE ... WHERE status = 'Waiting'`` inside an immediate transaction, so two pilots
+never get the same job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pilot import jdl
+from pilot.backend import FINAL_STATUSES, JobStatus
+from server_stub import matching
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    jdl TEXT NOT NULL,
+    owner TEXT,
+    status TEXT NOT NULL,
+    minor TEXT NOT NULL DEFAULT '',
+    application TEXT NOT NULL DEFAULT '',
+    priority INTEGER NOT NULL DEFAULT 1,
+    requirements TEXT NOT NULL,
+    submitted REAL NOT NULL,
+    updated REAL NOT NULL,
+    pilot TEXT,
+    site TEXT,
+    token_hash TEXT,
+    heartbeat REAL,
+    heartbeat_data TEXT,
+    reschedules INTEGER NOT NULL DEFAULT 0,
+    kill_requested INTEGER NOT NULL DEFAULT 0,
+    output_sandbox TEXT,
+    timing TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(status, priority DESC, id);
+CREATE TABLE IF NOT EXISTS history (
+    job_id INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    status TEXT NOT NULL,
+    minor TEXT NOT NULL,
+    application TEXT NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_job ON history(job_id, ts);
+CREATE TABLE IF NOT EXISTS pilots (
+    stamp TEXT PRIMARY KEY,
+    registered REAL NOT NULL,
+    info TEXT NOT NULL,
+    log TEXT
+);
+CREATE TABLE IF NOT EXISTS files (
+    lfn TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """A request the store refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    jdl: str
+    token: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        with self._tx() as db:
+            db.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(self, attrs: Mapping[str, jdl.Value], owner: str | None) -> int:
+        desc = jdl.JobDescription.from_attrs(attrs)
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO jobs (jdl, owner, status, priority, requirements, submitted, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    jdl.dumps(attrs),
+                    owner,
+                    JobStatus.RECEIVED,
+                    desc.priority,
+                    json.dumps(matching.requirements(desc)),
+                    now,
+                    now,
+                ),
+            )
+            job_id = int(cur.lastrowid or 0)
+            self._record(db, job_id, JobStatus.RECEIVED, "Job accepted", "", "JobManager", now)
+            self._record(db, job_id, JobStatus.WAITING, "Pilot Agent Submission", "", "Optimizer")
+        return job_id
+
+    def _record(
+        self,
+        db: sqlite3.Connection,
+        job_id: int,
+        status: str | None,
+        minor: str | None,
+        application: str | None,
+        source: str,
+        ts: float | None = None,
+    ) -> None:
+        ts = time.time() if ts is None else ts
+        row = db.execute(
+            "SELECT status, minor, application FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        status = row["status"] if status is None else status
+        minor = row["minor"] if minor is None else minor
+        application = row["application"] if application is None else application
+        db.execute(
+            "UPDATE jobs SET status = ?, minor = ?, application = ?, updated = ? WHERE id = ?",
+            (status, minor, application, ts, job_id),
+        )
+        db.execute(
+            "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, ts, status, minor, application, source),
+        )
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no job {job_id}", 404)
+        return _job_view(row)
+
+    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM jobs", ()
+        if status:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [_job_view(r) for r in self._conn().execute(sql + " ORDER BY id", args)]
+
+    def history(self, job_id: int) -> list[dict[str, Any]]:
+        self.job(job_id)
+        rows = self._conn().execute(
+            "SELECT * FROM history WHERE job_id = ? ORDER BY ts, rowid", (job_id,)
+        )
+        return [
+            {
+                "Status": r["status"],
+                "MinorStatus": r["minor"],
+                "ApplicationStatus": r["application"],
+                "Source": r["source"],
+                "Timestamp": r["ts"],
+            }
+            for r in rows
+        ]
+
+    def jdl_of(self, job_id: int) -> str:
+        row = self._conn().execute("SELECT jdl FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no job {job_id}", 404)
+        return str(row["jdl"])
+
+    # -- matching -----------------------------------------------------------------------
+
+    def match(self, resources: Mapping[str, Any], pilot: str, dry_run: bool) -> Claim | None:
+        """Claim the best waiting job for ``resources`` (highest priority, then oldest)."""
+        with self._tx() as db:
+            for row in db.execute(
+                "SELECT id, jdl, requirements FROM jobs WHERE status = ?"
+                " ORDER BY priority DESC, id",
+                (JobStatus.WAITING,),
+            ):
+                if matching.mismatches(json.loads(row["requirements"]), resources):
+                    continue
+                if dry_run:
+                    return Claim(int(row["id"]), row["jdl"], "")
+                return self._claim(db, int(row["id"]), row["jdl"], pilot, resources)
+        return None
+
+    def _claim(
+        self,
+        db: sqlite3.Connection,
+        job_id: int,
+        jdl_text: str,
+        pilot: str,
+        resources: Mapping[str, Any],
+    ) -> Claim:
+        token = secrets.token_urlsafe(32)
+        db.execute(
+            "UPDATE jobs SET pilot = ?, site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
+            (pilot, resources.get("Site"), hash_token(token), time.time(), job_id),
+        )
+        self._record(db, job_id, JobStatus.MATCHED, "Assigned", "", "Matcher")
+        return Claim(job_id, jdl_text, token)
+
+    def near_misses(self, resources: Mapping[str, Any], limit: int = 5) -> list[dict[str, Any]]:
+        """Why the first ``limit`` waiting jobs (in matching order) do not match."""
+        out = []
+        rows = self._conn().execute(
+            "SELECT id, requirements FROM jobs WHERE status = ? ORDER BY priority DESC, id",
+            (JobStatus.WAITING,),
+        )
+        for row in rows:
+            reasons = matching.mismatches(json.loads(row["requirements"]), resources)
+            if reasons:
+                out.append({"job_id": row["id"], "reasons": reasons})
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- updates from pilots ------------------------------------------------------------
+
+    def check_token(self, job_id: int, token: str | None) -> None:
+        row = self._conn().execute(
+            "SELECT token_hash FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no job {job_id}", 404)
+        if not token or row["token_hash"] is None or not secrets.compare_digest(
+            row["token_hash"], hash_token(token)
+        ):
+            raise StoreError(f"job token does not grant access to job {job_id}", 403)
+
+    def set_status(self, job_id: int, update: Mapping[str, Any], ts: float) -> None:
+        status = update.get("Status")
+        if status is not None and status not in set(JobStatus):
+            raise StoreError(f"unknown status {status!r}")
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no job {job_id}", 404)
+            if row["status"] in FINAL_STATUSES and status not in (None, row["status"]):
+                raise StoreError(f"job {job_id} is already {row['status']}", 409)
+            self._record(
+                db,
+                job_id,
+                status,
+                update.get("MinorStatus"),
+                update.get("ApplicationStatus"),
+                str(update.get("Source", "Pilot")),
+                ts,
+            )
+            if "Timing" in update:
+                db.execute(
+                    "UPDATE jobs SET timing = ? WHERE id = ?",
+                    (json.dumps(update["Timing"]), job_id),
+                )
+            if status in FINAL_STATUSES:
+                db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
+
+    def heartbeat(self, job_id: int, data: Mapping[str, Any]) -> list[str]:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET heartbeat = ?, heartbeat_data = ? WHERE id = ?",
+                (time.time(), json.dumps(data), job_id),
+            )
+            row = db.execute("SELECT kill_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return ["Kill"] if row and row["kill_requested"] else []
+
+    def attach_output(self, job_id: int, sha256: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET output_sandbox = ? WHERE id = ?", (sha256, job_id))
+
+    def output_of(self, job_id: int) -> str:
+        sha = self.job(job_id)["output_sandbox"]
+        if not sha:
+            raise StoreError(f"job {job_id} has no output sandbox", 404)
+        return str(sha)
+
+    # -- user actions -------------------------------------------------------------------
+
+    def kill(self, job_id: int) -> str:
+        """Kill a job: immediately when it is not running, else on the next heartbeat."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no job {job_id}", 404)
+            status = row["status"]
+            if status in FINAL_STATUSES:
+                raise StoreError(f"job {job_id} is already {status}", 409)
+            if status in (JobStatus.RECEIVED, JobStatus.WAITING, JobStatus.STALLED):
+                self._record(db, job_id, JobStatus.KILLED, "Killed by user", None, "JobManager")
+                return "Killed"
+            db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
+            self._record(db, job_id, None, "Kill requested", None, "JobManager")
+            return "Kill requested"
+
+    def delete(self, job_id: int) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no job {job_id}", 404)
+            if row["status"] in (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING):
+                db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
+            self._record(db, job_id, JobStatus.DELETED, "Deleted by user", None, "JobManager")
+            db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
+
+    # -- stalled jobs -------------------------------------------------------------------
+
+    def reap_stalled(self, timeout: float, max_reschedules: int) -> list[int]:
+        """Jobs whose pilot went silent: Stalled, then back to Waiting or Failed."""
+        limit = time.time() - timeout
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, reschedules FROM jobs WHERE status IN (?, ?, ?) AND heartbeat < ?",
+                (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING, limit),
+            ).fetchall()
+            for row in rows:
+                job_id = int(row["id"])
+                db.execute(
+                    "UPDATE jobs SET token_hash = NULL, pilot = NULL WHERE id = ?", (job_id,)
+                )
+                self._record(db, job_id, JobStatus.STALLED, "Job stalled: pilot not running", "", "StalledJobAgent")
+                if row["reschedules"] < max_reschedules:
+                    db.execute(
+                        "UPDATE jobs SET reschedules = reschedules + 1, kill_requested = 0"
+                        " WHERE id = ?",
+                        (job_id,),
+                    )
+                    self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
+                else:
+                    self._record(
+                        db, job_id, JobStatus.FAILED, "Maximum of reschedulings reached", None, "JobManager"
+                    )
+        return [int(r["id"]) for r in rows]
+
+    # -- pilots and files ---------------------------------------------------------------
+
+    def register_pilot(self, stamp: str, info: Mapping[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO pilots (stamp, registered, info) VALUES (?, ?, ?)"
+                " ON CONFLICT(stamp) DO UPDATE SET info = excluded.info",
+                (stamp, time.time(), json.dumps(info)),
+            )
+
+    def pilots(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT stamp, registered, info FROM pilots ORDER BY registered")
+        return [
+            {"stamp": r["stamp"], "registered": r["registered"], **json.loads(r["info"])}
+            for r in rows
+        ]
+
+    def set_pilot_log(self, stamp: str, text: str) -> None:
+        with self._tx() as db:
+            cur = db.execute("UPDATE pilots SET log = ? WHERE stamp = ?", (text, stamp))
+            if cur.rowcount == 0:
+                raise StoreError(f"no pilot {stamp}", 404)
+
+    def pilot_log(self, stamp: str) -> str:
+        row = self._conn().execute("SELECT log FROM pilots WHERE stamp = ?", (stamp,)).fetchone()
+        if row is None:
+            raise StoreError(f"no pilot {stamp}", 404)
+        return str(row["log"] or "")
+
+    def put_file(self, lfn: str, sha256: str, size: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO files VALUES (?, ?, ?) ON CONFLICT(lfn) DO UPDATE"
+                " SET sha256 = excluded.sha256, size = excluded.size",
+                (lfn, sha256, size),
+            )
+
+    def file(self, lfn: str) -> dict[str, Any]:
+        row = self._conn().execute("SELECT * FROM files WHERE lfn = ?", (lfn,)).fetchone()
+        if row is None:
+            raise StoreError(f"no file {lfn}", 404)
+        return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
+
+
+def _job_view(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "job_id": row["id"],
+        "status": row["status"],
+        "minor_status": row["minor"],
+        "application_status": row["application"],
+        "owner": row["owner"],
+        "site": row["site"],
+        "pilot": row["pilot"],
+        "priority": row["priority"],
+        "submitted": row["submitted"],
+        "updated": row["updated"],
+        "reschedules": row["reschedules"],
+        "heartbeat": json.loads(row["heartbeat_data"]) if row["heartbeat_data"] else None,
+        "output_sandbox": row["output_sandbox"],
+        "timing": json.loads(row["timing"]) if row["timing"] else None,
+    }

@@ -1,0 +1,64 @@
+"""What a user (or the demo, or a test) does with the stub, over :class:`pilot.client.HttpClient`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pilot import archive
+from pilot.client import HttpClient, RetryPolicy, sha256_file
+
+
+class UserClient(HttpClient):
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retry", RetryPolicy(attempts=3, deadline=30.0))
+        super().__init__(base_url, **kwargs)
+
+    def submit(self, jdl_text: str) -> list[int]:
+        answer = self.json("POST", "/api/jobs/jdl", json=[jdl_text])
+        return [int(row["JobID"]) for row in answer]
+
+    def put_sandbox(self, path: Path) -> str:
+        sha = sha256_file(path)
+        self.upload(f"/api/sandboxes/{sha}", path)
+        return sha
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        answer: dict[str, Any] = self.json("GET", f"/api/jobs/{job_id}")
+        return answer
+
+    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else None
+        answer: list[dict[str, Any]] = self.json("GET", "/api/jobs", params=params)
+        return answer
+
+    def logging_info(self, job_id: int) -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = self.json("GET", f"/api/jobs/{job_id}/logging")
+        return answer
+
+    def kill(self, job_id: int) -> str:
+        return str(self.json("POST", f"/api/jobs/{job_id}/kill")["result"])
+
+    def delete(self, job_id: int) -> str:
+        return str(self.json("DELETE", f"/api/jobs/{job_id}")["result"])
+
+    def get_output(self, job_id: int, target: Path) -> list[str]:
+        """Download and safely unpack the job's output sandbox into ``target``."""
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            packed = Path(tmp) / "output.tar.gz"
+            self.download(f"/api/jobs/{job_id}/sandbox/output", packed)
+            return archive.safe_unpack(packed, target)
+
+    def pilots(self) -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = self.json("GET", "/api/pilots")
+        return answer
+
+    def pilot_log(self, stamp: str) -> str:
+        return str(self.json("GET", f"/api/pilots/{stamp}/log")["log"])
+
+    def put_file(self, lfn: str, path: Path) -> str:
+        sha = self.put_sandbox(path)
+        self.json("PUT", f"/api/files/{lfn}", json={"sha256": sha, "size": path.stat().st_size})
+        return sha
