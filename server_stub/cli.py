@@ -31,6 +31,7 @@ from typing import Any
 
 from pilot import archive, jdl
 from pilot.errors import ExitCode, PilotError, UsageError
+from pilot.local import REMOTE_PREFIXES, local_inputs
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
 
@@ -178,28 +179,20 @@ def submit_file(client: UserClient, path: Path) -> list[int]:
         attrs = jdl.parse(path.read_bytes())
     except jdl.JDLError as exc:
         raise jdl.JDLError(f"{path}:{exc}", exc.line, exc.col) from None
-    sandbox = jdl.get(attrs, "InputSandbox")
-    entries = [] if sandbox is None else sandbox if isinstance(sandbox, list) else [sandbox]
-    local = [str(e) for e in entries if not _is_remote(str(e))]
-    remote = [e for e in entries if _is_remote(str(e))]
-    if local:
-        files = []
-        for name in local:
-            file = Path(name) if Path(name).is_absolute() else path.parent / name
-            if not file.is_file():
-                raise UsageError(f"{path}: input sandbox file {name} not found")
-            files.append((file, file.name))
+    entries = jdl.JobDescription.from_attrs(attrs).input_sandbox if _has_exe(attrs) else ()
+    files = local_inputs(path, tuple(entries))
+    if files:
         with tempfile.TemporaryDirectory() as tmp:
             packed = Path(tmp) / "sandbox.tar.gz"
             archive.pack_files(files, packed)
             sha = client.put_sandbox(packed)
         key = next(k for k in attrs if k.lower() == "inputsandbox")
-        attrs[key] = [*remote, f"SB:{sha}"]
+        attrs[key] = [*(e for e in entries if e.startswith(REMOTE_PREFIXES)), f"SB:{sha}"]
     return client.submit(jdl.dumps(attrs))
 
 
-def _is_remote(entry: str) -> bool:
-    return entry.startswith(("SB:", "LFN:", "lfn:", "https://", "http://"))
+def _has_exe(attrs: dict[str, jdl.Value]) -> bool:
+    return jdl.get(attrs, "Executable") is not None
 
 
 def _print_jobs(jobs: list[dict[str, Any]], as_json: bool) -> None:

@@ -1,0 +1,285 @@
+"""The pilot's loop: detect the slot, check the node, register, then match and run jobs
+while the slot has cores and time, several at once when it has several cores."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pilot import __version__, batch, checking, jdl, jobrun, resources
+from pilot.api import CheckContext
+from pilot.backend import Backend, MatchedJob
+from pilot.config import PilotConfig
+from pilot.errors import CheckFailed, PilotError
+
+log = logging.getLogger(__name__)
+
+MIN_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 10.0
+
+
+class Stop:
+    """Set (by a signal handler, say) to make the pilot stop; carries the reason."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.wake = threading.Event()  # also set on every change the loop should look at
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self.event.set()
+        self.wake.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout)
+
+
+@dataclass(frozen=True)
+class AgentSummary:
+    stamp: str
+    outcomes: tuple[jobrun.JobOutcome, ...]
+    reason: str  # why the loop ended: idle, max-jobs, drained, stopped, no-time
+
+
+def new_stamp() -> str:
+    host = socket.gethostname().split(".")[0] or "node"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def check_settings(config: PilotConfig) -> checking.CheckSettings:
+    return checking.CheckSettings(
+        default_timeout=config.check_timeout,
+        disabled=frozenset(config.disable_check),
+        required=frozenset(config.require_check),
+        checks_dir=config.checks_dir,
+        options=config.checks,
+    )
+
+
+def inspect_node(config: PilotConfig, stamp: str) -> tuple[batch.BatchInfo, checking.CheckReport, resources.ResourceDescription]:
+    """Slot detection, environment checks and the resulting resource description."""
+    info = batch.detect()
+    log.info("batch system %s (job %s): %d cores, %s MB, %s s left", info.system, info.job_id,
+             info.cores, info.memory_mb, info.wall_time_left)  # fmt: skip
+    ctx = CheckContext(config.resolved_work_dir(), info, config.checks)
+    report = checking.run(ctx, check_settings(config))
+    for result in report.results:
+        log.info("check %-12s %-8s %s", result.name, result.status, result.message)
+    desc = resources.describe(config, info, report, stamp)
+    return info, report, desc
+
+
+@dataclass
+class _Running:
+    runner: jobrun.JobRunner
+    thread: threading.Thread
+    cores: int
+    memory_mb: int | None
+
+
+class Agent:
+    def __init__(
+        self,
+        config: PilotConfig,
+        backend: Backend,
+        desc: resources.ResourceDescription,
+        stamp: str,
+        stop: Stop,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.desc = desc
+        self.stamp = stamp
+        self.stop = stop
+        self.changed = stop.wake
+        self.running: dict[str, _Running] = {}
+        self.outcomes: list[jobrun.JobOutcome] = []
+        self.started = 0
+        self.deadline = time.monotonic() + desc.wall_clock_time_left
+        self.job_settings = jobrun.JobSettings(
+            work_dir=config.resolved_work_dir(),
+            pilot_reference=stamp,
+            site=config.site,
+            grace=config.grace,
+            max_output_bytes=config.max_output_mb << 20,
+        )
+
+    # -- slot accounting ----------------------------------------------------------------
+
+    def _free(self) -> tuple[int, int | None]:
+        cores = self.desc.number_of_processors - sum(r.cores for r in self.running.values())
+        mem = self.desc.max_ram_mb
+        if mem is not None:
+            mem -= sum(r.memory_mb or 0 for r in self.running.values())
+        return cores, mem
+
+    def _why_not_take(self) -> str | None:
+        if self.stop.is_set():
+            return "stopped"
+        if self.config.drain_file is not None and self.config.drain_file.exists():
+            return "drained"
+        if self.config.max_jobs is not None and self.started >= self.config.max_jobs:
+            return "max-jobs"
+        if self.deadline - time.monotonic() < 60:
+            return "no-time"
+        return None
+
+    def _can_take_now(self) -> bool:
+        limit = self.config.max_concurrent
+        return self._free()[0] >= 1 and (limit is None or len(self.running) < limit)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> AgentSummary:
+        backoff = MIN_BACKOFF_S
+        idle_since: float | None = None
+        reason = "idle"
+        while True:
+            self._reap()
+            why = self._why_not_take()
+            if why is not None:
+                reason = why
+                break
+            if self._can_take_now() and self._match_one():
+                backoff, idle_since = MIN_BACKOFF_S, None
+                continue
+            now = time.monotonic()
+            if not self.running:
+                idle_since = idle_since or now
+                if now - idle_since >= self.config.idle_timeout:
+                    log.info("no job matched for %.0f s: stopping", now - idle_since)
+                    break
+            self.changed.wait(backoff)
+            self.changed.clear()
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        if self.running:
+            log.info("%s: waiting for %d running job(s)", reason, len(self.running))
+        self._wait_all()
+        return AgentSummary(self.stamp, tuple(self.outcomes), reason)
+
+    def _match_one(self) -> bool:
+        cores, mem = self._free()
+        wall_left = self.deadline - time.monotonic()
+        offer = self.desc.with_free(cores, mem, wall_left)
+        job = self.backend.match(offer.as_dict())
+        if job is None:
+            return False
+        self._start(job, cores, mem)
+        return True
+
+    def _start(self, job: MatchedJob, free_cores: int, free_mem: int | None) -> None:
+        cores, mem = self._allocation(job, free_cores, free_mem)
+        runner = jobrun.JobRunner(self.backend, job, self.job_settings, cores)
+        thread = threading.Thread(target=self._run_job, args=(runner,), name=f"job-{job.job_id}")
+        self.running[job.job_id] = _Running(runner, thread, cores, mem)
+        self.started += 1
+        log.info("job %s matched: %d core(s), %s MB", job.job_id, cores, mem)
+        thread.start()
+
+    def _allocation(self, job: MatchedJob, free_cores: int, free_mem: int | None) -> tuple[int, int | None]:
+        try:
+            desc = jdl.load(job.jdl)
+        except jdl.JDLError:
+            return 1, None  # the runner reports the bad JDL
+        cores = desc.min_processors
+        if desc.whole_node:
+            cores = free_cores
+        elif desc.max_processors and desc.max_processors > cores:
+            cores = min(desc.max_processors, free_cores)
+        cores = max(1, min(cores, free_cores))
+        mem = desc.max_ram_mb
+        if mem is None and self.desc.max_ram_mb is not None:
+            mem = self.desc.max_ram_mb * cores // max(1, self.desc.number_of_processors)
+        return cores, mem
+
+    def _run_job(self, runner: jobrun.JobRunner) -> None:
+        try:
+            outcome = runner.run()
+        except PilotError as exc:
+            log.error("job %s: %s", runner.job.job_id, exc)
+            outcome = jobrun.JobOutcome(runner.job.job_id, jobrun.JobStatus.FAILED, str(exc), None, {})
+        except Exception:
+            log.exception("job %s: unexpected error", runner.job.job_id)
+            outcome = jobrun.JobOutcome(runner.job.job_id, jobrun.JobStatus.FAILED, "pilot error", None, {})
+        self.outcomes.append(outcome)
+        self.changed.set()
+
+    def _reap(self) -> None:
+        for job_id, running in list(self.running.items()):
+            if not running.thread.is_alive():
+                running.thread.join()
+                del self.running[job_id]
+
+    def _wait_all(self) -> None:
+        while self.running:
+            if self.stop.is_set():
+                self.cancel_all(self.stop.reason or "Killed by pilot")
+            self.changed.wait(0.5)
+            self.changed.clear()
+            self._reap()
+
+    def cancel_all(self, reason: str) -> None:
+        for running in list(self.running.values()):
+            running.runner.cancel_reason = reason
+            running.runner.cancel.set()
+
+
+def registration(
+    config: PilotConfig,
+    info: batch.BatchInfo,
+    report: checking.CheckReport,
+    desc: resources.ResourceDescription,
+) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "site": config.site,
+        "ce": desc.grid_ce,
+        "batch": dataclasses.asdict(info),
+        "checks": report.to_json(),
+        "resources": desc.as_dict(),
+    }
+
+
+def run(
+    config: PilotConfig,
+    backend: Backend,
+    stop: Stop,
+    log_text: Callable[[], str] | None = None,
+) -> AgentSummary:
+    """Inspect the node, register, and run jobs until idle; the pilot's whole life."""
+    stamp = new_stamp()
+    registered = False
+    try:
+        info, report, desc = inspect_node(config, stamp)
+        backend.register(stamp, registration(config, info, report, desc))
+        registered = True
+        if not report.ok:
+            names = ", ".join(r.name for r in report.failed_required)
+            log.error("required check(s) failed: %s; taking no job", names)
+            if config.failure_sleep > 0:
+                log.info("holding the slot for %.0f s so it is not handed to another pilot",
+                         config.failure_sleep)  # fmt: skip
+                stop.wait(config.failure_sleep)
+            raise CheckFailed(f"node not fit: required check(s) failed: {names}")
+        summary = Agent(config, backend, desc, stamp, stop).run()
+        log.info("pilot %s done: %d job(s), stopped because %s", stamp, len(summary.outcomes),
+                 summary.reason)  # fmt: skip
+        return summary
+    finally:
+        if registered and log_text is not None:
+            try:
+                backend.upload_pilot_log(stamp, log_text())
+            except PilotError as exc:
+                log.warning("could not upload the pilot log: %s", exc)
