@@ -42,6 +42,9 @@ class CheckContext:
     work_dir: Path
     batch: BatchInfo
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Seconds the running check may take in all; set by the runner for each check, so
+    # that a check starting helper processes can bound them (None: not run by the runner).
+    timeout: float | None = None
 
     def option(self, check: str, key: str, default: Any = None) -> Any:
         return self.options.get(check, {}).get(key, default)
