@@ -68,11 +68,19 @@ def check_settings(config: PilotConfig) -> checking.CheckSettings:
     )
 
 
-def inspect_node(config: PilotConfig, stamp: str) -> tuple[batch.BatchInfo, checking.CheckReport, resources.ResourceDescription]:
+def inspect_node(
+    config: PilotConfig, stamp: str
+) -> tuple[batch.BatchInfo, checking.CheckReport, resources.ResourceDescription]:
     """Slot detection, environment checks and the resulting resource description."""
     info = batch.detect()
-    log.info("batch system %s (job %s): %d cores, %s MB, %s s left", info.system, info.job_id,
-             info.cores, info.memory_mb, info.wall_time_left)  # fmt: skip
+    log.info(
+        "batch system %s (job %s): %d cores, %s MB, %s s left",
+        info.system,
+        info.job_id,
+        info.cores,
+        info.memory_mb,
+        info.wall_time_left,
+    )
     ctx = CheckContext(config.resolved_work_dir(), info, config.checks)
     report = checking.run(ctx, check_settings(config))
     for result in report.results:
@@ -188,7 +196,9 @@ class Agent:
         log.info("job %s matched: %d core(s), %s MB", job.job_id, cores, mem)
         thread.start()
 
-    def _allocation(self, job: MatchedJob, free_cores: int, free_mem: int | None) -> tuple[int, int | None]:
+    def _allocation(
+        self, job: MatchedJob, free_cores: int, free_mem: int | None
+    ) -> tuple[int, int | None]:
         try:
             desc = jdl.load(job.jdl)
         except jdl.JDLError:
@@ -209,10 +219,14 @@ class Agent:
             outcome = runner.run()
         except PilotError as exc:
             log.error("job %s: %s", runner.job.job_id, exc)
-            outcome = jobrun.JobOutcome(runner.job.job_id, jobrun.JobStatus.FAILED, str(exc), None, {})
+            outcome = jobrun.JobOutcome(
+                runner.job.job_id, jobrun.JobStatus.FAILED, str(exc), None, {}
+            )
         except Exception:
             log.exception("job %s: unexpected error", runner.job.job_id)
-            outcome = jobrun.JobOutcome(runner.job.job_id, jobrun.JobStatus.FAILED, "pilot error", None, {})
+            outcome = jobrun.JobOutcome(
+                runner.job.job_id, jobrun.JobStatus.FAILED, "pilot error", None, {}
+            )
         self.outcomes.append(outcome)
         self.changed.set()
 
@@ -269,13 +283,19 @@ def run(
             names = ", ".join(r.name for r in report.failed_required)
             log.error("required check(s) failed: %s; taking no job", names)
             if config.failure_sleep > 0:
-                log.info("holding the slot for %.0f s so it is not handed to another pilot",
-                         config.failure_sleep)  # fmt: skip
+                log.info(
+                    "holding the slot for %.0f s so it is not handed to another pilot",
+                    config.failure_sleep,
+                )
                 stop.wait(config.failure_sleep)
             raise CheckFailed(f"node not fit: required check(s) failed: {names}")
         summary = Agent(config, backend, desc, stamp, stop).run()
-        log.info("pilot %s done: %d job(s), stopped because %s", stamp, len(summary.outcomes),
-                 summary.reason)  # fmt: skip
+        log.info(
+            "pilot %s done: %d job(s), stopped because %s",
+            stamp,
+            len(summary.outcomes),
+            summary.reason,
+        )
         return summary
     finally:
         if registered and log_text is not None:

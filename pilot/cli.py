@@ -1,10 +1,10 @@
 """``pilot``: argv -> PilotConfig -> exit code. The only place that exits or sets up logging.
 
-    pilot run [--server URL] [--site S] [--ce C] [--vo V] [--work-dir DIR] ...
-    pilot check [--json] [--server URL]
-    pilot local JOB.jdl --output-dir DIR
-    pilot jdl [--expand] FILE
-    pilot config --show
+pilot run [--server URL] [--site S] [--ce C] [--vo V] [--work-dir DIR] ...
+pilot check [--json] [--server URL]
+pilot local JOB.jdl --output-dir DIR
+pilot jdl [--expand] FILE
+pilot config --show
 """
 
 from __future__ import annotations
@@ -97,7 +97,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (also PILOT_<NAME> or the TOML file)")
     for name in RUN_OPTIONS:
         spec = config.FIELDS[name]
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": spec.metadata["help"]}
+        kwargs: dict[str, Any] = {
+            "dest": name,
+            "default": argparse.SUPPRESS,
+            "help": spec.metadata["help"],
+        }
         if spec.metadata["kind"] == "list":
             kwargs["action"] = "append"
         group.add_argument(config.flag_name(name), **kwargs)
@@ -106,8 +110,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilot", description="pilot-agent: the grid pilot")
     parser.add_argument("--version", action="version", version=version_text())
-    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help="TOML configuration file (or PILOT_CONFIG)")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML configuration file (or PILOT_CONFIG)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="take and run jobs from the matcher")
     _add_config_options(run)
@@ -128,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version_text() -> str:
-    frozen = getattr(sys, "frozen", False)
-    return f"pilot-agent {__version__} (python {sys.version.split()[0]}, {'one-file binary' if frozen else 'package'})"
+    kind = "one-file binary" if getattr(sys, "frozen", False) else "package"
+    return f"pilot-agent {__version__} (python {sys.version.split()[0]}, {kind})"
 
 
 def load_config(args: argparse.Namespace) -> tuple[config.PilotConfig, dict[str, str]]:
@@ -179,8 +187,10 @@ def cmd_jdl(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(jdl.to_jsonable(attrs), indent=2))
     except jdl.JDLError as exc:
-        print(f"{args.jdl_file}:{exc}" if exc.line is not None else f"{args.jdl_file}: {exc}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{args.jdl_file}:{exc}" if exc.line is not None else f"{args.jdl_file}: {exc}",
+            file=sys.stderr,
+        )
         return int(exc.exit_code)
     except OSError as exc:
         print(f"{args.jdl_file}: {exc.strerror}", file=sys.stderr)
@@ -222,7 +232,9 @@ def _work_dir(cfg: config.PilotConfig) -> config.PilotConfig:
     if cfg.work_dir is not None:
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
         return cfg
-    return dataclasses.replace(cfg, work_dir=Path(tempfile.mkdtemp(prefix="pilot-", dir=".")).resolve())
+    return dataclasses.replace(
+        cfg, work_dir=Path(tempfile.mkdtemp(prefix="pilot-", dir=".")).resolve()
+    )
 
 
 def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
@@ -230,7 +242,9 @@ def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
     stop = agent.Stop()
     install_signal_handlers(stop)
     backend = make_backend(cfg)
-    log.info("pilot-agent %s starting: server %s, work dir %s", __version__, cfg.server, cfg.work_dir)
+    log.info(
+        "pilot-agent %s starting: server %s, work dir %s", __version__, cfg.server, cfg.work_dir
+    )
     try:
         summary = agent.run(cfg, backend, stop, buffer.text)
     finally:
@@ -287,8 +301,16 @@ def cmd_local(cfg: config.PilotConfig, jdl_file: Path, output_dir: Path, buffer:
     )
     summary = agent.run(cfg, backend, agent.Stop(), buffer.text)
     backend.write_summary(
-        [{"job_id": o.job_id, "status": o.status.value, "minor_status": o.minor,
-          "exit_code": o.exit_code, "timing": dict(o.timing)} for o in summary.outcomes]  # fmt: skip
+        [
+            {
+                "job_id": o.job_id,
+                "status": o.status.value,
+                "minor_status": o.minor,
+                "exit_code": o.exit_code,
+                "timing": dict(o.timing),
+            }
+            for o in summary.outcomes
+        ]
     )
     for outcome in summary.outcomes:
         print(f"{outcome.job_id}: {outcome.status} ({outcome.minor})")

@@ -101,8 +101,13 @@ class HttpClient:
     def _send_once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         start = time.monotonic()
         response = self.http.request(method, path, **kwargs)
-        log.debug("%s %s -> %d (%.0f ms)", method, path, response.status_code,
-                  (time.monotonic() - start) * 1000)  # fmt: skip
+        log.debug(
+            "%s %s -> %d (%.0f ms)",
+            method,
+            path,
+            response.status_code,
+            (time.monotonic() - start) * 1000,
+        )
         _raise_for_status(method, path, response)
         return response
 
@@ -118,9 +123,11 @@ class HttpClient:
 
         def attempt() -> httpx.Response:
             return self._send_once(
-                "PUT", path, content=_read_chunks(source, size, f"upload {source.name}"),
+                "PUT",
+                path,
+                content=_read_chunks(source, size, f"upload {source.name}"),
                 headers=all_headers,
-            )  # fmt: skip
+            )
 
         try:
             response = self._retrying()(attempt)
@@ -290,9 +297,11 @@ class StubBackend:
         sha = sha256_file(archive)
         self.http.upload(f"/api/sandboxes/{sha}", archive)
         self.http.json(
-            "PATCH", f"/api/jobs/{job.job_id}/sandbox/output", json={"sha256": sha},
+            "PATCH",
+            f"/api/jobs/{job.job_id}/sandbox/output",
+            json={"sha256": sha},
             headers=self._job_headers(job),
-        )  # fmt: skip
+        )
 
     def upload_pilot_log(self, stamp: str, text: str) -> None:
         self.http.json("PUT", f"/api/pilots/{stamp}/log", json={"log": text})

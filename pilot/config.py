@@ -21,7 +21,7 @@ from pilot.errors import UsageError
 Origins = Mapping[str, str]
 
 
-def _f(default: Any, kind: str, help: str, *, env: bool = True, cli: bool = True) -> Any:  # noqa: A002
+def _f(default: Any, kind: str, help: str, *, env: bool = True, cli: bool = True) -> Any:
     meta = {"kind": kind, "help": help, "env": env, "cli": cli}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)

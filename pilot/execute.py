@@ -3,6 +3,7 @@ stdout/stderr to files in the job directory, and nothing of it left running afte
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -51,9 +52,15 @@ def run(spec: ExecutionSpec, cancel: threading.Event | None = None) -> Execution
     with spec.stdout.open("ab") as out, spec.stderr.open("ab") as err:
         try:
             proc = subprocess.Popen(
-                spec.argv, cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True, close_fds=True,
-            )  # fmt: skip
+                spec.argv,
+                cwd=spec.cwd,
+                env=dict(spec.env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as exc:
             raise LaunchError(f"cannot run {spec.argv[0]}: {exc.strerror}") from exc
     reason = None
@@ -74,9 +81,12 @@ def run(spec: ExecutionSpec, cancel: threading.Event | None = None) -> Execution
     code = proc.returncode
     sig = -code if code < 0 else None
     return ExecutionResult(
-        exit_code=None if sig else code, signal=sig, wall_time=time.monotonic() - start,
-        cpu_time=cpu, reason=reason,
-    )  # fmt: skip
+        exit_code=None if sig else code,
+        signal=sig,
+        wall_time=time.monotonic() - start,
+        cpu_time=cpu,
+        reason=reason,
+    )
 
 
 def _children_cpu() -> float:
@@ -85,10 +95,8 @@ def _children_cpu() -> float:
 
 
 def signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def kill_group(pgid: int) -> None:

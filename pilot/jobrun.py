@@ -74,7 +74,11 @@ def payload_argv(desc: jdl.JobDescription, job_dir: Path) -> tuple[str, ...]:
     """``Executable`` + ``Arguments``; an executable shipped in the sandbox gets its exec bit."""
     exe = desc.executable
     shipped = job_dir / exe
-    if not os.path.isabs(exe) and shipped.is_file() and shipped.resolve().is_relative_to(job_dir.resolve()):
+    if (
+        not os.path.isabs(exe)
+        and shipped.is_file()
+        and shipped.resolve().is_relative_to(job_dir.resolve())
+    ):
         shipped.chmod(shipped.stat().st_mode | 0o100)
         exe = str(shipped)
     return (exe, *desc.arguments)
@@ -83,7 +87,9 @@ def payload_argv(desc: jdl.JobDescription, job_dir: Path) -> tuple[str, ...]:
 class JobRunner:
     """Runs one job; ``cancel`` (set by a Kill command or a signal) stops the payload."""
 
-    def __init__(self, backend: Backend, job: MatchedJob, settings: JobSettings, cores: int) -> None:
+    def __init__(
+        self, backend: Backend, job: MatchedJob, settings: JobSettings, cores: int
+    ) -> None:
         self.backend = backend
         self.job = job
         self.settings = settings
@@ -92,8 +98,9 @@ class JobRunner:
         self.cancel_reason = "Killed by pilot"
         self.timing: dict[str, float] = {}
 
-    def status(self, status: JobStatus | None, minor: str | None, app: str | None = None,
-               **extra: object) -> None:  # fmt: skip
+    def status(
+        self, status: JobStatus | None, minor: str | None, app: str | None = None, **extra: object
+    ) -> None:
         self.backend.set_status(self.job, StatusUpdate(status, minor, app, extra=extra))
 
     def run(self) -> JobOutcome:
@@ -151,8 +158,13 @@ class JobRunner:
         except execute.LaunchError as exc:
             result = execute.ExecutionResult(127, None, 0.0, 0.0, str(exc))
         self.timing["payload"] = result.wall_time
-        log.info("job %s: payload ended (exit %s, signal %s, %.2f s)",
-                 self.job.job_id, result.exit_code, result.signal, result.wall_time)  # fmt: skip
+        log.info(
+            "job %s: payload ended (exit %s, signal %s, %.2f s)",
+            self.job.job_id,
+            result.exit_code,
+            result.signal,
+            result.wall_time,
+        )
         return result
 
     def _conclude(self, result: execute.ExecutionResult, note: str) -> JobOutcome:
@@ -161,14 +173,17 @@ class JobRunner:
         if result.reason is not None:
             return self._finish(JobStatus.FAILED, result.reason, result.exit_code, note)
         if result.signal is not None:
-            return self._finish(JobStatus.FAILED, f"Payload killed by signal {result.signal}",
-                                None, note)  # fmt: skip
+            return self._finish(
+                JobStatus.FAILED, f"Payload killed by signal {result.signal}", None, note
+            )
         if result.exit_code != 0:
             minor = f"Payload failed with exit code {result.exit_code}"
             return self._finish(JobStatus.FAILED, minor, result.exit_code, note)
         return self._finish(JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0, note)
 
-    def _finish(self, status: JobStatus, minor: str, code: int | None, note: str = "") -> JobOutcome:
+    def _finish(
+        self, status: JobStatus, minor: str, code: int | None, note: str = ""
+    ) -> JobOutcome:
         app = f"exit code {code}" if code is not None else status.value
         if note:
             app = f"{app}; {note}"

@@ -8,6 +8,7 @@ Payloads do not go through here: they are run by :mod:`pilot.execute`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -75,7 +76,5 @@ def run(
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -68,14 +68,23 @@ class ResourceDescription:
         }
         return {k: v for k, v in out.items() if v is not None}
 
-    def with_free(self, cores: int, memory_mb: int | None, wall_left: float | None) -> ResourceDescription:
+    def with_free(
+        self, cores: int, memory_mb: int | None, wall_left: float | None
+    ) -> ResourceDescription:
         """The same slot as seen by the next match: only what is still free."""
         wall = self.wall_clock_time_left if wall_left is None else int(wall_left)
-        cpu = int(self.cpu_time * wall / self.wall_clock_time_left) if self.wall_clock_time_left else 0
+        cpu = (
+            int(self.cpu_time * wall / self.wall_clock_time_left)
+            if self.wall_clock_time_left
+            else 0
+        )
         return dataclasses.replace(
-            self, number_of_processors=cores, max_ram_mb=memory_mb,
-            wall_clock_time_left=wall, cpu_time=cpu,
-        )  # fmt: skip
+            self,
+            number_of_processors=cores,
+            max_ram_mb=memory_mb,
+            wall_clock_time_left=wall,
+            cpu_time=cpu,
+        )
 
 
 def platform_string() -> str:

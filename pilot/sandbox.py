@@ -76,6 +76,10 @@ def stage_out(
         backend.store_output_sandbox(job, out)
     finally:
         out.unlink(missing_ok=True)
-    log.info("job %s: output sandbox uploaded (%d files, %d bytes)",
-             job.job_id, len(packed.included), packed.size)  # fmt: skip
+    log.info(
+        "job %s: output sandbox uploaded (%d files, %d bytes)",
+        job.job_id,
+        len(packed.included),
+        packed.size,
+    )
     return StageOutResult(True, packed.included, packed.missing, packed.dropped, packed.size)

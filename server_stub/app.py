@@ -35,10 +35,19 @@ class Response:
 
 
 _REASONS = {
-    200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-    411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error",
-}  # fmt: skip
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+}
 
 
 @dataclass(frozen=True)
@@ -288,7 +297,9 @@ def _send(response: Response, environ: Environ, start_response: StartResponse) -
             return wrapper(response.stream, 1 << 20)  # type: ignore[no-any-return]
         return iter(lambda: response.stream.read(1 << 20), b"")  # type: ignore[union-attr]
     data = b"" if response.status == 204 else json.dumps(response.body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
     return [data]
 
 

@@ -52,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--url-file", type=Path, help="also write the base URL here")
     serve.add_argument("--max-sandbox-mb", type=int, default=10240)
     serve.add_argument("--max-parametric", type=int, default=1000)
-    serve.add_argument("--stalled-after", type=float, default=900.0,
-                       help="seconds without heartbeat before a job is Stalled")  # fmt: skip
+    serve.add_argument(
+        "--stalled-after",
+        type=float,
+        default=900.0,
+        help="seconds without heartbeat before a job is Stalled",
+    )
     serve.add_argument("--reap-interval", type=float, default=30.0)
     serve.add_argument("--max-reschedules", type=int, default=3)
     serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
@@ -153,8 +157,10 @@ def run_client_command(client: UserClient, args: argparse.Namespace) -> int:
     elif command == "logging-info":
         for row in client.logging_info(args.id):
             stamp = datetime.fromtimestamp(row["Timestamp"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{stamp}  {row['Status']:<11} {row['MinorStatus']:<32} "
-                  f"{row['ApplicationStatus']:<20} {row['Source']}")  # fmt: skip
+            print(
+                f"{stamp}  {row['Status']:<11} {row['MinorStatus']:<32} "
+                f"{row['ApplicationStatus']:<20} {row['Source']}"
+            )
         timing = client.job(args.id).get("timing")
         if timing:
             print("timing: " + ", ".join(f"{k}={v:.3f}s" for k, v in timing.items()))
@@ -200,8 +206,10 @@ def _print_jobs(jobs: list[dict[str, Any]], as_json: bool) -> None:
         print(json.dumps(jobs, indent=2))
         return
     for job in jobs:
-        print(f"{job['job_id']:>6}  {job['status']:<11} {job['minor_status']:<34} "
-              f"{job['application_status'] or '-':<18} {job['site'] or '-'}")  # fmt: skip
+        print(
+            f"{job['job_id']:>6}  {job['status']:<11} {job['minor_status']:<34} "
+            f"{job['application_status'] or '-':<18} {job['site'] or '-'}"
+        )
 
 
 def _print_pilots(client: UserClient, args: argparse.Namespace) -> None:

@@ -37,7 +37,9 @@ class SandboxStore:
         """Store ``body`` under ``sha256``; returns its size."""
         target = self.path(sha256)
         if length is not None and length > self.max_bytes:
-            raise StoreError(f"sandbox of {length} bytes exceeds the limit of {self.max_bytes}", 413)
+            raise StoreError(
+                f"sandbox of {length} bytes exceeds the limit of {self.max_bytes}", 413
+            )
         target.parent.mkdir(exist_ok=True)
         digest = hashlib.sha256()
         size = 0

@@ -36,7 +36,7 @@ class ServerSettings:
 
 
 class _Handler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
@@ -53,13 +53,18 @@ class StubServer:
         _refuse_plain_http_off_loopback(settings)
         self.settings = settings
         self.store = Store(settings.db)
-        app = StubApp(self.store, SandboxStore(settings.sandbox_dir, settings.max_sandbox_bytes),
-                      settings.max_parametric)  # fmt: skip
+        app = StubApp(
+            self.store,
+            SandboxStore(settings.sandbox_dir, settings.max_sandbox_bytes),
+            settings.max_parametric,
+        )
         if ":" in settings.host:
             ThreadingServer.address_family = socket.AF_INET6
         self.httpd = make_server(settings.host, settings.port, app, ThreadingServer, _Handler)
         if settings.ssl_context is not None:
-            self.httpd.socket = settings.ssl_context.wrap_socket(self.httpd.socket, server_side=True)
+            self.httpd.socket = settings.ssl_context.wrap_socket(
+                self.httpd.socket, server_side=True
+            )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -86,7 +91,9 @@ class StubServer:
                 log.exception("stalled-job reaper failed")
                 continue
             for job_id in stalled:
-                log.warning("job %d stalled: no heartbeat for %.0f s", job_id, self.settings.stalled_after)
+                log.warning(
+                    "job %d stalled: no heartbeat for %.0f s", job_id, self.settings.stalled_after
+                )
 
     def stop(self) -> None:
         self._stop.set()

@@ -251,13 +251,13 @@ class Store:
     # -- updates from pilots ------------------------------------------------------------
 
     def check_token(self, job_id: int, token: str | None) -> None:
-        row = self._conn().execute(
-            "SELECT token_hash FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+        row = self._conn().execute("SELECT token_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise StoreError(f"no job {job_id}", 404)
-        if not token or row["token_hash"] is None or not secrets.compare_digest(
-            row["token_hash"], hash_token(token)
+        if (
+            not token
+            or row["token_hash"] is None
+            or not secrets.compare_digest(row["token_hash"], hash_token(token))
         ):
             raise StoreError(f"job token does not grant access to job {job_id}", 403)
 
@@ -350,7 +350,14 @@ class Store:
                 db.execute(
                     "UPDATE jobs SET token_hash = NULL, pilot = NULL WHERE id = ?", (job_id,)
                 )
-                self._record(db, job_id, JobStatus.STALLED, "Job stalled: pilot not running", "", "StalledJobAgent")
+                self._record(
+                    db,
+                    job_id,
+                    JobStatus.STALLED,
+                    "Job stalled: pilot not running",
+                    "",
+                    "StalledJobAgent",
+                )
                 if row["reschedules"] < max_reschedules:
                     db.execute(
                         "UPDATE jobs SET reschedules = reschedules + 1, kill_requested = 0"
@@ -360,7 +367,12 @@ class Store:
                     self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
                 else:
                     self._record(
-                        db, job_id, JobStatus.FAILED, "Maximum of reschedulings reached", None, "JobManager"
+                        db,
+                        job_id,
+                        JobStatus.FAILED,
+                        "Maximum of reschedulings reached",
+                        None,
+                        "JobManager",
                     )
         return [int(r["id"]) for r in rows]
 
@@ -375,7 +387,9 @@ class Store:
             )
 
     def pilots(self) -> list[dict[str, Any]]:
-        rows = self._conn().execute("SELECT stamp, registered, info FROM pilots ORDER BY registered")
+        rows = self._conn().execute(
+            "SELECT stamp, registered, info FROM pilots ORDER BY registered"
+        )
         return [
             {"stamp": r["stamp"], "registered": r["registered"], **json.loads(r["info"])}
             for r in rows

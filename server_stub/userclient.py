@@ -1,4 +1,4 @@
-"""What a user (or the demo, or a test) does with the stub, over :class:`pilot.client.HttpClient`."""
+"""What a user (or the demo, or a test) does with the stub, over ``pilot.client.HttpClient``."""
 
 from __future__ import annotations
 
