@@ -16,7 +16,7 @@ from typing import Any
 
 from pilot import __version__, batch, checking, jdl, jobrun, resources
 from pilot.api import CheckContext
-from pilot.backend import Backend, MatchedJob
+from pilot.backend import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
 
@@ -220,12 +220,12 @@ class Agent:
         except PilotError as exc:
             log.error("job %s: %s", runner.job.job_id, exc)
             outcome = jobrun.JobOutcome(
-                runner.job.job_id, jobrun.JobStatus.FAILED, str(exc), None, {}
+                runner.job.job_id, JobStatus.FAILED, str(exc), None, {}
             )
         except Exception:
             log.exception("job %s: unexpected error", runner.job.job_id)
             outcome = jobrun.JobOutcome(
-                runner.job.job_id, jobrun.JobStatus.FAILED, "pilot error", None, {}
+                runner.job.job_id, JobStatus.FAILED, "pilot error", None, {}
             )
         self.outcomes.append(outcome)
         self.changed.set()

@@ -108,7 +108,7 @@ def describe(
     power = float(facts.get("cpu", {}).get("benchmark") or DEFAULT_POWER)
     cores = config.cores or batch.cores
     memory = config.memory_mb or batch.memory_mb
-    wall = batch.time_left() if hasattr(batch, "time_left") else batch.wall_time_left
+    wall = batch.time_left()
     wall_s = int(UNLIMITED_WALL_S if wall is None else max(0.0, wall))
     tags = set(config.tags) | set(check_tags)
     if cores > 1:

@@ -71,6 +71,7 @@ class StubServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         scheme = "https" if self.settings.ssl_context is not None else "http"
         shown = f"[{host}]" if ":" in str(host) else str(host)
         return f"{scheme}://{shown}:{port}"

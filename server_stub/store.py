@@ -92,8 +92,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        with self._tx() as db:
-            db.executescript(SCHEMA)
+        self._conn().executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -173,7 +172,7 @@ class Store:
         return _job_view(row)
 
     def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM jobs", ()
+        sql, args = "SELECT * FROM jobs", tuple[str, ...]()
         if status:
             sql, args = sql + " WHERE status = ?", (status,)
         return [_job_view(r) for r in self._conn().execute(sql + " ORDER BY id", args)]

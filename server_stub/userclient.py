@@ -11,6 +11,9 @@ from pilot.client import HttpClient, RetryPolicy, sha256_file
 
 
 class UserClient(HttpClient):
+    def __enter__(self) -> UserClient:
+        return self
+
     def __init__(self, base_url: str, **kwargs: Any) -> None:
         kwargs.setdefault("retry", RetryPolicy(attempts=3, deadline=30.0))
         super().__init__(base_url, **kwargs)
