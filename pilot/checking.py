@@ -95,7 +95,7 @@ class CheckReport:
         """Inverse of :meth:`to_json`; ValueError on malformed data."""
         try:
             return cls(tuple(_result_from_json(item) for item in data["results"]))
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"malformed check report: {exc!r}") from exc
 
 

@@ -1,0 +1,5 @@
+#!/bin/sh
+# Fails; the last lines of stderr become the message.
+echo "checking the frobnicator" >&2
+echo "frobnicator missing" >&2
+exit 1
