@@ -77,30 +77,29 @@ class Probe:
 
 # --------------------------------------------------------------------------- parsing helpers
 
-_CLOCK = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?(?:\.\d+)?")
+_CLOCK = re.compile(r"(?:(\d+)-)?(\d+(?::\d+){0,3})(\.\d+)?")
 
 
 def parse_duration(text: str) -> float | None:
-    """Seconds in ``text``: ``[D-]HH:MM:SS``, ``MM:SS``, ``D-HH[:MM]`` or plain seconds.
+    """Seconds in a batch-system duration, or ``None`` if ``text`` is not one.
 
-    A plain number is seconds (PBS walltime, SGE h_rt); Slurm never prints a bare number.
+    Accepts ``S``, ``M:S``, ``H:M:S`` and ``D:H:M:S`` (SGE), ``D-H[:M[:S]]`` (Slurm), with
+    optional fractional seconds. A bare number is seconds (PBS walltime, SGE h_rt); Slurm
+    never prints one.
     """
-    text = text.strip()
-    match = _CLOCK.fullmatch(text)
+    match = _CLOCK.fullmatch(text.strip())
     if match is None:
         return None
-    days, *rest = match.groups()
-    parts = [int(p) for p in rest if p is not None]
-    if days is not None:  # days-hours[:minutes[:seconds]]
-        parts += [0] * (3 - len(parts))
-        hours, minutes, seconds = parts
-        return float(int(days) * 86400 + hours * 3600 + minutes * 60 + seconds)
-    if len(parts) == 1:
-        return float(text) if "." in text else float(parts[0])
-    while len(parts) < 3:
-        parts.insert(0, 0)
-    hours, minutes, seconds = parts
-    return float(hours * 3600 + minutes * 60 + seconds)
+    days, clock, fraction = match.groups()
+    parts = [int(part) for part in clock.split(":")]
+    if days is not None:
+        if len(parts) > 3:
+            return None
+        parts = [int(days), *parts, *[0] * (3 - len(parts))]
+    else:
+        parts = [0] * (4 - len(parts)) + parts
+    d, h, m, s = parts
+    return d * 86400 + h * 3600 + m * 60 + s + (float(fraction) if fraction else 0.0)
 
 
 def positive_int(text: str | None) -> int | None:
@@ -463,7 +462,7 @@ def parse_bjobs(text: str, now: float) -> tuple[Sourced[float] | None, str | Non
 
 # --------------------------------------------------------------------------- SGE
 
-_SGE_TIME_FORMATS = ("%m/%d/%Y %H:%M:%S", _CTIME)
+_SGE_TIME_FORMATS = ("%m/%d/%Y %H:%M:%S", "%Y-%m-%d %H:%M:%S", _CTIME)  # SoGE/UGE, OCS
 
 
 def parse_sge_job(text: str) -> dict[str, str]:
@@ -501,7 +500,7 @@ def detect_sge(probe: Probe) -> SystemReport | None:
 def _sge_deadline(
     probe: Probe, attrs: Mapping[str, str], task: str | None
 ) -> Sourced[float] | None:
-    limits = _sge_list(attrs.get("hard resource_list", ""))
+    limits = _sge_list(attrs.get("hard resource_list") or attrs.get("hard_resource_list") or "")
     candidates = [
         (seconds, name)
         for name in ("h_rt", "s_rt")  # s_rt sends SIGUSR1 first: the earlier one counts
