@@ -466,14 +466,24 @@ _SGE_TIME_FORMATS = ("%m/%d/%Y %H:%M:%S", "%Y-%m-%d %H:%M:%S", _CTIME)  # SoGE/U
 
 
 def parse_sge_job(text: str) -> dict[str, str]:
-    """``qstat -j`` ``key: value`` lines; keys with runs of spaces collapsed (``usage 1``)."""
+    """``qstat -j`` ``key: value`` lines, keys' runs of spaces collapsed (``usage 1``).
+
+    Further array tasks continue a per-task key on indented ``   <task>:`` lines.
+    """
     attrs: dict[str, str] = {}
+    name = ""
     for line in text.splitlines():
+        task_line = re.fullmatch(r"\s+(\d+):\s*(.*)", line)
+        if task_line is not None and name:
+            attrs[f"{name} {task_line.group(1)}"] = task_line.group(2).strip()
+            continue
         if not line or line[0].isspace() or line.startswith("="):
             continue
         key, sep, value = line.partition(":")
         if sep:
-            attrs[" ".join(key.split())] = value.strip()
+            key = " ".join(key.split())
+            attrs[key] = value.strip()
+            name = key.split()[0] if re.fullmatch(r"\S+ \d+", key) else ""
     return attrs
 
 
@@ -497,6 +507,13 @@ def detect_sge(probe: Probe) -> SystemReport | None:
     return SystemReport("sge", ref, "JOB_ID+SGE_ROOT", cores, None, deadline, extra=extra)
 
 
+def _sge_task_value(attrs: Mapping[str, str], name: str, task: str | None) -> str:
+    """``<name> <task>`` (``usage 3``), else the first task's: a plain job is task 1."""
+    if task is not None and f"{name} {task}" in attrs:
+        return attrs[f"{name} {task}"]
+    return next((v for k, v in attrs.items() if k.startswith(f"{name} ")), "")
+
+
 def _sge_deadline(
     probe: Probe, attrs: Mapping[str, str], task: str | None
 ) -> Sourced[float] | None:
@@ -509,14 +526,11 @@ def _sge_deadline(
     if not candidates:
         return None
     limit, name = min(candidates)
-    usage = attrs.get(f"usage {task}") or next(
-        (v for k, v in attrs.items() if k.startswith("usage ")), ""
-    )
-    used = parse_duration(_sge_list(usage).get("wallclock", ""))
+    used = parse_duration(_sge_list(_sge_task_value(attrs, "usage", task)).get("wallclock", ""))
     if used is not None:
         return _deadline_from_left(probe, limit - used, f"qstat {name} - usage wallclock")
-    start_key = next((k for k in attrs if k.startswith("start_time")), "")
-    start = parse_local_time(attrs.get(start_key, "").split(".")[0], _SGE_TIME_FORMATS)
+    start_text = _sge_task_value(attrs, "start_time", task).split(".")[0]
+    start = parse_local_time(start_text, _SGE_TIME_FORMATS)
     if start is not None:
         return Sourced(start + limit, f"qstat start_time + {name}")
     # detection runs as the pilot starts, so "limit from now" is close and errs little

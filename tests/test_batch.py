@@ -437,6 +437,26 @@ def test_sge_array_task_and_unknown_start(no_cgroup: dict[str, object]) -> None:
     assert info.sources["wall_time_left"] == "qstat h_rt (start unknown: from now)"
 
 
+SGE_ARRAY_QSTAT = """\
+==============================================================
+job_number:                 777002
+hard resource_list:         h_rt=7200
+job-array tasks:            1-4:1
+usage         2:            wallclock=00:50:00, cpu=00:49:10, mem=12.5 GBs, io=0.1, vmem=1.2G
+              3:            wallclock=00:10:00, cpu=00:09:58, mem=2.5 GBs, io=0.0, vmem=1.1G
+scheduling info:            (Collecting of scheduler job information is turned off)
+"""
+
+
+def test_sge_array_job_uses_its_own_task_usage(no_cgroup: dict[str, object]) -> None:
+    env = {**load_env("sge"), "JOB_ID": "777002", "SGE_TASK_ID": "3"}
+    fake = FakeRun(**{"qstat -j 777002": SGE_ARRAY_QSTAT})
+    info = detect_at(JOB_START, env, fake, **no_cgroup)
+    assert info.wall_time_left == 7200 - 600
+    env["SGE_TASK_ID"] = "2"
+    assert detect_at(JOB_START, env, fake, **no_cgroup).wall_time_left == 7200 - 3000
+
+
 def test_job_id_without_sge_root_is_not_sge(no_cgroup: dict[str, object]) -> None:
     fake = FakeRun()
     info = detect_at(JOB_START, {"JOB_ID": "12", "PATH": "/usr/bin"}, fake, **no_cgroup)
