@@ -115,10 +115,11 @@ class CgroupLimits:
         return Sourced(self.memory_bytes.value // MB, self.memory_bytes.source)
 
 
-def _read_small(path: Path) -> str | None:
+def _read_small(path: Path, limit: int = 4096) -> str | None:
+    """The stripped text of a small pseudo-file, or ``None`` if it cannot be read."""
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read(4096).strip()
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(limit).strip()
     except OSError:
         return None
 
@@ -185,7 +186,7 @@ def _v1_cpu(d: Path) -> float | None:
 
 
 def _v1_base(root: Path, controller: str, hierarchy: str) -> Path | None:
-    for name in (hierarchy, controller, "cpu,cpuacct" if controller == "cpu" else controller):
+    for name in (hierarchy, controller):  # "cpu,cpuacct" is often also linked as "cpu"
         if (root / name).is_dir():
             return root / name
     return None
@@ -193,7 +194,7 @@ def _v1_base(root: Path, controller: str, hierarchy: str) -> Path | None:
 
 def read_cgroup_limits(root: Path, self_cgroup: Path) -> CgroupLimits:
     """Limits from ``self_cgroup`` (``/proc/self/cgroup``) under the mount ``root``."""
-    text = _read_small_text(self_cgroup)
+    text = _read_small(self_cgroup, 65536)
     if text is None:
         return CgroupLimits()
     unified, v1 = _parse_self_cgroup(text)
@@ -215,18 +216,10 @@ def read_cgroup_limits(root: Path, self_cgroup: Path) -> CgroupLimits:
     cpus = _lowest_in(cpu_dirs, _v1_cpu)
     return CgroupLimits(
         "v1",
-        v1.get("memory", ("", ""))[1] or None,
+        (v1.get("memory") or v1.get("cpu") or ("", "/"))[1],
         Sourced(cpus, "cgroup v1 cpu.cfs_quota_us") if cpus is not None else None,
         Sourced(int(memory), "cgroup v1 memory.limit_in_bytes") if memory is not None else None,
     )
-
-
-def _read_small_text(path: Path) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(65536)
-    except OSError:
-        return None
 
 
 def _v1_dirs(root: Path, v1: Mapping[str, tuple[str, str]], controller: str) -> list[Path]:
