@@ -31,6 +31,7 @@ from typing import Any
 from checks import BUILTIN_CHECKS
 from pilot import proc
 from pilot.api import Check, CheckContext, CheckOutcome, CheckResult, Status
+from pilot.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class CheckSettings:
     checks_dir: Path | None = None
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [checks.<name>]
     entry_points: bool = True
+
+    def __post_init__(self) -> None:
+        for name, value in {"default": self.default_timeout, **self.timeouts}.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise UsageError(f"check timeout for {name!r} must be positive, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -281,7 +287,7 @@ class ExecCheck:
         facts, tags, message = self._parse_stdout(result.stdout)
         message = message or _tail(result.stderr)
         status = EXIT_STATUS.get(result.returncode, Status.FAILED)
-        if result.returncode not in EXIT_STATUS:
+        if result.returncode not in EXIT_STATUS or (status is Status.FAILED and not message):
             code = result.returncode
             prefix = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             message = f"{prefix}: {message}" if message else prefix

@@ -20,6 +20,7 @@ from pilot import checking
 from pilot.api import CheckContext, CheckOutcome, CheckResult, Status
 from pilot.batch import BatchInfo
 from pilot.checking import CheckReport, CheckSettings
+from pilot.errors import UsageError
 
 DATA = Path(__file__).parent / "data" / "checks.d"
 REPO = Path(__file__).resolve().parent.parent
@@ -361,6 +362,27 @@ def test_exec_check_with_bad_interpreter_fails(ctx: CheckContext, tmp_path: Path
     script.chmod(0o755)
     result = checking.run(ctx, ONLY_GIVEN, checking.exec_checks(tmp_path)).results[0]
     assert result.status is Status.FAILED and "No such file" in result.message
+
+
+def test_exec_check_silent_failure_and_signal(ctx: CheckContext, tmp_path: Path) -> None:
+    checks_dir = tmp_path / "checks"
+    checks_dir.mkdir()
+    for name, body in (("silent", "exit 1"), ("signalled", "kill -9 $$")):
+        (checks_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (checks_dir / name).chmod(0o755)
+    report = checking.run(ctx, ONLY_GIVEN, checking.exec_checks(checks_dir))
+    assert [(r.status, r.message) for r in report.results] == [
+        (Status.FAILED, "killed by signal 9"),
+        (Status.FAILED, "exit code 1"),
+    ]
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True, "30"])
+def test_settings_reject_bad_timeouts(bad: Any) -> None:
+    with pytest.raises(UsageError, match="must be positive"):
+        CheckSettings(timeouts={"cpu": bad})
+    with pytest.raises(UsageError, match="'default'"):
+        CheckSettings(default_timeout=bad)
 
 
 # --- entry-point plugins -----------------------------------------------------------

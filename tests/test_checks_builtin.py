@@ -38,13 +38,13 @@ MB = 1024 * 1024
 V2_FLAGS = "fpu cx8 cmov mmx fxsr sse sse2 syscall lm cx16 lahf_lm popcnt pni sse4_1 sse4_2 ssse3"
 
 
+Options = dict[str, dict[str, Any]]
+
+
 def context(
-    work: Path,
-    options: dict[str, dict[str, Any]] | None = None,
-    cores: int = 1,
-    memory_mb: int | None = None,
+    work: Path, options: Options | None = None, cores: int = 1, mb: int | None = None
 ) -> CheckContext:
-    return CheckContext(work, BatchInfo("local", None, cores, memory_mb, None), options or {})
+    return CheckContext(work, BatchInfo("local", None, cores, mb, None), options or {})
 
 
 def script(path: Path, body: str) -> Path:
@@ -184,7 +184,7 @@ def test_memory_cgroup_v2_smallest_limit_on_the_path(tmp_path: Path) -> None:
     proc_cgroup.write_text("0::/job/step\n")
     options = {"meminfo": str(_fake_meminfo(tmp_path)), "proc_cgroup": str(proc_cgroup)}
     options["cgroup_root"] = str(root)
-    outcome = MemoryCheck().run(context(tmp_path, {"memory": options}, memory_mb=1024))
+    outcome = MemoryCheck().run(context(tmp_path, {"memory": options}, mb=1024))
     assert outcome.status is Status.PASSED, outcome.message
     facts = outcome.facts
     assert (facts["total_mb"], facts["available_mb"], facts["swap_total_mb"]) == (8192, 4096, 1024)
@@ -204,7 +204,7 @@ def test_memory_cgroup_v1_and_slot_larger_than_limit(tmp_path: Path) -> None:
     proc_cgroup.write_text("5:cpu,cpuacct:/\n4:memory:/slot\n0::/\n")
     options = {"meminfo": str(_fake_meminfo(tmp_path)), "proc_cgroup": str(proc_cgroup)}
     options["cgroup_root"] = str(root)
-    outcome = MemoryCheck().run(context(tmp_path, {"memory": options}, memory_mb=4000))
+    outcome = MemoryCheck().run(context(tmp_path, {"memory": options}, mb=4000))
     assert (outcome.facts["cgroup_version"], outcome.facts["cgroup_limit_mb"]) == (1, 1024)
     assert outcome.status is Status.WARNING
     assert outcome.message == "slot claims 4000 MB but only 1024 MB usable"
@@ -311,14 +311,8 @@ def _cvmfs(root: Path, repos: list[str], **extra: Any) -> dict[str, dict[str, An
 
 
 def _probe_children() -> list[psutil.Process]:
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if any("_cvmfs_probe" in part for part in child.cmdline()):
-                found.append(child)
-        except psutil.Error:
-            continue
-    return found
+    children = psutil.Process().children(recursive=True)
+    return [c for c in children if c.is_running() and "_cvmfs_probe" in " ".join(c.cmdline())]
 
 
 def test_cvmfs_nothing_configured_is_skipped(tmp_path: Path) -> None:
@@ -569,11 +563,8 @@ def test_gpu_broken_nvidia_smi_falls_back_to_proc(
     ctx = context(tmp_path, {"gpu": {"nvidia_smi": str(smi), "proc_dir": str(gpus.parent)}})
     outcome = GpuCheck().run(ctx)
     assert outcome.status is Status.WARNING and "NVIDIA-SMI has failed" in outcome.message
-    assert (outcome.facts["models"], outcome.facts["source"], outcome.tags) == (
-        ["Tesla V100-PCIE-32GB"],
-        "proc",
-        ("GPU",),
-    )
+    assert outcome.facts["models"] == ["Tesla V100-PCIE-32GB"] and outcome.tags == ("GPU",)
+    assert outcome.facts["source"] == "proc"
 
 
 # --- load --------------------------------------------------------------------------
