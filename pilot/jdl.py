@@ -75,7 +75,7 @@ _PIECE = rf"%\([^{_DELIMS}]*\)|[^{_DELIMS}]|&(?!&)|\|(?!\|)"
 _WORD_RE = re.compile(rf"(?:{_PIECE})(?:{_PIECE}|!(?!=)|=(?![=?!]))*")
 _SKIP_RE = re.compile(r"(?:\s+|#[^\n]*|//[^\n]*)*")
 ATTRIBUTE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
-_STRING_RE = re.compile(r'"((?:[^"\\\n\r]|\\[^\n\r])*)"')
+_STRING_RE = re.compile(r'"((?:[^"\\\n\r]++|\\[^\n\r])*+)"')
 _ESCAPE_RE = re.compile(r'\\(["\\])')
 _BAD_IN_STRING_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
@@ -98,8 +98,7 @@ def _describe_char(ch: str) -> str:
 
 
 class _Parser:
-    """Recursive descent over ``text``; ``pos`` is the cursor, ``end`` the end of the
-    last token consumed (used to slice expression text)."""
+    """Recursive descent; ``end`` is where the last token ended (expression text)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -144,9 +143,8 @@ class _Parser:
 
     def classad(self, depth: int) -> dict[str, Value]:
         self.check_depth(depth)
-        open_pos = self.pos
         self.pos += 1
-        return self.attributes(depth, open_pos)
+        return self.attributes(depth, self.pos - 1)
 
     def attributes(self, depth: int, open_pos: int | None) -> dict[str, Value]:
         """Attributes up to the ``]`` closing ``open_pos`` (or the end of input)."""
@@ -169,14 +167,17 @@ class _Parser:
             self.skip()
             if self.peek() == ";":
                 self.pos += 1
+            elif self.peek() in (")", "}"):
+                raise self.error(f"unexpected {self.peek()!r} without a matching opening bracket")
             elif self.peek() not in ("", "]"):
                 raise self.error(f"missing ';' after the value of {key!r} (found {self.found()})")
 
     def name(self) -> str:
         match = ATTRIBUTE_NAME_RE.match(self.text, self.pos)
         if match is None:
-            if self.peek() and self.peek() in "=]":
-                raise self.error(f"unexpected {self.peek()!r} where an attribute name belongs")
+            if self.peek() in ("=", "]"):
+                what = "'=' without an attribute name" if self.peek() == "=" else "']'"
+                raise self.error(f"unexpected {what}")
             raise self.error(f"expected an attribute name, found {self.found()}")
         self.pos = match.end()
         return match.group()
@@ -381,8 +382,7 @@ def dumps(attrs: Mapping[str, Value]) -> str:
 
 
 def expand(attrs: Mapping[str, Value], max_jobs: int = DEFAULT_MAX_JOBS) -> list[dict[str, Value]]:
-    """One attribute dict per job of a parametric description (``[attrs]`` if not
-    parametric); see :mod:`pilot.jdl_expand`."""
+    """One attribute dict per job (``[attrs]`` if not parametric); see jdl_expand."""
     from pilot import jdl_expand
 
     return jdl_expand.expand(attrs, max_jobs)
@@ -412,7 +412,7 @@ def as_number(value: Value) -> int | float | None:
         return value
     if isinstance(value, str):
         text = value.strip()
-        if _INT_RE.fullmatch(text) and len(text) <= MAX_INT_DIGITS:
+        if _INT_RE.fullmatch(text) and len(text.lstrip("+-")) <= MAX_INT_DIGITS:
             return int(text)
         if _FLOAT_RE.fullmatch(text) and math.isfinite(float(text)):
             return float(text)

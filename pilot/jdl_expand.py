@@ -114,8 +114,11 @@ def _sequence(group: dict[str, tuple[str, Value]], count: int) -> list[Value]:
     current = numbers["start"]
     for _ in range(1, count):
         current = current * numbers["factor"] + numbers["step"]
-        too_big = abs(current).bit_length() > _MAX_VALUE_BITS if isinstance(current, int) else False
-        if too_big or not math.isfinite(current):
+        if isinstance(current, int):
+            too_big = abs(current).bit_length() > _MAX_VALUE_BITS
+        else:
+            too_big = not math.isfinite(current)
+        if too_big:
             raise JDLError("parametric sequence grows too large")
         values.append(current)
     return values
@@ -222,8 +225,8 @@ def _dump_value(value: Value, depth: int) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        if abs(value).bit_length() > MAX_INT_DIGITS * 3:
-            raise JDLError("integer too large to write as JDL")
+        if abs(value).bit_length() > MAX_INT_DIGITS * 4 or len(str(abs(value))) > MAX_INT_DIGITS:
+            raise JDLError(f"integer with more than {MAX_INT_DIGITS} digits")
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
