@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet = logging.INFO if args.command == "serve" else logging.ERROR
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else quiet,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -128,9 +129,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     server = StubServer(settings)
     server.start()
-    print(server.url, flush=True)
     if args.url_file:
         args.url_file.write_text(server.url + "\n")
+    print(server.url, flush=True)
     log.info("matcher stub listening on %s (database %s)", server.url, settings.db)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

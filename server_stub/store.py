@@ -91,6 +91,7 @@ def hash_token(token: str) -> str:
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().executescript(SCHEMA)
 

@@ -39,7 +39,10 @@ def test_check_with_server_explains_near_misses(stub: Stub, tmp_path: Path) -> N
     assert "needs tag GPU" in done.stdout and "site Here.Site banned" in done.stdout
     assert all(j["status"] == "Waiting" for j in stub.client.jobs())
     stub.submit('Executable = "/bin/true";')
-    again = run_pilot(["check", "--server", stub.url, "--disable-check", "cpu"], cwd=tmp_path)
+    again = run_pilot(
+        ["check", "--server", stub.url, "--site", "Here.Site", "--disable-check", "cpu"],
+        cwd=tmp_path,
+    )
     assert "would be matched: job 3" in again.stdout
 
 
