@@ -1,0 +1,887 @@
+"""Sandbox archives: unpack untrusted input safely, pack the output sandbox.
+
+Threat model: an input sandbox is hostile until proven otherwise. :func:`safe_unpack`
+never writes outside ``dest``, whatever the archive says:
+
+* the format comes from magic bytes, never from the file name;
+* ``tarfile``/``zipfile`` are used only as parsers; every change to the file system is
+  made here, relative to directory descriptors opened with ``O_NOFOLLOW``, and files are
+  created ``O_CREAT|O_EXCL|O_NOFOLLOW``, so no link (ours or pre-existing) is followed;
+* names are checked (absolute, ``..``, undecodable, control characters, empty, length);
+* a member under a path the archive made a symlink, or a member that replaces an earlier
+  one, is refused; symlinks are created last, after each target has been resolved
+  against the archive's final set of links (a later link cannot redirect an earlier one);
+* hard links must point at a regular file extracted earlier; devices, FIFOs and sockets
+  are refused; setuid/setgid/sticky and group/world write bits are dropped;
+* size and member limits are counted on what is actually produced while streaming in
+  1 MiB chunks, so headers that lie change nothing; header parsing has its own budget.
+
+Rejections raise :class:`SandboxRejected`; files already extracted may remain inside
+``dest`` (the caller removes the job directory).
+"""
+
+from __future__ import annotations
+
+import bz2
+import errno
+import gzip
+import io
+import logging
+import lzma
+import os
+import stat
+import struct
+import tarfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Final, Self
+
+from pilot.errors import DiskFullError, SandboxError
+
+log = logging.getLogger(__name__)
+
+CHUNK: Final = 1 << 20
+_HEADER_BUDGET: Final = 8 << 20  # bytes tarfile may read to parse one member's headers
+_MAX_LINK_FOLLOWS: Final = 40
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FILE: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_ZIP_UNIX: Final = 3
+_ZIP_ENCRYPTED: Final = 0x1
+_SPECIAL: Final = {
+    stat.S_IFCHR: "device file",
+    stat.S_IFBLK: "device file",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
+# Errors a damaged archive makes the parsers and decompressors raise. Write-side
+# OSErrors never get here: _fs_errors turns them into PilotErrors first.
+_CORRUPT: Final = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    ValueError,
+    struct.error,
+    RecursionError,
+    NotImplementedError,
+)
+
+
+class SandboxRejected(SandboxError):
+    """The input sandbox is unsafe or malformed; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Input sandbox rejected: {reason}")
+        self.reason = reason
+
+
+class ArchiveFormat(StrEnum):
+    TAR = "tar"
+    TAR_GZ = "tar.gz"
+    TAR_BZ2 = "tar.bz2"
+    TAR_XZ = "tar.xz"
+    ZIP = "zip"
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    max_total_bytes: int = 10 * 2**30
+    max_members: int = 100_000
+    max_name_bytes: int = 4096
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """What :func:`pack_output` packed. ``size`` is the sum of the packed file sizes
+    (uncompressed, the quantity ``max_bytes`` bounds); ``skipped`` lists links that
+    point outside the job directory and entries that vanished or changed type."""
+
+    included: tuple[str, ...]
+    missing: tuple[str, ...]
+    dropped: tuple[str, ...]
+    size: int
+    skipped: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- detection
+
+_MAGIC: Final = (
+    (b"\x1f\x8b", ArchiveFormat.TAR_GZ),
+    (b"BZh", ArchiveFormat.TAR_BZ2),
+    (b"\xfd7zXZ\x00", ArchiveFormat.TAR_XZ),
+    (b"PK\x03\x04", ArchiveFormat.ZIP),
+    (b"PK\x05\x06", ArchiveFormat.ZIP),
+)
+
+
+def detect_format(path: Path) -> ArchiveFormat:
+    """Recognise the archive format from the content of ``path``."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(2 * tarfile.BLOCKSIZE)
+    except OSError as exc:
+        raise SandboxError(f"cannot read archive {path}: {exc.strerror}") from exc
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if _looks_like_tar(head):
+        return ArchiveFormat.TAR
+    raise SandboxRejected("unknown archive format")
+
+
+def _looks_like_tar(head: bytes) -> bool:
+    block = head[: tarfile.BLOCKSIZE]
+    if len(block) < tarfile.BLOCKSIZE:
+        return False
+    if head == bytes(2 * tarfile.BLOCKSIZE) or block[257:262] == b"ustar":
+        return True  # an empty archive is just its end marker; or a POSIX/GNU header
+    field = block[148:156].replace(b"\0", b" ").strip()
+    try:
+        stored = int(field, 8)
+    except ValueError:
+        return False
+    return stored == sum(block[:148]) + 8 * ord(" ") + sum(block[156:])  # old V7 header
+
+
+# ------------------------------------------------------------------------------- names
+
+
+def _check_text(text: str, what: str = "name") -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SandboxRejected(f"undecodable {what}: {text!a}") from None
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise SandboxRejected(f"control character in {what}: {text!a}")
+
+
+def _member_parts(name: str, limits: UnpackLimits) -> tuple[str, ...]:
+    """Validate a member name; return its components ("" and "." dropped)."""
+    if not name:
+        raise SandboxRejected("empty name")
+    _check_text(name)
+    if len(name.encode()) > limits.max_name_bytes:
+        raise SandboxRejected(f"name too long: {name[:80]}...")
+    if name.startswith("/"):
+        raise SandboxRejected(f"absolute path: {name}")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise SandboxRejected(f"path escapes job directory: {name}")
+    return parts
+
+
+class _Escapes(Exception):
+    """Internal: a symlink target leaves the tree (or loops)."""
+
+
+class _LinkMap:
+    """The symlinks of one tree, resolved lexically the way the kernel would."""
+
+    def __init__(self) -> None:
+        self.targets: dict[tuple[str, ...], str] = {}
+        self._follows = 0
+
+    def check(self, link: tuple[str, ...]) -> None:
+        """Raise :class:`_Escapes` unless ``link`` resolves inside the tree."""
+        self._follows = 0
+        self._resolve(link[:-1], self.targets[link])
+
+    def _resolve(self, base: tuple[str, ...], target: str) -> tuple[str, ...]:
+        if target.startswith("/"):
+            raise _Escapes("link escapes job directory")
+        stack = list(base)
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    raise _Escapes("link escapes job directory")
+                stack.pop()
+                continue
+            stack.append(part)
+            nested = self.targets.get(tuple(stack))
+            if nested is not None:
+                self._follows += 1
+                if self._follows > _MAX_LINK_FOLLOWS:
+                    raise _Escapes("symlink loop")
+                stack = list(self._resolve(tuple(stack[:-1]), nested))
+        return tuple(stack)
+
+
+# ---------------------------------------------------------------------- the extraction
+
+
+class _Kind(Enum):
+    DIR = "dir"
+    FILE = "file"
+    LINK = "link"
+
+
+@contextmanager
+def _fs_errors(name: str) -> Iterator[None]:
+    """Turn a file-system error while creating ``name`` into a PilotError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left while unpacking {name}") from exc
+        known = {
+            errno.EEXIST: "duplicate member",
+            errno.ELOOP: "write through symlink",
+            errno.ENOTDIR: "parent is not a directory",
+        }
+        if exc.errno in known:
+            raise SandboxRejected(f"{known[exc.errno]}: {name}") from exc
+        raise SandboxError(f"cannot unpack {name}: {exc.strerror}") from exc
+
+
+def _guarded(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    def guarded_read(size: int) -> bytes:
+        try:
+            return read(size)
+        except _CORRUPT as exc:
+            raise SandboxRejected(f"corrupt archive: {exc}") from exc
+
+    return guarded_read
+
+
+class _Sink:
+    """Creates members under ``dest``; never follows a link, never leaves ``dest``."""
+
+    def __init__(self, dest: Path, limits: UnpackLimits) -> None:
+        self.limits = limits
+        self.root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.kinds: dict[tuple[str, ...], _Kind] = {}
+        self.links = _LinkMap()  # includes links already in dest: they resolve too
+        self.new_links: list[tuple[str, ...]] = []
+        self.names: list[str] = []
+        self.members = 0
+        self.written = 0
+        for folder, dirs, files in os.walk(dest):  # links already there count as ours
+            for entry in dirs + files:
+                path = Path(folder, entry)
+                if path.is_symlink():
+                    parts = path.relative_to(dest).parts
+                    self.kinds[parts] = _Kind.LINK
+                    self.links.targets[parts] = os.readlink(path)
+
+    def close(self) -> None:
+        os.close(self.root)
+
+    def begin(self) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise SandboxRejected(f"too many members (> {self.limits.max_members})")
+
+    def account(self, size: int) -> None:
+        self.written += size
+        if self.written > self.limits.max_total_bytes:
+            raise SandboxRejected(f"unpacked size exceeds {self.limits.max_total_bytes} bytes")
+
+    def refuse(self, name: str, what: str) -> None:
+        parts = _member_parts(name, self.limits)
+        raise SandboxRejected(f"{what}: {'/'.join(parts)}")
+
+    def _claim(self, name: str, kind: _Kind) -> tuple[str, ...]:
+        parts = _member_parts(name, self.limits)
+        if not parts:
+            if kind is _Kind.DIR:
+                return parts  # "./": the destination itself
+            raise SandboxRejected(f"empty name: {name}")
+        old = self.kinds.get(parts)
+        if old is not None and not (old is kind is _Kind.DIR):
+            raise SandboxRejected(f"duplicate member: {'/'.join(parts)}")
+        self.kinds[parts] = kind
+        self.names.append("/".join(parts))
+        return parts
+
+    @contextmanager
+    def _parent(self, parts: tuple[str, ...], name: str) -> Iterator[int]:
+        """Yield an fd of the directory that holds ``parts``, creating missing ones."""
+        fd = os.dup(self.root)
+        try:
+            for i in range(len(parts) - 1):
+                nxt = self._enter(fd, parts[: i + 1], name)
+                os.close(fd)
+                fd = nxt
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _enter(self, fd: int, prefix: tuple[str, ...], name: str) -> int:
+        kind = self.kinds.get(prefix)
+        if kind is _Kind.LINK:
+            raise SandboxRejected(f"write through symlink: {name}")
+        if kind is _Kind.FILE:
+            raise SandboxRejected(f"parent is not a directory: {name}")
+        with _fs_errors(name):
+            if kind is None:
+                with suppress(FileExistsError):
+                    os.mkdir(prefix[-1], 0o755, dir_fd=fd)
+                self.kinds[prefix] = _Kind.DIR
+            try:
+                return os.open(prefix[-1], _DIR_FLAGS, dir_fd=fd)
+            except NotADirectoryError:  # O_NOFOLLOW|O_DIRECTORY on a link says ENOTDIR
+                if stat.S_ISLNK(os.lstat(prefix[-1], dir_fd=fd).st_mode):
+                    raise SandboxRejected(f"write through symlink: {name}") from None
+                raise
+
+    def add_dir(self, name: str, mode: int) -> None:
+        parts = self._claim(name, _Kind.DIR)
+        if not parts:
+            return
+        with self._parent(parts, name) as parent, _fs_errors(name):
+            with suppress(FileExistsError):
+                os.mkdir(parts[-1], 0o700, dir_fd=parent)
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            try:
+                os.fchmod(fd, (mode & 0o755) | 0o700)
+            finally:
+                os.close(fd)
+
+    def add_file(
+        self, name: str, read: Callable[[int], bytes], mode: int, mtime: float | None
+    ) -> None:
+        parts = self._claim(name, _Kind.FILE)
+        with self._parent(parts, name) as parent:
+            with _fs_errors(name):
+                fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=parent)
+            try:
+                self._copy(_guarded(read), fd, name)
+                with _fs_errors(name):
+                    os.fchmod(fd, (mode & 0o755) | 0o600)
+                if mtime is not None:
+                    with suppress(OSError, OverflowError, ValueError):
+                        os.utime(fd, (mtime, mtime))
+            finally:
+                os.close(fd)
+
+    def _copy(self, read: Callable[[int], bytes], fd: int, name: str) -> None:
+        while chunk := read(CHUNK):
+            self.account(len(chunk))  # checked before the bytes reach the disk
+            view = memoryview(chunk)
+            with _fs_errors(name):
+                while view:
+                    view = view[os.write(fd, view) :]
+
+    def add_symlink(self, name: str, target: str) -> None:
+        parts = self._claim(name, _Kind.LINK)
+        shown = "/".join(parts)
+        if not target:
+            raise SandboxRejected(f"empty link target: {shown}")
+        _check_text(target, "link target")
+        if len(target.encode()) > self.limits.max_name_bytes:
+            raise SandboxRejected(f"link target too long: {shown}")
+        with self._parent(parts, name):
+            pass  # create the parents now; the link itself is made by finish()
+        self.links.targets[parts] = target
+        self.new_links.append(parts)
+        self._check_link(parts)
+
+    def _check_link(self, parts: tuple[str, ...]) -> None:
+        try:
+            self.links.check(parts)
+        except _Escapes as exc:
+            target = self.links.targets[parts]
+            raise SandboxRejected(f"{exc}: {'/'.join(parts)} -> {target}") from None
+
+    def add_hardlink(self, name: str, target: str) -> None:
+        parts = self._claim(name, _Kind.FILE)
+        shown = f"{'/'.join(parts)} -> {target}"
+        _check_text(target, "link target")
+        if target.startswith("/") or ".." in target.split("/"):
+            raise SandboxRejected(f"link escapes job directory: {shown}")
+        tparts = tuple(p for p in target.split("/") if p not in ("", "."))
+        if tparts == parts or self.kinds.get(tparts) is not _Kind.FILE:
+            raise SandboxRejected(f"hard link to non-member: {shown}")
+        with (
+            self._parent(tparts, name) as src,
+            self._parent(parts, name) as dst,
+            _fs_errors(name),
+        ):
+            os.link(tparts[-1], parts[-1], src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+
+    def finish(self) -> list[str]:
+        """Check every symlink against the final set of links, then create them."""
+        for parts in self.new_links:
+            self._check_link(parts)
+        for parts in self.new_links:
+            name = "/".join(parts)
+            with self._parent(parts, name) as parent, _fs_errors(name):
+                os.symlink(self.links.targets[parts], parts[-1], dir_fd=parent)
+        return self.names
+
+
+# --------------------------------------------------------------------------------- tar
+
+
+class _StrictInfo(tarfile.TarInfo):
+    """A TarInfo that treats any damaged header as corruption, not as the end."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        if len(buf) == tarfile.BLOCKSIZE and buf.count(0) == tarfile.BLOCKSIZE:
+            return super().frombuf(buf, encoding, errors)  # end-of-archive marker
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.HeaderError as exc:
+            raise SandboxRejected(f"corrupt archive: {exc or 'unexpected end of data'}") from None
+
+
+class _Reader(tarfile.TarFile):
+    """TarFile that forgets headers once read (it would keep them all in memory)."""
+
+    tarinfo = _StrictInfo
+    members: list[tarfile.TarInfo]
+
+    def next(self) -> tarfile.TarInfo | None:
+        info = super().next()
+        self.members.clear()
+        return info
+
+
+class _MeteredReader:
+    """Decompressed stream handed to tarfile; ``budget`` bounds a header's reads."""
+
+    def __init__(self, raw: io.BufferedIOBase) -> None:
+        self.raw = raw
+        self.budget: int | None = _HEADER_BUDGET
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.budget is not None:
+            if size < 0 or size > self.budget:
+                raise SandboxRejected("corrupt archive: oversized member header")
+            self.budget -= size
+        return self.raw.read(size)
+
+    def write(self, b: bytes, /) -> int:
+        raise io.UnsupportedOperation("read-only")
+
+    def seek(self, pos: int, whence: int = 0, /) -> int:
+        return self.raw.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def close(self) -> None:
+        """The stream belongs to the caller."""
+
+
+def _decompressed(path: Path, fmt: ArchiveFormat) -> io.BufferedIOBase:
+    if fmt is ArchiveFormat.TAR_GZ:
+        return gzip.open(path, "rb")
+    if fmt is ArchiveFormat.TAR_BZ2:
+        return bz2.open(path, "rb")
+    if fmt is ArchiveFormat.TAR_XZ:
+        return lzma.open(path, "rb")
+    return path.open("rb")
+
+
+def _unpack_tar(archive: Path, fmt: ArchiveFormat, sink: _Sink) -> None:
+    with _decompressed(archive, fmt) as raw:
+        meter = _MeteredReader(raw)
+        with _Reader.open(
+            fileobj=meter, mode="r:", encoding="utf-8", errors="surrogateescape"
+        ) as tf:
+            while True:
+                meter.budget = _HEADER_BUDGET
+                info = tf.next()
+                meter.budget = None
+                if info is None:
+                    break
+                sink.begin()
+                _tar_member(tf, info, sink)
+        while chunk := raw.read(CHUNK):  # padding; also checks the compressed trailer
+            sink.account(len(chunk))
+
+
+def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo, sink: _Sink) -> None:
+    name = info.name
+    if info.isreg():
+        src = tf.extractfile(info)
+        if src is None:
+            raise SandboxRejected(f"corrupt archive: no data for {name}")
+        with src:
+            sink.add_file(name, src.read, info.mode, info.mtime)
+    elif info.isdir():
+        sink.add_dir(name, info.mode)
+    elif info.issym():
+        sink.add_symlink(name, info.linkname)
+    elif info.islnk():
+        sink.add_hardlink(name, info.linkname)
+    elif info.ischr() or info.isblk():
+        sink.refuse(name, "device file")
+    elif info.isfifo():
+        sink.refuse(name, "fifo")
+    else:
+        sink.refuse(name, f"unsupported member type {info.type!r}")
+
+
+# --------------------------------------------------------------------------------- zip
+
+
+def _check_zip_directory(archive: Path, limits: UnpackLimits) -> None:
+    """Count central-directory entries before zipfile loads them all into memory."""
+    with archive.open("rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        tail_len = min(size, 22 + 0xFFFF)
+        fh.seek(size - tail_len)
+        tail = fh.read(tail_len)
+        pos = tail.rfind(b"PK\x05\x06")
+        if pos < 0 or tail_len - pos < 22:
+            raise SandboxRejected("corrupt archive: zip end of central directory not found")
+        (cd_size,) = struct.unpack_from("<L", tail, pos + 12)
+        cd_start = size - tail_len + pos - cd_size
+        if pos >= 76 and tail[pos - 20 : pos - 16] == b"PK\x06\x07":  # zip64
+            (cd_size,) = struct.unpack_from("<Q", tail, pos - 76 + 40)
+            cd_start = size - tail_len + pos - 76 - cd_size
+        fh.seek(max(cd_start, 0))
+        count = done = 0
+        while done + 46 <= cd_size:
+            header = fh.read(46)
+            if len(header) < 46 or not header.startswith(b"PK\x01\x02"):
+                return  # zipfile reports the damage
+            count += 1
+            if count > limits.max_members:
+                raise SandboxRejected(f"too many members (> {limits.max_members})")
+            name_len, extra_len, comment_len = struct.unpack_from("<HHH", header, 28)
+            if name_len > limits.max_name_bytes:
+                raise SandboxRejected(f"name too long ({name_len} bytes)")
+            fh.seek(name_len + extra_len + comment_len, os.SEEK_CUR)
+            done += 46 + name_len + extra_len + comment_len
+
+
+def _unpack_zip(archive: Path, sink: _Sink) -> None:
+    _check_zip_directory(archive, sink.limits)
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            sink.begin()
+            _zip_member(zf, info, sink)
+
+
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, sink: _Sink) -> None:
+    name = info.orig_filename  # before zipfile cut it at a NUL
+    mode = info.external_attr >> 16 if info.create_system == _ZIP_UNIX else 0
+    kind = stat.S_IFMT(mode)
+    if info.flag_bits & _ZIP_ENCRYPTED:
+        sink.refuse(name, "encrypted member")
+    if name.endswith("/") or kind == stat.S_IFDIR:
+        sink.add_dir(name, mode or 0o755)
+    elif kind == stat.S_IFLNK:
+        with zf.open(info) as src:
+            target = src.read(sink.limits.max_name_bytes + 1)
+        sink.add_symlink(name, target.decode("utf-8", "surrogateescape"))
+    elif kind in (0, stat.S_IFREG):
+        with zf.open(info) as src:
+            sink.add_file(name, src.read, mode or 0o644, _zip_mtime(info))
+    else:
+        sink.refuse(name, _SPECIAL.get(kind, f"unsupported member type {kind:o}"))
+
+
+def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
+    try:
+        return time.mktime((*info.date_time, 0, 0, -1))
+    except (OverflowError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------ unpack
+
+
+def safe_unpack(archive: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) -> list[str]:
+    """Unpack ``archive`` into ``dest``; return the member names created, in order.
+
+    Raises :class:`SandboxRejected` for anything unsafe or damaged, :class:`DiskFullError`
+    when the disk fills up and :class:`SandboxError` for other local failures.
+    """
+    try:
+        fmt = detect_format(archive)
+        dest.mkdir(parents=True, exist_ok=True)
+        sink = _Sink(dest, limits)
+        try:
+            if fmt is ArchiveFormat.ZIP:
+                _unpack_zip(archive, sink)
+            else:
+                _unpack_tar(archive, fmt, sink)
+            names = sink.finish()
+        except UnicodeDecodeError as exc:  # zipfile: a name flagged UTF-8 that is not
+            raise SandboxRejected("undecodable name") from exc
+        except _CORRUPT as exc:
+            raise SandboxRejected(f"corrupt archive: {exc}") from exc
+        finally:
+            sink.close()
+    except SandboxRejected as exc:
+        log.warning("%s (archive %s)", exc, archive.name)
+        raise
+    log.info("unpacked %s %s: %d members, %d bytes", fmt, archive.name, sink.members, sink.written)
+    return names
+
+
+# -------------------------------------------------------------------------------- pack
+
+
+@dataclass(frozen=True)
+class _Node:
+    kind: _Kind
+    size: int = 0
+    target: str = ""
+
+
+def _scan(job_dir: Path) -> dict[tuple[str, ...], _Node]:
+    """Everything under ``job_dir``; symlinks are listed, never followed."""
+    nodes: dict[tuple[str, ...], _Node] = {}
+    pending: list[tuple[str, ...]] = [()]
+    while pending:
+        rel = pending.pop()
+        try:
+            with os.scandir(job_dir.joinpath(*rel)) as entries:
+                for entry in entries:
+                    parts = (*rel, entry.name)
+                    if entry.is_symlink():
+                        nodes[parts] = _Node(_Kind.LINK, target=os.readlink(entry.path))
+                    elif entry.is_dir(follow_symlinks=False):
+                        nodes[parts] = _Node(_Kind.DIR)
+                        pending.append(parts)
+                    elif entry.is_file(follow_symlinks=False):
+                        size = entry.stat(follow_symlinks=False).st_size
+                        nodes[parts] = _Node(_Kind.FILE, size)
+        except OSError as exc:
+            log.warning("output sandbox: cannot list %s: %s", "/".join(rel) or ".", exc)
+    return nodes
+
+
+def _pattern_parts(pattern: str) -> tuple[str, ...] | None:
+    if not pattern or pattern.startswith("/") or "\0" in pattern:
+        return None
+    parts = tuple(p for p in pattern.split("/") if p not in ("", "."))
+    return None if not parts or ".." in parts else parts
+
+
+def _glob_match(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    """Shell-glob match per component; ``**`` spans directories; dot files need a dot."""
+    if not pattern:
+        return not path
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(
+            _glob_match(rest, path[i:])
+            for i in range(len(path) + 1)
+            if not any(p.startswith(".") for p in path[:i])
+        )
+    if not path or (path[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatchcase(path[0], head) and _glob_match(rest, path[1:])
+
+
+def _select(
+    nodes: dict[tuple[str, ...], _Node], patterns: Sequence[str]
+) -> tuple[list[tuple[str, ...]], list[str]]:
+    chosen: dict[tuple[str, ...], None] = {}
+    missing: list[str] = []
+    for pattern in patterns:
+        pat = _pattern_parts(pattern)
+        hits = sorted(p for p in nodes if pat is not None and _glob_match(pat, p))
+        if not hits:
+            missing.append(pattern)
+        for hit in hits:
+            if nodes[hit].kind is _Kind.DIR:
+                inside = (p for p in nodes if p[: len(hit)] == hit and len(p) > len(hit))
+                chosen.update((p, None) for p in sorted(inside) if nodes[p].kind is not _Kind.DIR)
+            else:
+                chosen[hit] = None
+    return list(chosen), missing
+
+
+def _links_inside(
+    nodes: dict[tuple[str, ...], _Node], chosen: list[tuple[str, ...]]
+) -> set[tuple[str, ...]]:
+    """The chosen links that stay inside the packed tree (iterated to a fixed point)."""
+    links = _LinkMap()
+    links.targets = {p: nodes[p].target for p in chosen if nodes[p].kind is _Kind.LINK}
+    while True:
+        escaping: set[tuple[str, ...]] = set()
+        for parts in links.targets:
+            try:
+                links.check(parts)
+            except _Escapes:
+                escaping.add(parts)
+        if not escaping:
+            return set(links.targets)
+        for parts in escaping:
+            del links.targets[parts]
+
+
+def _rank(priority: Sequence[str]) -> Callable[[tuple[str, ...]], int]:
+    def rank(parts: tuple[str, ...]) -> int:
+        rel = "/".join(parts)
+        for i, pat in enumerate(priority):
+            if fnmatchcase(rel, pat) or fnmatchcase(parts[-1], pat):
+                return i
+        return len(priority)
+
+    return rank
+
+
+class _FixedReader:
+    """Exactly ``size`` bytes of an open file: cut if it grew, zero-padded if it shrank."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.left = size
+
+    def read(self, size: int = -1, /) -> bytes:
+        want = self.left if size < 0 else min(size, self.left)
+        data = bytearray()
+        while len(data) < want and (piece := os.read(self.fd, want - len(data))):
+            data += piece
+        data += bytes(want - len(data))
+        self.left -= want
+        return bytes(data)
+
+
+def _open_beneath(root: int, parts: tuple[str, ...]) -> int:
+    """Open ``parts`` under the directory fd ``root`` without following any link."""
+    fd = os.dup(root)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], _READ_FILE, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _add_node(tf: tarfile.TarFile, root: int, parts: tuple[str, ...], node: _Node) -> bool:
+    info = tarfile.TarInfo("/".join(parts))
+    info.mtime = int(time.time())
+    if node.kind is _Kind.LINK:
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, node.target, 0o777
+        tf.addfile(info)
+        return True
+    try:
+        fd = _open_beneath(root, parts)
+    except OSError as exc:
+        log.warning("output sandbox: skipping %s: %s", info.name, exc.strerror)
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            log.warning("output sandbox: skipping %s: no longer a regular file", info.name)
+            return False
+        info.size, info.mode, info.mtime = node.size, st.st_mode & 0o755, int(st.st_mtime)
+        tf.addfile(info, _FixedReader(fd, node.size))
+        return True
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _tar_gz(out: Path) -> Iterator[tarfile.TarFile]:
+    """A gzip-compressed tar at ``out``, written to a side file and renamed when done."""
+    part = out.with_name(out.name + ".part")
+    try:
+        with tarfile.open(part, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tf:
+            yield tf
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def pack_output(
+    job_dir: Path,
+    patterns: Sequence[str],
+    out: Path,
+    *,
+    max_bytes: int,
+    priority: Sequence[str] = (),
+) -> PackResult:
+    """Pack what ``patterns`` match under ``job_dir`` into the tar.gz ``out``.
+
+    Patterns are globs relative to ``job_dir`` (``**`` spans directories; absolute
+    patterns and ``..`` match nothing); a matched directory is packed recursively.
+    Symlinks are packed as links, and only when they resolve inside the packed tree.
+    If the files exceed ``max_bytes`` (uncompressed), files are kept in ``priority``
+    order, then in pattern order, and the rest are dropped.
+    """
+    nodes = _scan(job_dir)
+    with suppress(ValueError):  # never pack the archive into itself
+        own = out.resolve().relative_to(job_dir.resolve()).parts
+        nodes.pop(own, None)
+        nodes.pop((*own[:-1], own[-1] + ".part"), None)
+    chosen, missing = _select(nodes, patterns)
+    safe_links = _links_inside(nodes, chosen)
+    kept, dropped, skipped, size = [], [], [], 0
+    for parts in sorted(chosen, key=_rank(priority)):
+        node = nodes[parts]
+        if node.kind is _Kind.LINK and parts not in safe_links:
+            skipped.append("/".join(parts))
+        elif size + node.size > max_bytes:
+            dropped.append("/".join(parts))
+        else:
+            kept.append(parts)
+            size += node.size
+    included: list[str] = []
+    root = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with _tar_gz(out) as tf:
+            for parts in kept:
+                if _add_node(tf, root, parts, nodes[parts]):
+                    included.append("/".join(parts))
+                else:
+                    skipped.append("/".join(parts))
+                    size -= nodes[parts].size
+    finally:
+        os.close(root)
+    result = PackResult(tuple(included), tuple(missing), tuple(dropped), size, tuple(skipped))
+    _log_pack(result, out)
+    return result
+
+
+def _log_pack(result: PackResult, out: Path) -> None:
+    log.info("output sandbox %s: %d entries, %d bytes", out.name, len(result.included), result.size)
+    for what, names in (
+        ("no match for", result.missing),
+        ("dropped (size limit)", result.dropped),
+        ("skipped", result.skipped),
+    ):
+        if names:
+            log.warning("output sandbox: %s: %s", what, ", ".join(names))
+
+
+def _scrub(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode &= 0o755
+    return info
+
+
+def pack_files(files: Sequence[tuple[Path, str]], out: Path) -> None:
+    """Pack local files (or directories, recursively) into the tar.gz ``out``.
+
+    Each path is stored under its ``arcname``; a symlinked path is packed as what it
+    points to.
+    """
+    seen: set[tuple[str, ...]] = set()
+    for path, arcname in files:
+        parts = _pattern_parts(arcname)
+        if parts is None or parts in seen:
+            raise SandboxError(f"invalid or duplicate name in input sandbox: {arcname!r}")
+        seen.add(parts)
+        if not path.exists():
+            raise SandboxError(f"input sandbox file not found: {path}")
+    with _tar_gz(out) as tf:
+        for path, arcname in files:
+            tf.add(path.resolve(), arcname=arcname.strip("/"), filter=_scrub)
+    log.info("packed %d input files into %s", len(files), out.name)
