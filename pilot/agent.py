@@ -169,7 +169,10 @@ class Agent:
                 if now - idle_since >= self.config.idle_timeout:
                     log.info("no job matched for %.0f s: stopping", now - idle_since)
                     break
-            self.changed.wait(backoff)
+            wait = backoff
+            if idle_since is not None:
+                wait = min(wait, max(0.01, self.config.idle_timeout - (now - idle_since)))
+            self.changed.wait(wait)
             self.changed.clear()
             backoff = min(backoff * 2, MAX_BACKOFF_S)
         if self.running:

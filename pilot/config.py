@@ -64,6 +64,9 @@ class PilotConfig:
     drain_file: Path | None = _f(None, "path", "stop taking jobs when this file exists")
     max_output_mb: int = _f(100, "int", "output sandbox size limit (MB)")
     max_stdout_mb: int = _f(50, "int", "cap on each of StdOutput/StdError (MB)")
+    max_job_disk_mb: int | None = _f(None, "int", "cap on a job directory's size (MB)")
+    min_free_disk_mb: int = _f(100, "int", "kill jobs when free work-dir space drops below (MB)")
+    stalled_cpu_fraction: float = _f(0.05, "float", "CPU/wall below this over the window = stalled")
     # credentials
     proxy: Path | None = _f(None, "path", "X.509 proxy (default: X509_USER_PROXY)")
     ca_dir: Path | None = _f(None, "path", "CA directory (default: X509_CERT_DIR)")
