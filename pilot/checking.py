@@ -170,7 +170,14 @@ def discover(settings: CheckSettings) -> list[Check]:
     """Built-ins, then entry-point plugins, then executables; load failures included."""
     found: list[Check] = list(BUILTIN_CHECKS)
     if settings.entry_points:
-        found.extend(_load_entry_point(ep) for ep in _entry_points())
+        try:
+            entry_points = _entry_points()
+        except Exception as exc:  # broken metadata on sys.path: report it, go on
+            log.warning("cannot list %s entry points: %s", ENTRY_POINT_GROUP, exc)
+            reason = f"cannot list entry points: {_describe(exc)}"
+            entry_points = ()
+            found.append(LoadFailure("entry-points", reason, f"entry-point:{ENTRY_POINT_GROUP}"))
+        found.extend(_load_entry_point(ep) for ep in entry_points)
     if settings.checks_dir is not None:
         found.extend(exec_checks(settings.checks_dir))
     return _unique(found)
@@ -218,7 +225,10 @@ def protocol_problem(obj: object) -> str | None:
 
 
 def exec_checks(directory: Path) -> list[Check]:
-    """An :class:`ExecCheck` for every executable regular file in ``directory``, sorted."""
+    """An :class:`ExecCheck` for every executable regular file in ``directory``, sorted.
+
+    Hidden files (a leading dot: editor and VCS droppings) are left out, as run-parts does.
+    """
     try:
         entries = sorted(directory.iterdir())
     except OSError as exc:

@@ -521,6 +521,15 @@ def test_entry_point_without_distribution(
     )
 
 
+def test_entry_point_listing_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> tuple[()]:
+        raise OSError("corrupt metadata")
+
+    monkeypatch.setattr(checking, "_entry_points", broken)
+    failures = [c for c in checking.discover(CheckSettings()) if c.name == "entry-points"]
+    assert len(failures) == 1 and "corrupt metadata" in failures[0].reason  # type: ignore[attr-defined]
+
+
 def test_sample_vo_plugin_appears_in_the_report_with_its_tag(ctx: CheckContext) -> None:
     names = [c.name for c in checking.discover(CheckSettings())]
     assert "sample-vo" in names, (
