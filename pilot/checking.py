@@ -207,6 +207,13 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint) -> Check:
 
 def protocol_problem(obj: object) -> str | None:
     """Why ``obj`` does not satisfy :class:`pilot.api.Check`, or None if it does."""
+    try:
+        return _attribute_problem(obj)
+    except Exception as exc:  # a property that raises
+        return f"reading its attributes raised {_describe(exc)}"
+
+
+def _attribute_problem(obj: object) -> str | None:
     missing = [attr for attr in ("name", "required", "timeout", "run") if not hasattr(obj, attr)]
     if missing:
         return "missing " + ", ".join(missing)
@@ -429,7 +436,10 @@ def _plan(check: Check, settings: CheckSettings) -> _Plan | CheckResult:
     """How to run ``check``, or its result straight away (invalid, or disabled)."""
     problem = protocol_problem(check)
     if problem is not None:
-        name = str(getattr(check, "name", repr(check)))
+        try:
+            name = str(check.name)
+        except Exception:
+            name = type(check).__qualname__
         return CheckResult(name, False, Status.FAILED, f"invalid check: {problem}", 0.0)
     timeout = settings.timeouts.get(check.name) or check.timeout or settings.default_timeout
     required = check.required or check.name in settings.required

@@ -229,6 +229,24 @@ def test_invalid_check_object_is_reported(ctx: CheckContext) -> None:
     assert result.status is Status.FAILED and "timeout must be" in result.message
 
 
+def test_check_whose_attribute_raises_is_reported(ctx: CheckContext) -> None:
+    class Moody:
+        required, timeout = False, None
+
+        @property
+        def name(self) -> str:
+            raise RuntimeError("no name today")
+
+        def run(self, ctx: CheckContext) -> CheckOutcome:
+            return CheckOutcome(Status.PASSED)
+
+    result = checking.run(ctx, ONLY_GIVEN, [Moody()]).results[0]
+    assert (result.name, result.status) == (Moody.__qualname__, Status.FAILED)
+    assert (
+        result.message == "invalid check: reading its attributes raised RuntimeError: no name today"
+    )
+
+
 def test_context_carries_options_and_the_check_timeout(ctx: CheckContext) -> None:
     seen = Fixed("seen", timeout=7.0)
     settings = CheckSettings(entry_points=False, options={"seen": {"level": 3}})
