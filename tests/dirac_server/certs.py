@@ -1,0 +1,203 @@
+"""Test PKI for the local DIRAC server, generated with ``cryptography`` (no key is committed).
+
+Layout written under ``<dir>``::
+
+    ca/ca.pem, ca/ca.key             the test CA
+    certificates/<hash>.0, <hash>.r0 X509_CERT_DIR: the CA under its OpenSSL subject hash + an empty CRL
+    hostcert.pem, hostkey.pem        /O=DIRACTest/CN=localhost (SAN localhost, 127.0.0.1)
+    user/usercert.pem, userkey.pem   /O=DIRACTest/OU=users/CN=testuser
+
+The user proxy is made later by DIRAC's own ``dirac-proxy-init`` (it carries the DIRAC group).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_SUBJECT = ((NameOID.ORGANIZATION_NAME, "DIRACTest"), (NameOID.COMMON_NAME, "DIRACTest CA"))
+HOST_SUBJECT = ((NameOID.ORGANIZATION_NAME, "DIRACTest"), (NameOID.COMMON_NAME, "localhost"))
+USER_SUBJECT = (
+    (NameOID.ORGANIZATION_NAME, "DIRACTest"),
+    (NameOID.ORGANIZATIONAL_UNIT_NAME, "users"),
+    (NameOID.COMMON_NAME, "testuser"),
+)
+USER_DN = "/O=DIRACTest/OU=users/CN=testuser"
+HOST_DN = "/O=DIRACTest/CN=localhost"
+_TEN_YEARS = timedelta(days=3650)
+
+
+def _name(pairs: tuple[tuple[x509.ObjectIdentifier, str], ...]) -> x509.Name:
+    return x509.Name([x509.NameAttribute(oid, value) for oid, value in pairs])
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    if size < 0x80:
+        return bytes([tag, size]) + body
+    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + body
+
+
+def _der_oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    body = bytes([parts[0] * 40 + parts[1]])
+    for value in parts[2:]:
+        chunk = [value & 0x7F]
+        value >>= 7
+        while value:
+            chunk.append(0x80 | (value & 0x7F))
+            value >>= 7
+        body += bytes(reversed(chunk))
+    return _der(0x06, body)
+
+
+def subject_hash(name: x509.Name) -> str:
+    """OpenSSL's ``X509_NAME_hash`` (the ``<hash>.0`` file name) for simple ASCII names.
+
+    SHA-1 over the canonical encoding (each RDN as a SET of SEQUENCE{OID, UTF8String} with
+    the value lower-cased and its white space collapsed, no outer SEQUENCE), first four
+    bytes read little-endian.
+    """
+    canonical = b""
+    for rdn in name.rdns:
+        members = []
+        for attr in rdn:
+            value = " ".join(str(attr.value).split()).lower().encode()
+            members.append(_der(0x30, _der_oid(attr.oid.dotted_string) + _der(0x0C, value)))
+        canonical += _der(0x31, b"".join(sorted(members)))
+    digest = hashlib.sha1(canonical, usedforsecurity=False).digest()
+    return f"{int.from_bytes(digest[:4], 'little'):08x}"
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey
+) -> x509.CertificateBuilder:
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + _TEN_YEARS)
+    )
+
+
+def _key_usage(*, sign_certs: bool = False, encipher: bool = True) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not sign_certs,
+        content_commitment=False,
+        key_encipherment=encipher and not sign_certs,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=sign_certs,
+        crl_sign=sign_certs,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _issue(
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    subject: tuple[tuple[x509.ObjectIdentifier, str], ...],
+    usages: list[x509.ObjectIdentifier],
+    san: list[x509.GeneralName] | None = None,
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    key = _key()
+    builder = (
+        _builder(_name(subject), ca_cert.subject, key)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _make_ca(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    key = _key()
+    name = _name(CA_SUBJECT)
+    cert = (
+        _builder(name, name, key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(sign_certs=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_cert(directory / "ca" / "ca.pem", cert)
+    _write_key(directory / "ca" / "ca.key", key)
+    return cert, key
+
+
+def _write_trust_dir(
+    certificates: Path, ca_cert: x509.Certificate, ca_key: rsa.RSAPrivateKey
+) -> None:
+    now = datetime.now(UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - timedelta(hours=1))
+        .next_update(now + _TEN_YEARS)
+        .sign(ca_key, hashes.SHA256())
+    )
+    digest = subject_hash(ca_cert.subject)
+    _write_cert(certificates / f"{digest}.0", ca_cert)
+    (certificates / f"{digest}.r0").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+
+def make_pki(directory: Path) -> None:
+    """Create the CA, host and user credentials under ``directory``; no-op when they exist."""
+    if (directory / "user" / "usercert.pem").is_file():
+        return
+    ca_cert, ca_key = _make_ca(directory)
+    _write_trust_dir(directory / "certificates", ca_cert, ca_key)
+    san: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    host = _issue(
+        ca_cert,
+        ca_key,
+        HOST_SUBJECT,
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        san,
+    )
+    _write_cert(directory / "hostcert.pem", host[0])
+    _write_key(directory / "hostkey.pem", host[1])
+    user = _issue(ca_cert, ca_key, USER_SUBJECT, [ExtendedKeyUsageOID.CLIENT_AUTH])
+    # the user cert goes last: its presence marks a complete PKI
+    _write_key(directory / "user" / "userkey.pem", user[1])
+    _write_cert(directory / "user" / "usercert.pem", user[0])
