@@ -7,8 +7,13 @@ it (more proxies, the user's end-entity certificate, maybe CA certificates). Bot
 TLS. The chain is checked for structure and signatures here; trust in the CA is the
 TLS peer's business, through :func:`ssl_context` / :func:`server_ssl_context`.
 
-Bearer tokens are found in the WLCG discovery order. Neither key material nor token
-values are ever logged or put in an exception message.
+:func:`ssl_context` is the pilot's TLS client credential: give it to httpx as
+``verify=`` (httpx's ``cert=`` next to ``verify=<CA path>`` silently drops the client
+certificate). Delegation (:func:`make_proxy`) makes RFC 3820 proxies for payloads.
+
+Bearer tokens are found in the WLCG discovery order. Every failure is a
+:class:`~pilot.errors.CredentialError` that names the file; neither key material nor
+token values are ever logged or put in an exception message.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import NameOID
 
 from pilot import voms
 from pilot.errors import CredentialError
@@ -50,6 +54,7 @@ VOMS_EXTENSION_OID = x509.ObjectIdentifier(voms.VOMS_EXTENSION_OID)
 DEFAULT_CA_DIR = Path("/etc/grid-security/certificates")
 CLOCK_SKEW = timedelta(minutes=5)  # tolerated "not yet valid"; proxies are backdated so much
 _MAX_PROXY_FILE = 1 << 20
+_DIGESTLESS = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 _SIGNING_KEYS = (
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,
@@ -462,15 +467,9 @@ def _sign_proxy(
 ) -> x509.Certificate:
     serial = secrets.randbits(63) | (1 << 32)  # positive, at least 10 digits
     cn = str(serial) if rfc3820 else ("limited proxy" if limited else "proxy")
-    subject = x509.Name(
-        [
-            *cert.subject.rdns,
-            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
-        ]
-    )
     builder = (
         x509.CertificateBuilder()
-        .subject_name(subject)
+        .subject_name(voms.proxy_subject(cert.subject, cn))
         .issuer_name(cert.subject)
         .public_key(new_key.public_key())
         .serial_number(serial)
@@ -487,12 +486,7 @@ def _sign_proxy(
         builder = builder.add_extension(
             x509.UnrecognizedExtension(voms.PROXY_CERT_INFO_OID, value), critical=True
         )
-    digest = (
-        None
-        if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
-        else hashes.SHA256()
-    )
-    return builder.sign(key, digest)
+    return builder.sign(key, None if isinstance(key, _DIGESTLESS) else hashes.SHA256())
 
 
 def _proxy_pem(certs: Sequence[x509.Certificate], key: PrivateKey) -> bytes:

@@ -402,6 +402,12 @@ def x509_slash_dn(name: x509.Name) -> str:
     return slash_dn([[(a.oid.dotted_string, str(a.value)) for a in rdn] for rdn in name.rdns])
 
 
+def proxy_subject(issuer: x509.Name, cn: str) -> x509.Name:
+    """A proxy's subject: its issuer's subject plus one CN."""
+    last = x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name([*issuer.rdns, last])
+
+
 def _extensions(cert: x509.Certificate) -> x509.Extensions:
     try:
         return cert.extensions

@@ -438,6 +438,8 @@ def test_make_proxy_refuses_an_expired_issuer_and_bad_arguments(pki: Pki, tmp_pa
         make_proxy(load_proxy(path), timedelta(hours=1))
     with pytest.raises(ValueError, match="positive"):
         make_proxy((pki.user.cert, pki.user.key, []), timedelta(0))
+    with pytest.raises(ValueError, match="key size"):
+        make_proxy((pki.user.cert, pki.user.key, []), timedelta(hours=1), key_bits=512)
     with pytest.raises(CredentialError, match="does not match"):
         make_proxy((pki.user.cert, pki.host.key, []), timedelta(hours=1))
 
@@ -514,6 +516,13 @@ def test_client_verifies_the_server_through_a_hash_directory(pki: Pki, tmp_path:
     client = ssl_context(load_proxy(path), ca_dir=pki.ca_dir())
     with MtlsServer(_server_ctx(pki)) as server:
         assert tls_ask(client, server.port) == P.USER_DN_RFC4514
+
+
+def test_end_entity_certificate_with_separate_key_as_client_credential(pki: Pki) -> None:
+    user = load_proxy(pki.usercert, key_path=pki.userkey)  # the cert file alone has no key
+    with MtlsServer(_server_ctx(pki)) as server:
+        assert tls_ask(ssl_context(user, ca_file=pki.ca_file), server.port) == P.USER_DN_RFC4514
+    assert [len(chain) for chain in server.chains] == [2]
 
 
 def test_ca_dir_that_does_not_exist(tmp_path: Path) -> None:
