@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,15 @@ import httpx
 import tenacity
 
 from pilot import jdl
-from pilot.backend import MatchedJob, StatusUpdate
-from pilot.errors import AuthError, DiskFullError, SandboxError, ServerError, ServerUnreachable
+from pilot.backend import FINAL_STATUSES, MatchedJob, StatusUpdate
+from pilot.errors import (
+    AuthError,
+    DiskFullError,
+    PilotError,
+    SandboxError,
+    ServerError,
+    ServerUnreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +251,7 @@ class StubBackend:
     def __init__(self, http: HttpClient) -> None:
         self.http = http
         self.stamp = ""
+        self.statuses = StatusSender(self._send_statuses)
 
     def register(self, stamp: str, info: Mapping[str, Any]) -> None:
         self.stamp = stamp
@@ -272,7 +281,12 @@ class StubBackend:
         if update.application is not None:
             fields["ApplicationStatus"] = update.application
         fields.update(update.extra)
-        body = {job.job_id: {repr(update.timestamp): fields}}
+        self.statuses.post(job, repr(update.timestamp), fields)
+        if update.status in FINAL_STATUSES:
+            self.statuses.flush(job)
+
+    def _send_statuses(self, job: MatchedJob, updates: Mapping[str, Any]) -> None:
+        body = {job.job_id: dict(updates)}
         self.http.json("PATCH", "/api/jobs/status", json=body, headers=self._job_headers(job))
 
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
@@ -307,7 +321,73 @@ class StubBackend:
         self.http.json("PUT", f"/api/pilots/{stamp}/log", json={"log": text})
 
     def close(self) -> None:
+        self.statuses.close()
         self.http.close()
+
+
+class StatusSender:
+    """Delivers status updates in the background, in order per job.
+
+    Intermediate statuses need not hold the job up: they are queued and a single thread
+    sends them, merging what queued up for a job into one request (the wire format takes
+    several timestamps per job). ``flush`` waits until a job's updates are delivered and
+    raises the last delivery error, so the final status is confirmed before a job counts
+    as finished.
+    """
+
+    def __init__(self, send: Callable[[MatchedJob, Mapping[str, Any]], None]) -> None:
+        self._send = send
+        self._cond = threading.Condition()
+        self._pending: dict[str, tuple[MatchedJob, dict[str, Any]]] = {}
+        self._busy: set[str] = set()
+        self._errors: dict[str, PilotError] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def post(self, job: MatchedJob, stamp: str, fields: Mapping[str, Any]) -> None:
+        with self._cond:
+            _, updates = self._pending.setdefault(job.job_id, (job, {}))
+            updates[stamp] = dict(fields)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="status", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, job: MatchedJob) -> None:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: job.job_id not in self._pending and job.job_id not in self._busy
+            )
+            error = self._errors.pop(job.job_id, None)
+        if error is not None:
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                job_id = next(iter(self._pending))
+                job, updates = self._pending.pop(job_id)
+                self._busy.add(job_id)
+            try:
+                self._send(job, updates)
+            except PilotError as exc:
+                log.error("job %s: status update failed: %s", job_id, exc)
+                with self._cond:
+                    self._errors[job_id] = exc
+            finally:
+                with self._cond:
+                    self._busy.discard(job_id)
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
 
 
 def sha256_file(path: Path) -> str:
