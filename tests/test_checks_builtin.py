@@ -475,9 +475,9 @@ def test_credentials_token_discovery_order_never_reveals_the_token(
         if unset:
             no_tokens.delenv(unset)
     assert sources == [
-        "env:BEARER_TOKEN",
-        f"file:{token_file}",
-        f"file:{runtime}/bt_u{os.getuid()}",
+        "BEARER_TOKEN",
+        f"BEARER_TOKEN_FILE={token_file}",
+        f"{runtime}/bt_u{os.getuid()}",
     ]
 
 
