@@ -57,7 +57,8 @@ class CredentialsCheck:
         path = Path(configured) if configured else credentials.find_proxy()
         if path is None or not path.exists():
             status = Status.FAILED if option_bool(ctx, NAME, "required", False) else Status.WARNING
-            return CheckOutcome(status, f"no X.509 proxy at {path}", facts)
+            where = f"at {path}" if path is not None else "(X509_USER_PROXY unset)"
+            return CheckOutcome(status, f"no X.509 proxy {where}", facts)
         min_left = timedelta(seconds=float(ctx.option(NAME, "min_time_left", 600)))
         try:
             proxy = credentials.load_proxy(path)

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pilot import __version__, agent, checking, config, jdl
+from pilot import __version__, agent, checking, config, credentials, jdl
 from pilot.backend import Backend, JobStatus
 from pilot.client import HttpClient, StubBackend
-from pilot.errors import ExitCode, PilotError, Signalled, UsageError
+from pilot.errors import CredentialError, ExitCode, PilotError, Signalled, UsageError
 from pilot.local import LocalBackend
 
 log = logging.getLogger("pilot")
@@ -142,7 +142,14 @@ def version_text() -> str:
 
 def load_config(args: argparse.Namespace) -> tuple[config.PilotConfig, dict[str, str]]:
     cli_values = {name: getattr(args, name) for name in RUN_OPTIONS if hasattr(args, name)}
-    return config.load(cli_values, config_file=getattr(args, "config", None))
+    cfg, origins = config.load(cli_values, config_file=getattr(args, "config", None))
+    if cfg.proxy is not None:  # the credentials check looks at the proxy the pilot uses
+        options = {
+            **cfg.checks,
+            "credentials": {"proxy": str(cfg.proxy), **cfg.checks.get("credentials", {})},
+        }
+        cfg = dataclasses.replace(cfg, checks=options)
+    return cfg, origins
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -208,13 +215,33 @@ def make_backend(cfg: config.PilotConfig) -> Backend:
         from pilot.dirac.backend import DiracBackend, settings_from_config
 
         return DiracBackend(settings_from_config(cfg))
-    return StubBackend(HttpClient(cfg.server, verify=_verify(cfg)))
+    verify, token = client_credentials(cfg)
+    return StubBackend(HttpClient(cfg.server, verify=verify, bearer=token))
 
 
-def _verify(cfg: config.PilotConfig) -> ssl.SSLContext | bool:
-    if cfg.ca_file is None and cfg.ca_dir is None:
-        return True
-    return ssl.create_default_context(cafile=cfg.ca_file, capath=cfg.ca_dir)
+def load_proxy(cfg: config.PilotConfig) -> credentials.Proxy | None:
+    """The pilot's proxy, validated: an expired one stops the pilot before any match."""
+    path = cfg.proxy or credentials.find_proxy()
+    if path is None or (cfg.proxy is None and not path.exists()):
+        return None
+    proxy = credentials.load_proxy(path)
+    credentials.validate(proxy)
+    left = proxy.time_left().total_seconds()
+    log.info("proxy %s: %s, %.1f h left", path, proxy.identity_slash, left / 3600)
+    return proxy
+
+
+def client_credentials(cfg: config.PilotConfig) -> tuple[ssl.SSLContext | bool, str | None]:
+    """TLS context (our proxy as client certificate, the grid CAs) and bearer token."""
+    proxy = load_proxy(cfg)
+    token = credentials.find_token()
+    verify: ssl.SSLContext | bool = True
+    if cfg.server and cfg.server.startswith("https://"):
+        ca_dir, ca_file = cfg.ca_dir, cfg.ca_file
+        if ca_dir is None and ca_file is None:
+            ca_dir, ca_file = credentials.ca_locations()
+        verify = credentials.ssl_context(proxy, ca_dir, ca_file)
+    return verify, token.value if token is not None else None
 
 
 def install_signal_handlers(stop: agent.Stop) -> None:
@@ -261,12 +288,16 @@ def cmd_check(cfg: config.PilotConfig, as_json: bool) -> int:
     info, report, desc = agent.inspect_node(cfg, stamp)
     dry_run = None
     if cfg.server:
-        backend = make_backend(cfg)
         try:
-            if isinstance(backend, StubBackend):
-                dry_run = backend.dry_run_match(desc.as_dict())
-        finally:
-            backend.close()
+            backend = make_backend(cfg)
+        except CredentialError as exc:
+            log.error("no dry run against %s: %s", cfg.server, exc)
+        else:
+            try:
+                if isinstance(backend, StubBackend):
+                    dry_run = backend.dry_run_match(desc.as_dict())
+            finally:
+                backend.close()
     if as_json:
         out = agent.registration(cfg, info, report, desc)
         out["fit"] = report.ok

@@ -108,7 +108,11 @@ class HttpClient:
 
     def _send_once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         start = time.monotonic()
-        response = self.http.request(method, path, **kwargs)
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            _raise_if_tls_refusal(exc, self.base_url)
+            raise
         log.debug(
             "%s %s -> %d (%.0f ms)",
             method,
@@ -155,6 +159,13 @@ class HttpClient:
             raise ServerError(f"download {path}: server error {exc}", 500) from exc
 
     def _download_once(self, path: str, dest: Path, sha256: str | None) -> int:
+        try:
+            return self._stream_to(path, dest, sha256)
+        except httpx.TransportError as exc:
+            _raise_if_tls_refusal(exc, self.base_url)
+            raise
+
+    def _stream_to(self, path: str, dest: Path, sha256: str | None) -> int:
         digest = hashlib.sha256()
         with self.http.stream("GET", path) as response:
             if response.status_code >= 400:
@@ -235,6 +246,16 @@ def _raise_for_status(method: str, path: str, response: httpx.Response) -> None:
     if code in (401, 403):
         raise AuthError(message, code)
     raise ServerError(message, code)
+
+
+def _raise_if_tls_refusal(exc: httpx.TransportError, where: str) -> None:
+    """A TLS failure (bad or missing certificate on either side) is not worth retrying."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "alert" in str(seen).lower():
+            raise AuthError(f"{where}: TLS refused: {seen}") from exc
+        seen = seen.__cause__ or seen.__context__
+    return
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:

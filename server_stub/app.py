@@ -6,12 +6,14 @@ calls that change a job carry that job's token in the ``X-Job-Token`` header.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, BinaryIO
 
 from pilot import jdl
@@ -57,6 +59,7 @@ class Request:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     environ: Environ
+    identity: str | None = None
 
     def json(self, max_bytes: int = 64 << 20) -> JSON:
         length = int(self.headers.get("content-length") or 0)
@@ -76,34 +79,86 @@ class Request:
 Handler = Callable[..., Response]
 
 
+class Role(StrEnum):
+    """Who may call a route: users, pilots, or both."""
+
+    USER = "user"
+    PILOT = "pilot"
+    ANY = "any"
+
+
+@dataclass(frozen=True)
+class AuthPolicy:
+    """Who the stub lets in. With no tokens configured and no client certificates
+    required, it is open (loopback development). A verified client certificate (proxies
+    allowed) is an identity for every route; else a bearer token of the route's role."""
+
+    pilot_tokens: frozenset[str] = frozenset()
+    user_tokens: frozenset[str] = frozenset()
+
+    def tokens_for(self, role: Role) -> frozenset[str]:
+        if role is Role.PILOT:
+            return self.pilot_tokens
+        if role is Role.USER:
+            return self.user_tokens
+        return self.pilot_tokens | self.user_tokens
+
+    def authorize(self, role: Role, request: Request) -> str | None:
+        """The caller's identity; raises 401/403 when the route is closed to it."""
+        identity = request.environ.get("stub.peer_identity")
+        if identity:
+            return str(identity)
+        allowed = self.tokens_for(role)
+        if not self.pilot_tokens and not self.user_tokens:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise StoreError("authentication required: bearer token or client certificate", 401)
+        if any(hmac.compare_digest(token, good) for good in allowed):
+            return f"{role.value}-token"
+        raise StoreError(f"token not accepted for this {role.value} route", 403)
+
+
 class StubApp:
     """WSGI callable: ``StubApp(store, sandboxes)``."""
 
-    def __init__(self, store: Store, sandboxes: SandboxStore, max_parametric: int = 1000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sandboxes: SandboxStore,
+        max_parametric: int = 1000,
+        auth: AuthPolicy | None = None,
+    ) -> None:
         self.store = store
         self.sandboxes = sandboxes
         self.max_parametric = max_parametric
-        self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
-            ("POST", re.compile(r"/api/jobs/jdl"), self.submit),
-            ("GET", re.compile(r"/api/jobs"), self.list_jobs),
-            ("POST", re.compile(r"/api/jobs/match"), self.match),
-            ("PATCH", re.compile(r"/api/jobs/status"), self.set_status),
-            ("PATCH", re.compile(r"/api/jobs/heartbeat"), self.heartbeat),
-            ("GET", re.compile(r"/api/jobs/(\d+)"), self.get_job),
-            ("GET", re.compile(r"/api/jobs/(\d+)/jdl"), self.get_jdl),
-            ("GET", re.compile(r"/api/jobs/(\d+)/logging"), self.logging_info),
-            ("POST", re.compile(r"/api/jobs/(\d+)/kill"), self.kill),
-            ("DELETE", re.compile(r"/api/jobs/(\d+)"), self.delete),
-            ("PATCH", re.compile(r"/api/jobs/(\d+)/sandbox/output"), self.attach_output),
-            ("GET", re.compile(r"/api/jobs/(\d+)/sandbox/output"), self.get_output),
-            ("PUT", re.compile(r"/api/sandboxes/([0-9a-f]{64})"), self.put_sandbox),
-            ("GET", re.compile(r"/api/sandboxes/([0-9a-f]{64})"), self.get_sandbox),
-            ("POST", re.compile(r"/api/pilots"), self.register_pilot),
-            ("GET", re.compile(r"/api/pilots"), self.list_pilots),
-            ("PUT", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.put_pilot_log),
-            ("GET", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.get_pilot_log),
-            ("PUT", re.compile(r"/api/files/(LFN:.+)"), self.put_file),
-            ("GET", re.compile(r"/api/files/(LFN:.+)"), self.get_file),
+        self.auth = auth or AuthPolicy()
+        self.routes: list[tuple[str, re.Pattern[str], Handler, Role]] = [
+            ("POST", re.compile(r"/api/jobs/jdl"), self.submit, Role.USER),
+            ("GET", re.compile(r"/api/jobs"), self.list_jobs, Role.USER),
+            ("POST", re.compile(r"/api/jobs/match"), self.match, Role.PILOT),
+            ("PATCH", re.compile(r"/api/jobs/status"), self.set_status, Role.PILOT),
+            ("PATCH", re.compile(r"/api/jobs/heartbeat"), self.heartbeat, Role.PILOT),
+            ("GET", re.compile(r"/api/jobs/(\d+)"), self.get_job, Role.USER),
+            ("GET", re.compile(r"/api/jobs/(\d+)/jdl"), self.get_jdl, Role.USER),
+            ("GET", re.compile(r"/api/jobs/(\d+)/logging"), self.logging_info, Role.USER),
+            ("POST", re.compile(r"/api/jobs/(\d+)/kill"), self.kill, Role.USER),
+            ("DELETE", re.compile(r"/api/jobs/(\d+)"), self.delete, Role.USER),
+            (
+                "PATCH",
+                re.compile(r"/api/jobs/(\d+)/sandbox/output"),
+                self.attach_output,
+                Role.PILOT,
+            ),
+            ("GET", re.compile(r"/api/jobs/(\d+)/sandbox/output"), self.get_output, Role.USER),
+            ("PUT", re.compile(r"/api/sandboxes/([0-9a-f]{64})"), self.put_sandbox, Role.ANY),
+            ("GET", re.compile(r"/api/sandboxes/([0-9a-f]{64})"), self.get_sandbox, Role.ANY),
+            ("POST", re.compile(r"/api/pilots"), self.register_pilot, Role.PILOT),
+            ("GET", re.compile(r"/api/pilots"), self.list_pilots, Role.USER),
+            ("PUT", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.put_pilot_log, Role.PILOT),
+            ("GET", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.get_pilot_log, Role.USER),
+            ("PUT", re.compile(r"/api/files/(LFN:.+)"), self.put_file, Role.USER),
+            ("GET", re.compile(r"/api/files/(LFN:.+)"), self.get_file, Role.ANY),
         ]
 
     # -- WSGI plumbing ------------------------------------------------------------------
@@ -123,14 +178,15 @@ class StubApp:
 
     def dispatch(self, request: Request) -> Response:
         allowed = False
-        for method, pattern, handler in self.routes:
+        for method, pattern, handler, role in self.routes:
             found = pattern.fullmatch(request.path)
             if found is None:
                 continue
             if method != request.method:
                 allowed = True
                 continue
-            return handler(request, *found.groups())
+            identity = self.auth.authorize(role, request)
+            return handler(replace(request, identity=identity), *found.groups())
         if allowed:
             return Response(405, {"detail": f"{request.method} not allowed on {request.path}"})
         return Response(404, {"detail": f"no route {request.path}"})
@@ -147,7 +203,7 @@ class StubApp:
             expanded.extend(jdl.expand(jdl.parse(text), self.max_parametric))
         for attrs in expanded:  # validate all before storing any
             jdl.JobDescription.from_attrs(attrs)
-        owner = request.headers.get("x-user")
+        owner = request.identity or request.headers.get("x-user")
         ids = [self.store.submit(attrs, owner) for attrs in expanded]
         return Response(200, [{"JobID": i, "Status": "Waiting"} for i in ids])
 
@@ -241,7 +297,9 @@ class StubApp:
         stamp = str(body.get("stamp") or "")
         if not re.fullmatch(r"[\w.:@-]{1,128}", stamp):
             raise StoreError("pilot stamp missing or malformed")
-        self.store.register_pilot(stamp, _object(body.get("info", {})))
+        info = _object(body.get("info", {}))
+        info["identity"] = request.identity
+        self.store.register_pilot(stamp, info)
         return Response(200, {"stamp": stamp})
 
     def list_pilots(self, request: Request) -> Response:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -29,9 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pilot import archive, jdl
+from pilot import archive, credentials, jdl
 from pilot.errors import ExitCode, PilotError, UsageError
 from pilot.local import REMOTE_PREFIXES, local_inputs
+from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
 
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilot-stub", description="Matcher stub for pilot-agent")
     parser.add_argument("--server", default=os.environ.get("PILOT_SERVER"), help="stub URL")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--proxy", type=Path, help="client certificate/proxy for HTTPS")
+    parser.add_argument("--token", help="bearer token (default: WLCG token discovery)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the stub")
@@ -61,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reap-interval", type=float, default=30.0)
     serve.add_argument("--max-reschedules", type=int, default=3)
     serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
+    tls = serve.add_argument_group("security")
+    tls.add_argument("--cert", type=Path, help="server certificate (PEM; key inside or --key)")
+    tls.add_argument("--key", type=Path, help="server private key")
+    tls.add_argument(
+        "--require-client-cert",
+        action="store_true",
+        help="refuse clients without a certificate (proxies accepted)",
+    )
+    tls.add_argument("--pilot-token-file", type=Path, help="bearer tokens for pilots, one a line")
+    tls.add_argument("--user-token-file", type=Path, help="bearer tokens for users, one a line")
+    for group in (parser, tls):
+        group.add_argument(
+            "--ca-dir",
+            type=Path,
+            default=argparse.SUPPRESS,
+            help="CA directory (hash links) for peer certificates",
+        )
+        group.add_argument("--ca-file", type=Path, default=argparse.SUPPRESS, help="CA bundle")
 
     sub.add_parser("submit", help="submit JDL files").add_argument("jdl", nargs="+", type=Path)
     status = sub.add_parser("status", help="job status")
@@ -98,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if not args.server:
             raise UsageError("no server: give --server URL or set PILOT_SERVER")
-        with UserClient(args.server) as client:
+        with user_client(args) as client:
             return run_client_command(client, args)
     except PilotError as exc:
         print(f"pilot-stub: {exc}", file=sys.stderr)
@@ -110,11 +132,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.SIGNALLED)
 
 
+def user_client(args: argparse.Namespace) -> UserClient:
+    token = args.token
+    if token is None:
+        found = credentials.find_token()
+        token = found.value if found is not None else None
+    verify: ssl.SSLContext | bool = True
+    if args.server.startswith("https://"):
+        proxy = credentials.load_proxy(args.proxy) if args.proxy else None
+        verify = credentials.ssl_context(
+            proxy, getattr(args, "ca_dir", None), getattr(args, "ca_file", None)
+        )
+    return UserClient(args.server, verify=verify, bearer=token)
+
+
+def _tokens(path: Path | None) -> frozenset[str]:
+    if path is None:
+        return frozenset()
+    return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def server_security(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, AuthPolicy]:
+    auth = AuthPolicy(_tokens(args.pilot_token_file), _tokens(args.user_token_file))
+    if args.cert is None:
+        if args.require_client_cert:
+            raise UsageError("--require-client-cert needs --cert (HTTPS)")
+        return None, auth
+    ctx = credentials.server_ssl_context(
+        args.cert,
+        args.key,
+        getattr(args, "ca_dir", None),
+        getattr(args, "ca_file", None),
+        require_client_cert=args.require_client_cert,
+    )
+    return ctx, auth
+
+
 def serve(args: argparse.Namespace) -> int:
     tmp = None
     if args.db is None:
         tmp = tempfile.TemporaryDirectory(prefix="pilot-stub-")
         args.db = Path(tmp.name) / "stub.db"
+    ssl_context, auth = server_security(args)
     settings = ServerSettings(
         db=args.db,
         sandbox_dir=args.sandbox_dir or args.db.parent / (args.db.name + ".sandboxes"),
@@ -126,6 +185,8 @@ def serve(args: argparse.Namespace) -> int:
         reap_interval=args.reap_interval,
         max_reschedules=args.max_reschedules,
         insecure=args.insecure,
+        ssl_context=ssl_context,
+        auth=auth,
     )
     server = StubServer(settings)
     server.start()

@@ -7,13 +7,15 @@ import logging
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from server_stub.app import StubApp
+from pilot import credentials
+from pilot.errors import CredentialError
+from server_stub.app import AuthPolicy, StubApp
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store
 
@@ -33,11 +35,28 @@ class ServerSettings:
     max_reschedules: int = 3
     ssl_context: ssl.SSLContext | None = None
     insecure: bool = False  # allow plain HTTP on a non-loopback address
+    auth: AuthPolicy = field(default_factory=lambda: AuthPolicy())
 
 
 class _Handler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        if isinstance(self.connection, ssl.SSLSocket):
+            environ["stub.peer_identity"] = _peer_identity(self.connection)
+        return environ
+
+
+def _peer_identity(conn: ssl.SSLSocket) -> str | None:
+    """End-entity DN of a verified client chain (proxies allowed), or None."""
+    try:
+        chain = credentials.peer_der_chain(conn)
+        return credentials.identity_from_peer_chain(chain, slash=True) if chain else None
+    except (CredentialError, ssl.SSLError, ValueError) as exc:
+        log.warning("unusable client certificate chain: %s", exc)
+        return None
 
 
 class ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -57,13 +76,15 @@ class StubServer:
             self.store,
             SandboxStore(settings.sandbox_dir, settings.max_sandbox_bytes),
             settings.max_parametric,
+            settings.auth,
         )
         if ":" in settings.host:
             ThreadingServer.address_family = socket.AF_INET6
         self.httpd = make_server(settings.host, settings.port, app, ThreadingServer, _Handler)
         if settings.ssl_context is not None:
+            # The handshake happens in each request's thread, not in the accept loop.
             self.httpd.socket = settings.ssl_context.wrap_socket(
-                self.httpd.socket, server_side=True
+                self.httpd.socket, server_side=True, do_handshake_on_connect=False
             )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -1,0 +1,177 @@
+"""Stub security end to end: HTTPS, client certificates (proxies), bearer tokens, job
+tokens, an expired proxy, a proxy made by grid-proxy-init, and no secret in any log."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from pilot import credentials
+from pilot.errors import AuthError
+from server_stub.app import AuthPolicy
+from server_stub.server import ServerSettings, StubServer
+from server_stub.userclient import UserClient
+from tests.conftest import FAST, Stub, pilot_env, run_pilot
+from tests.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
+
+PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def _proxy_file(pki: Pki, name: str, hours: float = 12.0) -> Path:
+    proxy = issue_proxy(pki.user, not_after=now() + timedelta(hours=hours))
+    return pki.proxy_file(name, proxy_pem(proxy, [pki.user.cert]))
+
+
+def _https_stub(tmp: Path, pki: Pki, *, require_cert: bool, auth: AuthPolicy) -> Stub:
+    ctx = credentials.server_ssl_context(
+        pki.hostcert, pki.hostkey, ca_file=pki.ca_file, require_client_cert=require_cert
+    )
+    server = StubServer(
+        ServerSettings(db=tmp / "stub.db", sandbox_dir=tmp / "sb", ssl_context=ctx, auth=auth)
+    )
+    server.start()
+    user_proxy = credentials.load_proxy(_proxy_file(pki, f"user-{tmp.name}"))
+    client_ctx = credentials.ssl_context(user_proxy, ca_file=pki.ca_file)
+    token = next(iter(auth.user_tokens), None)
+    client = UserClient(server.url, verify=client_ctx, bearer=token)
+    return Stub(server.url, server, client, tmp)
+
+
+@pytest.fixture
+def mtls_stub(tmp_path: Path, pki: Pki) -> Iterator[Stub]:
+    stub = _https_stub(tmp_path / "mtls", pki, require_cert=True, auth=AuthPolicy())
+    yield stub
+    stub.server.stop()
+
+
+def _pilot_env(pki: Pki, **extra: str) -> dict[str, str]:
+    env = pilot_env(X509_CERT_FILE=str(pki.ca_file))
+    for var in ("X509_USER_PROXY", "BEARER_TOKEN", "BEARER_TOKEN_FILE", "X509_CERT_DIR"):
+        env.pop(var, None)
+    env["XDG_RUNTIME_DIR"] = str(pki.root / "no-runtime")
+    env.update(extra)
+    return env
+
+
+def test_mutual_tls_with_a_proxy(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> None:
+    (job,) = mtls_stub.submit('Executable = "/bin/echo"; Arguments = "over TLS";')
+    assert mtls_stub.client.job(job)["owner"] == "/O=DIRACTest/OU=users/CN=testuser"
+    proxy = _proxy_file(pki, "pilot-proxy")
+    env = _pilot_env(pki, X509_USER_PROXY=str(proxy))
+    done = run_pilot(["run", "--server", mtls_stub.url, *FAST], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert mtls_stub.status(job) == "Done"
+    (pilot,) = mtls_stub.client.pilots()
+    assert pilot["identity"] == "/O=DIRACTest/OU=users/CN=testuser"
+
+
+def test_pilot_without_certificate_is_refused(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> None:
+    (job,) = mtls_stub.submit('Executable = "/bin/true";')
+    env = _pilot_env(pki, X509_USER_PROXY=str(tmp_path / "absent"))
+    done = run_pilot(
+        ["run", "--server", mtls_stub.url, "--proxy", "", *FAST], cwd=tmp_path, env=env, timeout=120
+    )
+    assert done.returncode == 22, done.stderr
+    assert "TLS refused" in done.stderr
+    assert mtls_stub.status(job) == "Waiting"
+
+
+def test_expired_proxy_stops_the_pilot_before_any_match(
+    mtls_stub: Stub, pki: Pki, tmp_path: Path
+) -> None:
+    (job,) = mtls_stub.submit('Executable = "/bin/true";')
+    expired = issue_proxy(
+        pki.user, not_before=now() - timedelta(hours=3), not_after=now() - timedelta(hours=1)
+    )
+    path = pki.proxy_file("expired-proxy", proxy_pem(expired, [pki.user.cert]))
+    env = _pilot_env(pki, X509_USER_PROXY=str(path))
+    done = run_pilot(["run", "--server", mtls_stub.url, *FAST], cwd=tmp_path, env=env)
+    assert done.returncode == 31, done.stderr
+    assert "expired" in done.stderr
+    assert mtls_stub.status(job) == "Waiting" and mtls_stub.client.pilots() == []
+    check = run_pilot(["check", "--json", "--disable-check", "cpu"], cwd=tmp_path, env=env)
+    assert '"status": "FAILED"' in check.stdout and "expired" in check.stdout
+
+
+def test_bearer_tokens_for_pilots_and_users(tmp_path: Path, pki: Pki) -> None:
+    auth = AuthPolicy(frozenset({"pilot-secret-1234"}), frozenset({"user-secret-5678"}))
+    stub = _https_stub(tmp_path / "tok", pki, require_cert=False, auth=auth)
+    try:
+        (job,) = stub.submit('Executable = "/bin/true";')
+        with UserClient(
+            stub.url,
+            verify=credentials.ssl_context(None, ca_file=pki.ca_file),
+            bearer="pilot-secret-1234",
+        ) as as_pilot, pytest.raises(AuthError, match="403"):
+            as_pilot.submit('Executable = "/bin/true";')
+        env = _pilot_env(pki)
+        refused = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path, env=env)
+        assert refused.returncode == 22 and "401" in refused.stderr
+        env["BEARER_TOKEN"] = "pilot-secret-1234"
+        done = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        assert stub.status(job) == "Done"
+        for text in (
+            done.stderr,
+            done.stdout,
+            stub.client.pilot_log(stub.client.pilots()[0]["stamp"]),
+        ):
+            assert "pilot-secret-1234" not in text
+    finally:
+        stub.server.stop()
+
+
+GRID_PROXY_INIT = shutil.which("grid-proxy-init")
+
+
+@pytest.mark.skipif(GRID_PROXY_INIT is None, reason="needs globus-proxy-utils (grid-proxy-init)")
+def test_grid_proxy_init_proxy_drives_the_pilot(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> None:
+    out = tmp_path / "x509up_gpi"
+    made = subprocess.run(
+        [
+            str(GRID_PROXY_INIT),
+            "-cert",
+            str(pki.usercert),
+            "-key",
+            str(pki.userkey),
+            "-out",
+            str(out),
+            "-hours",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "X509_CERT_DIR": str(pki.ca_dir())},
+    )
+    assert made.returncode == 0, made.stderr + made.stdout
+    env = _pilot_env(pki, X509_USER_PROXY=str(out))
+    check = run_pilot(["check", "--disable-check", "cpu"], cwd=tmp_path, env=env)
+    assert "/O=DIRACTest/OU=users/CN=testuser" in check.stdout
+    assert re.search(r"credentials\s+PASSED.*[12]\.\d h left", check.stdout), check.stdout
+    (job,) = mtls_stub.submit('Executable = "/bin/true";')
+    done = run_pilot(["run", "--server", mtls_stub.url, *FAST], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert mtls_stub.status(job) == "Done"
+
+
+def test_payload_never_sees_the_proxy_or_token(stub: Stub, pki: Pki, tmp_path: Path) -> None:
+    proxy = _proxy_file(pki, "visible-proxy")
+    (job,) = stub.submit(
+        'Executable = "/bin/sh"; Arguments = "-c \'env; echo proxy=${X509_USER_PROXY:-none}\'";'
+        ' StdOutput = "env.txt"; OutputSandbox = {"env.txt"};'
+    )
+    env = _pilot_env(pki, X509_USER_PROXY=str(proxy), BEARER_TOKEN="tok-abcdef-123456")
+    done = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    stub.client.get_output(job, tmp_path / "o")
+    seen = (tmp_path / "o" / "env.txt").read_text()
+    assert "proxy=none" in seen and "tok-abcdef-123456" not in seen
+    assert str(proxy) not in seen and not PEM_KEY.search(done.stderr)
