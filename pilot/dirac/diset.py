@@ -244,6 +244,7 @@ class DisetClient:
         *,
         setup: str | None = None,
         vo: str | None = None,
+        extra_credentials: str = "",
         connect_retries: int = 2,
         retry_delay: float = 1.0,
     ) -> None:
@@ -253,6 +254,7 @@ class DisetClient:
         self.timeout = timeout
         self.setup = setup
         self.vo = vo
+        self.extra_credentials = extra_credentials  # "hosts" when calling with a host cert
         self.connect_retries = connect_retries
         self.retry_delay = retry_delay
 
@@ -327,7 +329,7 @@ class DisetClient:
         chan = self._connect()
         try:
             proposal = [[self.service, self.setup or "None", self.vo or "unknown"], [kind, action]]
-            chan.send(s_ok([*proposal, "", f"pilot-agent {__version__}"]))
+            chan.send(s_ok([*proposal, self.extra_credentials, f"pilot-agent {__version__}"]))
             check_reply(chan.receive(), f"{self.service}: {kind}/{action} refused", action)
             yield chan
         finally:

@@ -3,7 +3,7 @@
 Layout written under ``<dir>``::
 
     ca/ca.pem, ca/ca.key             the test CA
-    certificates/<hash>.0, <hash>.r0 X509_CERT_DIR: the CA under its OpenSSL subject hash + an empty CRL
+    certificates/<hash>.0, .r0       X509_CERT_DIR: the CA under its subject hash, an empty CRL
     hostcert.pem, hostkey.pem        /O=DIRACTest/CN=localhost (SAN localhost, 127.0.0.1)
     user/usercert.pem, userkey.pem   /O=DIRACTest/OU=users/CN=testuser
 

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -52,6 +52,7 @@ VENV_ENV = "PILOT_DIRAC_VENV"
 DEFAULT_VENV = REPO / "build" / "cache" / "dirac-venv"
 BASE_PYTHON = Path("/usr/bin/python3.11")
 GFAL2_SO = Path("/usr/lib/python3/dist-packages/gfal2.cpython-311-x86_64-linux-gnu.so")
+SMALL_INNODB = ("--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M")
 DATABASES = (
     "JobDB",
     "JobLoggingDB",
@@ -137,10 +138,14 @@ class Layout:
         return self.venv / "bin" / "python"
 
 
+def default_venv() -> Path:
+    return Path(os.environ.get(VENV_ENV) or DEFAULT_VENV).resolve()
+
+
 def default_layout() -> Layout:
+    """State in $PILOT_DIRAC_STATE, else in a new temporary directory."""
     state = os.environ.get(STATE_ENV) or tempfile.mkdtemp(prefix="pilot-dirac-")
-    venv = os.environ.get(VENV_ENV) or str(DEFAULT_VENV)
-    return Layout(Path(state).resolve(), Path(venv).resolve())
+    return Layout(Path(state).resolve(), default_venv())
 
 
 def free_port() -> int:
@@ -265,6 +270,7 @@ def init_datadir(layout: Layout) -> None:
         "--user=root",
         "--auth-root-authentication-method=normal",
         "--skip-test-db",
+        *SMALL_INNODB,
     ]
     _checked(argv, "mariadb-install-db", timeout=180)
 
@@ -357,7 +363,7 @@ class Harness:
             f"--port={self.ports['mysql']}",
             f"--log-error={self.layout.logs / 'mysql.log'}",
             "--skip-log-bin",
-            "--innodb-buffer-pool-size=64M",
+            *SMALL_INNODB,
         ]
         self._spawn("mysql", argv, marker=str(self.layout.mysql_data))
         self._wait_port("mysql", self.ports["mysql"], timeout=120)
@@ -389,7 +395,8 @@ class Harness:
         code += "from DIRAC.Core.Utilities.ObjectLoader import ObjectLoader\n"
         for dotted in DB_CLASSES:
             module, cls = dotted.rsplit(".", 1)
-            code += f"r = ObjectLoader().loadObject({module!r}, {cls!r}); assert r['OK'], r\nr['Value']()\n"
+            code += f"r = ObjectLoader().loadObject({module!r}, {cls!r})\n"
+            code += "assert r['OK'], r\nr['Value']()\n"
         _checked(
             [str(self.layout.python), "-c", code], "DIRAC DB init", env=self.env(with_proxy=False)
         )
@@ -416,18 +423,25 @@ class Harness:
             self._wait_port(svc.key, self.ports[svc.key], timeout=240)
 
     def _sync_site_status(self) -> None:
-        """The Matcher only serves sites that are Active in the ResourceStatusDB."""
+        """RSS: the Matcher serves only Active sites, and DIRAC's sandbox clients
+        (dirac-wms-job-get-output) only use Active storage elements."""
         marker = self.layout.run / "rss-sync-ok"
         if marker.exists():
             return
-        argv = [
-            str(self.layout.venv / "bin" / "dirac-rss-sync"),
-            "--element=Site",
-            "--defaultStatus=Active",
-            "-o",
-            "/DIRAC/Security/UseServerCertificate=yes",
-        ]
-        _checked(argv, "dirac-rss-sync", timeout=180, env=self.env(with_proxy=False))
+        for element in ("Site", "Resource"):
+            argv = [
+                str(self.layout.venv / "bin" / "dirac-rss-sync"),
+                f"--element={element}",
+                "--defaultStatus=Active",
+                "-o",
+                "/DIRAC/Security/UseServerCertificate=yes",
+            ]
+            _checked(
+                argv,
+                f"dirac-rss-sync --element={element}",
+                timeout=180,
+                env=self.env(with_proxy=False),
+            )
         marker.write_text("ok\n")
 
     def _start_executor(self) -> None:
@@ -452,7 +466,9 @@ class Harness:
         result = proc.run(argv, timeout=120, env=self.env())
         if not self.layout.proxy.is_file():
             output = (result.stdout + result.stderr).strip()[-2000:]
-            raise SetupError(f"dirac-proxy-init wrote no proxy (exit {result.returncode}): {output}")
+            raise SetupError(
+                f"dirac-proxy-init wrote no proxy (exit {result.returncode}): {output}"
+            )
 
     # pid bookkeeping ---------------------------------------------------------------
 
@@ -473,14 +489,15 @@ class Harness:
         (self.layout.run / f"{name}.pid").write_text(f"{child.pid}\n{marker}\n")
 
     def _pid(self, name: str) -> int | None:
-        """The pid from ``run/<name>.pid`` if that process is alive and still ours."""
+        """Pid of a live component: our child, or from ``run/<name>.pid`` (another process
+        started it) if its command line still shows the marker (no pid reuse)."""
+        child = self._procs.get(name)
+        if child is not None:  # just after exec its /proc cmdline can still be empty
+            return child.pid if child.poll() is None else None
         try:
             pid_text, marker = (self.layout.run / f"{name}.pid").read_text().split("\n")[:2]
             cmdline = Path(f"/proc/{int(pid_text)}/cmdline").read_bytes().replace(b"\0", b" ")
         except (OSError, ValueError):
-            return None
-        child = self._procs.get(name)
-        if child is not None and child.poll() is not None:
             return None
         return int(pid_text) if marker.encode() in cmdline else None
 
@@ -534,10 +551,8 @@ class Harness:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,8 @@ DIRAC venv's python, never imported by the pilot) narrows the listening socket t
 import socket
 import sys
 
-from M2Crypto import SSL
-
 from DIRAC.Core.DISET.private.Transports import M2SSLTransport
+from M2Crypto import SSL
 
 _ENTRY_POINTS = {
     "dirac-service": "DIRAC.Core.scripts.dirac_service",
