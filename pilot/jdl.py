@@ -53,9 +53,8 @@ class JDLError(PilotError):
         self.col = col
 
     def __str__(self) -> str:
-        if self.line is None:
-            return self.message
-        return f"{self.line}:{self.col or 1}: {self.message}"
+        where = "" if self.line is None else f"{self.line}:{self.col or 1}: "
+        return where + self.message
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.line, self.col))
@@ -90,11 +89,9 @@ _UNARY = "!-+~"
 
 
 def _describe_char(ch: str) -> str:
-    if not ch:
-        return "end of input"
-    if ch.isprintable() and not ch.isspace():
+    if ch and ch.isprintable() and not ch.isspace():
         return repr(ch)
-    return f"character U+{ord(ch):04X}"
+    return f"character U+{ord(ch):04X}" if ch else "end of input"
 
 
 class _Parser:
@@ -121,9 +118,7 @@ class _Parser:
 
     def found(self) -> str:
         word = _WORD_RE.match(self.text, self.pos)
-        if word is not None:
-            return repr(word.group()[:40])
-        return _describe_char(self.peek())
+        return _describe_char(self.peek()) if word is None else repr(word.group()[:40])
 
     def check_depth(self, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -254,12 +249,17 @@ class _Parser:
         return word if number is None else number
 
     def maybe_expression(self, start: int, depth: int, atom: Value) -> Value:
-        after = self.pos
+        """``atom``, or the expression it starts if an operator follows it."""
+        atom_end = self.pos
         self.skip()
-        if _CONTINUES_RE.match(self.text, self.pos):
-            return self.expression(start, depth)
-        self.pos = after
-        return atom
+        where = self.pos
+        if not _CONTINUES_RE.match(self.text, where):
+            self.pos = atom_end
+            return atom
+        expression = self.expression(start, depth)
+        if self.end <= atom_end:  # e.g. "0//(": the operator was inside a comment
+            raise self.error(f"unexpected {_describe_char(self.text[where])}", where)
+        return expression
 
     def expression(self, start: int, depth: int) -> Expression:
         self.pos = start
@@ -391,11 +391,8 @@ def expand(attrs: Mapping[str, Value], max_jobs: int = DEFAULT_MAX_JOBS) -> list
 def _lookup(attrs: Mapping[str, Value], key: str) -> tuple[str, Value] | None:
     """(name as written, value) of ``key`` ignoring case; the last one written wins."""
     folded = key.casefold()
-    found: tuple[str, Value] | None = None
-    for name, value in attrs.items():
-        if name.casefold() == folded:
-            found = (name, value)
-    return found
+    hits = [(name, value) for name, value in attrs.items() if name.casefold() == folded]
+    return hits[-1] if hits else None
 
 
 def get(attrs: Mapping[str, Value], key: str, default: Value | None = None) -> Value | None:

@@ -538,6 +538,8 @@ def test_expressions_keep_their_source_text(source: str, text: str | None) -> No
         ("A = (x", 1, 5, "'(' is never closed"),
         ("A = (x y)", 1, 8, "expected ')'"),
         ("A = x == [B = 1]", 1, 10, "expected an operand"),
+        ("A=0//(", 1, 6, "unexpected '('"),  # found by the fuzzer: '//' began a comment
+        ('A = "a" // c\n (x)', 2, 2, "unexpected '('"),
         ("A = \x00;", 1, 5, "U+0000"),
         ('A = "a\x00b";', 1, 7, "U+0000 inside a string"),
         ('A = "a\x1bb";', 1, 7, "U+001B inside a string"),
