@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +70,9 @@ def pilot_env(**extra: str) -> dict[str, str]:
 def run_pilot(
     args: Sequence[str], *, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``pilot`` console script as a real process."""
-    return subprocess.run(
+    """Run the installed ``pilot`` console script as a real process; its output is kept
+    in ``cwd/pilot-runs.log`` for the log scan."""
+    done = subprocess.run(
         [str(BIN / "pilot"), *args],
         cwd=cwd,
         capture_output=True,
@@ -75,6 +80,89 @@ def run_pilot(
         timeout=timeout,
         env=env or pilot_env(),
     )
+    with (cwd / "pilot-runs.log").open("a") as record:
+        record.write(f"$ pilot {' '.join(args)}\n{done.stdout}{done.stderr}")
+    return done
 
 
 FAST = ["--idle-timeout", "1", "--disable-check", "cpu", "--check-timeout", "10"]
+
+
+# -- the log scan: no token or private key in any log the suite writes ---------------------
+
+PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+SECRET_VALUES: set[str] = set()  # tests add the tokens they hand to pilots and stubs
+_SUITE_LOG: list[Path] = []
+
+
+def secret(value: str) -> str:
+    """Register a secret the log scan must never find; returns it."""
+    SECRET_VALUES.add(value)
+    return value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = Path(tempfile.mkdtemp(prefix="pilot-suite-logs-")) / "suite.log"
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG)
+    _SUITE_LOG.append(path)
+
+
+PLANTED = "planted-secrets"  # the scan's own self-test plants secrets under such a folder
+
+
+def _log_files(root: Path) -> Iterator[Path]:
+    for path in root.rglob("*"):
+        name = path.name
+        if PLANTED in path.parts:
+            continue
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and (name.endswith((".log", ".out", ".err")) or name in ("stderr", "stdout"))
+        ):
+            yield path
+
+
+def _stub_logs(root: Path) -> Iterator[tuple[str, bytes]]:
+    for db in root.rglob("*.db"):
+        if PLANTED in db.parts:
+            continue
+        try:
+            with sqlite3.connect(db) as conn:
+                for stamp, text in conn.execute("SELECT stamp, log FROM pilots"):
+                    yield f"{db} pilot {stamp}", (text or "").encode()
+        except sqlite3.Error:
+            continue
+
+
+def scan_for_secrets(root: Path, extra: list[Path], *, planted: bool = False) -> list[str]:
+    if planted:
+        root = root / PLANTED
+    found = []
+    sources: list[tuple[str, bytes]] = [
+        (str(p), p.read_bytes()) for p in [*_log_files(root), *extra] if p.exists()
+    ]
+    sources.extend(_stub_logs(root))
+    for where, data in sources:
+        if PEM_PRIVATE_KEY.search(data):
+            found.append(f"{where}: private key block")
+        found.extend(f"{where}: registered secret" for s in SECRET_VALUES if s.encode() in data)
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or not _SUITE_LOG:
+        return
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    found = scan_for_secrets(factory.getbasetemp(), _SUITE_LOG)
+    if found:
+        print("\nLOG SCAN: secrets found in logs:\n  " + "\n  ".join(found))
+        session.exitstatus = 1
+    else:
+        print(f"\nlog scan: no token or private key in the suite's logs ({_SUITE_LOG[0]})")

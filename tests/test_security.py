@@ -18,10 +18,13 @@ from pilot.errors import AuthError
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
-from tests.conftest import FAST, Stub, pilot_env, run_pilot
+from tests.conftest import FAST, Stub, pilot_env, run_pilot, secret
 from tests.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
 
 PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+PILOT_TOKEN = secret("pilot-secret-1234")
+USER_TOKEN = secret("user-secret-5678")
+PAYLOAD_TOKEN = secret("tok-abcdef-123456")
 
 
 def _proxy_file(pki: Pki, name: str, hours: float = 12.0) -> Path:
@@ -101,20 +104,23 @@ def test_expired_proxy_stops_the_pilot_before_any_match(
 
 
 def test_bearer_tokens_for_pilots_and_users(tmp_path: Path, pki: Pki) -> None:
-    auth = AuthPolicy(frozenset({"pilot-secret-1234"}), frozenset({"user-secret-5678"}))
+    auth = AuthPolicy(frozenset({PILOT_TOKEN}), frozenset({USER_TOKEN}))
     stub = _https_stub(tmp_path / "tok", pki, require_cert=False, auth=auth)
     try:
         (job,) = stub.submit('Executable = "/bin/true";')
-        with UserClient(
-            stub.url,
-            verify=credentials.ssl_context(None, ca_file=pki.ca_file),
-            bearer="pilot-secret-1234",
-        ) as as_pilot, pytest.raises(AuthError, match="403"):
+        with (
+            UserClient(
+                stub.url,
+                verify=credentials.ssl_context(None, ca_file=pki.ca_file),
+                bearer=PILOT_TOKEN,
+            ) as as_pilot,
+            pytest.raises(AuthError, match="403"),
+        ):
             as_pilot.submit('Executable = "/bin/true";')
         env = _pilot_env(pki)
         refused = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path, env=env)
         assert refused.returncode == 22 and "401" in refused.stderr
-        env["BEARER_TOKEN"] = "pilot-secret-1234"
+        env["BEARER_TOKEN"] = PILOT_TOKEN
         done = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path, env=env)
         assert done.returncode == 0, done.stderr
         assert stub.status(job) == "Done"
@@ -123,7 +129,7 @@ def test_bearer_tokens_for_pilots_and_users(tmp_path: Path, pki: Pki) -> None:
             done.stdout,
             stub.client.pilot_log(stub.client.pilots()[0]["stamp"]),
         ):
-            assert "pilot-secret-1234" not in text
+            assert PILOT_TOKEN not in text
     finally:
         stub.server.stop()
 
@@ -168,10 +174,10 @@ def test_payload_never_sees_the_proxy_or_token(stub: Stub, pki: Pki, tmp_path: P
         'Executable = "/bin/sh"; Arguments = "-c \'env; echo proxy=${X509_USER_PROXY:-none}\'";'
         ' StdOutput = "env.txt"; OutputSandbox = {"env.txt"};'
     )
-    env = _pilot_env(pki, X509_USER_PROXY=str(proxy), BEARER_TOKEN="tok-abcdef-123456")
+    env = _pilot_env(pki, X509_USER_PROXY=str(proxy), BEARER_TOKEN=PAYLOAD_TOKEN)
     done = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     stub.client.get_output(job, tmp_path / "o")
     seen = (tmp_path / "o" / "env.txt").read_text()
-    assert "proxy=none" in seen and "tok-abcdef-123456" not in seen
+    assert "proxy=none" in seen and PAYLOAD_TOKEN not in seen
     assert str(proxy) not in seen and not PEM_KEY.search(done.stderr)
