@@ -117,7 +117,7 @@ PLANTED = "planted-secrets"  # the scan's own self-test plants secrets under suc
 def _log_files(root: Path) -> Iterator[Path]:
     for path in root.rglob("*"):
         name = path.name
-        if PLANTED in path.parts:
+        if PLANTED in path.relative_to(root).parts:
             continue
         if (
             path.is_file()
@@ -129,7 +129,7 @@ def _log_files(root: Path) -> Iterator[Path]:
 
 def _stub_logs(root: Path) -> Iterator[tuple[str, bytes]]:
     for db in root.rglob("*.db"):
-        if PLANTED in db.parts:
+        if PLANTED in db.relative_to(root).parts:
             continue
         try:
             with sqlite3.connect(db) as conn:
