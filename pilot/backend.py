@@ -86,6 +86,12 @@ class Backend(Protocol):
     def store_output_sandbox(self, job: MatchedJob, archive: Path) -> None:
         """Upload the packed output sandbox and attach it to the job."""
 
+    def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
+        """Download the catalogue file ``lfn`` (``LFN:/...``) to ``dest``, checksum verified."""
+
+    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+        """Upload ``source`` and register it in the catalogue as ``lfn``."""
+
     def upload_pilot_log(self, stamp: str, text: str) -> None: ...
 
     def close(self) -> None: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import ssl
 import threading
 import time
@@ -34,6 +35,7 @@ from pilot.errors import (
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 PROGRESS_EVERY_S = 5.0
 
 
@@ -321,8 +323,10 @@ class StubBackend:
         paths = []
         for entry in jdl.load(job.jdl).input_sandbox:
             if not entry.startswith("SB:"):
-                raise SandboxError(f"input sandbox entry {entry!r} is not supported yet")
+                continue  # LFNs and URLs are fetched by pilot.sandbox
             sha = entry[3:]
+            if not _SHA256.fullmatch(sha):
+                raise SandboxError(f"Input sandbox rejected: bad sandbox reference {entry[:80]!r}")
             dest = dest_dir / f"sandbox-{sha[:16]}"
             self.http.download(f"/api/sandboxes/{sha}", dest, sha)
             paths.append(dest)
@@ -337,6 +341,16 @@ class StubBackend:
             json={"sha256": sha},
             headers=self._job_headers(job),
         )
+
+    def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
+        entry = self.http.json("GET", f"/api/files/{lfn}")
+        self.http.download(f"/api/sandboxes/{entry['sha256']}", dest, entry["sha256"])
+
+    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+        sha = sha256_file(source)
+        self.http.upload(f"/api/sandboxes/{sha}", source)
+        body = {"sha256": sha, "size": source.stat().st_size}
+        self.http.json("PUT", f"/api/files/{lfn}", json=body, headers=self._job_headers(job))
 
     def upload_pilot_log(self, stamp: str, text: str) -> None:
         self.http.json("PUT", f"/api/pilots/{stamp}/log", json={"log": text})

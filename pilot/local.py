@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,14 @@ class LocalBackend:
         target = self.output_dir / job.job_id
         target.mkdir(parents=True, exist_ok=True)
         archive.safe_unpack(packed, target)
+
+    def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
+        raise SandboxError(f"local mode has no file catalogue to fetch {lfn} from")
+
+    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+        target = self.output_dir / job.job_id / "OutputData" / lfn.removeprefix("LFN:").lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
 
     def upload_pilot_log(self, stamp: str, text: str) -> None:
         (self.output_dir / "pilot.log").write_text(text)

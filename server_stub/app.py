@@ -157,7 +157,7 @@ class StubApp:
             ("GET", re.compile(r"/api/pilots"), self.list_pilots, Role.USER),
             ("PUT", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.put_pilot_log, Role.PILOT),
             ("GET", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.get_pilot_log, Role.USER),
-            ("PUT", re.compile(r"/api/files/(LFN:.+)"), self.put_file, Role.USER),
+            ("PUT", re.compile(r"/api/files/(LFN:.+)"), self.put_file, Role.ANY),
             ("GET", re.compile(r"/api/files/(LFN:.+)"), self.get_file, Role.ANY),
         ]
 

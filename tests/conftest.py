@@ -108,6 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.DEBUG)
+    logging.getLogger("httpcore").setLevel(logging.INFO)  # transport chatter, no content
     _SUITE_LOG.append(path)
 
 
