@@ -84,10 +84,12 @@ class DisetProtocolError(DisetError):
 
 
 def _tagged(obj: Any) -> Any:
-    if isinstance(obj, dt.datetime):
-        return {"__dCls": "dt", "obj": obj.strftime(DATETIME_FORMAT)}
+    if isinstance(obj, dt.datetime):  # DIRAC's times are naive UTC, to the second
+        if obj.tzinfo is not None:
+            obj = obj.astimezone(dt.UTC).replace(tzinfo=None)
+        return {"__dCls": "dt", "obj": obj.isoformat(sep=" ", timespec="seconds")}
     if isinstance(obj, dt.date):
-        return {"__dCls": "date", "obj": obj.strftime(DATE_FORMAT)}
+        return {"__dCls": "date", "obj": obj.isoformat()}
     if isinstance(obj, bytes | bytearray | memoryview):
         return {"__dCls": "b64", "obj": base64.b64encode(bytes(obj)).decode()}
     raise TypeError(f"cannot send {type(obj).__name__} over DISET")
@@ -105,7 +107,11 @@ def _untagged(obj: dict[str, Any]) -> Any:
 
 
 def encode(obj: Any) -> bytes:
-    """DIRAC's JEncode: JSON plus tagged datetimes, dates and bytes (microseconds dropped)."""
+    """DIRAC's JEncode: JSON plus tagged datetimes, dates and bytes.
+
+    Datetimes lose their microseconds (as in DIRAC) and aware ones are sent as naive UTC;
+    years are zero-padded to four digits (DIRAC's strftime would write ``999``).
+    """
     return json.dumps(obj, default=_tagged).encode()
 
 
