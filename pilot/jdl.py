@@ -1,8 +1,7 @@
 """JDL (the ClassAd subset DIRAC users write) -> attributes -> JobDescription.
 
-Layers: :func:`parse` (syntax only: text -> ordered ``dict[str, Value]``),
-:func:`expand` and :func:`dumps` (in :mod:`pilot.jdl_expand`: parametric jobs, JDL
-text) and :meth:`JobDescription.from_attrs` (typed fields, DIRAC's derived tags).
+Layers: :func:`parse` (syntax only), :func:`expand` and :func:`dumps` (parametric jobs
+and JDL text, in :mod:`pilot.jdl_expand`), :meth:`JobDescription.from_attrs` (semantics).
 
 Grammar: ``Name = value`` separated by ``;`` (optional after the last one), with or
 without the outer ``[ ]``. Names ``[A-Za-z_][A-Za-z0-9_]*(.part)*`` keep their case;
@@ -15,8 +14,8 @@ and numbers (``0.``, ``-3``) within :data:`MAX_INT_DIGITS` digits and float rang
 lists ``{a, b,}``; nested ``[ ]`` ClassAds; anything with operators (``!x``,
 ``other.Site == "X" && n >= 2``, ``f(a)``) is an :class:`Expression` holding its
 source text. Limits: :data:`MAX_DEPTH`, :data:`MAX_TEXT_CHARS`, no control character
-but tab in strings. Every failure is a :class:`JDLError`; syntax errors carry line
-and column, so ``f"{path}:{err}"`` reads ``FILE:LINE:COL: message``.
+but tab in strings. Every failure is a :class:`JDLError`; syntax errors carry line and
+column: ``f"{path}:{err}"`` reads ``FILE:LINE:COL: message``.
 """
 
 from __future__ import annotations
@@ -416,6 +415,10 @@ def as_number(value: Value) -> int | float | None:
     return None
 
 
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_TAGS = {tag.lower(): tag for tag in ("GPU", "MultiProcessor", "WholeNode")}  # spellings
+
+
 def _kind(value: Value) -> str:
     if isinstance(value, Expression):
         return f"the expression {value.text[:40]!r}"
@@ -424,9 +427,7 @@ def _kind(value: Value) -> str:
 
 
 def _scalar_text(name: str, value: Value) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
     raise JDLError(f"{name} must be a string, got {_kind(value)}")
 
@@ -466,10 +467,10 @@ def _int(attrs: Mapping[str, Value], key: str, minimum: int = 0) -> int | None:
 
 def _bool(attrs: Mapping[str, Value], key: str) -> bool:
     hit = _lookup(attrs, key)
-    value = False if hit is None else hit[1]
-    text = str(value).lower() if isinstance(value, str | int) else None
-    if text in ("true", "yes", "1", "false", "no", "0"):
-        return text in ("true", "yes", "1")
+    value: Value = False if hit is None else hit[1]
+    text = str(value).lower() if isinstance(value, str | int) else ""
+    if text in _BOOLS:
+        return _BOOLS[text]
     raise JDLError(f"{key} must be true or false, got {_kind(value)}")
 
 
@@ -506,14 +507,14 @@ def _cores(attrs: Mapping[str, Value]) -> tuple[int, int | None, bool, int, tupl
         raise JDLError(f"MaxNumberOfProcessors {high} is below MinNumberOfProcessors {low}")
     whole_node = _bool(attrs, "WholeNode")
     gpus = _int(attrs, "NumberOfGPUs") or 0
-    tags = set(_strings(attrs, "Tags", "Tag", split=True))
+    tags = {_TAGS.get(tag.lower(), tag) for tag in _strings(attrs, "Tags", "Tag", split=True)}
     if exact is not None and exact > 1:
         tags.update((f"{exact}Processors", "MultiProcessor"))
     if low > 1:
         tags.add("MultiProcessor")
     if whole_node:
         tags.update(("WholeNode", "MultiProcessor"))
-    if gpus > 0 or any(tag.upper() == "GPU" for tag in tags):
+    if gpus > 0 or "GPU" in tags:
         tags.add("GPU")
     return low, high, whole_node, gpus, tuple(sorted(tags))
 

@@ -896,7 +896,8 @@ def test_semantic_errors(text: str, fragment: str) -> None:
         ('WholeNode = "yes"', ("MultiProcessor", "WholeNode"), (1, None)),
         ("WholeNode = false", (), (1, None)),
         ("NumberOfGPUs = 2", ("GPU",), (1, None)),
-        ('Tags = {"gpu"}', ("GPU", "gpu"), (1, None)),
+        ('Tags = {"gpu"}', ("GPU",), (1, None)),
+        ("Tags = {multiprocessor, wholenode}", ("MultiProcessor", "WholeNode"), (1, None)),
         ('Tags = "long, GPU"; Tag = long', ("GPU", "long"), (1, None)),
         (
             "NumberOfProcessors = 2; Tags = {MultiProcessor, cvmfs}; WholeNode = 1",

@@ -179,7 +179,7 @@ VALUES = st.recursive(
 )
 
 
-@settings(max_examples=1_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(NAMES, VALUES, max_size=6))
 def test_dumps_round_trip(attrs: dict[str, jdl.Value]) -> None:
     text = jdl.dumps(attrs)
