@@ -31,6 +31,7 @@ test: venv system-deps lint unit
 
 bench: venv
 	$(BIN)/python bench/job_overhead.py
+	$(BIN)/python bench/sandbox.py
 
 clean:
 	rm -rf $(VENV) dist build/work .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import re
 import ssl
 import threading
@@ -168,26 +169,55 @@ class HttpClient:
             raise
 
     def _stream_to(self, path: str, dest: Path, sha256: str | None) -> int:
-        digest = hashlib.sha256()
         with self.http.stream("GET", path) as response:
             if response.status_code >= 400:
                 response.read()
                 _raise_for_status("GET", path, response)
             total = int(response.headers.get("content-length") or 0)
             progress = _Progress(f"download {dest.name}", total)
-            try:
-                with dest.open("wb") as out:
-                    for chunk in response.iter_bytes(CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        progress.add(len(chunk))
-            except OSError as exc:
-                raise _disk_error(exc, dest) from exc
-        if sha256 is not None and digest.hexdigest() != sha256:
+            # Undecoded bytes arrive fastest; decode only when the server encoded them.
+            encoded = response.headers.get("content-encoding", "identity") != "identity"
+            chunks = response.iter_bytes() if encoded else response.iter_raw()
+            digest = _write_and_hash(chunks, dest, progress)
+        if sha256 is not None and digest != sha256:
             dest.unlink(missing_ok=True)
-            raise SandboxError(f"checksum mismatch for {dest.name}: got {digest.hexdigest()}")
+            raise SandboxError(f"checksum mismatch for {dest.name}: got {digest}")
         progress.done()
         return progress.done_bytes
+
+
+def _write_and_hash(chunks: Iterator[bytes], dest: Path, progress: _Progress) -> str:
+    """Write and hash in a second thread while this one reads the network: both
+    hashlib and file writes release the GIL, so the three overlap."""
+    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=16)  # bounds memory: 16 chunks
+    digest = hashlib.sha256()
+    failure: list[OSError] = []
+
+    def writer() -> None:
+        try:
+            with dest.open("wb") as out:
+                while (chunk := pending.get()) is not None:
+                    out.write(chunk)
+                    digest.update(chunk)
+        except OSError as exc:
+            failure.append(exc)
+            while pending.get() is not None:  # keep draining so the reader never blocks
+                pass
+
+    thread = threading.Thread(target=writer, name=f"write-{dest.name}", daemon=True)
+    thread.start()
+    try:
+        for chunk in chunks:
+            if failure:
+                break
+            pending.put(chunk)
+            progress.add(len(chunk))
+    finally:
+        pending.put(None)
+        thread.join()
+    if failure:
+        raise _disk_error(failure[0], dest) from failure[0]
+    return digest.hexdigest()
 
 
 class _Progress:
