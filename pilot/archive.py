@@ -1,23 +1,15 @@
 """Sandbox archives: unpack untrusted input safely, pack the output sandbox.
 
-Threat model: an input sandbox is hostile until proven otherwise. :func:`safe_unpack`
-never writes outside ``dest``, whatever the archive says:
-
-* the format comes from magic bytes, never from the file name;
-* ``tarfile``/``zipfile`` are used only as parsers; every change to the file system is
-  made here, relative to directory descriptors opened with ``O_NOFOLLOW``, and files are
-  created ``O_CREAT|O_EXCL|O_NOFOLLOW``, so no link (ours or pre-existing) is followed;
-* names are checked (absolute, ``..``, undecodable, control characters, empty, length);
-* a member under a path the archive made a symlink, or a member that replaces an earlier
-  one, is refused; symlinks are created last, after each target has been resolved
-  against the archive's final set of links (a later link cannot redirect an earlier one);
-* hard links must point at a regular file extracted earlier; devices, FIFOs and sockets
-  are refused; setuid/setgid/sticky and group/world write bits are dropped;
-* size and member limits are counted on what is actually produced while streaming in
-  1 MiB chunks, so headers that lie change nothing; header parsing has its own budget.
-
-Rejections raise :class:`SandboxRejected`; files already extracted may remain inside
-``dest`` (the caller removes the job directory).
+:func:`safe_unpack` never writes outside ``dest``. The format comes from magic bytes;
+``tarfile``/``zipfile`` serve only as parsers: every change to the file system is made
+here through directory fds opened ``O_NOFOLLOW`` and files created ``O_EXCL|O_NOFOLLOW``,
+so no link is ever followed. Names are checked; a member under a link, or replacing an
+earlier member, is refused; symlinks are created last, once every target has been
+resolved against the archive's final set of links; hard links must name a file already
+extracted; devices and FIFOs are refused; setuid/setgid/sticky and group/world write
+bits are dropped. Size and member limits count what is really produced, while streaming
+in 1 MiB chunks, so lying headers change nothing. On rejection, files already extracted
+may remain inside ``dest``: the caller removes the job directory.
 """
 
 from __future__ import annotations
@@ -55,27 +47,10 @@ _NEW_FILE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_C
 _READ_FILE: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ZIP_UNIX: Final = 3
 _ZIP_ENCRYPTED: Final = 0x1
-_SPECIAL: Final = {
-    stat.S_IFCHR: "device file",
-    stat.S_IFBLK: "device file",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "socket",
-}
-# Errors a damaged archive makes the parsers and decompressors raise. Write-side
-# OSErrors never get here: _fs_errors turns them into PilotErrors first.
-_CORRUPT: Final = (
-    tarfile.TarError,
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    EOFError,
-    zlib.error,
-    lzma.LZMAError,
-    OSError,
-    ValueError,
-    struct.error,
-    RecursionError,
-    NotImplementedError,
-)
+_SPECIAL: Final = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "fifo"}
+# What damaged archives make the parsers raise (write-side OSErrors are translated first).
+_CORRUPT: Final = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, struct.error)
+_CORRUPT_ANY: Final = (*_CORRUPT, OSError, EOFError, ValueError, RuntimeError)
 
 
 class SandboxRejected(SandboxError):
@@ -114,8 +89,6 @@ class PackResult:
     skipped: tuple[str, ...] = ()
 
 
-# --------------------------------------------------------------------------- detection
-
 _MAGIC: Final = (
     (b"\x1f\x8b", ArchiveFormat.TAR_GZ),
     (b"BZh", ArchiveFormat.TAR_BZ2),
@@ -152,9 +125,6 @@ def _looks_like_tar(head: bytes) -> bool:
     except ValueError:
         return False
     return stored == sum(block[:148]) + 8 * ord(" ") + sum(block[156:])  # old V7 header
-
-
-# ------------------------------------------------------------------------------- names
 
 
 def _check_text(text: str, what: str = "name") -> None:
@@ -219,9 +189,6 @@ class _LinkMap:
         return tuple(stack)
 
 
-# ---------------------------------------------------------------------- the extraction
-
-
 class _Kind(Enum):
     DIR = "dir"
     FILE = "file"
@@ -250,7 +217,7 @@ def _guarded(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
     def guarded_read(size: int) -> bytes:
         try:
             return read(size)
-        except _CORRUPT as exc:
+        except _CORRUPT_ANY as exc:
             raise SandboxRejected(f"corrupt archive: {exc}") from exc
 
     return guarded_read
@@ -261,13 +228,18 @@ class _Sink:
 
     def __init__(self, dest: Path, limits: UnpackLimits) -> None:
         self.limits = limits
-        self.root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            self.root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SandboxError(f"cannot use job directory {dest}: {exc.strerror}") from exc
         self.kinds: dict[tuple[str, ...], _Kind] = {}
         self.links = _LinkMap()  # includes links already in dest: they resolve too
         self.new_links: list[tuple[str, ...]] = []
         self.names: list[str] = []
         self.members = 0
         self.written = 0
+        self.cached: tuple[tuple[str, ...], int] | None = None
         for folder, dirs, files in os.walk(dest):  # links already there count as ours
             for entry in dirs + files:
                 path = Path(folder, entry)
@@ -278,6 +250,8 @@ class _Sink:
 
     def close(self) -> None:
         os.close(self.root)
+        if self.cached is not None:
+            os.close(self.cached[1])
 
     def begin(self) -> None:
         self.members += 1
@@ -308,16 +282,30 @@ class _Sink:
 
     @contextmanager
     def _parent(self, parts: tuple[str, ...], name: str) -> Iterator[int]:
-        """Yield an fd of the directory that holds ``parts``, creating missing ones."""
-        fd = os.dup(self.root)
-        try:
-            for i in range(len(parts) - 1):
-                nxt = self._enter(fd, parts[: i + 1], name)
+        """Yield an fd of the directory that holds ``parts``, creating missing ones.
+
+        The last one is kept open for the next member: a path seen as a directory
+        stays one, since nothing is ever replaced.
+        """
+        key = parts[:-1]
+        if self.cached is not None and self.cached[0] == key:
+            fd, self.cached = self.cached[1], None
+        else:
+            fd = os.dup(self.root)
+            try:
+                for i in range(len(key)):
+                    nxt = self._enter(fd, key[: i + 1], name)
+                    os.close(fd)
+                    fd = nxt
+            except BaseException:
                 os.close(fd)
-                fd = nxt
+                raise
+        try:
             yield fd
         finally:
-            os.close(fd)
+            if self.cached is not None:
+                os.close(self.cached[1])
+            self.cached = (key, fd)
 
     def _enter(self, fd: int, prefix: tuple[str, ...], name: str) -> int:
         kind = self.kinds.get(prefix)
@@ -423,9 +411,6 @@ class _Sink:
         return self.names
 
 
-# --------------------------------------------------------------------------------- tar
-
-
 class _StrictInfo(tarfile.TarInfo):
     """A TarInfo that treats any damaged header as corruption, not as the end."""
 
@@ -528,9 +513,6 @@ def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo, sink: _Sink) -> None
         sink.refuse(name, f"unsupported member type {info.type!r}")
 
 
-# --------------------------------------------------------------------------------- zip
-
-
 def _check_zip_directory(archive: Path, limits: UnpackLimits) -> None:
     """Count central-directory entries before zipfile loads them all into memory."""
     with archive.open("rb") as fh:
@@ -584,19 +566,9 @@ def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, sink: _Sink) -> None
         sink.add_symlink(name, target.decode("utf-8", "surrogateescape"))
     elif kind in (0, stat.S_IFREG):
         with zf.open(info) as src:
-            sink.add_file(name, src.read, mode or 0o644, _zip_mtime(info))
+            sink.add_file(name, src.read, mode or 0o644, None)
     else:
         sink.refuse(name, _SPECIAL.get(kind, f"unsupported member type {kind:o}"))
-
-
-def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
-    try:
-        return time.mktime((*info.date_time, 0, 0, -1))
-    except (OverflowError, ValueError):
-        return None
-
-
-# ------------------------------------------------------------------------------ unpack
 
 
 def safe_unpack(archive: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) -> list[str]:
@@ -607,7 +579,6 @@ def safe_unpack(archive: Path, dest: Path, limits: UnpackLimits = UnpackLimits()
     """
     try:
         fmt = detect_format(archive)
-        dest.mkdir(parents=True, exist_ok=True)
         sink = _Sink(dest, limits)
         try:
             if fmt is ArchiveFormat.ZIP:
@@ -617,7 +588,7 @@ def safe_unpack(archive: Path, dest: Path, limits: UnpackLimits = UnpackLimits()
             names = sink.finish()
         except UnicodeDecodeError as exc:  # zipfile: a name flagged UTF-8 that is not
             raise SandboxRejected("undecodable name") from exc
-        except _CORRUPT as exc:
+        except _CORRUPT_ANY as exc:
             raise SandboxRejected(f"corrupt archive: {exc}") from exc
         finally:
             sink.close()
@@ -626,9 +597,6 @@ def safe_unpack(archive: Path, dest: Path, limits: UnpackLimits = UnpackLimits()
         raise
     log.info("unpacked %s %s: %d members, %d bytes", fmt, archive.name, sink.members, sink.written)
     return names
-
-
-# -------------------------------------------------------------------------------- pack
 
 
 @dataclass(frozen=True)
@@ -687,19 +655,19 @@ def _glob_match(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
 def _select(
     nodes: dict[tuple[str, ...], _Node], patterns: Sequence[str]
 ) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Files and links matched by ``patterns`` (directories expanded), and the misses."""
     chosen: dict[tuple[str, ...], None] = {}
     missing: list[str] = []
+    ordered = sorted(p for p, node in nodes.items() if node.kind is not _Kind.DIR)
     for pattern in patterns:
         pat = _pattern_parts(pattern)
-        hits = sorted(p for p in nodes if pat is not None and _glob_match(pat, p))
+        hits = {p for p in nodes if pat is not None and _glob_match(pat, p)}
         if not hits:
             missing.append(pattern)
-        for hit in hits:
-            if nodes[hit].kind is _Kind.DIR:
-                inside = (p for p in nodes if p[: len(hit)] == hit and len(p) > len(hit))
-                chosen.update((p, None) for p in sorted(inside) if nodes[p].kind is not _Kind.DIR)
-            else:
-                chosen[hit] = None
+            continue
+        for parts in ordered:  # a node is in when it, or a directory above it, matched
+            if any(parts[:i] in hits for i in range(1, len(parts) + 1)):
+                chosen[parts] = None
     return list(chosen), missing
 
 
@@ -795,8 +763,58 @@ def _tar_gz(out: Path) -> Iterator[tarfile.TarFile]:
         with tarfile.open(part, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tf:
             yield tf
         os.replace(part, out)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        error = DiskFullError if full else SandboxError
+        raise error(f"cannot write sandbox archive {out}: {exc.strerror or exc}") from exc
     finally:
         part.unlink(missing_ok=True)
+
+
+def _portable(name: str, node: _Node) -> bool:
+    """Whether :func:`safe_unpack` would accept this name (and link target)."""
+    try:
+        _check_text(name)
+        _check_text(node.target or "x")
+    except SandboxRejected:
+        return False
+    return True
+
+
+def _fit(
+    nodes: dict[tuple[str, ...], _Node],
+    chosen: list[tuple[str, ...]],
+    max_bytes: int,
+    priority: Sequence[str],
+) -> tuple[list[tuple[str, ...]], list[str], list[str]]:
+    """Split ``chosen`` into kept, dropped (over ``max_bytes``) and skipped names."""
+    safe_links = _links_inside(nodes, chosen)
+    kept: list[tuple[str, ...]] = []
+    dropped: list[str] = []
+    skipped: list[str] = []
+    size = 0
+    for parts in sorted(chosen, key=_rank(priority)):
+        node, name = nodes[parts], "/".join(parts)
+        if not _portable(name, node) or (node.kind is _Kind.LINK and parts not in safe_links):
+            skipped.append(name)
+        elif size + node.size > max_bytes:
+            dropped.append(name)
+        else:
+            kept.append(parts)
+            size += node.size
+    return kept, dropped, skipped
+
+
+def _write_output(
+    job_dir: Path, out: Path, kept: list[tuple[str, ...]], nodes: dict[tuple[str, ...], _Node]
+) -> list[tuple[str, ...]]:
+    """Write ``kept`` to ``out``; return what was really packed."""
+    with _tar_gz(out) as tf:
+        root = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return [parts for parts in kept if _add_node(tf, root, parts, nodes[parts])]
+        finally:
+            os.close(root)
 
 
 def pack_output(
@@ -811,53 +829,33 @@ def pack_output(
 
     Patterns are globs relative to ``job_dir`` (``**`` spans directories; absolute
     patterns and ``..`` match nothing); a matched directory is packed recursively.
-    Symlinks are packed as links, and only when they resolve inside the packed tree.
-    If the files exceed ``max_bytes`` (uncompressed), files are kept in ``priority``
-    order, then in pattern order, and the rest are dropped.
+    Symlinks are packed as links, and only when they resolve inside the packed tree;
+    names :func:`safe_unpack` would refuse are skipped. If the files exceed ``max_bytes``
+    (uncompressed), files are kept in ``priority`` order, then in pattern order, and
+    the rest are dropped.
     """
     nodes = _scan(job_dir)
     with suppress(ValueError):  # never pack the archive into itself
         own = out.resolve().relative_to(job_dir.resolve()).parts
-        nodes.pop(own, None)
-        nodes.pop((*own[:-1], own[-1] + ".part"), None)
+        for name in (own[-1], own[-1] + ".part"):
+            nodes.pop((*own[:-1], name), None)
     chosen, missing = _select(nodes, patterns)
-    safe_links = _links_inside(nodes, chosen)
-    kept, dropped, skipped, size = [], [], [], 0
-    for parts in sorted(chosen, key=_rank(priority)):
-        node = nodes[parts]
-        if node.kind is _Kind.LINK and parts not in safe_links:
-            skipped.append("/".join(parts))
-        elif size + node.size > max_bytes:
-            dropped.append("/".join(parts))
-        else:
-            kept.append(parts)
-            size += node.size
-    included: list[str] = []
-    root = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        with _tar_gz(out) as tf:
-            for parts in kept:
-                if _add_node(tf, root, parts, nodes[parts]):
-                    included.append("/".join(parts))
-                else:
-                    skipped.append("/".join(parts))
-                    size -= nodes[parts].size
-    finally:
-        os.close(root)
-    result = PackResult(tuple(included), tuple(missing), tuple(dropped), size, tuple(skipped))
-    _log_pack(result, out)
-    return result
-
-
-def _log_pack(result: PackResult, out: Path) -> None:
-    log.info("output sandbox %s: %d entries, %d bytes", out.name, len(result.included), result.size)
-    for what, names in (
-        ("no match for", result.missing),
-        ("dropped (size limit)", result.dropped),
-        ("skipped", result.skipped),
-    ):
+    kept, dropped, skipped = _fit(nodes, chosen, max_bytes, priority)
+    written = _write_output(job_dir, out, kept, nodes)
+    done = set(written)
+    skipped += ["/".join(parts) for parts in kept if parts not in done]
+    result = PackResult(
+        included=tuple("/".join(parts) for parts in written),
+        missing=tuple(missing),
+        dropped=tuple(dropped),
+        size=sum(nodes[parts].size for parts in written),
+        skipped=tuple(skipped),
+    )
+    log.info("output sandbox %s: %d entries, %d bytes", out.name, len(written), result.size)
+    for what, names in (("no match", missing), ("over size limit", dropped), ("skipped", skipped)):
         if names:
             log.warning("output sandbox: %s: %s", what, ", ".join(names))
+    return result
 
 
 def _scrub(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -873,15 +871,16 @@ def pack_files(files: Sequence[tuple[Path, str]], out: Path) -> None:
     Each path is stored under its ``arcname``; a symlinked path is packed as what it
     points to.
     """
-    seen: set[tuple[str, ...]] = set()
+    names: dict[str, Path] = {}
     for path, arcname in files:
         parts = _pattern_parts(arcname)
-        if parts is None or parts in seen:
+        name = "/".join(parts or ())
+        if parts is None or name in names or not _portable(name, _Node(_Kind.FILE)):
             raise SandboxError(f"invalid or duplicate name in input sandbox: {arcname!r}")
-        seen.add(parts)
         if not path.exists():
             raise SandboxError(f"input sandbox file not found: {path}")
+        names[name] = path.resolve()
     with _tar_gz(out) as tf:
-        for path, arcname in files:
-            tf.add(path.resolve(), arcname=arcname.strip("/"), filter=_scrub)
-    log.info("packed %d input files into %s", len(files), out.name)
+        for name, path in names.items():
+            tf.add(path, arcname=name, filter=_scrub)
+    log.info("packed %d input files into %s", len(names), out.name)
