@@ -45,7 +45,9 @@ from pilot.dirac.diset import (
     s_ok,
 )
 from pilot.errors import AuthError, CredentialError, ExitCode, SandboxError, UsageError
+from tests.dirac_server import harness
 from tests.dirac_server.certs import make_pki
+from tests.dirac_server.fixture import unavailable
 
 MATCHER = "WorkloadManagement/Matcher"
 
@@ -786,3 +788,25 @@ def test_settings_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             proxy=tmp_path,
             ca_dir=tmp_path,
         )
+
+
+# --- the real-server harness: what happens where it cannot run ------------------------------
+
+
+def test_harness_names_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness.shutil, "which", lambda tool, path=None: None)
+    with pytest.raises(
+        harness.SetupError, match=r"needs mariadbd \(Debian package mariadb-server\)"
+    ):
+        harness.check_tools()
+
+
+def test_unavailable_server_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="needs a local DIRAC server: no mariadb"):
+        unavailable("no mariadb")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="needs a local DIRAC server: no mariadb"):
+        unavailable("no mariadb")

@@ -384,8 +384,9 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
 
     Table keys (any case, ``_`` ignored): ``matcher``, ``jobstateupdate``, ``sandboxstore``,
     ``jobmonitoring``, ``pilotmanager`` (URLs), ``setup``, ``release_version``, ``source``,
-    ``timeout``. A service without a URL is taken on the server's host at DIRAC's
-    default port. Proxy and CA directory: config, else X509_USER_PROXY / X509_CERT_DIR.
+    ``timeout``. Matcher, JobStateUpdate and SandboxStore without a URL are taken on the
+    server's host at DIRAC's default ports; the optional JobMonitoring and PilotManager
+    only when given. Proxy and CA directory: config, else X509_USER_PROXY / X509_CERT_DIR.
     """
     table = {str(k).lower().replace("_", ""): v for k, v in cfg.dirac.items()}
     server = urlsplit(cfg.server or "")
@@ -410,8 +411,8 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
         matcher_url=url("Matcher"),
         job_state_update_url=url("JobStateUpdate"),
         sandbox_store_url=url("SandboxStore"),
-        job_monitoring_url=url("JobMonitoring"),
-        pilot_manager_url=url("PilotManager"),
+        job_monitoring_url=_opt_str(table.get("jobmonitoring")),
+        pilot_manager_url=_opt_str(table.get("pilotmanager")),
         proxy=Path(proxy),
         ca_dir=Path(ca_dir),
         setup=_opt_str(table.get("setup")),
