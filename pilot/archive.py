@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Final, Self
+from typing import Final, NoReturn, Self
 
 from pilot.errors import DiskFullError, SandboxError
 
@@ -49,8 +49,8 @@ _ZIP_UNIX: Final = 3
 _ZIP_ENCRYPTED: Final = 0x1
 _SPECIAL: Final = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "fifo"}
 # What damaged archives make the parsers raise (write-side OSErrors are translated first).
-_CORRUPT: Final = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, struct.error)
-_CORRUPT_ANY: Final = (*_CORRUPT, OSError, EOFError, ValueError, RuntimeError)
+_PARSERS: Final = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, struct.error)
+_CORRUPT: Final = (*_PARSERS, OSError, EOFError, ValueError, RuntimeError)
 
 
 class SandboxRejected(SandboxError):
@@ -79,8 +79,8 @@ class UnpackLimits:
 @dataclass(frozen=True)
 class PackResult:
     """What :func:`pack_output` packed. ``size`` is the sum of the packed file sizes
-    (uncompressed, the quantity ``max_bytes`` bounds); ``skipped`` lists links that
-    point outside the job directory and entries that vanished or changed type."""
+    (uncompressed, the quantity ``max_bytes`` bounds); ``skipped`` lists links leaving
+    the packed tree, names :func:`safe_unpack` would refuse, and entries that vanished."""
 
     included: tuple[str, ...]
     missing: tuple[str, ...]
@@ -217,7 +217,7 @@ def _guarded(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
     def guarded_read(size: int) -> bytes:
         try:
             return read(size)
-        except _CORRUPT_ANY as exc:
+        except _CORRUPT as exc:
             raise SandboxRejected(f"corrupt archive: {exc}") from exc
 
     return guarded_read
@@ -263,7 +263,7 @@ class _Sink:
         if self.written > self.limits.max_total_bytes:
             raise SandboxRejected(f"unpacked size exceeds {self.limits.max_total_bytes} bytes")
 
-    def refuse(self, name: str, what: str) -> None:
+    def refuse(self, name: str, what: str) -> NoReturn:
         parts = _member_parts(name, self.limits)
         raise SandboxRejected(f"{what}: {'/'.join(parts)}")
 
@@ -276,8 +276,9 @@ class _Sink:
         old = self.kinds.get(parts)
         if old is not None and not (old is kind is _Kind.DIR):
             raise SandboxRejected(f"duplicate member: {'/'.join(parts)}")
-        self.kinds[parts] = kind
-        self.names.append("/".join(parts))
+        if old is None:
+            self.kinds[parts] = kind
+            self.names.append("/".join(parts))
         return parts
 
     @contextmanager
@@ -588,7 +589,7 @@ def safe_unpack(archive: Path, dest: Path, limits: UnpackLimits = UnpackLimits()
             names = sink.finish()
         except UnicodeDecodeError as exc:  # zipfile: a name flagged UTF-8 that is not
             raise SandboxRejected("undecodable name") from exc
-        except _CORRUPT_ANY as exc:
+        except _CORRUPT as exc:
             raise SandboxRejected(f"corrupt archive: {exc}") from exc
         finally:
             sink.close()

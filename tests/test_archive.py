@@ -15,7 +15,6 @@ import tarfile
 import tempfile
 import threading
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from pilot.archive import (
 from pilot.errors import ExitCode, SandboxError
 
 MiB = 1 << 20
+DEFAULT = UnpackLimits()
 SMALL = UnpackLimits(max_total_bytes=1 * MiB, max_members=10, max_name_bytes=200)
 
 
@@ -183,7 +183,7 @@ Build = Callable[[Layout], tuple[Path, str]]
 class Hostile:
     id: str
     build: Build
-    limits: UnpackLimits = UnpackLimits()
+    limits: UnpackLimits = DEFAULT
     prefix: bool = False  # the reason only starts with the expected text
 
 
@@ -194,7 +194,7 @@ def tar_case(
     *,
     mode: str = "w:gz",
     fmt: int = tarfile.PAX_FORMAT,
-    limits: UnpackLimits = UnpackLimits(),
+    limits: UnpackLimits = DEFAULT,
     prefix: bool = False,
 ) -> Hostile:
     def build(lay: Layout) -> tuple[Path, str]:
@@ -295,7 +295,7 @@ def _garbage_after_member(lay: Layout) -> tuple[Path, str]:
 
 
 def _zip_case(
-    id: str, entries: list[ZipEntry], reason: str, limits: UnpackLimits = UnpackLimits()
+    id: str, entries: list[ZipEntry], reason: str, limits: UnpackLimits = DEFAULT
 ) -> Hostile:
     def build(lay: Layout) -> tuple[Path, str]:
         return make_zip(lay.src / "in", entries), reason
