@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pilot import __version__, batch, checking, jdl, jobrun, resources
+from pilot import __version__, batch, checking, execute, isolation, jdl, jobrun, resources
 from pilot.api import CheckContext
 from pilot.backend import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MIN_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 10.0
+MIN_TIME_LEFT_S = 60.0  # no new job when the slot has less than this left
 
 
 class Stop:
@@ -89,6 +90,42 @@ def inspect_node(
     return info, report, desc
 
 
+def choose_isolation(config: PilotConfig) -> isolation.Isolation:
+    """``--isolation`` resolved by probing the node (once per pilot)."""
+    image = getattr(config, "apptainer_image", None)
+    chosen = isolation.choose(config.isolation, config.resolved_work_dir(), image)
+    log.info("payload isolation: %s (%s)", chosen.runtime, chosen.detail)
+    return chosen
+
+
+def job_settings(
+    config: PilotConfig,
+    desc: resources.ResourceDescription,
+    chosen: isolation.Isolation,
+    cgroup: isolation.CgroupParent | None = None,
+) -> jobrun.JobSettings:
+    """What every job of this pilot shares: directories, watchdog settings, isolation."""
+    return jobrun.JobSettings(
+        work_dir=config.resolved_work_dir(),
+        pilot_reference=desc.pilot_reference,
+        site=config.site,
+        grace=config.grace,
+        max_output_bytes=config.max_output_mb << 20,
+        sample_interval=config.sample_interval,
+        heartbeat_interval=config.heartbeat_interval,
+        stalled_window=config.stalled_window,
+        stalled_cpu_fraction=config.stalled_cpu_fraction,
+        max_stdout_bytes=config.max_stdout_mb << 20,
+        max_job_disk_mb=config.max_job_disk_mb,
+        min_free_disk_mb=config.min_free_disk_mb,
+        max_processes=getattr(config, "max_job_processes", None),
+        benchmark=desc.pilot_benchmark,
+        isolation=chosen,
+        hidden_paths=isolation.credential_paths(os.environ, config.proxy),
+        cgroup=cgroup,
+    )
+
+
 @dataclass
 class _Running:
     runner: jobrun.JobRunner
@@ -105,6 +142,7 @@ class Agent:
         desc: resources.ResourceDescription,
         stamp: str,
         stop: Stop,
+        settings: jobrun.JobSettings | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -116,13 +154,7 @@ class Agent:
         self.outcomes: list[jobrun.JobOutcome] = []
         self.started = 0
         self.deadline = time.monotonic() + desc.wall_clock_time_left
-        self.job_settings = jobrun.JobSettings(
-            work_dir=config.resolved_work_dir(),
-            pilot_reference=stamp,
-            site=config.site,
-            grace=config.grace,
-            max_output_bytes=config.max_output_mb << 20,
-        )
+        self.job_settings = settings or job_settings(config, desc, isolation.NO_ISOLATION)
 
     # -- slot accounting ----------------------------------------------------------------
 
@@ -140,13 +172,16 @@ class Agent:
             return "drained"
         if self.config.max_jobs is not None and self.started >= self.config.max_jobs:
             return "max-jobs"
-        if self.deadline - time.monotonic() < 60:
+        if self.deadline - time.monotonic() < MIN_TIME_LEFT_S:
             return "no-time"
         return None
 
     def _can_take_now(self) -> bool:
         limit = self.config.max_concurrent
-        return self._free()[0] >= 1 and (limit is None or len(self.running) < limit)
+        cores, mem = self._free()
+        if mem is not None and mem <= 0:
+            return False
+        return cores >= 1 and (limit is None or len(self.running) < limit)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -180,19 +215,38 @@ class Agent:
         self._wait_all()
         return AgentSummary(self.stamp, tuple(self.outcomes), reason)
 
+    def _offer(self, cores: int, mem: int | None) -> resources.ResourceDescription:
+        """The slot as the next match sees it: free cores, memory and time only."""
+        offer = self.desc.with_free(cores, mem, self.deadline - time.monotonic())
+        tags = set(offer.tags)
+        if cores < 2:
+            tags.discard("MultiProcessor")
+        if self.running:
+            tags.discard("WholeNode")  # part of the node is taken
+        return dataclasses.replace(offer, tags=tuple(sorted(tags)))
+
     def _match_one(self) -> bool:
         cores, mem = self._free()
-        wall_left = self.deadline - time.monotonic()
-        offer = self.desc.with_free(cores, mem, wall_left)
-        job = self.backend.match(offer.as_dict())
+        start = time.monotonic()
+        job = self.backend.match(self._offer(cores, mem).as_dict())
         if job is None:
             return False
-        self._start(job, cores, mem)
+        self._start(job, cores, mem, time.monotonic() - start)
         return True
 
-    def _start(self, job: MatchedJob, free_cores: int, free_mem: int | None) -> None:
+    def _start(
+        self, job: MatchedJob, free_cores: int, free_mem: int | None, match_s: float
+    ) -> None:
         cores, mem = self._allocation(job, free_cores, free_mem)
-        runner = jobrun.JobRunner(self.backend, job, self.job_settings, cores)
+        runner = jobrun.JobRunner(
+            self.backend,
+            job,
+            self.job_settings,
+            cores,
+            memory_mb=mem,
+            slot_deadline=self.deadline,
+            match_seconds=match_s,
+        )
         thread = threading.Thread(target=self._run_job, args=(runner,), name=f"job-{job.job_id}")
         self.running[job.job_id] = _Running(runner, thread, cores, mem)
         self.started += 1
@@ -222,9 +276,7 @@ class Agent:
             outcome = runner.run()
         except PilotError as exc:
             log.error("job %s: %s", runner.job.job_id, exc)
-            outcome = jobrun.JobOutcome(
-                runner.job.job_id, JobStatus.FAILED, str(exc), None, {}
-            )
+            outcome = jobrun.JobOutcome(runner.job.job_id, JobStatus.FAILED, str(exc), None, {})
         except Exception:
             log.exception("job %s: unexpected error", runner.job.job_id)
             outcome = jobrun.JobOutcome(
@@ -249,8 +301,7 @@ class Agent:
 
     def cancel_all(self, reason: str) -> None:
         for running in list(self.running.values()):
-            running.runner.cancel_reason = reason
-            running.runner.cancel.set()
+            running.runner.cancel.set(reason)
 
 
 def registration(
@@ -258,8 +309,9 @@ def registration(
     info: batch.BatchInfo,
     report: checking.CheckReport,
     desc: resources.ResourceDescription,
+    chosen: isolation.Isolation | None = None,
 ) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "version": __version__,
         "site": config.site,
         "ce": desc.grid_ce,
@@ -267,6 +319,9 @@ def registration(
         "checks": report.to_json(),
         "resources": desc.as_dict(),
     }
+    if chosen is not None:
+        out["isolation"] = chosen.as_dict()
+    return out
 
 
 def run(
@@ -278,9 +333,11 @@ def run(
     """Inspect the node, register, and run jobs until idle; the pilot's whole life."""
     stamp = new_stamp()
     registered = False
+    execute.become_subreaper()
     try:
         info, report, desc = inspect_node(config, stamp)
-        backend.register(stamp, registration(config, info, report, desc))
+        chosen = choose_isolation(config)
+        backend.register(stamp, registration(config, info, report, desc, chosen))
         registered = True
         if not report.ok:
             names = ", ".join(r.name for r in report.failed_required)
@@ -292,7 +349,8 @@ def run(
                 )
                 stop.wait(config.failure_sleep)
             raise CheckFailed(f"node not fit: required check(s) failed: {names}")
-        summary = Agent(config, backend, desc, stamp, stop).run()
+        settings = job_settings(config, desc, chosen, isolation.probe_cgroup())
+        summary = Agent(config, backend, desc, stamp, stop, settings).run()
         log.info(
             "pilot %s done: %d job(s), stopped because %s",
             stamp,
