@@ -95,6 +95,12 @@ def setup_logging(fmt: str, level: str) -> LogBuffer:
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (also PILOT_<NAME> or the TOML file)")
+    group.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML configuration file (or PILOT_CONFIG)",
+    )
     for name in RUN_OPTIONS:
         spec = config.FIELDS[name]
         kwargs: dict[str, Any] = {
@@ -212,43 +218,12 @@ def make_backend(cfg: config.PilotConfig) -> Backend:
     if kind == "auto":
         kind = "dirac" if cfg.server.startswith("dips://") else "stub"
     if kind == "dirac":
-        from pilot.dirac.backend import DiracBackend  # only DIRAC sites pay for its import
+        from pilot.dirac.backend import DiracBackend, settings_from_config
 
-        return DiracBackend(dirac_settings(cfg))
+        load_proxy(cfg)  # an expired proxy stops the pilot here, before any call
+        return DiracBackend(settings_from_config(cfg))
     verify, token = client_credentials(cfg)
     return StubBackend(HttpClient(cfg.server, verify=verify, bearer=token))
-
-
-# DIRAC's default DISET ports of the services the pilot talks to.
-DIRAC_SERVICES = {
-    "matcher_url": ("WorkloadManagement/Matcher", 9170),
-    "job_state_update_url": ("WorkloadManagement/JobStateUpdate", 9136),
-    "sandbox_store_url": ("WorkloadManagement/SandboxStore", 9196),
-    "job_monitoring_url": ("WorkloadManagement/JobMonitoring", 9130),
-}
-
-
-def dirac_settings(cfg: config.PilotConfig) -> Any:
-    """DiracSettings from the ``[dirac]`` table; service URLs default to the ``--server``
-    host with DIRAC's standard ports (``dips://host:9170/WorkloadManagement/Matcher``...)."""
-    from pilot.dirac.backend import DiracSettings
-
-    table = dict(cfg.dirac)
-    host = (cfg.server or "").removeprefix("dips://").split("/")[0].split(":")[0]
-    urls: dict[str, Any] = {}
-    for key, (service, port) in DIRAC_SERVICES.items():
-        urls[key] = table.pop(key, None) or (f"dips://{host}:{port}/{service}" if host else None)
-        if urls[key] is None:
-            raise UsageError(f"DIRAC backend: no {key} (set [dirac] {key} or --server dips://HOST)")
-    load_proxy(cfg)  # an expired proxy stops here, before any call
-    proxy = cfg.proxy or credentials.find_proxy()
-    ca_dir = cfg.ca_dir or credentials.ca_locations()[0]
-    if proxy is None or ca_dir is None:
-        raise CredentialError("DIRAC backend needs a proxy (X509_USER_PROXY) and a CA directory")
-    try:
-        return DiracSettings(**urls, proxy=proxy, ca_dir=ca_dir, vo=cfg.vo, **table)
-    except TypeError as exc:
-        raise UsageError(f"[dirac] table: {exc}") from None
 
 
 def load_proxy(cfg: config.PilotConfig) -> credentials.Proxy | None:

@@ -4,7 +4,9 @@
 # only when something is missing; elsewhere it says what is missing and the tests
 # that need it skip with a message naming it.
 set -u
-pkgs=(slurm-wlm munge globus-proxy-utils voms-clients bubblewrap debootstrap curl openssl mariadb-server)
+pkgs=(slurm-wlm munge globus-proxy-utils voms-clients bubblewrap debootstrap curl openssl
+      mariadb-server mariadb-client swig libmariadb-dev libssl-dev pkg-config gcc
+      python3.11-venv python3-gfal2)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

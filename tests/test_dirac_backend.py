@@ -26,7 +26,7 @@ import pytest
 from pilot.backend import JobStatus, MatchedJob, Minor, StatusUpdate
 from pilot.dirac.backend import DiracBackend
 from pilot.dirac.diset import DisetClient
-from tests.dirac_server.fixture import DiracServer, dirac_server  # noqa: F401 (the fixture)
+from tests.dirac_server.fixture import DiracServer
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parent.parent
@@ -136,12 +136,12 @@ class Timer:
 
 
 @pytest.fixture
-def backend(dirac_server: DiracServer) -> DiracBackend:  # noqa: F811
+def backend(dirac_server: DiracServer) -> DiracBackend:
     return DiracBackend(dirac_server.settings())
 
 
 def test_job_cycle_input_and_output_sandbox(
-    dirac_server: DiracServer,  # noqa: F811
+    dirac_server: DiracServer,
     backend: DiracBackend,
     tmp_path: Path,
 ) -> None:
@@ -187,12 +187,12 @@ def test_job_cycle_input_and_output_sandbox(
     assert (out / job_id / "std.out").read_bytes() == result
 
 
-def test_no_matching_job_is_none(dirac_server: DiracServer, backend: DiracBackend) -> None:  # noqa: F811
+def test_no_matching_job_is_none(dirac_server: DiracServer, backend: DiracBackend) -> None:
     assert backend.match(resources(dirac_server, unique_tag())) is None
 
 
 def test_kill_reaches_the_pilot_through_the_heartbeat(
-    dirac_server: DiracServer,  # noqa: F811
+    dirac_server: DiracServer,
     backend: DiracBackend,
     tmp_path: Path,
 ) -> None:
@@ -213,7 +213,7 @@ def test_kill_reaches_the_pilot_through_the_heartbeat(
 
 
 def test_failed_job_shows_its_exit_code(
-    dirac_server: DiracServer,  # noqa: F811
+    dirac_server: DiracServer,
     backend: DiracBackend,
     tmp_path: Path,
 ) -> None:
@@ -228,7 +228,7 @@ def test_failed_job_shows_its_exit_code(
 
 
 def test_register_marks_a_known_pilot_running(
-    dirac_server: DiracServer,  # noqa: F811
+    dirac_server: DiracServer,
     backend: DiracBackend,
 ) -> None:
     ctx = dirac_server.host_context()
@@ -264,7 +264,7 @@ print(json.dumps({"job": job and job.job_id, "import_s": t1 - t0, "context_s": t
 
 
 def test_fresh_process_requests_a_job_without_dirac(
-    dirac_server: DiracServer,  # noqa: F811
+    dirac_server: DiracServer,
     backend: DiracBackend,
     tmp_path: Path,
 ) -> None:

@@ -145,6 +145,12 @@ class DiracBackend:
         else:
             log.info("pilot reference %s is not in DIRAC's PilotAgentsDB: not recorded", reference)
 
+    def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
+        raise SandboxError(f"{lfn}: LFN inputs need DIRAC's data management, not supported")
+
+    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+        raise SandboxError(f"{lfn}: OutputData needs DIRAC's data management, not supported")
+
     def upload_pilot_log(self, stamp: str, text: str) -> None:
         log.debug(
             "pilot %s: no DISET service takes pilot logs; %d chars kept local", stamp, len(text)
