@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot import archive, jdl
+from pilot import archive, jdl, outpack
 from pilot.backend import MatchedJob, StatusUpdate
 from pilot.errors import SandboxError
 
@@ -82,7 +82,7 @@ class LocalBackend:
         if remote:
             raise SandboxError(f"local mode cannot fetch {remote[0]}: no server")
         packed = dest_dir / "local-inputs.tar.gz"
-        archive.pack_files(local_inputs(self.jdl_path, desc.input_sandbox), packed)
+        outpack.pack_files(local_inputs(self.jdl_path, desc.input_sandbox), packed)
         return [packed]
 
     def store_output_sandbox(self, job: MatchedJob, packed: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pilot import archive
+from pilot import archive, outpack
 from pilot.backend import Backend, MatchedJob
 from pilot.client import HttpClient, RetryPolicy
 from pilot.errors import PilotError, SandboxError
@@ -78,7 +78,8 @@ def stage_in(
 ) -> list[str]:
     """Fetch the job's inputs into ``job_dir``; returns the names that landed there."""
     names: list[str] = []
-    if any(e.startswith("SB:") for e in desc.input_sandbox):
+    # SB: references (and, in local mode, local files) come as archives from the backend.
+    if any(not e.startswith(("LFN:", "lfn:", *URL_PREFIXES)) for e in desc.input_sandbox):
         names.extend(_unpack_archives(backend, job, job_dir, limits))
     for entry in desc.input_sandbox:
         if entry.startswith(("LFN:", "lfn:")):
@@ -137,7 +138,7 @@ def stage_out(
     out = job_dir.parent / f".{job_dir.name}.{OUTPUT_ARCHIVE}"
     priority = [n for n in (desc.std_output, desc.std_error) if n]
     try:
-        packed = archive.pack_output(
+        packed = outpack.pack_output(
             job_dir, desc.output_sandbox, out, max_bytes=max_bytes, priority=priority
         )
         backend.store_output_sandbox(job, out)

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pilot import archive, credentials, jdl
+from pilot import credentials, jdl, outpack
 from pilot.errors import ExitCode, PilotError, UsageError
 from pilot.local import REMOTE_PREFIXES, local_inputs
 from server_stub.app import AuthPolicy
@@ -252,7 +252,7 @@ def submit_file(client: UserClient, path: Path) -> list[int]:
     if files:
         with tempfile.TemporaryDirectory() as tmp:
             packed = Path(tmp) / "sandbox.tar.gz"
-            archive.pack_files(files, packed)
+            outpack.pack_files(files, packed)
             sha = client.put_sandbox(packed)
         key = next(k for k in attrs if k.lower() == "inputsandbox")
         attrs[key] = [*(e for e in entries if e.startswith(REMOTE_PREFIXES)), f"SB:{sha}"]

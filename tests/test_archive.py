@@ -27,15 +27,13 @@ from hypothesis import strategies as st
 
 from pilot.archive import (
     ArchiveFormat,
-    PackResult,
     SandboxRejected,
     UnpackLimits,
     detect_format,
-    pack_files,
-    pack_output,
     safe_unpack,
 )
 from pilot.errors import ExitCode, SandboxError
+from pilot.outpack import PackResult, pack_files, pack_output
 
 MiB = 1 << 20
 DEFAULT = UnpackLimits()
