@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pilot import __version__, batch, checking, execute, isolation, jdl, jobrun, resources
+from pilot import __version__, batch, checking, execute, isolation, jdl, jobrun, resources, watchdog
 from pilot.api import CheckContext
 from pilot.backend import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MIN_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 10.0
 MIN_TIME_LEFT_S = 60.0  # no new job when the slot has less than this left
+STRAY_REAP_INTERVAL_S = 5.0
 
 
 class Stop:
@@ -155,6 +156,7 @@ class Agent:
         self.started = 0
         self.deadline = time.monotonic() + desc.wall_clock_time_left
         self.job_settings = settings or job_settings(config, desc, isolation.NO_ISOLATION)
+        self.next_stray_reap = 0.0
 
     # -- slot accounting ----------------------------------------------------------------
 
@@ -290,6 +292,10 @@ class Agent:
             if not running.thread.is_alive():
                 running.thread.join()
                 del self.running[job_id]
+        now = time.monotonic()
+        if now >= self.next_stray_reap:  # zombies of payload daemons, between jobs too
+            self.next_stray_reap = now + STRAY_REAP_INTERVAL_S
+            watchdog.reap_strays(watchdog.scan())
 
     def _wait_all(self) -> None:
         while self.running:

@@ -271,6 +271,7 @@ def run(
         if cgroup is not None:
             cgroup.remove()
         raise
+    watchdog.register_main(proc.pid)
     if cgroup is not None:
         cgroup.add(proc.pid)
     pump.start()
@@ -281,6 +282,7 @@ def run(
         return supervisor.run()
     finally:
         supervisor.close()
+        watchdog.unregister_main(proc.pid)
 
 
 def _launch(spec: ExecutionSpec, mark: str, pump: OutputPump) -> subprocess.Popen[bytes]:
@@ -340,15 +342,22 @@ class _Supervisor:
         if leftovers:
             log.info("payload %d left %d process(es): stopping them", self.proc.pid, leftovers)
             self._terminate()
-        if ending is None and self.cgroup is not None and self.cgroup.oom_kills():
-            ending = Ending(EndKind.LIMIT, self._memory_minor())
         wall = time.monotonic() - self.start
         self.pump.finish(timeout=2.0)
+        if ending is None and self.cgroup is not None and self.cgroup.oom_kills():
+            ending = Ending(EndKind.LIMIT, self._memory_minor())
+        if ending is None and self.pump.truncated():
+            ending = self._output_ending()  # it ended by itself, but its output is cut
         return self._result(ending, leftovers, wall)
 
     def _memory_minor(self) -> str:
         source = self.sup.limits.memory_source or f"{self.sup.limits.memory_mb} MB"
         return f"Job exceeded memory limit ({source})"
+
+    def _output_ending(self) -> Ending:
+        cap = self.sup.max_stream_bytes / watchdog.MB
+        what = " and ".join(self.pump.truncated())
+        return Ending(EndKind.LIMIT, f"Job exceeded output limit ({what} truncated at {cap:g} MB)")
 
     def _watch(self) -> Ending | None:
         next_sample = self.start + min(self.sup.sample_interval, 1.0)
@@ -357,12 +366,8 @@ class _Supervisor:
                 return None
             if self.cancel.is_set():
                 return Ending(EndKind.CANCELLED, self.cancel.reason)
-            truncated = self.pump.truncated()
-            if truncated:
-                cap = self.sup.max_stream_bytes / watchdog.MB
-                what = " and ".join(truncated)
-                minor = f"Job exceeded output limit ({what} truncated at {cap:g} MB)"
-                return Ending(EndKind.LIMIT, minor)
+            if self.pump.truncated():
+                return self._output_ending()
             now = time.monotonic()
             if now >= next_sample:
                 reason = self._sample()

@@ -44,7 +44,11 @@ MB = 1 << 20
 TAIL_LINES = 20
 DISK_WALK_BUDGET = 0.02  # at most this fraction of wall time spent measuring the job dir
 
+STALE_ZOMBIE_S = 10.0  # an unclaimed zombie child this old is an orphan: reap it
+
 _reap_lock = threading.Lock()
+_mains: set[int] = set()  # payload main processes: waited for by their supervisor
+_zombie_since: dict[tuple[int, int], float] = {}
 
 
 # -- the process table ------------------------------------------------------------------
@@ -147,15 +151,18 @@ class ProcessTree:
         for stat in table.values():
             children[stat.ppid].append(stat)
         roots = [s for s in children[self.pilot] if self._owns(s)]
-        found: list[ProcStat] = []
+        # Seen before but adopted elsewhere (no subreaper, or another one in between):
+        roots += [table[p] for p, start in self.seen if p in table and table[p].start == start]
+        found: dict[int, ProcStat] = {}
         while roots:
             stat = roots.pop()
-            found.append(stat)
-            roots.extend(children.get(stat.pid, ()))
-        self.seen = {s.key for s in found}
+            if stat.pid not in found:
+                found[stat.pid] = stat
+                roots.extend(children.get(stat.pid, ()))
+        self.seen = {s.key for s in found.values()}
         self.foreign &= {s.key for s in children[self.pilot]}
-        self.session_alive = any(s.sid == self.sid for s in found)
-        return found
+        self.session_alive = any(s.sid == self.sid for s in found.values())
+        return list(found.values())
 
     def _owns(self, stat: ProcStat) -> bool:
         """Whether a child of the pilot belongs to this job."""
@@ -205,19 +212,40 @@ def _wait_zombie(pid: int) -> Any:
     return rusage if done == pid else None
 
 
-def reap_strays(table: Mapping[int, ProcStat]) -> int:
+def register_main(pid: int) -> None:
+    """A payload's main process: its supervisor waits for it, :func:`reap_strays` never."""
+    with _reap_lock:
+        _mains.add(pid)
+
+
+def unregister_main(pid: int) -> None:
+    with _reap_lock:
+        _mains.discard(pid)
+
+
+def reap_strays(table: Mapping[int, ProcStat], stale_after: float | None = None) -> int:
     """Reap zombie children of the pilot that no ``wait`` of ours will ever collect.
 
-    Only orphans qualify: processes in a session that is neither their own (every child
-    the pilot starts with :mod:`subprocess` leads its own session) nor the pilot's (a
-    plain ``fork`` of the pilot, such as the CPU benchmark's, stays in it).
+    Orphans in a session that is neither their own (every child the pilot starts with
+    :mod:`subprocess` leads its own session) nor the pilot's (a plain ``fork`` of the
+    pilot, such as the CPU benchmark's, stays in it) go at once. A zombie leading its
+    own session may be a helper command whose ``wait`` is about to come, or a payload's
+    ``setsid`` intermediate that died unseen: it goes once it has stayed a zombie for
+    ``stale_after`` seconds, far longer than any helper's ``wait`` takes.
     """
+    stale_after = STALE_ZOMBIE_S if stale_after is None else stale_after
     pilot, pilot_sid = os.getpid(), os.getsid(0)
+    now = time.monotonic()
     reaped = 0
     with _reap_lock:
-        for stat in table.values():
+        zombies = [s for s in table.values() if s.ppid == pilot and s.zombie]
+        for key in set(_zombie_since) - {s.key for s in zombies}:
+            del _zombie_since[key]
+        for stat in zombies:
+            since = _zombie_since.setdefault(stat.key, now)
             orphan = stat.sid not in (stat.pid, pilot_sid)
-            if stat.ppid == pilot and stat.zombie and orphan and _wait_zombie(stat.pid):
+            stale = stat.sid == stat.pid and now - since >= stale_after
+            if (orphan or stale) and stat.pid not in _mains and _wait_zombie(stat.pid):
                 reaped += 1
     if reaped:
         log.debug("reaped %d orphaned zombie(s)", reaped)
