@@ -1,0 +1,185 @@
+"""Start-up: time from spawning a pilot to its first payload running, in one run.
+
+Against the matcher stub on loopback, one job at a time whose input sandbox holds
+``stamp.sh``, a script that writes the wall-clock time it started to a file. Measured
+from just before spawning:
+
+- the one-file binary (``dist/pilot``; ``make binary``),
+- the installed package (``.venv/bin/pilot``),
+- a baseline shell script doing the same calls with curl and tar (register, match,
+  status, sandbox download and unpack, run) and nothing else.
+
+Both pilots also run with the CPU benchmark check disabled, to show its share. Each
+variant runs ``-n`` times, interleaved; the median and the minimum are printed, then the
+ratios and the binary's size.
+
+    python bench/startup.py [-n 5] [--binary dist/pilot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+STAMP_SH = '#!/bin/sh\ndate +%s.%N > "$1"\n'
+RESOURCES = {"Site": "Bench.Site", "CPUTime": 10**9, "NumberOfProcessors": 1, "MaxRAM": 4000}
+
+# The baseline: the same calls as a pilot's first job, with curl and tar, nothing more.
+BASELINE_SH = r"""#!/bin/sh
+set -eu
+url=$1 work=$2 res=$3
+curl -sfS -X POST "$url/api/pilots" -H 'Content-Type: application/json' \
+    -d '{"stamp": "baseline", "info": {}}' >/dev/null
+job=$(curl -sfS -X POST "$url/api/jobs/match" -H 'Content-Type: application/json' \
+    -d "{\"pilot\": \"baseline\", \"resources\": $res}")
+id=$(printf '%s' "$job" | sed -n 's/.*"job_id": *\([0-9]*\).*/\1/p')
+token=$(printf '%s' "$job" | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
+sha=$(printf '%s' "$job" | sed -n 's/.*SB:\([0-9a-f]\{64\}\).*/\1/p')
+marker=$(printf '%s' "$job" | sed -n 's/.*Arguments *= *\\"\([^\\]*\)\\".*/\1/p')
+status() {
+    curl -sfS -X PATCH "$url/api/jobs/status" -H 'Content-Type: application/json' \
+        -H "X-Job-Token: $token" \
+        -d "{\"$id\": {\"$(date +%s.%N)\": {\"Status\": \"$1\", \"MinorStatus\": \"$2\"}}}" \
+        >/dev/null
+}
+status Running "Downloading InputSandbox"
+mkdir -p "$work/job-$id" && cd "$work/job-$id"
+curl -sfS "$url/api/sandboxes/$sha" | tar -xzf -
+status Running Application
+./stamp.sh "$marker"
+status Done "Execution Complete"
+"""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    argv: tuple[str, ...]  # {url} {work} filled in per run
+
+
+def start_stub(tmp: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [str(BIN / "pilot-stub"), "serve", "--db", str(tmp / "bench.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def submit(url: str, tmp: Path, marker: Path) -> None:
+    folder = tmp / "submit"
+    folder.mkdir(exist_ok=True)
+    (folder / "stamp.sh").write_text(STAMP_SH)
+    (folder / "stamp.sh").chmod(0o755)
+    (folder / "job.jdl").write_text(
+        f'Executable = "stamp.sh"; Arguments = "{marker}"; InputSandbox = {{"stamp.sh"}};'
+        ' CPUTime = 100;'
+    )
+    subprocess.run(
+        [str(BIN / "pilot-stub"), "--server", url, "submit", str(folder / "job.jdl")],
+        check=True,
+        capture_output=True,
+    )
+
+
+def pilot_argv(program: str, *extra: str) -> tuple[str, ...]:
+    return (
+        program, "run", "--server", "{url}", "--work-dir", "{work}", "--max-jobs", "1",
+        "--idle-timeout", "0", "--site", "Bench.Site", "--log-level", "WARNING", *extra,
+    )  # fmt: skip
+
+
+def variants(binary: Path | None, baseline: Path) -> list[Variant]:
+    found = []
+    if binary is not None:
+        found.append(Variant("binary", pilot_argv(str(binary))))
+        found.append(Variant("binary, no cpu check", pilot_argv(str(binary), "--disable-check", "cpu")))
+    package = str(BIN / "pilot")
+    found.append(Variant("package", pilot_argv(package)))
+    found.append(Variant("package, no cpu check", pilot_argv(package, "--disable-check", "cpu")))
+    found.append(Variant("baseline curl+tar", ("sh", str(baseline), "{url}", "{work}", "{res}")))
+    return found
+
+
+def one_run(variant: Variant, url: str, tmp: Path, index: int) -> float:
+    marker = tmp / f"marker-{index}"
+    work = tmp / f"work-{index}"
+    submit(url, tmp, marker)
+    values = {"url": url, "work": str(work), "res": json.dumps(RESOURCES)}
+    argv = [part.format(**values) for part in variant.argv]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PILOT_")}
+    start = time.time()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 or not marker.is_file():
+        raise SystemExit(f"{variant.name} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return float(marker.read_text().strip()) - start
+
+
+def measure(runs: int, binary: Path | None) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as name:
+        tmp = Path(name)
+        baseline = tmp / "baseline.sh"
+        baseline.write_text(BASELINE_SH)
+        stub, url = start_stub(tmp)
+        try:
+            index = 0
+            for _ in range(runs):
+                for variant in variants(binary, baseline):
+                    index += 1
+                    results.setdefault(variant.name, []).append(one_run(variant, url, tmp, index))
+        finally:
+            stub.terminate()
+            stub.wait(timeout=10)
+    return results
+
+
+def report(results: dict[str, list[float]], binary: Path | None) -> None:
+    median = {name: statistics.median(values) for name, values in results.items()}
+    print(f"{'variant':<24} {'median':>8} {'min':>8}   (s from spawn to first payload)")
+    for name, values in results.items():
+        print(f"{name:<24} {median[name]:8.3f} {min(values):8.3f}")
+    base = median["baseline curl+tar"]
+    print()
+    for name in ("binary", "package"):
+        if name in median:
+            print(f"{name} / baseline: {median[name] / base:6.1f}x")
+    if "binary" in median:
+        print(f"binary / package:  {median['binary'] / median['package']:6.2f}x")
+        size = binary.stat().st_size if binary else 0
+        print(f"binary size: {size / 2**20:.1f} MiB ({size} bytes)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=5, help="runs per variant (default 5)")
+    parser.add_argument("--binary", type=Path, default=REPO / "dist" / "pilot")
+    args = parser.parse_args(argv)
+    for tool in ("curl", "tar"):
+        if shutil.which(tool) is None:
+            print(f"startup bench needs {tool} for the baseline", file=sys.stderr)
+            return 2
+    binary: Path | None = args.binary.resolve()
+    if binary is None or not binary.is_file():
+        print(f"no {args.binary}: measuring without it (make binary)", file=sys.stderr)
+        binary = None
+    report(measure(args.n, binary), binary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The one-file binary ``dist/pilot``: build facts, size, glibc floor, and a real run in
+a Debian bullseye root filesystem (glibc 2.31) against a stub on the host's loopback.
+
+The session fixture :func:`pilot_binary` runs ``build/build.py`` (what ``make binary``
+runs), which rebuilds only when the sources changed. The first build on a machine also
+makes the bullseye trees under ``build/cache/`` (debootstrap, a CPython compile): several
+minutes, once. Needs root, debootstrap and bubblewrap; with ``CI=true`` a missing
+requirement fails the tests, elsewhere it skips them, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Stub
+
+sys.path.insert(0, str(REPO / "build"))
+import elfcheck  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(1800)]
+
+BUILD = REPO / "build" / "build.py"
+ROOTFS = REPO / "build" / "rootfs.py"
+DIST = REPO / "dist" / "pilot"
+PLUGIN_BINARY = REPO / "build" / "work" / "plugin-test" / "pilot"
+SAMPLE_PLUGIN = REPO / "tests" / "plugins" / "sample_vo_plugin"
+FLOOR = (2, 31)
+MAX_BYTES = 25 * 1024 * 1024
+BUILD_TIMEOUT = 1700
+FAST = ["--idle-timeout", "1", "--disable-check", "cpu", "--check-timeout", "10"]
+
+
+def unavailable(reason: str) -> None:
+    """Fail under CI (the machine must provide it), skip elsewhere; both say why."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _require_build_tools() -> None:
+    if os.geteuid() != 0:
+        unavailable("needs root: the binary is built in a debootstrap'ed bullseye tree")
+    for tool in ("debootstrap", "bwrap"):
+        if shutil.which(tool) is None:
+            unavailable(f"needs {tool}: install it (scripts/system-deps.sh)")
+
+
+def build_binary(*extra: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BUILD), *extra], capture_output=True, text=True, timeout=BUILD_TIMEOUT
+    )
+    if done.returncode != 0:
+        pytest.fail(f"build/build.py {' '.join(extra)} failed:\n{done.stderr[-5000:]}")
+
+
+@pytest.fixture(scope="session")
+def pilot_binary() -> Path:
+    """``dist/pilot``, built (or found up to date) once per session.
+
+    ``PILOT_TEST_BINARY=FILE`` tests that binary instead, without building.
+    """
+    given = os.environ.get("PILOT_TEST_BINARY")
+    if given:
+        return Path(given).resolve()
+    _require_build_tools()
+    build_binary()
+    return DIST
+
+
+@pytest.fixture(scope="session")
+def minbase() -> Path:
+    """The pristine bullseye minbase tree (debootstrap, cached under build/cache)."""
+    _require_build_tools()
+    done = subprocess.run(
+        [sys.executable, str(ROOTFS), "minbase"], capture_output=True, text=True, timeout=900
+    )
+    if done.returncode != 0:
+        pytest.fail(f"debootstrap of bullseye failed:\n{done.stderr[-3000:]}")
+    return Path(done.stdout.strip())
+
+
+def in_bullseye(
+    root: Path, binary: Path, args: Sequence[str], work: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``binary args`` inside the read-only bullseye tree; ``work`` is /work, writable.
+
+    bubblewrap keeps the host's network namespace, so 127.0.0.1 is the host's loopback.
+    """
+    argv = [
+        "bwrap", "--ro-bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
+        "--perms", "1777", "--tmpfs", "/tmp", "--bind", str(work), "/work",
+        "--ro-bind", str(binary), "/opt/pilot", "--chdir", "/work", "--die-with-parent",
+        "env", "-i", "PATH=/usr/bin:/bin", "HOME=/work", "LANG=C.UTF-8", "/opt/pilot", *args,
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def bundled_files(binary: Path, dest: Path) -> list[Path]:
+    """Extract every entry of the binary's PyInstaller archive into ``dest``."""
+    readers = pytest.importorskip(
+        "PyInstaller.archive.readers", reason="needs pyinstaller in the dev environment"
+    )
+    archive = readers.CArchiveReader(str(binary))
+    out = []
+    for name in archive.toc:
+        data = archive.extract(name)
+        if data is None:
+            continue
+        path = dest / name.replace("/", "__")
+        path.write_bytes(data)
+        out.append(path)
+    return out
+
+
+# -- the binary itself -------------------------------------------------------------------
+
+
+def test_version_prints_build_facts(pilot_binary: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(pilot_binary), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"pilot-agent \d+\.\d+\.\d+ \(python 3\.11\.\d+, one-file binary\)", done.stdout)
+    assert re.search(r"built \d{4}-\d\d-\d\dT", done.stdout), done.stdout
+    assert re.search(r"needs glibc >= 2\.\d+", done.stdout), done.stdout
+    assert "commit " in done.stdout and "Debian 11 (bullseye)" in done.stdout
+
+
+def test_size_is_at_most_25_mb(pilot_binary: Path) -> None:
+    assert 5 * 1024 * 1024 < pilot_binary.stat().st_size <= MAX_BYTES
+
+
+def test_no_glibc_symbol_newer_than_bullseye(pilot_binary: Path, tmp_path: Path) -> None:
+    files = bundled_files(pilot_binary, tmp_path)
+    names = {f.name for f in files}
+    assert any(n.startswith("libpython3.11.so") for n in names), sorted(names)
+    assert "pilot__build_info.json" in names
+    floor, per_file = elfcheck.floor_of_files([pilot_binary, *files])
+    newer = {name: v for name, v in per_file.items() if v > FLOOR}
+    assert floor is not None and not newer, f"need glibc newer than 2.31: {newer}"
+    facts = json.loads((tmp_path / "pilot__build_info.json").read_text())
+    assert facts["glibc_floor"] == elfcheck.format_version(floor)
+    if shutil.which("objdump"):  # cross-check the ELF reader against binutils
+        libpython = next(f for f in files if f.name.startswith("libpython3.11.so"))
+        dump = subprocess.run(
+            ["objdump", "-T", str(libpython)], capture_output=True, text=True, timeout=60
+        ).stdout
+        seen = {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+\.\d+)", dump)}
+        assert max(seen) == per_file[str(libpython)]
+
+
+def test_unpacks_under_tmpdir_when_tmp_is_noexec(pilot_binary: Path) -> None:
+    if shutil.which("unshare") is None:
+        unavailable("needs unshare (util-linux) to mount a noexec /tmp")
+    script = 'mount -t tmpfs -o noexec,nosuid tmpfs /tmp && exec "$0" --version'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(pilot_binary)]
+    env = {k: v for k, v in os.environ.items() if k not in {"TMPDIR", "TEMP", "TMP"}}
+    blocked = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert blocked.returncode != 0, "a noexec /tmp should stop the unpacked libpython loading"
+    # An exec-able directory outside /tmp, as a site would give in TMPDIR:
+    (REPO / "build" / "work").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=REPO / "build" / "work", prefix="exec-tmp-") as exec_dir:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, env={**env, "TMPDIR": exec_dir}
+        )
+        assert done.returncode == 0, done.stderr
+        assert "one-file binary" in done.stdout
+        assert os.listdir(exec_dir) == []  # the unpack directory was cleaned up at exit
+
+
+# -- in the bullseye root filesystem -----------------------------------------------------
+
+
+def test_check_json_in_bullseye(pilot_binary: Path, minbase: Path, tmp_path: Path) -> None:
+    assert not (minbase / "usr/bin/python3").exists()  # no Python of ours on that node
+    done = in_bullseye(minbase, pilot_binary, ["check", "--json", *FAST], tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["fit"] is True
+    results = {r["name"]: r for r in report["checks"]["results"]}
+    assert "glibc-2.31" in results["software"]["message"], results["software"]
+    assert results["disk"]["status"] == "PASSED"
+    assert "sample-vo" not in results  # test plugins of the dev environment are not bundled
+    assert report["batch"]["system"] == "local"
+
+
+@pytest.fixture
+def bullseye_work(tmp_path: Path) -> Iterator[Path]:
+    work = tmp_path / "node"
+    work.mkdir()
+    work.chmod(0o755)
+    yield work
+
+
+def test_full_job_in_bullseye(
+    pilot_binary: Path, minbase: Path, stub: Stub, bullseye_work: Path
+) -> None:
+    (job,) = stub.submit(
+        'Executable = "run.sh"; Arguments = "hello"; InputSandbox = {"run.sh"};'
+        ' StdOutput = "StdOut"; StdError = "StdErr"; OutputSandbox = {"StdOut", "StdErr"};',
+        files={"run.sh": '#!/bin/sh\necho "$1 from $(cat /etc/debian_version) job $JOBID"\n'},
+    )
+    args = ["run", "--server", stub.url, "--site", "Bullseye.Test.org", "--work-dir", "/work/w"]
+    done = in_bullseye(minbase, pilot_binary, [*args, *FAST], bullseye_work)
+    assert done.returncode == 0, done.stderr
+    info = stub.client.job(job)
+    assert (info["status"], info["minor_status"]) == ("Done", "Execution Complete"), info
+    stub.client.get_output(job, bullseye_work / "out")
+    assert (bullseye_work / "out" / "StdOut").read_text().startswith(f"hello from 11.")
+    assert (bullseye_work / "out" / "StdOut").read_text().strip().endswith(f"job {job}")
+
+
+# -- plugins bundled at build time -------------------------------------------------------
+
+
+def test_plugin_bundled_at_build_time_is_discovered(pilot_binary: Path, tmp_path: Path) -> None:
+    build_binary("--plugin", str(SAMPLE_PLUGIN), "--output", str(PLUGIN_BINARY))
+    done = subprocess.run(
+        [str(PLUGIN_BINARY), "check", "--json", *FAST],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = {r["name"]: r for r in json.loads(done.stdout)["checks"]["results"]}
+    assert results["sample-vo"]["status"] == "PASSED"
+    assert results["sample-vo"]["source"] == "entry-point:pilot-sample-vo-plugin"
+    version = subprocess.run(
+        [str(PLUGIN_BINARY), "--version"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "plugins: pilot-sample-vo-plugin" in version
