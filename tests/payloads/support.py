@@ -102,3 +102,74 @@ def start_pilot(
 
 def minor_statuses(stub: Stub, job_id: int) -> list[tuple[str, str]]:
     return [(h["Status"], h["MinorStatus"]) for h in stub.client.logging_info(job_id)]
+
+
+# -- running the pilot as an ordinary user ---------------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def nobody_command() -> tuple[list[str], dict[str, str]]:
+    """argv prefix and environment to run ``pilot`` as user nobody, or pytest.skip why not.
+
+    The test venv's interpreter may live where nobody cannot go (/root), so the system
+    Python (the same version on this platform) runs the venv's site-packages.
+    """
+    import shutil
+    import sysconfig
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: to switch to user nobody with runuser")
+    runuser = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if runuser is None:
+        pytest.skip("needs runuser (util-linux) to switch to user nobody")
+    site = sysconfig.get_paths()["purelib"]
+    # site.addsitedir runs the venv's .pth files: the editable installs of the project
+    # and of the sample VO plugin (whose entry point the checks load).
+    code = f"import site, sys; site.addsitedir({site!r}); "
+    probe = subprocess.run(
+        [
+            runuser,
+            "-u",
+            "nobody",
+            "--",
+            SYSTEM_PYTHON,
+            "-S",
+            "-c",
+            code + "import psutil, pilot.cli",
+        ],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"needs {SYSTEM_PYTHON} able to import the venv as nobody: {probe.stderr}")
+    code += "from pilot.cli import main; sys.exit(main())"
+    return [runuser, "-u", "nobody", "--", SYSTEM_PYTHON, "-S", "-c", code], pilot_env(HOME="/")
+
+
+def nobody_dir() -> Path:
+    """A fresh directory under /tmp that user nobody owns (the caller removes it)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="pilot-nobody-", dir="/tmp"))
+    nobody = pwd_nobody()
+    os.chown(path, nobody, nobody)
+    return path
+
+
+def pilot_process(launcher: subprocess.Popen[str]) -> int:
+    """The pilot's pid: the launcher itself, or the child of ``runuser``."""
+    if "runuser" not in str(launcher.args[0]):
+        return launcher.pid
+    children = wait_for(lambda: psutil.Process(launcher.pid).children(), 10)
+    assert isinstance(children, list) and children
+    return int(children[0].pid)
+
+
+def pwd_nobody() -> int:
+    import pwd
+
+    return pwd.getpwnam("nobody").pw_uid
