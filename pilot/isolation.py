@@ -4,7 +4,7 @@
 
 - ``bwrap``: bubblewrap, unprivileged, in a new user, PID and IPC namespace. The whole
   file system is read-only, ``/tmp`` is private, the pilot's work directory is an empty
-  tmpfs with only the job's own directory bound back writable, and the pilot's
+  read-only tmpfs with only the job's own directory bound back writable, and the pilot's
   credentials (proxy, certificate and key, token files) are masked. The payload cannot
   see or signal the pilot's processes, and dies with the pilot (``--die-with-parent``).
 - ``apptainer``: ``apptainer exec --contain`` of the configured image, the job
@@ -166,7 +166,8 @@ def bwrap_argv(
             args += ["--tmpfs", str(path)]
         elif path.exists():
             args += ["--ro-bind", "/dev/null", str(path)]
-    args += ["--bind", str(job_dir), str(job_dir), "--chdir", str(job_dir), "--", *argv]
+    args += ["--bind", str(job_dir), str(job_dir), "--remount-ro", str(work_dir)]
+    args += ["--chdir", str(job_dir), "--", *argv]
     return tuple(args)
 
 
