@@ -35,3 +35,13 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) dist build/work .pytest_cache .mypy_cache .ruff_cache
+
+# One-file dist/pilot (see build/README.md). As root it is built inside a Debian bullseye
+# tree made under build/cache/ on first use (debootstrap + a CPython compile, minutes, once).
+binary: venv
+	$(BIN)/python build/build.py
+
+# The pristine bullseye minbase tree that tests/test_binary.py runs dist/pilot in.
+.PHONY: rootfs
+rootfs:
+	$(PYTHON) build/rootfs.py minbase

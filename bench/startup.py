@@ -87,7 +87,7 @@ def submit(url: str, tmp: Path, marker: Path) -> None:
     (folder / "stamp.sh").chmod(0o755)
     (folder / "job.jdl").write_text(
         f'Executable = "stamp.sh"; Arguments = "{marker}"; InputSandbox = {{"stamp.sh"}};'
-        ' CPUTime = 100;'
+        " CPUTime = 100;"
     )
     subprocess.run(
         [str(BIN / "pilot-stub"), "--server", url, "submit", str(folder / "job.jdl")],
@@ -107,7 +107,9 @@ def variants(binary: Path | None, baseline: Path) -> list[Variant]:
     found = []
     if binary is not None:
         found.append(Variant("binary", pilot_argv(str(binary))))
-        found.append(Variant("binary, no cpu check", pilot_argv(str(binary), "--disable-check", "cpu")))
+        found.append(
+            Variant("binary, no cpu check", pilot_argv(str(binary), "--disable-check", "cpu"))
+        )
     package = str(BIN / "pilot")
     found.append(Variant("package", pilot_argv(package)))
     found.append(Variant("package, no cpu check", pilot_argv(package, "--disable-check", "cpu")))

@@ -46,7 +46,7 @@ BUILD_FILES = ("build.py", "rootfs.py", "pilot.spec", "entry.py", "elfcheck.py")
 MAX_SIZE = 25 * 1024 * 1024
 # Roots of what the build environment must hold, pinned to the versions installed here.
 RUNTIME_ROOTS = ("psutil", "httpx", "cryptography", "tenacity")
-BUILD_ROOTS = ("pyinstaller", "setuptools", "wheel")
+BUILD_ROOTS = ("pyinstaller", "wheel")
 CHROOT_PYTHON = f"{rootfs.PYTHON_PREFIX}/bin/python3"
 
 
@@ -66,7 +66,9 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+            out += sorted(
+                p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+            )
         elif path.is_file():
             out.append(path)
     return out
@@ -119,17 +121,23 @@ def _host_os() -> str:
     return found.group(1) if found else "unknown"
 
 
-def pins(roots: Iterable[str]) -> list[str]:
-    """``name==version`` for ``roots`` and what they require, as installed here."""
+def pins(roots: Sequence[str]) -> list[str]:
+    """``name==version`` for ``roots`` and what they require, as installed here.
+
+    A root that is not installed here is listed by name alone.
+    """
     from packaging.requirements import Requirement
 
     seen: dict[str, str] = {}
+    unpinned: list[str] = []
     todo = list(roots)
     while todo:
         name = todo.pop()
         try:
             dist = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
+            if name in roots:  # not installed here: let pip choose in the build tree
+                unpinned.append(name)
             continue
         key = dist.metadata["Name"].lower().replace("_", "-")
         if key in seen:
@@ -139,7 +147,7 @@ def pins(roots: Iterable[str]) -> list[str]:
             req = Requirement(text)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
-    return sorted(f"{name}=={version}" for name, version in seen.items())
+    return sorted([*(f"{name}=={version}" for name, version in seen.items()), *unpinned])
 
 
 def stage(dest: Path, plugins: Sequence[Path]) -> list[str]:
@@ -224,7 +232,9 @@ PILOT_SRC=/w/stage/src PILOT_BUILD_INFO=/w/build_info.json /w/venv/bin/python -m
 
 def build_host(work: Path, plugins: Sequence[Path], facts: dict[str, str]) -> Path:
     if plugins:
-        raise SystemExit("build: --plugin needs --method bullseye (host builds bundle what is installed)")
+        raise SystemExit(
+            "build: --plugin needs --method bullseye (host builds bundle what is installed)"
+        )
     info = _write_facts(work, facts)
     env = {**os.environ, "PILOT_SRC": str(ROOT), "PILOT_BUILD_INFO": str(info)}
     run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",

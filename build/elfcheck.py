@@ -36,7 +36,7 @@ def needed_versions(data: bytes) -> set[tuple[str, str]]:
     """
     if not is_elf(data) or data[4] != 2 or data[5] != 1:
         raise ValueError("not a 64-bit little-endian ELF file")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     sections = [
         struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)
@@ -57,7 +57,9 @@ def _cstr(data: bytes, offset: int) -> str:
 def _walk_verneed(data: bytes, offset: int, count: int, strtab: int) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     for _ in range(count):
-        _version, aux_count, file_off, aux_off, next_off = struct.unpack_from("<HHIII", data, offset)
+        _version, aux_count, file_off, aux_off, next_off = struct.unpack_from(
+            "<HHIII", data, offset
+        )
         library = _cstr(data, strtab + file_off)
         aux = offset + aux_off
         for _ in range(aux_count):

@@ -49,6 +49,8 @@ BUILD_PACKAGES = (
     "liblzma-dev",
     "libsqlite3-dev",
     "uuid-dev",
+    "libexpat1-dev",
+    "pkg-config",
     "binutils",
 )
 CHROOT_PATH = f"{PYTHON_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -78,7 +80,9 @@ def _fresh(path: Path) -> Path:
     return tmp
 
 
-def chroot_argv(root: Path, argv: Sequence[str], binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
+def chroot_argv(
+    root: Path, argv: Sequence[str], binds: Sequence[tuple[Path, str]] = ()
+) -> list[str]:
     """``argv`` run as root inside ``root`` with /proc, /dev, DNS and ``binds`` mounted.
 
     bubblewrap sets the mounts up in a private mount namespace that dies with the command,
@@ -107,7 +111,9 @@ def ensure_minbase() -> Path:
             return path
         tmp = _fresh(path)
         started = time.monotonic()
-        run(["debootstrap", "--variant=minbase", SUITE, str(tmp), MIRROR], stdout=subprocess.DEVNULL)
+        run(
+            ["debootstrap", "--variant=minbase", SUITE, str(tmp), MIRROR], stdout=subprocess.DEVNULL
+        )
         (tmp / "var/cache/apt/archives").mkdir(parents=True, exist_ok=True)
         for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
             deb.unlink()
@@ -125,18 +131,18 @@ def _apt_sources() -> str:
 
 
 def _compile_python(tmp: Path) -> None:
-    """Build CPython (shared libpython) from Debian's python3.11 source, Debian's patches applied."""
+    """Build CPython (shared libpython) from Debian's python3.11 source, with Debian's patches."""
     script = f"""set -eu
 mkdir -p /usr/src/python && cd /usr/src/python
 apt-get source -qq python3.11 >/dev/null
 cd python3.11-*/
-./configure -q --prefix={PYTHON_PREFIX} --enable-shared --with-ensurepip=no \\
+./configure -q --prefix={PYTHON_PREFIX} --enable-shared --with-ensurepip=no --with-system-expat \\
     LDFLAGS=-Wl,-rpath,{PYTHON_PREFIX}/lib
 make -s -j"$(nproc)" >/dev/null 2>&1
 make -s altinstall >/dev/null 2>&1
 ln -sf python3.11 {PYTHON_PREFIX}/bin/python3
 cd / && rm -rf /usr/src/python
-{PYTHON_PREFIX}/bin/python3 -c 'import ssl, zlib, lzma, bz2, ctypes, sqlite3; print(ssl.OPENSSL_VERSION)'
+{PYTHON_PREFIX}/bin/python3 -c 'import ssl, lzma, bz2, ctypes, pyexpat; print(ssl.OPENSSL_VERSION)'
 """
     run(chroot_argv(tmp, ["sh", "-c", script]))
 

@@ -19,12 +19,17 @@ import pytest
 
 from tests.conftest import Stub
 from tests.slurm.cluster import FINAL_STATES, ClusterError, SlurmCluster, start_cluster
-from tests.test_binary import pilot_binary  # noqa: F401  (session fixture: builds dist/pilot)
+from tests.test_binary import ensure_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(1800)]
 
 KILL_WAIT = 20  # Slurm's SIGTERM -> SIGKILL delay on scancel
 TIME_LIMIT_MIN = 5
+
+
+@pytest.fixture(scope="module")
+def pilot_binary() -> Path:
+    return ensure_binary()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +91,10 @@ def pilot_registration(stub: Stub, job_id: str) -> dict[str, object]:
 
 
 def test_pilot_under_slurm_completes_jobs_and_exits_when_idle(
-    slurm: SlurmCluster, pilot_binary: Path, stub: Stub, tmp_path: Path  # noqa: F811
+    slurm: SlurmCluster,
+    pilot_binary: Path,
+    stub: Stub,
+    tmp_path: Path,
 ) -> None:
     ids = stub.submit(
         'Executable = "/bin/sh"; Arguments = "-c \'echo job $JOBID\'"; CPUTime = 60;'
@@ -112,7 +120,10 @@ def test_pilot_under_slurm_completes_jobs_and_exits_when_idle(
 
 
 def test_scancel_kills_the_payload_with_the_signal_as_reason(
-    slurm: SlurmCluster, pilot_binary: Path, stub: Stub, tmp_path: Path  # noqa: F811
+    slurm: SlurmCluster,
+    pilot_binary: Path,
+    stub: Stub,
+    tmp_path: Path,
 ) -> None:
     (job,) = stub.submit(
         'Executable = "/bin/sh"; Arguments = "-c \'echo started; exec sleep 300\'"; CPUTime = 60;'

@@ -17,6 +17,7 @@ in the namespace, killing any by PID. Needs root, ``unshare`` and ``setpriv``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -169,10 +170,8 @@ class SlurmCluster:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 # -- start-up ---------------------------------------------------------------------------
@@ -253,7 +252,9 @@ def start_cluster(root: Path, kill_wait: int = 20, timeout: float = 60) -> Slurm
     spec = root / "nsinit.json"
     state = root / "state"
     spec.write_text(
-        json.dumps({"log": str(state / "nsinit.log"), "grace": 3, "daemons": _daemons(conf, values)})
+        json.dumps(
+            {"log": str(state / "nsinit.log"), "grace": 3, "daemons": _daemons(conf, values)}
+        )
     )
     argv = ["setpriv", "--pdeathsig", "KILL", "unshare", "--pid", "--fork", "--mount-proc"]
     argv += ["--kill-child=SIGTERM", sys.executable, str(HERE / "nsinit.py"), str(spec)]
