@@ -295,7 +295,7 @@ class Agent:
         now = time.monotonic()
         if now >= self.next_stray_reap:  # zombies of payload daemons, between jobs too
             self.next_stray_reap = now + STRAY_REAP_INTERVAL_S
-            watchdog.reap_strays(watchdog.scan())
+            watchdog.reap_strays(watchdog.pilot_children())
 
     def _wait_all(self) -> None:
         while self.running:

@@ -388,8 +388,8 @@ class _Supervisor:
             time.sleep(timeout)
         elif self.pidfd is not None:
             select.select([self.pidfd], [], [], timeout)
-        else:
-            time.sleep(min(timeout, 0.05))
+        else:  # no pidfd (kernel before 5.3): the main process's end is seen within a tick
+            time.sleep(timeout)
 
     def _main_ended(self) -> bool:
         """Whether the main process has ended; collects its status and CPU once."""
@@ -409,22 +409,27 @@ class _Supervisor:
         return True
 
     def _leftovers(self) -> int:
-        return len(self.tree.live(watchdog.scan()))
+        return len(self._live())
 
     def _terminate(self) -> None:
         """SIGTERM to every process of the job, SIGKILL to what is left after the grace."""
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + self.sup.grace
         while time.monotonic() < deadline:
-            if self._main_ended() and not self.tree.live(watchdog.scan()):
+            if self._main_ended() and not self._live(cheap=True) and not self._live():
                 return
-            self._wait_main(0.05)
+            self._wait_main(0.1)
         self._kill_all()
+
+    def _live(self, cheap: bool = False) -> list[watchdog.ProcStat]:
+        """The job's live processes; ``cheap`` walks from the pilot, else reads all /proc."""
+        pids = [self.tree.pilot, *(pid for pid, _ in self.tree.seen)]
+        return self.tree.live(watchdog.walk(pids) if cheap else watchdog.scan())
 
     def _signal_all(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
-        for stat in self.tree.live(watchdog.scan()):
+        for stat in self._live():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(stat.pid, sig)
 

@@ -117,6 +117,51 @@ def scan() -> dict[int, ProcStat]:
     return table
 
 
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from ``/proc/PID/task/*/children`` (every thread's)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                found.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _children_files() -> bool:
+    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def walk(roots: Iterable[int]) -> dict[int, ProcStat]:
+    """The processes under ``roots`` (included): cheap, but may miss a process forked or
+    ended during the walk (the kernel says so), so kill decisions use :func:`scan`."""
+    if not _children_files():
+        return scan()
+    table: dict[int, ProcStat] = {}
+    stack = list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid not in table:
+            stat = read_stat(pid)
+            if stat is not None:
+                table[pid] = stat
+                stack.extend(children(pid))
+    return table
+
+
+def pilot_children() -> dict[int, ProcStat]:
+    """The pilot's direct children only (enough to find its zombies)."""
+    if not _children_files():
+        return scan()
+    stats = (read_stat(pid) for pid in children(os.getpid()))
+    return {s.pid: s for s in stats if s is not None}
+
+
 def environ_has(pid: int, entry: bytes) -> bool:
     """Whether ``NAME=value`` (``entry``) is in the process's initial environment."""
     try:
@@ -318,11 +363,11 @@ class Sampler:
         self.disk_mb: float | None = None
         self.next_walk = 0.0
 
-    def sample(self, table: Mapping[int, ProcStat] | None = None) -> tuple[Usage, list[ProcStat]]:
-        table = scan() if table is None else table
+    def sample(self) -> tuple[Usage, list[ProcStat]]:
+        table = self._table()
         members = self.tree.members(table)
         if self.tree.reap(members):
-            members = self.tree.members(scan())
+            members = self.tree.members(self._table())
         reap_strays(table)
         live = [s for s in members if not s.zombie]
         now = time.monotonic()
@@ -340,6 +385,10 @@ class Sampler:
             free_mb=free_mb(self.job_dir),
         )
         return usage, live
+
+    def _table(self) -> dict[int, ProcStat]:
+        """The pilot's descendants and the job's processes adopted elsewhere."""
+        return walk([self.tree.pilot, *(pid for pid, _ in self.tree.seen)])
 
 
 class LimitChecker:
