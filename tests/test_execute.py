@@ -162,6 +162,20 @@ def test_limits_end_the_job_with_their_reason(tmp_path: Path, mark: str) -> None
     assert describe(marked_processes(mark)) == []
 
 
+def test_process_limit_stops_a_fork_bomb(tmp_path: Path, mark: str) -> None:
+    spec = make_spec(
+        tmp_path,
+        [PYTHON, str(PAYLOADS / "spawner.py"), mark, "300"],
+        mark,
+        limits=watchdog.Limits(max_processes=20),
+    )
+    result = execute.run(spec)
+    assert result.ending == execute.Ending(
+        execute.EndKind.LIMIT, "Job exceeded process limit (20 processes)"
+    )
+    assert describe(marked_processes(mark)) == []
+
+
 def test_cpu_time_includes_children_and_the_monitor_sees_output(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

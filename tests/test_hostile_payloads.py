@@ -32,7 +32,7 @@ PILOT_FLAGS = [
     "--stalled-window", "3",
     "--max-stdout-mb", "1",
     "--max-job-disk-mb", "20",
-    #"--max-job-processes", "30",
+    "--max-job-processes", "30",
 ]  # fmt: skip
 
 
