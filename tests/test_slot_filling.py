@@ -116,3 +116,6 @@ def test_max_concurrent_caps_the_jobs_at_once(stub: Stub, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
     spans = intervals(stub, jobs, tmp_path)
     assert max(busy_cores(spans, s[0]) for s in spans) == 2
+    timing = stub.client.job(jobs[-1])["timing"]
+    assert set(timing) >= {"match", "stage_in", "payload", "stage_out"}
+    assert timing["payload"] >= 1.0 and timing["match"] < 30
