@@ -262,7 +262,10 @@ def run(
     cancel = Cancel() if cancel is None else cancel
     mark = secrets.token_hex(12)
     sup = spec.supervision
-    pump = OutputPump(spec.stdout, spec.stderr, sup.max_stream_bytes)
+    try:
+        pump = OutputPump(spec.stdout, spec.stderr, sup.max_stream_bytes)
+    except OSError as exc:
+        raise LaunchError(f"cannot open the payload's output: {exc}") from exc
     cgroup = isolation.JobCgroup.create(sup.cgroup, f"job-{mark[:8]}", sup.limits.memory_mb)
     try:
         proc = _launch(spec, mark, pump)

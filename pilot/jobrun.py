@@ -100,6 +100,17 @@ def payload_argv(desc: jdl.JobDescription, job_dir: Path) -> tuple[str, ...]:
     return (exe, *desc.arguments)
 
 
+def stream_path(job_dir: Path, name: str | None, default: str) -> Path:
+    """Where StdOutput/StdError go: inside the job directory, whatever the JDL says."""
+    path = job_dir / (name or default)
+    if not path.resolve().is_relative_to(job_dir.resolve()):
+        log.warning("output file %r is outside the job directory: using its base name", name)
+        base = Path(name or default).name
+        path = job_dir / (base if base not in ("", ".", "..") else default)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _seconds(desc: jdl.JobDescription, keys: tuple[str, ...]) -> float | None:
     for key in keys:
         value = jdl.get(desc.attrs, key)
@@ -253,8 +264,8 @@ class JobRunner:
             argv=argv,
             cwd=job_dir,
             env=payload_env(desc, self.job.job_id, settings, job_dir, self.cores),
-            stdout=job_dir / (desc.std_output or ".stdout"),
-            stderr=job_dir / (desc.std_error or desc.std_output or ".stderr"),
+            stdout=stream_path(job_dir, desc.std_output, ".stdout"),
+            stderr=stream_path(job_dir, desc.std_error or desc.std_output, ".stderr"),
             cores=self.cores,
             supervision=supervision,
         )

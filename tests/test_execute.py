@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pilot import execute, watchdog
+from pilot import execute, jobrun, watchdog
 from tests.payloads.support import (
     MARK_ENV,
     PAYLOADS,
@@ -252,3 +252,17 @@ def test_daemons_are_found_through_the_subreaper_and_reaped(tmp_path: Path, mark
     assert report["helper_codes"] == [7]
     assert report["children"] == []  # no zombie left behind
     assert wait_for(lambda: not marked_processes(mark), 2.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [(None, ".stdout"), ("out.txt", "out.txt"), ("logs/out.txt", "logs/out.txt"),
+     ("../../etc/passwd", "passwd"), ("/etc/passwd", "passwd"), ("..", ".stdout")],
+)  # fmt: skip
+def test_output_files_stay_in_the_job_directory(
+    tmp_path: Path, name: str | None, expected: str
+) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    path = jobrun.stream_path(job, name, ".stdout")
+    assert path == job / expected and path.parent.is_dir()
