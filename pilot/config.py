@@ -67,6 +67,7 @@ class PilotConfig:
     max_job_disk_mb: int | None = _f(None, "int", "cap on a job directory's size (MB)")
     min_free_disk_mb: int = _f(100, "int", "kill jobs when free work-dir space drops below (MB)")
     stalled_cpu_fraction: float = _f(0.05, "float", "CPU/wall below this over the window = stalled")
+    max_job_processes: int | None = _f(None, "int", "cap on the processes one job may run")
     # credentials
     proxy: Path | None = _f(None, "path", "X.509 proxy (default: X509_USER_PROXY)")
     ca_dir: Path | None = _f(None, "path", "CA directory (default: X509_CERT_DIR)")
