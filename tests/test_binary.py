@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -96,33 +96,35 @@ def minbase() -> Path:
 def in_bullseye(
     root: Path, binary: Path, args: Sequence[str], work: Path, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``binary args`` inside the read-only bullseye tree; ``work`` is /work, writable.
+    """Run ``binary args`` in the read-only bullseye tree, cwd /srv/work (``work``, writable).
 
-    bubblewrap keeps the host's network namespace, so 127.0.0.1 is the host's loopback.
+    The binary is /opt/pilot. bubblewrap keeps the host's network namespace, so
+    127.0.0.1 is the host's loopback, where the stub listens.
     """
     argv = [
         "bwrap", "--ro-bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
-        "--perms", "1777", "--tmpfs", "/tmp", "--bind", str(work), "/work",
-        "--ro-bind", str(binary), "/opt/pilot", "--chdir", "/work", "--die-with-parent",
-        "env", "-i", "PATH=/usr/bin:/bin", "HOME=/work", "LANG=C.UTF-8", "/opt/pilot", *args,
+        "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/opt", "--tmpfs", "/srv",
+        "--ro-bind", str(binary), "/opt/pilot", "--bind", str(work), "/srv/work",
+        "--chdir", "/srv/work", "--die-with-parent",
+        "env", "-i", "PATH=/usr/bin:/bin", "HOME=/srv/work", "LANG=C.UTF-8", "/opt/pilot", *args,
     ]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
-def bundled_files(binary: Path, dest: Path) -> list[Path]:
-    """Extract every entry of the binary's PyInstaller archive into ``dest``."""
+def bundled_files(binary: Path, dest: Path) -> dict[str, Path]:
+    """Extract every entry of the binary's PyInstaller archive into ``dest``, by name."""
     readers = pytest.importorskip(
         "PyInstaller.archive.readers", reason="needs pyinstaller in the dev environment"
     )
     archive = readers.CArchiveReader(str(binary))
-    out = []
-    for name in archive.toc:
+    out = {}
+    for index, name in enumerate(archive.toc):
         data = archive.extract(name)
         if data is None:
             continue
-        path = dest / name.replace("/", "__")
+        path = dest / f"{index:04d}-{Path(name).name}"
         path.write_bytes(data)
-        out.append(path)
+        out[name] = path
     return out
 
 
@@ -147,16 +149,14 @@ def test_size_is_at_most_25_mb(pilot_binary: Path) -> None:
 
 def test_no_glibc_symbol_newer_than_bullseye(pilot_binary: Path, tmp_path: Path) -> None:
     files = bundled_files(pilot_binary, tmp_path)
-    names = {f.name for f in files}
-    assert any(n.startswith("libpython3.11.so") for n in names), sorted(names)
-    assert "pilot__build_info.json" in names
-    floor, per_file = elfcheck.floor_of_files([pilot_binary, *files])
+    libpython = next(path for name, path in files.items() if name.startswith("libpython3.11.so"))
+    floor, per_file = elfcheck.floor_of_files([pilot_binary, *files.values()])
     newer = {name: v for name, v in per_file.items() if v > FLOOR}
     assert floor is not None and not newer, f"need glibc newer than 2.31: {newer}"
-    facts = json.loads((tmp_path / "pilot__build_info.json").read_text())
+    assert str(pilot_binary) in per_file  # the bootloader itself was checked too
+    facts = json.loads(files["pilot/_build_info.json"].read_text())
     assert facts["glibc_floor"] == elfcheck.format_version(floor)
     if shutil.which("objdump"):  # cross-check the ELF reader against binutils
-        libpython = next(f for f in files if f.name.startswith("libpython3.11.so"))
         dump = subprocess.run(
             ["objdump", "-T", str(libpython)], capture_output=True, text=True, timeout=60
         ).stdout
@@ -199,30 +199,22 @@ def test_check_json_in_bullseye(pilot_binary: Path, minbase: Path, tmp_path: Pat
     assert report["batch"]["system"] == "local"
 
 
-@pytest.fixture
-def bullseye_work(tmp_path: Path) -> Iterator[Path]:
-    work = tmp_path / "node"
-    work.mkdir()
-    work.chmod(0o755)
-    yield work
-
-
 def test_full_job_in_bullseye(
-    pilot_binary: Path, minbase: Path, stub: Stub, bullseye_work: Path
+    pilot_binary: Path, minbase: Path, stub: Stub, tmp_path: Path
 ) -> None:
     (job,) = stub.submit(
         'Executable = "run.sh"; Arguments = "hello"; InputSandbox = {"run.sh"};'
         ' StdOutput = "StdOut"; StdError = "StdErr"; OutputSandbox = {"StdOut", "StdErr"};',
         files={"run.sh": '#!/bin/sh\necho "$1 from $(cat /etc/debian_version) job $JOBID"\n'},
     )
-    args = ["run", "--server", stub.url, "--site", "Bullseye.Test.org", "--work-dir", "/work/w"]
-    done = in_bullseye(minbase, pilot_binary, [*args, *FAST], bullseye_work)
+    args = ["run", "--server", stub.url, "--site", "Bullseye.Test.org", "--work-dir", "/srv/work/w"]
+    done = in_bullseye(minbase, pilot_binary, [*args, *FAST], tmp_path)
     assert done.returncode == 0, done.stderr
     info = stub.client.job(job)
     assert (info["status"], info["minor_status"]) == ("Done", "Execution Complete"), info
-    stub.client.get_output(job, bullseye_work / "out")
-    assert (bullseye_work / "out" / "StdOut").read_text().startswith("hello from 11.")
-    assert (bullseye_work / "out" / "StdOut").read_text().strip().endswith(f"job {job}")
+    stub.client.get_output(job, tmp_path / "out")
+    assert (tmp_path / "out" / "StdOut").read_text().startswith("hello from 11.")
+    assert (tmp_path / "out" / "StdOut").read_text().strip().endswith(f"job {job}")
 
 
 # -- plugins bundled at build time -------------------------------------------------------
