@@ -204,7 +204,9 @@ class ProcessTree:
             if stat.pid not in found:
                 found[stat.pid] = stat
                 roots.extend(children.get(stat.pid, ()))
-        self.seen = {s.key for s in found.values()}
+        # A process absent from ``table`` but still in /proc was missed by a walk: keep it.
+        missed = {k for k in self.seen if k[0] not in table and os.path.exists(f"/proc/{k[0]}")}
+        self.seen = {s.key for s in found.values()} | missed
         self.foreign &= {s.key for s in children[self.pilot]}
         self.session_alive = any(s.sid == self.sid for s in found.values())
         return list(found.values())
