@@ -143,8 +143,8 @@ def test_scancel_kills_the_payload_with_the_signal_as_reason(
     )
     info = stub.client.job(job)
     out = (tmp_path / f"slurm-{job_id}.out").read_text(errors="replace")
+    names = stub.client.get_output(job, tmp_path / "out")  # uploaded whatever the status
+    assert "out.txt" in names, (info, out[-3000:])
+    assert (tmp_path / "out" / "out.txt").read_text() == "started\n"
     assert info["status"] == "Killed", (info, out[-3000:])
     assert "pilot received SIGTERM" in info["minor_status"], info
-    names = stub.client.get_output(job, tmp_path / "out")
-    assert "out.txt" in names
-    assert (tmp_path / "out" / "out.txt").read_text() == "started\n"
