@@ -119,7 +119,7 @@ def job_settings(
         max_stdout_bytes=config.max_stdout_mb << 20,
         max_job_disk_mb=config.max_job_disk_mb,
         min_free_disk_mb=config.min_free_disk_mb,
-        max_processes=getattr(config, "max_job_processes", None),
+        max_processes=config.max_job_processes,
         benchmark=desc.pilot_benchmark,
         isolation=chosen,
         hidden_paths=isolation.credential_paths(os.environ, config.proxy),
