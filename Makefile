@@ -8,7 +8,7 @@ CODE   := pilot checks server_stub
 
 $(VENV)/.installed: pyproject.toml tests/plugins/sample_vo_plugin/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]' -e tests/plugins/sample_vo_plugin
+	$(BIN)/python -m pip install -q -e '.[dev,build]' -e tests/plugins/sample_vo_plugin
 	touch $@
 
 venv: $(VENV)/.installed

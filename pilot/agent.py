@@ -93,8 +93,7 @@ def inspect_node(
 
 def choose_isolation(config: PilotConfig) -> isolation.Isolation:
     """``--isolation`` resolved by probing the node (once per pilot)."""
-    image = getattr(config, "apptainer_image", None)
-    chosen = isolation.choose(config.isolation, config.resolved_work_dir(), image)
+    chosen = isolation.choose(config.isolation, config.resolved_work_dir(), config.apptainer_image)
     log.info("payload isolation: %s (%s)", chosen.runtime, chosen.detail)
     return chosen
 

@@ -114,7 +114,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pilot", description="pilot-agent: the grid pilot")
+    parser = argparse.ArgumentParser(
+        prog="pilot",
+        description="pilot-agent: the grid pilot",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=version_text())
     parser.add_argument(
         "--config",
@@ -141,9 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_facts() -> dict[str, Any]:
+    """What the one-file build recorded about itself (absent from the package)."""
+    try:
+        facts = json.loads(Path(__file__).with_name("_build_info.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
 def version_text() -> str:
     kind = "one-file binary" if getattr(sys, "frozen", False) else "package"
-    return f"pilot-agent {__version__} (python {sys.version.split()[0]}, {kind})"
+    text = f"pilot-agent {__version__} (python {sys.version.split()[0]}, {kind})"
+    summary = build_facts().get("summary")
+    return f"{text}\n{summary}" if isinstance(summary, str) else text
 
 
 def load_config(args: argparse.Namespace) -> tuple[config.PilotConfig, dict[str, str]]:
@@ -293,6 +308,7 @@ def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
 def cmd_check(cfg: config.PilotConfig, as_json: bool) -> int:
     stamp = agent.new_stamp()
     info, report, desc = agent.inspect_node(cfg, stamp)
+    chosen = agent.choose_isolation(cfg)
     dry_run = None
     if cfg.server:
         try:
@@ -306,14 +322,14 @@ def cmd_check(cfg: config.PilotConfig, as_json: bool) -> int:
             finally:
                 backend.close()
     if as_json:
-        out = agent.registration(cfg, info, report, desc)
+        out = agent.registration(cfg, info, report, desc, chosen)
         out["fit"] = report.ok
         if dry_run is not None:
             out["dry_run"] = dry_run
         print(json.dumps(out, indent=2, default=str))
     else:
         print(checking.format_table(report))
-        print()
+        print(f"\nisolation: {chosen.runtime} ({chosen.detail})\n")
         for key, value in desc.as_dict().items():
             print(f"{key:<22} {value}")
         if dry_run is not None:

@@ -61,6 +61,7 @@ class PilotConfig:
     stalled_window: float = _f(1800.0, "float", "window for stalled detection (s)")
     grace: float = _f(30.0, "float", "seconds between SIGTERM and SIGKILL")
     isolation: str = _f("none", "str", "auto | bwrap | apptainer | none")
+    apptainer_image: str | None = _f(None, "str", "Apptainer image for --isolation apptainer")
     drain_file: Path | None = _f(None, "path", "stop taking jobs when this file exists")
     max_output_mb: int = _f(100, "int", "output sandbox size limit (MB)")
     max_stdout_mb: int = _f(50, "int", "cap on each of StdOutput/StdError (MB)")

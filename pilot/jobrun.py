@@ -301,6 +301,11 @@ class JobRunner:
             )
             return self._finish(status, result.ending.minor, result.exit_code, note)
         if result.signal is not None:
+            # A batch system's kill (scancel) signals the whole process tree: the payload
+            # may die before the pilot's own handler has cancelled the job. Give the
+            # pilot a moment to say why before calling it a failure.
+            if self.cancel.wait(2.0):
+                return self._finish(JobStatus.KILLED, self.cancel.reason, None, note)
             return self._finish(
                 JobStatus.FAILED, f"Payload killed by signal {result.signal}", None, note
             )
