@@ -11,28 +11,31 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checks._util import option_bool
-from pilot import credentials
+from pilot import gridenv
 from pilot.api import CheckContext, CheckOutcome, Status
 from pilot.errors import CredentialError
+
+if TYPE_CHECKING:
+    from pilot.credentials import Proxy
 
 NAME = "credentials"
 
 
 def _token_facts() -> dict[str, Any]:
     try:
-        token = credentials.find_token()
+        token = gridenv.find_token()
     except CredentialError as exc:
         return {"token_source": None, "token_error": str(exc)}
     if token is None:
         return {"token_source": None}
-    expiry = credentials.token_expiry(token)
+    expiry = gridenv.token_expiry(token)
     return {"token_source": token.source, "token_expires": expiry.isoformat() if expiry else None}
 
 
-def _proxy_facts(proxy: credentials.Proxy) -> dict[str, Any]:
+def _proxy_facts(proxy: Proxy) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "proxy_path": str(proxy.path),
         "identity": proxy.identity,
@@ -54,12 +57,14 @@ class CredentialsCheck:
     def run(self, ctx: CheckContext) -> CheckOutcome:
         facts = _token_facts()
         configured = ctx.option(NAME, "proxy")
-        path = Path(configured) if configured else credentials.find_proxy()
+        path = Path(configured) if configured else gridenv.find_proxy()
         if path is None or not path.exists():
             status = Status.FAILED if option_bool(ctx, NAME, "required", False) else Status.WARNING
             where = f"at {path}" if path is not None else "(X509_USER_PROXY unset)"
             return CheckOutcome(status, f"no X.509 proxy {where}", facts)
         min_left = timedelta(seconds=float(ctx.option(NAME, "min_time_left", 600)))
+        from pilot import credentials  # X.509 parsing only when there is a proxy to read
+
         try:
             proxy = credentials.load_proxy(path)
         except CredentialError as exc:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from checks.cpu import CpuCheck
 from pilot import __version__, batch, checking, execute, isolation, jdl, jobrun, resources, watchdog
-from pilot.api import CheckContext
+from pilot.api import CheckContext, CheckResult
 from pilot.backend import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
@@ -71,9 +72,12 @@ def check_settings(config: PilotConfig) -> checking.CheckSettings:
 
 
 def inspect_node(
-    config: PilotConfig, stamp: str
+    config: PilotConfig, stamp: str, *, defer_benchmark: bool = False
 ) -> tuple[batch.BatchInfo, checking.CheckReport, resources.ResourceDescription]:
-    """Slot detection, environment checks and the resulting resource description."""
+    """Slot detection, environment checks and the resulting resource description.
+
+    With ``defer_benchmark`` the ``cpu`` check runs without its benchmark, so that the
+    first match does not wait for it (see :class:`Benchmark`)."""
     info = batch.detect()
     log.info(
         "batch system %s (job %s): %d cores, %s MB, %s s left",
@@ -83,12 +87,53 @@ def inspect_node(
         info.memory_mb,
         info.wall_time_left,
     )
-    ctx = CheckContext(config.resolved_work_dir(), info, config.checks)
+    options = config.checks
+    if defer_benchmark:
+        options = {**options, "cpu": {**options.get("cpu", {}), "benchmark": False}}
+    ctx = CheckContext(config.resolved_work_dir(), info, options)
     report = checking.run(ctx, check_settings(config))
     for result in report.results:
         log.info("check %-12s %-8s %s", result.name, result.status, result.message)
     desc = resources.describe(config, info, report, stamp)
     return info, report, desc
+
+
+class Benchmark:
+    """The ``cpu`` check with its benchmark, run beside the first jobs instead of before.
+
+    Until it reports, the resource description uses the default power (a conservative
+    CPUTime); then the agent folds the result in before its next match."""
+
+    def __init__(
+        self,
+        config: PilotConfig,
+        info: batch.BatchInfo,
+        report: checking.CheckReport,
+        stamp: str,
+        wake: threading.Event,
+    ) -> None:
+        self.config, self.info, self.report, self.stamp = config, info, report, stamp
+        self.registration: dict[str, Any] = {}  # what the pilot registered with, to update
+        self.result: CheckResult | None = None
+        self._wake = wake
+        self._thread = threading.Thread(target=self._run, name="benchmark", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        ctx = CheckContext(self.config.resolved_work_dir(), self.info, self.config.checks)
+        settings = check_settings(self.config)
+        self.result = checking.run(ctx, settings, [CpuCheck()]).results[0]
+        self._wake.set()
+
+    def take(self) -> tuple[checking.CheckReport, resources.ResourceDescription] | None:
+        """The full report and description once the benchmark is in (then None again)."""
+        result, self.result = self.result, None
+        if result is None:
+            return None
+        merged = tuple(result if r.name == result.name else r for r in self.report.results)
+        report = checking.CheckReport(merged)
+        log.info("check %-12s %-8s %s", result.name, result.status, result.message)
+        return report, resources.describe(self.config, self.info, report, self.stamp)
 
 
 def choose_isolation(config: PilotConfig) -> isolation.Isolation:
@@ -143,10 +188,12 @@ class Agent:
         stamp: str,
         stop: Stop,
         settings: jobrun.JobSettings | None = None,
+        benchmark: Benchmark | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
         self.desc = desc
+        self.benchmark = benchmark
         self.stamp = stamp
         self.stop = stop
         self.changed = stop.wake
@@ -226,7 +273,26 @@ class Agent:
             tags.discard("WholeNode")  # part of the node is taken
         return dataclasses.replace(offer, tags=tuple(sorted(tags)))
 
+    def _fold_in_benchmark(self) -> None:
+        bench = self.benchmark
+        taken = bench.take() if bench is not None else None
+        if bench is None or taken is None:
+            return
+        self.benchmark = None
+        report, full = taken
+        self.desc = dataclasses.replace(
+            self.desc, pilot_benchmark=full.pilot_benchmark, cpu_time=full.cpu_time, tags=full.tags
+        )
+        self.job_settings = dataclasses.replace(self.job_settings, benchmark=full.pilot_benchmark)
+        log.info("CPU power %.1f: CPUTime offered now %d", full.pilot_benchmark, full.cpu_time)
+        try:  # let the matcher (and `pilot-stub pilots`) see the complete report
+            update = {"checks": report.to_json(), "resources": full.as_dict()}
+            self.backend.register(self.stamp, {**bench.registration, **update})
+        except PilotError as exc:
+            log.warning("could not update the registration: %s", exc)
+
     def _match_one(self) -> bool:
+        self._fold_in_benchmark()
         cores, mem = self._free()
         start = time.monotonic()
         job = self.backend.match(self._offer(cores, mem).as_dict())
@@ -340,9 +406,14 @@ def run(
     registered = False
     execute.become_subreaper()
     try:
-        info, report, desc = inspect_node(config, stamp)
+        defer = "cpu" not in config.disable_check
+        info, report, desc = inspect_node(config, stamp, defer_benchmark=defer)
+        benchmark = Benchmark(config, info, report, stamp, stop.wake) if defer else None
         chosen = choose_isolation(config)
-        backend.register(stamp, registration(config, info, report, desc, chosen))
+        registered_with = registration(config, info, report, desc, chosen)
+        backend.register(stamp, registered_with)
+        if benchmark is not None:
+            benchmark.registration = registered_with
         registered = True
         if not report.ok:
             names = ", ".join(r.name for r in report.failed_required)
@@ -355,7 +426,7 @@ def run(
                 stop.wait(config.failure_sleep)
             raise CheckFailed(f"node not fit: required check(s) failed: {names}")
         settings = job_settings(config, desc, chosen, isolation.probe_cgroup())
-        summary = Agent(config, backend, desc, stamp, stop, settings).run()
+        summary = Agent(config, backend, desc, stamp, stop, settings, benchmark).run()
         log.info(
             "pilot %s done: %d job(s), stopped because %s",
             stamp,

@@ -22,13 +22,16 @@ import traceback
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pilot import __version__, agent, checking, config, credentials, jdl
+from pilot import __version__, agent, checking, config, gridenv, jdl
 from pilot.backend import Backend, JobStatus
 from pilot.client import HttpClient, StubBackend
 from pilot.errors import CredentialError, ExitCode, PilotError, Signalled, UsageError
 from pilot.local import LocalBackend
+
+if TYPE_CHECKING:
+    from pilot.credentials import Proxy
 
 log = logging.getLogger("pilot")
 
@@ -241,11 +244,13 @@ def make_backend(cfg: config.PilotConfig) -> Backend:
     return StubBackend(HttpClient(cfg.server, verify=verify, bearer=token))
 
 
-def load_proxy(cfg: config.PilotConfig) -> credentials.Proxy | None:
+def load_proxy(cfg: config.PilotConfig) -> Proxy | None:
     """The pilot's proxy, validated: an expired one stops the pilot before any match."""
-    path = cfg.proxy or credentials.find_proxy()
+    path = cfg.proxy or gridenv.find_proxy()
     if path is None or (cfg.proxy is None and not path.exists()):
         return None
+    from pilot import credentials  # X.509 parsing is only paid for by pilots with a proxy
+
     proxy = credentials.load_proxy(path)
     credentials.validate(proxy)
     left = proxy.time_left().total_seconds()
@@ -256,12 +261,14 @@ def load_proxy(cfg: config.PilotConfig) -> credentials.Proxy | None:
 def client_credentials(cfg: config.PilotConfig) -> tuple[ssl.SSLContext | bool, str | None]:
     """TLS context (our proxy as client certificate, the grid CAs) and bearer token."""
     proxy = load_proxy(cfg)
-    token = credentials.find_token()
-    verify: ssl.SSLContext | bool = True
+    token = gridenv.find_token()
+    verify: ssl.SSLContext | bool = False  # plain HTTP (loopback): no TLS set-up to pay for
     if cfg.server and cfg.server.startswith("https://"):
+        from pilot import credentials
+
         ca_dir, ca_file = cfg.ca_dir, cfg.ca_file
         if ca_dir is None and ca_file is None:
-            ca_dir, ca_file = credentials.ca_locations()
+            ca_dir, ca_file = gridenv.ca_locations()
         verify = credentials.ssl_context(proxy, ca_dir, ca_file)
     return verify, token.value if token is not None else None
 

@@ -18,9 +18,6 @@ token values are ever logged or put in an exception message.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import os
 import re
@@ -28,7 +25,7 @@ import secrets
 import ssl
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +38,13 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from pilot import voms
 from pilot.errors import CredentialError
+from pilot.gridenv import DEFAULT_CA_DIR as DEFAULT_CA_DIR
+from pilot.gridenv import MAX_CREDENTIAL_FILE
+from pilot.gridenv import Token as Token
+from pilot.gridenv import ca_locations as ca_locations
+from pilot.gridenv import find_proxy as find_proxy
+from pilot.gridenv import find_token as find_token
+from pilot.gridenv import token_expiry as token_expiry
 from pilot.voms import ProxyInfo, VomsInfo
 from pilot.voms import x509_slash_dn as slash_dn
 
@@ -51,9 +55,7 @@ ProxyKind = Literal["rfc3820", "legacy", "end-entity"]
 Issuer = tuple[x509.Certificate, PrivateKey, Sequence[x509.Certificate]]
 
 VOMS_EXTENSION_OID = x509.ObjectIdentifier(voms.VOMS_EXTENSION_OID)
-DEFAULT_CA_DIR = Path("/etc/grid-security/certificates")
 CLOCK_SKEW = timedelta(minutes=5)  # tolerated "not yet valid"; proxies are backdated so much
-_MAX_PROXY_FILE = 1 << 20
 _DIGESTLESS = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 _SIGNING_KEYS = (
     rsa.RSAPrivateKey,
@@ -89,45 +91,6 @@ class Proxy:
         return str(self.path) if self.path else f"<in-memory credential of {self.identity_slash}>"
 
 
-@dataclass(frozen=True, repr=False)
-class Token:
-    """A bearer token and where it was found; its value never shows in repr or str."""
-
-    value: str
-    source: str  # BEARER_TOKEN, BEARER_TOKEN_FILE=<path>, or the discovered file
-
-    def __repr__(self) -> str:
-        return f"Token(source={self.source!r}, value=<{len(self.value)} characters hidden>)"
-
-    __str__ = __repr__
-
-
-# --- discovery ---------------------------------------------------------------------------
-
-
-def find_proxy(env: Mapping[str, str] | None = None, *, uid: int | None = None) -> Path | None:
-    """``$X509_USER_PROXY`` as given (even if missing: loading then says why), else
-    ``/tmp/x509up_u<uid>`` when it exists, else None."""
-    env = os.environ if env is None else env
-    configured = env.get("X509_USER_PROXY", "").strip()
-    if configured:
-        return Path(configured)
-    default = Path(f"/tmp/x509up_u{os.getuid() if uid is None else uid}")
-    return default if default.exists() else None
-
-
-def ca_locations(
-    env: Mapping[str, str] | None = None, *, default_dir: Path = DEFAULT_CA_DIR
-) -> tuple[Path | None, Path | None]:
-    """(CA hash directory, CA bundle): ``$X509_CERT_DIR`` else ``default_dir`` if it
-    exists; the bundle from ``$X509_CERT_FILE`` (the variable XRootD reads)."""
-    env = os.environ if env is None else env
-    cert_dir = env.get("X509_CERT_DIR", "").strip()
-    ca_dir = Path(cert_dir) if cert_dir else (default_dir if default_dir.is_dir() else None)
-    cert_file = env.get("X509_CERT_FILE", "").strip()
-    return ca_dir, Path(cert_file) if cert_file else None
-
-
 # --- loading -----------------------------------------------------------------------------
 
 
@@ -157,12 +120,12 @@ def _read_credential_file(path: Path, what: str, *, holds_key: bool, strict: boo
     try:
         with open(path, "rb") as handle:
             mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(_MAX_PROXY_FILE + 1)
+            data = handle.read(MAX_CREDENTIAL_FILE + 1)
     except OSError as exc:
         raise CredentialError(f"{what} file {path} is not readable: {exc.strerror}") from exc
     if not stat.S_ISREG(mode):
         raise CredentialError(f"{what} file {path} is not a regular file")
-    if len(data) > _MAX_PROXY_FILE:
+    if len(data) > MAX_CREDENTIAL_FILE:
         raise CredentialError(f"{what} file {path} is too large to be a credential")
     if holds_key and mode & 0o077:
         message = f"{path} holds a private key but has mode {stat.S_IMODE(mode):04o}"
@@ -521,74 +484,3 @@ def _write_new_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
-
-
-# --- bearer tokens ---------------------------------------------------------------------------
-
-
-def find_token(env: Mapping[str, str] | None = None, *, uid: int | None = None) -> Token | None:
-    """A bearer token in the WLCG discovery order: ``$BEARER_TOKEN``, the file named
-    by ``$BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``.
-
-    An explicitly named file that cannot be read is an error, not a reason to fall
-    back to another token.
-    """
-    env = os.environ if env is None else env
-    value = env.get("BEARER_TOKEN", "").strip()
-    if value:
-        return _found(Token(value, "BEARER_TOKEN"))
-    named = env.get("BEARER_TOKEN_FILE", "").strip()
-    if named:
-        return _found(_read_token(Path(named), f"BEARER_TOKEN_FILE={named}"))
-    name = f"bt_u{os.getuid() if uid is None else uid}"
-    runtime_dir = env.get("XDG_RUNTIME_DIR", "").strip()
-    candidates = [Path(runtime_dir) / name] if runtime_dir else []
-    for candidate in [*candidates, Path("/tmp") / name]:
-        if candidate.exists():
-            return _found(_read_token(candidate, str(candidate)))
-    log.debug("no bearer token found")
-    return None
-
-
-def _found(token: Token) -> Token:
-    log.debug("bearer token from %s", token.source)
-    return token
-
-
-def _read_token(path: Path, source: str) -> Token:
-    try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(_MAX_PROXY_FILE + 1)
-    except OSError as exc:
-        raise CredentialError(f"token file {path} is not readable: {exc.strerror}") from exc
-    if len(data) > _MAX_PROXY_FILE:
-        raise CredentialError(f"token file {path} is too large to be a token")
-    value = data.decode("utf-8", errors="replace").strip()
-    if not value:
-        raise CredentialError(f"token file {path} is empty")
-    if mode & 0o077:
-        log.warning("token file %s has mode %04o; it should be 0600", path, stat.S_IMODE(mode))
-    return Token(value, source)
-
-
-def token_expiry(token: Token | str) -> datetime | None:
-    """The ``exp`` claim of a JWT (signature not checked), or None when the token is
-    not a JWT or has no expiry."""
-    value = token.value if isinstance(token, Token) else token
-    parts = value.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = json.loads(payload)
-    except (binascii.Error, ValueError):
-        log.debug("token looks like a JWT but its payload does not decode")
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
-        return None
-    try:
-        return datetime.fromtimestamp(exp, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
