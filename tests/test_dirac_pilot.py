@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import BIN, pilot_env, run_pilot
 from tests.dirac_server.fixture import DiracServer
+from tests.test_binary import pilot_binary  # noqa: F401 (session fixture: builds dist/pilot)
 from tests.test_dirac_backend import cli_status, submit, unique_tag
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
@@ -133,3 +134,28 @@ def test_dirac_kill_reaches_the_pilot(dirac_server: DiracServer, tmp_path: Path)
     assert pilot.returncode == 0, err
     assert f"job {job_id}: Killed" in err
     wait_for(dirac_server, job_id, "Killed")
+
+
+def test_one_file_binary_runs_a_dirac_job(
+    dirac_server: DiracServer,
+    pilot_binary: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tag = unique_tag()
+    job_id = submit(dirac_server, tmp_path / "submit", tag, {"input.txt": "binary\n"})
+    wait_for(dirac_server, job_id, "Waiting")
+    conf = pilot_config(dirac_server, tmp_path, tag)
+    done = subprocess.run(
+        [str(pilot_binary), "run", "--config", str(conf), "--server", dirac_server.urls["matcher"]],
+        cwd=tmp_path,
+        env=env_for(dirac_server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    wait_for(dirac_server, job_id, "Done")
+    out = tmp_path / "out"
+    got = dirac_server.dirac("wms-job-get-output", "-D", str(out), job_id)
+    assert got.ok, got.stdout + got.stderr
+    assert (out / job_id / "std.out").read_text() == f"{tag}\n"
