@@ -144,9 +144,8 @@ def main() -> int:
     curl_rate = 2 * mib / (curl["upload"] + curl["download"])
     pilot_rate = 2 * mib / (pilot["upload"] + pilot["download"])
     for who, t in (("curl", curl), ("pilot", pilot)):
-        print(
-            f"{who:>5}: upload {mib / t['upload']:7.1f} MiB/s, download {mib / t['download']:7.1f} MiB/s"
-        )
+        up, down = mib / t["upload"], mib / t["download"]
+        print(f"{who:>5}: upload {up:7.1f} MiB/s, download {down:7.1f} MiB/s")
     print(f"pilot RSS growth during the round trip: {rss_growth / 2**20:.1f} MB (goal <= 50)")
     print(
         f"throughput_ratio={pilot_rate / curl_rate:.2f} (goal >= 0.70) "
