@@ -22,19 +22,15 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stubproc
+
 BIN = Path(sys.executable).parent
 RES = {"Site": "Bench.Site", "CPUTime": 10**9, "NumberOfProcessors": 1, "MaxRAM": 4000}
 
 
 def start_stub(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [str(BIN / "pilot-stub"), "serve", "--db", str(tmp / "bench.db")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
+    return stubproc.start_stub(tmp / "bench.db")
 
 
 def submit(url: str, tmp: Path, n: int) -> None:

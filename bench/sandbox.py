@@ -21,6 +21,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stubproc
+
 BIN = Path(sys.executable).parent
 
 CHILD = r"""
@@ -55,14 +58,7 @@ def make_file(path: Path, size: int) -> str:
 
 
 def start_stub(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [str(BIN / "pilot-stub"), "serve", "--db", str(tmp / "db" / "s.db")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
+    return stubproc.start_stub(tmp / "db" / "s.db")
 
 
 def forget(tmp: Path, sha: str) -> None:

@@ -31,6 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stubproc
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 STAMP_SH = '#!/bin/sh\ndate +%s.%N > "$1"\n'
@@ -70,14 +73,7 @@ class Variant:
 
 
 def start_stub(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [str(BIN / "pilot-stub"), "serve", "--db", str(tmp / "bench.db")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
+    return stubproc.start_stub(tmp / "bench.db")
 
 
 def submit(url: str, tmp: Path, marker: Path) -> None:

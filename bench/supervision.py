@@ -24,20 +24,16 @@ from pathlib import Path
 import httpx
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stubproc
+
 BIN = Path(sys.executable).parent
 CPU_BUDGET_PCT = 1.0
 RSS_BUDGET_MB = 60.0
 
 
 def start_stub(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [str(BIN / "pilot-stub"), "serve", "--db", str(tmp / "bench.db")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
+    return stubproc.start_stub(tmp / "bench.db")
 
 
 def submit_sleep(url: str, seconds: float) -> int:

@@ -39,11 +39,11 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from pilot import voms
 from pilot.errors import CredentialError
 from pilot.gridenv import DEFAULT_CA_DIR as DEFAULT_CA_DIR
-from pilot.gridenv import MAX_CREDENTIAL_FILE
 from pilot.gridenv import Token as Token
 from pilot.gridenv import ca_locations as ca_locations
 from pilot.gridenv import find_proxy as find_proxy
 from pilot.gridenv import find_token as find_token
+from pilot.gridenv import read_credential_file
 from pilot.gridenv import token_expiry as token_expiry
 from pilot.voms import ProxyInfo, VomsInfo
 from pilot.voms import x509_slash_dn as slash_dn
@@ -117,16 +117,7 @@ def load_proxy(path: Path, *, key_path: Path | None = None, strict: bool = False
 
 
 def _read_credential_file(path: Path, what: str, *, holds_key: bool, strict: bool) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(MAX_CREDENTIAL_FILE + 1)
-    except OSError as exc:
-        raise CredentialError(f"{what} file {path} is not readable: {exc.strerror}") from exc
-    if not stat.S_ISREG(mode):
-        raise CredentialError(f"{what} file {path} is not a regular file")
-    if len(data) > MAX_CREDENTIAL_FILE:
-        raise CredentialError(f"{what} file {path} is too large to be a credential")
+    data, mode = read_credential_file(path, what)
     if holds_key and mode & 0o077:
         message = f"{path} holds a private key but has mode {stat.S_IMODE(mode):04o}"
         if strict:

@@ -97,15 +97,23 @@ def _found(token: Token) -> Token:
     return token
 
 
-def _read_token(path: Path, source: str) -> Token:
+def read_credential_file(path: Path, what: str) -> tuple[bytes, int]:
+    """The bytes and mode of a small regular file holding a credential."""
     try:
         with open(path, "rb") as handle:
             mode = os.fstat(handle.fileno()).st_mode
             data = handle.read(MAX_CREDENTIAL_FILE + 1)
     except OSError as exc:
-        raise CredentialError(f"token file {path} is not readable: {exc.strerror}") from exc
+        raise CredentialError(f"{what} file {path} is not readable: {exc.strerror}") from exc
+    if not stat.S_ISREG(mode):
+        raise CredentialError(f"{what} file {path} is not a regular file")
     if len(data) > MAX_CREDENTIAL_FILE:
-        raise CredentialError(f"token file {path} is too large to be a token")
+        raise CredentialError(f"{what} file {path} is too large to be a {what}")
+    return data, mode
+
+
+def _read_token(path: Path, source: str) -> Token:
+    data, mode = read_credential_file(path, "token")
     value = data.decode("utf-8", errors="replace").strip()
     if not value:
         raise CredentialError(f"token file {path} is empty")
