@@ -47,5 +47,9 @@ def _revision(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def main(argv: list[str]) -> None:
+    sys.stdout.write(json.dumps(probe(argv[0])) + "\n")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(json.dumps(probe(sys.argv[1])) + "\n")
+    main(sys.argv[1:])

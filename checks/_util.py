@@ -90,13 +90,18 @@ def budget(ctx: CheckContext, wanted: float) -> float:
     return max(0.1, min(wanted, ctx.timeout - MARGIN))
 
 
-def python_script(script: Path) -> list[str] | None:
-    """Argv running a standalone helper script with this interpreter, or None if we cannot.
+HELPER_FLAG = "--pilot-helper"  # how the one-file pilot runs a helper script in itself
 
-    In a frozen single-file pilot ``sys.executable`` is the pilot itself and the helper
-    scripts are not files: callers then fall back to doing the work in a thread.
+
+def python_script(script: Path) -> list[str] | None:
+    """Argv running a standalone helper script in a separate process, or None if we cannot.
+
+    In a frozen single-file pilot ``sys.executable`` is the pilot itself: it runs the
+    helper when called as ``pilot --pilot-helper NAME ...`` (see build/entry.py).
     """
-    if getattr(sys, "frozen", False) or script.suffix != ".py" or not script.is_file():
+    if getattr(sys, "frozen", False):
+        return [sys.executable, HELPER_FLAG, script.stem]
+    if script.suffix != ".py" or not script.is_file():
         return None
     return [sys.executable, "-I", str(script)]
 

@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from checks import BUILTIN_CHECKS, _db12
+from checks import BUILTIN_CHECKS, _db12, _util
+from checks import cpu as cpu_module
+from checks import cvmfs as cvmfs_module
 from checks.container import ContainerCheck
 from checks.cpu import CpuCheck, parse_cpuinfo, x86_levels
 from checks.credentials import CredentialsCheck
@@ -133,10 +135,10 @@ def test_cpu_warns_when_the_slot_claims_more_cores_than_usable(tmp_path: Path) -
     assert outcome.status is Status.WARNING and "usable" in outcome.message
 
 
-def test_cpu_benchmark_in_process_when_frozen(
+def test_cpu_benchmark_in_process_without_a_helper_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(cpu_module, "python_script", lambda script: None)
     outcome = CpuCheck().run(context(tmp_path, {"cpu": {"benchmark_seconds": 0.2}}, cores=2))
     assert outcome.facts["benchmark_copies"] == 1 and outcome.facts["benchmark"] > 0
 
@@ -368,10 +370,16 @@ def test_cvmfs_probe_timeout_option(tmp_path: Path) -> None:
     assert outcome.status is Status.FAILED and "timed out" in outcome.message
 
 
-def test_cvmfs_in_process_probe_when_frozen(
+def test_frozen_pilot_runs_helpers_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    argv = _util.python_script(Path(_util.__file__).with_name("_db12.py"))
+    assert argv == [sys.executable, "--pilot-helper", "_db12"]
+
+
+def test_cvmfs_in_process_probe_without_a_helper_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(cvmfs_module, "python_script", lambda script: None)
     root = _fake_cvmfs(tmp_path)
     fifo = root / "stuck.cern.ch"
     os.mkfifo(fifo)
