@@ -167,16 +167,25 @@ def test_no_glibc_symbol_newer_than_bullseye(pilot_binary: Path, tmp_path: Path)
 def test_unpacks_under_tmpdir_when_tmp_is_noexec(pilot_binary: Path) -> None:
     if shutil.which("unshare") is None:
         unavailable("needs unshare (util-linux) to mount a noexec /tmp")
-    script = 'mount -t tmpfs -o noexec,nosuid tmpfs /tmp && exec "$0" --version'
-    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(pilot_binary)]
-    env = {k: v for k, v in os.environ.items() if k not in {"TMPDIR", "TEMP", "TMP"}}
-    blocked = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
-    assert blocked.returncode != 0, "a noexec /tmp should stop the unpacked libpython loading"
-    # An exec-able directory outside /tmp, as a site would give in TMPDIR:
-    (REPO / "build" / "work").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=REPO / "build" / "work", prefix="exec-tmp-") as exec_dir:
+    # Everything here lives outside /tmp (the checkout itself may be under /tmp, which
+    # the noexec mount below would hide): a copy of the binary and an exec-able TMPDIR.
+    outside = Path.home() / ".cache" / "pilot-agent"
+    outside.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=outside, prefix="noexec-test-") as scratch_name:
+        scratch = Path(scratch_name)
+        binary = scratch / "pilot"
+        shutil.copy2(pilot_binary, binary)
+        script = 'mount -t tmpfs -o noexec,nosuid tmpfs /tmp && exec "$0" --version'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(binary)]
+        env = {k: v for k, v in os.environ.items() if k not in {"TMPDIR", "TEMP", "TMP"}}
+        blocked = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert blocked.returncode != 0
+        # It started and unpacked, then could not map what it unpacked into /tmp:
+        assert "error while loading shared libraries" in blocked.stderr, blocked.stderr
+        exec_dir = scratch / "exec-tmp"
+        exec_dir.mkdir()
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=60, env={**env, "TMPDIR": exec_dir}
+            argv, capture_output=True, text=True, timeout=60, env={**env, "TMPDIR": str(exec_dir)}
         )
         assert done.returncode == 0, done.stderr
         assert "one-file binary" in done.stdout

@@ -13,10 +13,11 @@ from pilot import isolation
 from pilot.errors import CheckFailed
 from tests.conftest import FAST, REPO, Stub, pilot_env, run_pilot
 from tests.payloads.support import (
+    MARK_ENV,
+    PAYLOADS,
     SYSTEM_PYTHON,
     nobody_command,
     nobody_dir,
-    payload_jdl,
     start_pilot,
 )
 from tests.pki import build_pki, issue_proxy, proxy_pem
@@ -42,7 +43,7 @@ def needs_bwrap() -> str:
 
 def test_bwrap_argv_masks_credentials_and_other_jobs(tmp_path: Path) -> None:
     work, job = tmp_path / "work", tmp_path / "work" / "job-7"
-    secret_file = REPO / "tests" / "payloads" / "README.md"  # stands for a proxy outside /tmp
+    secret_file = Path("/etc/os-release")  # stands for a proxy outside /tmp
     secret_dir = REPO / "tests" / "payloads"  # stands for a token directory
     in_tmp = tmp_path / "x509up_u0"  # under /tmp: already hidden by the private /tmp
     in_tmp.write_text("secret")
@@ -171,9 +172,16 @@ def test_cgroup_probe_quietly_gives_up(tmp_path: Path) -> None:
 # -- end to end -------------------------------------------------------------------------
 
 
-def peek_job(stub: Stub, mark: str, proxy: Path, python: str | None = None) -> int:
-    extra = {"python": python} if python else {}
-    (job,) = stub.submit(payload_jdl("peek.py", mark, proxy, **extra))
+def peek_job(stub: Stub, mark: str, proxy: Path, python: str = SYSTEM_PYTHON) -> int:
+    """peek.py travels in the input sandbox and runs with the system Python: inside the
+    sandbox nothing under /tmp is visible but the job directory, and the checkout (and
+    its virtualenv) may well sit under /tmp."""
+    jdl = (
+        f'Executable = "{python}"; Arguments = "peek.py {mark} {proxy}";'
+        f' ExecutionEnvironment = {{"{MARK_ENV}={mark}"}}; InputSandbox = {{"peek.py"}};'
+        ' StdOutput = "out"; StdError = "err"; OutputSandbox = {"out", "err"};'
+    )
+    (job,) = stub.submit(jdl, {"peek.py": (PAYLOADS / "peek.py").read_text()})
     return job
 
 
