@@ -238,8 +238,11 @@ def make_backend(cfg: config.PilotConfig) -> Backend:
     if kind == "dirac":
         from pilot.dirac.backend import DiracBackend, settings_from_config
 
-        load_proxy(cfg)  # an expired proxy stops the pilot here, before any call
-        return DiracBackend(settings_from_config(cfg))
+        from pilot import credentials
+
+        proxy = load_proxy(cfg)  # an expired proxy stops the pilot here, before any call
+        settings = settings_from_config(cfg)
+        return DiracBackend(settings, credentials.ssl_context(proxy, settings.ca_dir))
     verify, token = client_credentials(cfg)
     return StubBackend(HttpClient(cfg.server, verify=verify, bearer=token))
 
