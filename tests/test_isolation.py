@@ -11,7 +11,7 @@ import pytest
 
 from pilot import isolation
 from pilot.errors import CheckFailed
-from tests.conftest import FAST, REPO, Stub, pilot_env, run_pilot
+from tests.conftest import FAST, Stub, pilot_env, run_pilot
 from tests.payloads.support import (
     MARK_ENV,
     PAYLOADS,
@@ -44,7 +44,7 @@ def needs_bwrap() -> str:
 def test_bwrap_argv_masks_credentials_and_other_jobs(tmp_path: Path) -> None:
     work, job = tmp_path / "work", tmp_path / "work" / "job-7"
     secret_file = Path("/etc/os-release")  # stands for a proxy outside /tmp
-    secret_dir = REPO / "tests" / "payloads"  # stands for a token directory
+    secret_dir = Path("/etc")  # stands for a token directory outside /tmp
     in_tmp = tmp_path / "x509up_u0"  # under /tmp: already hidden by the private /tmp
     in_tmp.write_text("secret")
     in_work = work / "pilot-token"  # under the work dir: already hidden by its tmpfs
