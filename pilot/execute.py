@@ -341,17 +341,20 @@ class _Supervisor:
         if ending is not None:
             log.info("payload %d: %s: stopping it", self.proc.pid, ending.minor)
             self._terminate()
-        leftovers = self._leftovers()
+        scanned = watchdog.scan()  # one full look at the node serves the count and the result
+        leftovers = len(self.tree.live(scanned))
+        table: Mapping[int, watchdog.ProcStat] | None = scanned
         if leftovers:
             log.info("payload %d left %d process(es): stopping them", self.proc.pid, leftovers)
             self._terminate()
+            table = None  # the processes changed: the result needs a new look
         wall = time.monotonic() - self.start
         self.pump.finish(timeout=2.0)
         if ending is None and self.cgroup is not None and self.cgroup.oom_kills():
             ending = Ending(EndKind.LIMIT, self._memory_minor())
         if ending is None and self.pump.truncated():
             ending = self._output_ending()  # it ended by itself, but its output is cut
-        return self._result(ending, leftovers, wall)
+        return self._result(ending, leftovers, wall, table)
 
     def _memory_minor(self) -> str:
         source = self.sup.limits.memory_source or f"{self.sup.limits.memory_mb} MB"
@@ -411,9 +414,6 @@ class _Supervisor:
             self.tree.add_reaped(rusage)
         return True
 
-    def _leftovers(self) -> int:
-        return len(self._live())
-
     def _terminate(self) -> None:
         """SIGTERM to every process of the job, SIGKILL to what is left after the grace."""
         self._signal_all(signal.SIGTERM)
@@ -454,16 +454,25 @@ class _Supervisor:
             self._wait_main(0.02)
         log.error("payload %d: processes survive SIGKILL (stuck in the kernel?)", self.proc.pid)
 
-    def _result(self, ending: Ending | None, leftovers: int, wall: float) -> ExecutionResult:
+    def _result(
+        self,
+        ending: Ending | None,
+        leftovers: int,
+        wall: float,
+        table: Mapping[int, watchdog.ProcStat] | None = None,
+    ) -> ExecutionResult:
         code = self.proc.returncode if self.proc.returncode is not None else 255
-        table = watchdog.scan()
-        self.tree.reap(self.tree.members(table))
+        if table is None:
+            table = watchdog.scan()
+        members = self.tree.members(table)
+        cpu = self.tree.cpu(members)  # before reaping: zombies still count from the table
+        self.tree.reap(members)
         watchdog.reap_strays(table)
         return ExecutionResult(
             exit_code=code if code >= 0 else None,
             signal=-code if code < 0 else None,
             wall_time=wall,
-            cpu_time=self.tree.cpu(self.tree.members(watchdog.scan())),
+            cpu_time=cpu,
             ending=ending,
             leftovers=leftovers,
             truncated=self.pump.truncated(),

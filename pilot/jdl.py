@@ -20,6 +20,7 @@ column: ``f"{path}:{err}"`` reads ``FILE:LINE:COL: message``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -594,5 +595,15 @@ class JobDescription:
 
 
 def load(text: str | bytes) -> JobDescription:
-    """``parse`` + ``JobDescription.from_attrs`` (parametric JDL is not expanded)."""
+    """``parse`` + ``JobDescription.from_attrs`` (parametric JDL is not expanded).
+
+    A job's JDL is read by several stages (slot allocation, the runner, sandbox
+    staging); the description is immutable, so each text is parsed once."""
+    if isinstance(text, str):
+        return _load_text(text)
+    return JobDescription.from_attrs(parse(text))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_text(text: str) -> JobDescription:
     return JobDescription.from_attrs(parse(text))
