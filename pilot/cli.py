@@ -236,9 +236,8 @@ def make_backend(cfg: config.PilotConfig) -> Backend:
     if kind == "auto":
         kind = "dirac" if cfg.server.startswith("dips://") else "stub"
     if kind == "dirac":
-        from pilot.dirac.backend import DiracBackend, settings_from_config
-
         from pilot import credentials
+        from pilot.dirac.backend import DiracBackend, settings_from_config
 
         proxy = load_proxy(cfg)  # an expired proxy stops the pilot here, before any call
         settings = settings_from_config(cfg)
@@ -301,6 +300,8 @@ def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
     stop = agent.Stop()
     install_signal_handlers(stop)
     backend = make_backend(cfg)
+    if isinstance(backend, StubBackend):
+        backend.http.prepare()  # overlaps the HTTP stack's set-up with the node checks
     log.info(
         "pilot-agent %s starting: server %s, work dir %s", __version__, cfg.server, cfg.work_dir
     )

@@ -73,16 +73,32 @@ class HttpClient:
             headers["Authorization"] = f"Bearer {bearer}"
         self.base_url = base_url.rstrip("/")
         self.retry = retry
-        self.http = httpx.Client(
-            base_url=self.base_url,
-            verify=verify,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            transport=transport,
-        )
+        self._settings: dict[str, Any] = {
+            "base_url": self.base_url,
+            "verify": verify,
+            "headers": headers,
+            "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            "transport": transport,
+        }
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def http(self) -> httpx.Client:
+        """The connection pool, made on first use (its transport costs an import)."""
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(**self._settings)
+            return self._client
+
+    def prepare(self) -> None:
+        """Make the pool in the background while the pilot does other start-up work."""
+        threading.Thread(target=lambda: self.http, name="http-prepare", daemon=True).start()
 
     def close(self) -> None:
-        self.http.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
 
     def __enter__(self) -> HttpClient:
         return self
