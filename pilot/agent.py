@@ -117,7 +117,11 @@ class Benchmark:
         self.result: CheckResult | None = None
         self._wake = wake
         self._thread = threading.Thread(target=self._run, name="benchmark", daemon=True)
-        self._thread.start()
+
+    def start(self) -> None:
+        """Begin measuring (once the first match has been asked for: it must not wait)."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
 
     def _run(self) -> None:
         ctx = CheckContext(self.config.resolved_work_dir(), self.info, self.config.checks)
@@ -296,10 +300,11 @@ class Agent:
         cores, mem = self._free()
         start = time.monotonic()
         job = self.backend.match(self._offer(cores, mem).as_dict())
-        if job is None:
-            return False
-        self._start(job, cores, mem, time.monotonic() - start)
-        return True
+        if job is not None:
+            self._start(job, cores, mem, time.monotonic() - start)
+        if self.benchmark is not None:
+            self.benchmark.start()  # now that the first match is done
+        return job is not None
 
     def _start(
         self, job: MatchedJob, free_cores: int, free_mem: int | None, match_s: float
