@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.dirac_server.fixture import DiracServer, describe  # noqa: E402
 from tests.dirac_server.harness import Harness, Layout, default_venv  # noqa: E402
+from tests.test_dirac_pilot import env_for, pilot_config  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -52,16 +53,8 @@ def submit(server: DiracServer, workdir: Path, tag: str) -> None:
 
 
 def pilot_first_match(server: DiracServer, workdir: Path, tag: str) -> float:
-    conf = workdir / "pilot.toml"
-    conf.write_text(
-        f'site = "{server.site}"\nce = "{server.ce}"\nqueue = "{server.queue}"\n'
-        f'vo = "{server.vo}"\ntags = ["{tag}"]\nrequired_tags = ["{tag}"]\nidle_timeout = 1\n'
-        "[dirac]\n"
-        f'matcher = "{server.urls["matcher"]}"\n'
-        f'jobstateupdate = "{server.urls["jobstateupdate"]}"\n'
-        f'sandboxstore = "{server.urls["sandboxstore"]}"\n'
-    )
-    env = {**os.environ, "X509_USER_PROXY": str(server.proxy), "X509_CERT_DIR": str(server.ca_dir)}
+    conf = pilot_config(server, workdir, tag, idle_timeout=1, disable=())
+    env = {**os.environ, **env_for(server)}
     start = time.perf_counter()
     pilot = subprocess.Popen(
         [

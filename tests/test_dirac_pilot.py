@@ -18,13 +18,20 @@ from tests.test_dirac_backend import cli_status, submit, unique_tag
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 
-def pilot_config(server: DiracServer, tmp: Path, tag: str) -> Path:
+def pilot_config(
+    server: DiracServer,
+    tmp: Path,
+    tag: str,
+    idle_timeout: float = 3,
+    disable: tuple[str, ...] = ("cpu",),
+) -> Path:
     conf = tmp / f"pilot-{tag}.toml"
+    disabled = ", ".join(f'"{name}"' for name in disable)
     conf.write_text(
         f'site = "{server.site}"\nce = "{server.ce}"\nqueue = "{server.queue}"\n'
         f'vo = "{server.vo}"\ntags = ["{tag}"]\nrequired_tags = ["{tag}"]\n'
-        f"idle_timeout = 3\nheartbeat_interval = 1\nsample_interval = 0.5\n"
-        f'disable_check = ["cpu"]\n'
+        f"idle_timeout = {idle_timeout}\nheartbeat_interval = 1\nsample_interval = 0.5\n"
+        f"disable_check = [{disabled}]\n"
         "[dirac]\n"
         f'matcher = "{server.urls["matcher"]}"\n'
         f'jobstateupdate = "{server.urls["jobstateupdate"]}"\n'
@@ -35,6 +42,14 @@ def pilot_config(server: DiracServer, tmp: Path, tag: str) -> Path:
 
 def env_for(server: DiracServer) -> dict[str, str]:
     return pilot_env(X509_USER_PROXY=str(server.proxy), X509_CERT_DIR=str(server.ca_dir))
+
+
+def run_dirac_pilot(server: DiracServer, tmp: Path, tag: str) -> subprocess.CompletedProcess[str]:
+    conf = pilot_config(server, tmp, tag)
+    argv = ["run", "--config", str(conf), "--server", server.urls["matcher"]]
+    done = run_pilot(argv, cwd=tmp, env=env_for(server), timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def wait_for(server: DiracServer, job_id: str, word: str, timeout: float = 60) -> str:
@@ -52,14 +67,7 @@ def test_pilot_runs_a_dirac_job_end_to_end(dirac_server: DiracServer, tmp_path: 
     tag = unique_tag()
     job_id = submit(dirac_server, tmp_path / "submit", tag, {"input.txt": f"payload {tag}\n"})
     wait_for(dirac_server, job_id, "Waiting")
-    conf = pilot_config(dirac_server, tmp_path, tag)
-    done = run_pilot(
-        ["run", "--config", str(conf), "--server", dirac_server.urls["matcher"]],
-        cwd=tmp_path,
-        env=env_for(dirac_server),
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_dirac_pilot(dirac_server, tmp_path, tag)
     assert f"job {job_id}: Done" in done.stderr
     wait_for(dirac_server, job_id, "Done")
     out = tmp_path / "out"
@@ -81,14 +89,7 @@ def test_failing_payload_ends_failed_with_exit_code(
     submitted = dirac_server.dirac("wms-job-submit", "job.jdl", cwd=workdir)
     job_id = submitted.stdout.split("JobID = ")[1].split()[0]
     wait_for(dirac_server, job_id, "Waiting")
-    conf = pilot_config(dirac_server, tmp_path, tag)
-    done = run_pilot(
-        ["run", "--config", str(conf), "--server", dirac_server.urls["matcher"]],
-        cwd=tmp_path,
-        env=env_for(dirac_server),
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    run_dirac_pilot(dirac_server, tmp_path, tag)
     line = wait_for(dirac_server, job_id, "Failed")
     assert "exit code 7" in line, line
 
