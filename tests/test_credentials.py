@@ -193,7 +193,7 @@ def test_corrupt_key_error_names_no_key_material(pki: Pki, tmp_path: Path) -> No
     # (the RSA consistency check is skipped for speed; the damaged modulus no longer
     # matches the certificate's, which refuses the key just the same)
     with pytest.raises(
-        CredentialError, match="cannot be read|does not match its certificate"
+        CredentialError, match=r"cannot be read|does not match its certificate"
     ) as info:
         load_proxy(path)
     assert "PRIVATE" not in str(info.value) and lines[3].decode() not in str(info.value)
