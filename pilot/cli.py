@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pilot",
         description="pilot-agent: the grid pilot",
+        epilog="exit codes:\n" + "\n".join(f"  {c.value:>3}  {c.name}" for c in ExitCode),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=version_text())
