@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import signal
@@ -203,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)
+    except OSError as exc:  # the node itself: a full disk, an unwritable work directory
+        code = ExitCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.USAGE
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pilot: {exc.strerror or exc}{where}", file=sys.stderr)
+        return int(code)
     except Exception:
         traceback.print_exc()
         return int(ExitCode.INTERNAL)

@@ -127,3 +127,13 @@ def test_output_sandbox_of_directories_and_globs(stub: Stub, tmp_path: Path) -> 
     names = stub.client.get_output(job, tmp_path / "o")
     assert {"res/sub/a", "x.log", "y.log"} <= set(names)
     assert "missing.txt" in stub.client.job(job)["application_status"]
+
+
+def test_unusable_work_dir_is_one_clear_line(stub: Stub, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    done = run_pilot(
+        ["run", "--server", stub.url, "--work-dir", str(blocker / "work"), *FAST], cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and str(blocker) in done.stderr
