@@ -18,8 +18,6 @@ from typing import Any
 
 from pilot.errors import UsageError
 
-Origins = Mapping[str, str]
-
 
 def _f(default: Any, kind: str, help: str, *, env: bool = True, cli: bool = True) -> Any:
     meta = {"kind": kind, "help": help, "env": env, "cli": cli}

@@ -13,7 +13,7 @@ the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
     ├── CredentialError         missing, unreadable or expired proxy/token
     ├── SandboxError            input sandbox could not be fetched or was rejected
     │   └── DiskFullError       no space left while staging
-    └── PayloadFailed           a local-mode job ended in a non-zero status
+    └── Signalled               stopped by a signal
 """
 
 from __future__ import annotations
@@ -80,10 +80,6 @@ class SandboxError(PilotError):
 
 class DiskFullError(SandboxError):
     exit_code = ExitCode.DISK_FULL
-
-
-class PayloadFailed(PilotError):
-    exit_code = ExitCode.JOB_FAILED
 
 
 class Signalled(PilotError):

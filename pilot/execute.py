@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pilot import isolation, watchdog
 
@@ -490,25 +490,3 @@ class _Supervisor:
             self.pidfd = None
         if self.cgroup is not None:
             self.cgroup.remove()
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def kill_group(pgid: int) -> None:
-    signal_group(pgid, signal.SIGKILL)
-
-
-def describe_exit(result: ExecutionResult) -> dict[str, Any]:
-    """The result as plain values (for logs and local-mode summaries)."""
-    return {
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "wall_time": round(result.wall_time, 3),
-        "cpu_time": round(result.cpu_time, 3),
-        "ending": result.ending.minor if result.ending else None,
-        "leftovers": result.leftovers,
-        "truncated": list(result.truncated),
-    }

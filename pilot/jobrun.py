@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from pilot.errors import PilotError, SandboxError
 from pilot.isolation import NO_ISOLATION, CgroupParent, Isolation
 
 log = logging.getLogger(__name__)
+
+# What a batch system sends a whole job tree before it ends a slot (the pilot stops on them).
+_BATCH_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGXCPU})
 
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR")
 WALL_TIME_KEYS = ("WallTime", "MaxWallTime", "WallClockTime")
@@ -304,7 +308,7 @@ class JobRunner:
             # A batch system's kill (scancel) signals the whole process tree: the payload
             # may die before the pilot's own handler has cancelled the job. Give the
             # pilot a moment to say why before calling it a failure.
-            if self.cancel.wait(2.0):
+            if result.signal in _BATCH_STOP_SIGNALS and self.cancel.wait(2.0):
                 return self._finish(JobStatus.KILLED, self.cancel.reason, None, note)
             return self._finish(
                 JobStatus.FAILED, f"Payload killed by signal {result.signal}", None, note

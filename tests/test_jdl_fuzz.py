@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from pilot import jdl
 from pilot.jdl import Expression, JDLError, JobDescription
+from tests.test_jdl import same
 
 
 def corpus_texts() -> list[str]:
@@ -88,17 +89,6 @@ def inputs() -> st.SearchStrategy[str | bytes]:
         seeds.append(mutated_corpus())
         seeds.append(mutated_corpus().map(lambda t: t.encode("utf-8", "surrogatepass")))
     return st.one_of(seeds)
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equality that also tells 1, 1.0 and True apart (plain == does not)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def check_one(data: str | bytes) -> str:
