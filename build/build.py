@@ -42,10 +42,12 @@ import rootfs  # noqa: E402
 
 WORK = ROOT / "build" / "work"
 SOURCES = ("pilot", "checks", "pyproject.toml", "README.md")
-BUILD_FILES = ("build.py", "rootfs.py", "pilot.spec", "entry.py", "elfcheck.py")
+BUILD_FILES = (
+    "build.py", "rootfs.py", "pilot.spec", "entry.py", "elfcheck.py", "rth_lazy_native.py"
+)  # fmt: skip
 MAX_SIZE = 25 * 1024 * 1024
 # Roots of what the build environment must hold, pinned to the versions installed here.
-RUNTIME_ROOTS = ("psutil", "httpx", "cryptography", "tenacity")
+RUNTIME_ROOTS = ("httpx", "cryptography", "tenacity")
 BUILD_ROOTS = ("pyinstaller", "wheel")
 CHROOT_PYTHON = f"{rootfs.PYTHON_PREFIX}/bin/python3"
 # pip download takes only the platform tags it is given: every manylinux tag up to glibc 2.31

@@ -302,9 +302,8 @@ def usable_cpus() -> int:
 
 
 def physical_memory_mb() -> int:
-    import psutil  # imported here: only the local fallback needs it
-
-    return int(psutil.virtual_memory().total // MB)
+    """Total RAM, as /proc/meminfo's MemTotal (the kernel's sysinfo totalram)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MB
 
 
 def _lowest(candidates: Iterable[Sourced[T] | None]) -> Sourced[T] | None:
@@ -336,7 +335,7 @@ def detect(
     cores = _lowest([report.cores, *mjf_cores, cpus, cgroup.cores]) or cpus
     base_memory = report.memory_mb
     if report.system == "local":
-        base_memory = Sourced((total_memory_mb or physical_memory_mb)(), "total RAM (psutil)")
+        base_memory = Sourced((total_memory_mb or physical_memory_mb)(), "total RAM (sysconf)")
     memory = _lowest([base_memory, *mjf_memory, cgroup.memory_mb])
     deadline = _lowest([report.deadline, *mjf_deadlines])
     wall_now, stamp = now(), time.monotonic()

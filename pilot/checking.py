@@ -17,7 +17,6 @@ within the longest timeout plus a little, whatever the checks do.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from checks import BUILTIN_CHECKS
-from pilot import proc
+from pilot import entrypoints, proc
 from pilot.api import Check, CheckContext, CheckOutcome, CheckResult, Status
 from pilot.errors import UsageError
 
@@ -183,12 +182,12 @@ def discover(settings: CheckSettings) -> list[Check]:
     return _unique(found)
 
 
-def _entry_points() -> Sequence[importlib.metadata.EntryPoint]:
-    return tuple(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+def _entry_points() -> Sequence[entrypoints.EntryPoint]:
+    return entrypoints.entry_points(ENTRY_POINT_GROUP)
 
 
-def _load_entry_point(ep: importlib.metadata.EntryPoint) -> Check:
-    source = f"entry-point:{ep.dist.name if ep.dist is not None else ep.value}"
+def _load_entry_point(ep: entrypoints.EntryPoint) -> Check:
+    source = f"entry-point:{ep.distribution or ep.value}"
     try:
         obj = ep.load()
         if isinstance(obj, type):

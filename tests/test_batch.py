@@ -606,7 +606,7 @@ def test_cgroup_v1_unlimited_does_not_cap_local_memory(tmp_path: Path) -> None:
     )
     info = detect_at(JOB_START, {}, FakeRun(), **kwargs)
     assert (info.system, info.cores, info.memory_mb) == ("local", 64, 256000)
-    assert info.sources["memory_mb"] == "total RAM (psutil)"
+    assert info.sources["memory_mb"] == "total RAM (sysconf)"
 
 
 def test_fractional_cpu_quota_rounds_down(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pki as P
 from tests.conftest import REPO, Stub
 
 sys.path.insert(0, str(REPO / "build"))
@@ -94,7 +95,12 @@ def minbase() -> Path:
 
 
 def in_bullseye(
-    root: Path, binary: Path, args: Sequence[str], work: Path, timeout: float = 120
+    root: Path,
+    binary: Path,
+    args: Sequence[str],
+    work: Path,
+    timeout: float = 120,
+    env: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``binary args`` in the read-only bullseye tree, cwd /srv/work (``work``, writable).
 
@@ -106,7 +112,8 @@ def in_bullseye(
         "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/opt", "--tmpfs", "/srv",
         "--ro-bind", str(binary), "/opt/pilot", "--bind", str(work), "/srv/work",
         "--chdir", "/srv/work", "--die-with-parent",
-        "env", "-i", "PATH=/usr/bin:/bin", "HOME=/srv/work", "LANG=C.UTF-8", "/opt/pilot", *args,
+        "env", "-i", "PATH=/usr/bin:/bin", "HOME=/srv/work", "LANG=C.UTF-8", *env,
+        "/opt/pilot", *args,
     ]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
@@ -206,6 +213,19 @@ def test_check_json_in_bullseye(pilot_binary: Path, minbase: Path, tmp_path: Pat
     assert results["disk"]["status"] == "PASSED"
     assert "sample-vo" not in results  # test plugins of the dev environment are not bundled
     assert report["batch"]["system"] == "local"
+
+
+def test_proxy_read_in_bullseye(pilot_binary: Path, minbase: Path, tmp_path: Path) -> None:
+    """cryptography's native library, unpacked only when first imported, works there."""
+    user = P.issue_user(P.make_ca(), cn="binary proxy user")
+    P.write_private(tmp_path / "x509up", P.proxy_pem(P.issue_proxy(user), [user.cert]))
+    env = ["X509_USER_PROXY=/srv/work/x509up"]
+    done = in_bullseye(minbase, pilot_binary, ["check", "--json", *FAST], tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    results = {r["name"]: r for r in json.loads(done.stdout)["checks"]["results"]}
+    credentials = results["credentials"]
+    assert credentials["status"] == "PASSED", credentials
+    assert "CN=binary proxy user" in credentials["message"], credentials
 
 
 def test_full_job_in_bullseye(

@@ -20,6 +20,7 @@ from pilot import checking
 from pilot.api import CheckContext, CheckOutcome, CheckResult, Status
 from pilot.batch import BatchInfo
 from pilot.checking import CheckReport, CheckSettings
+from pilot.entrypoints import EntryPoint
 from pilot.errors import UsageError
 
 DATA = Path(__file__).parent / "data" / "checks.d"
@@ -527,8 +528,6 @@ def test_load_failure_can_be_made_required(ctx: CheckContext, fake_plugins: list
 def test_entry_point_without_distribution(
     ctx: CheckContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from importlib.metadata import EntryPoint
-
     bad = EntryPoint(name="orphan", value="no_such_module_either:Thing", group="pilot.checks")
     monkeypatch.setattr(checking, "_entry_points", lambda: (bad,))
     checks = [c for c in checking.discover(CheckSettings()) if c.name == "orphan"]
