@@ -5,7 +5,10 @@ Against the matcher stub on loopback, one job at a time whose input sandbox hold
 from just before spawning:
 
 - the one-file binary (``dist/pilot``; ``make binary``),
-- the installed package (``.venv/bin/pilot``),
+- the installed package: pilot-agent's wheel installed in a virtualenv of its own, as a
+  site would install it (the development venv's install is editable, which adds a path
+  finder to every start, and carries the test plugin); its dependencies are linked from
+  the development venv,
 - a baseline shell script doing the same calls with curl and tar (register, match,
   status, sandbox download and unpack, run) and nothing else.
 
@@ -99,14 +102,71 @@ def pilot_argv(program: str, *extra: str) -> tuple[str, ...]:
     )  # fmt: skip
 
 
-def variants(binary: Path | None, baseline: Path) -> list[Variant]:
+def install_package(tmp: Path) -> Path:
+    """``pilot`` of a fresh virtualenv holding pilot-agent's wheel and its dependencies."""
+    venv, wheels = tmp / "venv", tmp / "wheels"
+    quiet = {"check": True, "capture_output": True}
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], **quiet)
+    source = tmp / "src"  # a copy: setuptools writes build/ and *.egg-info into the tree
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("pilot", "checks", "server_stub"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    pip = str(BIN / "pip")
+    build = [pip, "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)]  # fetches setuptools
+    subprocess.run(build, **quiet)
+    (wheel,) = wheels.glob("pilot_agent-*.whl")
+    target = venv / "bin" / "python"
+    subprocess.run(
+        [str(BIN / "pip"), "--python", str(target), "install", "-q", "--no-deps", str(wheel)],
+        **quiet,
+    )
+    site = Path(subprocess.run(
+        [str(target), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip())  # fmt: skip
+    for top in dependency_files():
+        (site / top.name).symlink_to(top)
+    return venv / "bin" / "pilot"
+
+
+def dependency_files() -> set[Path]:
+    """Top-level files and directories (packages, dist-info) of pilot-agent's dependencies."""
+    import importlib.metadata
+    import re
+
+    found: set[Path] = set()
+    todo, seen = ["pilot-agent"], set()
+    while todo:
+        try:
+            dist = importlib.metadata.distribution(todo.pop())
+        except importlib.metadata.PackageNotFoundError:
+            continue  # a requirement whose marker excludes this Python
+        for requirement in dist.requires or []:
+            if "extra ==" in requirement:
+                continue
+            name = re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0].lower()
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+        if dist.metadata["Name"] == "pilot-agent":
+            continue
+        site = Path(str(dist.locate_file(""))).resolve()
+        for file in dist.files or []:
+            parts = Path(file).parts
+            if parts and parts[0] not in ("..", "__pycache__") and not parts[0].endswith(".pth"):
+                found.add(site / parts[0])
+    return found
+
+
+def variants(binary: Path | None, baseline: Path, package: str) -> list[Variant]:
     found = []
     if binary is not None:
         found.append(Variant("binary", pilot_argv(str(binary))))
         found.append(
             Variant("binary, no cpu check", pilot_argv(str(binary), "--disable-check", "cpu"))
         )
-    package = str(BIN / "pilot")
     found.append(Variant("package", pilot_argv(package)))
     found.append(Variant("package, no cpu check", pilot_argv(package, "--disable-check", "cpu")))
     found.append(Variant("baseline curl+tar", ("sh", str(baseline), "{url}", "{work}", "{res}")))
@@ -133,11 +193,12 @@ def measure(runs: int, binary: Path | None) -> dict[str, list[float]]:
         tmp = Path(name)
         baseline = tmp / "baseline.sh"
         baseline.write_text(BASELINE_SH)
+        package = str(install_package(tmp))
         stub, url = start_stub(tmp)
         try:
             index = 0
             for _ in range(runs):
-                for variant in variants(binary, baseline):
+                for variant in variants(binary, baseline, package):
                     index += 1
                     results.setdefault(variant.name, []).append(one_run(variant, url, tmp, index))
         finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -96,7 +95,7 @@ class CpuCheck:
         facts: dict[str, Any] = {
             "cores": cores,
             "logical_cpus": os.cpu_count(),
-            "arch": platform.machine(),
+            "arch": os.uname().machine,
             "model": model,
             "flags": sorted(flags),
             "microarch": levels[-1] if levels else None,

@@ -7,7 +7,6 @@ to /usr/lib/os-release), ``commands`` (list of commands that must be on PATH).
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -63,9 +62,9 @@ class SoftwareCheck:
             "os_id": release.get("ID"),
             "os_version_id": release.get("VERSION_ID"),
             "os_name": release.get("PRETTY_NAME") or release.get("NAME"),
-            "kernel": platform.release(),
+            "kernel": os.uname().release,
             "glibc": glibc,
-            "platform": dirac_platform(platform.system(), platform.machine(), glibc),
+            "platform": dirac_platform(os.uname().sysname, os.uname().machine, glibc),
             "commands": commands,
         }
         missing = [cmd for cmd, path in commands.items() if path is None]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -58,7 +57,7 @@ class AgentSummary:
 
 def new_stamp() -> str:
     host = socket.gethostname().split(".")[0] or "node"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 def check_settings(config: PilotConfig) -> checking.CheckSettings:

@@ -29,7 +29,6 @@ from pilot import __version__, agent, checking, config, gridenv, jdl
 from pilot.backend import Backend, JobStatus
 from pilot.client import HttpClient, StubBackend
 from pilot.errors import CredentialError, ExitCode, PilotError, Signalled, UsageError
-from pilot.local import LocalBackend
 
 if TYPE_CHECKING:
     from pilot.credentials import Proxy
@@ -367,6 +366,8 @@ def format_dry_run(answer: dict[str, Any]) -> str:
 
 
 def cmd_local(cfg: config.PilotConfig, jdl_file: Path, output_dir: Path, buffer: LogBuffer) -> int:
+    from pilot.local import LocalBackend  # pilot run does not need it
+
     backend = LocalBackend.from_file(jdl_file, output_dir)
     cfg = dataclasses.replace(
         _work_dir(cfg), idle_timeout=0.0, disable_check=[*cfg.disable_check, "cpu"]

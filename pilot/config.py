@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +174,8 @@ def load(
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    import tomllib  # only pilots with a configuration file pay for it
+
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:

@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import secrets
 import select
 import selectors
 import signal
@@ -260,7 +259,7 @@ def run(
 ) -> ExecutionResult:
     """Run the payload to its end, or until ``cancel`` is set or a limit is broken."""
     cancel = Cancel() if cancel is None else cancel
-    mark = secrets.token_hex(12)
+    mark = os.urandom(12).hex()
     sup = spec.supervision
     try:
         pump = OutputPump(spec.stdout, spec.stderr, sup.max_stream_bytes)

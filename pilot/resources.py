@@ -8,7 +8,7 @@ Matcher. CPUTime is normalised: wall-clock seconds left x the CPU power measured
 from __future__ import annotations
 
 import dataclasses
-import platform
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,9 +89,13 @@ class ResourceDescription:
 
 def platform_string() -> str:
     """DIRAC-style platform of this node, e.g. ``Linux_x86_64_glibc-2.36``."""
-    libc, version = platform.libc_ver()
-    flavour = f"{libc}-{version}" if libc else "unknown"
-    return f"{platform.system()}_{platform.machine()}_{flavour}"
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
+    except (ValueError, OSError):
+        libc = ""
+    flavour = libc.replace(" ", "-", 1) if libc.startswith("glibc ") else "unknown"
+    uname = os.uname()
+    return f"{uname.sysname}_{uname.machine}_{flavour}"
 
 
 def describe(
@@ -119,7 +123,7 @@ def describe(
         ce_queue=config.queue,
         vo=config.vo,
         platform=str(facts.get("software", {}).get("platform") or platform_string()),
-        architecture=platform.machine(),
+        architecture=os.uname().machine,
         number_of_processors=cores,
         max_ram_mb=memory,
         cpu_time=int(wall_s * power * (1.0 - config.cpu_margin)),
