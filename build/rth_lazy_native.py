@@ -5,7 +5,10 @@
 # proxy. pilot.spec therefore bundles it zlib-compressed as data under _lazy/ (a 4 MB copy
 # at start), and this finder inflates it next to where PyInstaller would have put it, the
 # first time it is imported. It lands inside the unpack directory, which the bootloader
-# removes at exit as usual.
+# removes at exit as usual. When the pilot is going to read a proxy (the places
+# pilot.gridenv.find_proxy and the --proxy option look at), the unpacking starts at once in
+# a thread: zlib and the writes release the GIL, so it overlaps the pilot's own start-up on
+# a second core instead of delaying the credentials check.
 # ruff: noqa
 import os
 import sys
@@ -27,12 +30,17 @@ class LazyNativeFinder:
         relative = LAZY_MODULES.get(fullname)
         if relative is None:
             return None
+        return importlib.util.spec_from_file_location(fullname, cls.ensure(relative))
+
+    @classmethod
+    def ensure(cls, relative):
+        """The unpacked library's path, unpacking it first if no one has yet."""
         root = sys._MEIPASS
         dest = os.path.join(root, relative)
         with cls.lock:
             if not os.path.exists(dest):
                 cls.unpack(os.path.join(root, "_lazy", relative + ".z"), dest)
-        return importlib.util.spec_from_file_location(fullname, dest)
+        return dest
 
     @staticmethod
     def unpack(source, dest):
@@ -51,4 +59,15 @@ class LazyNativeFinder:
         pass
 
 
+def proxy_expected():
+    if os.environ.get("X509_USER_PROXY") or os.environ.get("PILOT_PROXY"):
+        return True
+    if any(arg == "--proxy" or arg.startswith("--proxy=") for arg in sys.argv):
+        return True
+    return os.path.exists(f"/tmp/x509up_u{os.getuid()}")
+
+
 sys.meta_path.insert(0, LazyNativeFinder)
+if proxy_expected():
+    for relative in LAZY_MODULES.values():
+        threading.Thread(target=LazyNativeFinder.ensure, args=(relative,), daemon=True).start()
