@@ -67,7 +67,14 @@ def proxy_expected():
     return os.path.exists(f"/tmp/x509up_u{os.getuid()}")
 
 
+def prefetch(relative):
+    try:
+        LazyNativeFinder.ensure(relative)
+    except OSError:
+        pass  # a full or read-only unpack directory: the import tries again and reports it
+
+
 sys.meta_path.insert(0, LazyNativeFinder)
 if proxy_expected():
     for relative in LAZY_MODULES.values():
-        threading.Thread(target=LazyNativeFinder.ensure, args=(relative,), daemon=True).start()
+        threading.Thread(target=prefetch, args=(relative,), daemon=True).start()
