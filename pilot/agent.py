@@ -26,6 +26,8 @@ MIN_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 10.0
 MIN_TIME_LEFT_S = 60.0  # no new job when the slot has less than this left
 STRAY_REAP_INTERVAL_S = 5.0
+# the CPU benchmark waits for the first payload to start, at most this long
+BENCHMARK_DELAY_MAX_S = 30.0
 
 
 class Stop:
@@ -100,6 +102,8 @@ def inspect_node(
 class Benchmark:
     """The ``cpu`` check with its benchmark, run beside the first jobs instead of before.
 
+    It starts once the first job's payload is launched (its processes would otherwise
+    compete with that job's stage-in), or at once when the first match finds nothing.
     Until it reports, the resource description uses the default power (a conservative
     CPUTime); then the agent folds the result in before its next match."""
 
@@ -115,14 +119,19 @@ class Benchmark:
         self.registration: dict[str, Any] = {}  # what the pilot registered with, to update
         self.result: CheckResult | None = None
         self._wake = wake
+        self._after: threading.Event | None = None
         self._thread = threading.Thread(target=self._run, name="benchmark", daemon=True)
 
-    def start(self) -> None:
-        """Begin measuring (once the first match has been asked for: it must not wait)."""
+    def start(self, after: threading.Event | None = None) -> None:
+        """Begin measuring (once the first match has been asked for: it must not wait),
+        when ``after`` is set if given (at most :data:`BENCHMARK_DELAY_MAX_S` later)."""
         if not self._thread.is_alive() and self._thread.ident is None:
+            self._after = after
             self._thread.start()
 
     def _run(self) -> None:
+        if self._after is not None:
+            self._after.wait(BENCHMARK_DELAY_MAX_S)
         ctx = CheckContext(self.config.resolved_work_dir(), self.info, self.config.checks)
         settings = check_settings(self.config)
         self.result = checking.run(ctx, settings, [CpuCheck()]).results[0]
@@ -299,15 +308,16 @@ class Agent:
         cores, mem = self._free()
         start = time.monotonic()
         job = self.backend.match(self._offer(cores, mem).as_dict())
+        launched = None
         if job is not None:
-            self._start(job, cores, mem, time.monotonic() - start)
+            launched = self._start(job, cores, mem, time.monotonic() - start).launched
         if self.benchmark is not None:
-            self.benchmark.start()  # now that the first match is done
+            self.benchmark.start(after=launched)  # now that the first match is done
         return job is not None
 
     def _start(
         self, job: MatchedJob, free_cores: int, free_mem: int | None, match_s: float
-    ) -> None:
+    ) -> jobrun.JobRunner:
         cores, mem = self._allocation(job, free_cores, free_mem)
         runner = jobrun.JobRunner(
             self.backend,
@@ -323,6 +333,7 @@ class Agent:
         self.started += 1
         log.info("job %s matched: %d core(s), %s MB", job.job_id, cores, mem)
         thread.start()
+        return runner
 
     def _allocation(
         self, job: MatchedJob, free_cores: int, free_mem: int | None

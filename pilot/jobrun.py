@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -186,6 +187,7 @@ class JobRunner:
         self.slot_deadline = slot_deadline  # time.monotonic() when the batch slot ends
         self.cancel = execute.Cancel()
         self.timing: dict[str, float] = {}
+        self.launched = threading.Event()  # set when the payload starts, or will not
         if match_seconds is not None:
             self.timing["match"] = match_seconds
         self.monitor = watchdog.Monitor(settings.work_dir)
@@ -201,6 +203,7 @@ class JobRunner:
         try:
             desc = jdl.load(self.job.jdl)
         except jdl.JDLError as exc:
+            self.launched.set()
             return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
         heartbeat = watchdog.Heartbeat(
             self.backend,
@@ -213,6 +216,7 @@ class JobRunner:
         try:
             return self._run(desc, job_dir)
         finally:
+            self.launched.set()
             heartbeat.stop()
             if not self.settings.keep_job_dir:
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -278,6 +282,7 @@ class JobRunner:
         spec = self.spec(desc, job_dir)
         self.status(JobStatus.RUNNING, Minor.APPLICATION, "Running")
         log.info("job %s: running %s", self.job.job_id, " ".join(payload_argv(desc, job_dir)))
+        self.launched.set()  # a few ms early: nothing of the pilot's is left to do first
         try:
             result = execute.run(spec, self.cancel, self.monitor)
         except execute.LaunchError as exc:
