@@ -52,6 +52,8 @@ def test_full_work_dir_fails_the_job_not_the_pilot(stub: Stub, tmp_path: Path) -
         str(conf),
         "--min-free-disk-mb",
         "0",
+        "--max-concurrent",  # the second job after the first: not while it fills the disk
+        "1",
         *FAST,
     ]
     script = 'mount -t tmpfs -o size=2m tmpfs "$0" && shift 0 && exec "$@"'
