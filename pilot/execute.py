@@ -131,6 +131,7 @@ class ExecutionResult:
     ending: Ending | None = None  # why the pilot ended it; None if it ended by itself
     leftovers: int = 0  # processes still running after the main one ended (killed)
     truncated: tuple[str, ...] = ()  # streams cut at the cap
+    unsaved: tuple[str, ...] = ()  # streams that could not be written ("stdout: why")
     peak_rss_mb: float = 0.0
     extra: Mapping[str, float] = field(default_factory=dict)
 
@@ -154,18 +155,30 @@ class _Stream:
         self.file: IO[bytes] = path.open("ab", buffering=0)
         self.written = 0
         self.truncated = False
+        self.error: str | None = None  # why the file could not be written (full disk)
         self.tail = bytearray()
 
     def feed(self, data: bytes) -> None:
         room = len(data) if self.cap <= 0 else max(0, self.cap - self.written)
         if room:
-            self.file.write(data[:room])
+            self._write(data[:room])
             self.written += min(room, len(data))
         if len(data) > room and not self.truncated:
             self.truncated = True
-            self.file.write(TRUNCATION_NOTE)
+            self._write(TRUNCATION_NOTE)
         self.tail += data
         del self.tail[: -watchdog.TAIL_LINES * 256]
+
+    def _write(self, data: bytes) -> None:
+        """Write to the file; after a failure only remember why and keep draining the pipe,
+        so that the payload never blocks on a full pipe."""
+        if self.error is not None:
+            return
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            self.error = f"{self.name}: {exc.strerror or exc}"
+            log.error("payload %s not saved: %s", self.name, exc)
 
 
 class OutputPump:
@@ -195,6 +208,9 @@ class OutputPump:
 
     def truncated(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.streams if s.truncated)
+
+    def unsaved(self) -> tuple[str, ...]:
+        return tuple(s.error for s in self.streams if s.error is not None)
 
     def tail(self) -> str:
         with self._lock:
@@ -475,6 +491,7 @@ class _Supervisor:
             ending=ending,
             leftovers=leftovers,
             truncated=self.pump.truncated(),
+            unsaved=self.pump.unsaved(),
             peak_rss_mb=self.peak_rss,
         )
 

@@ -163,6 +163,7 @@ def application_notes(result: execute.ExecutionResult, cap_bytes: int) -> list[s
         notes.append(f"{stream} truncated at {cap_bytes / (1 << 20):g} MB")
     if result.leftovers:
         notes.append(f"{result.leftovers} leftover process(es) killed")
+    notes.extend(f"{why} (not saved)" for why in result.unsaved)
     return notes
 
 
@@ -321,6 +322,9 @@ class JobRunner:
         if result.exit_code != 0:
             minor = f"Payload failed with exit code {result.exit_code}"
             return self._finish(JobStatus.FAILED, minor, result.exit_code, note)
+        if result.unsaved:  # the payload worked but what it printed is lost
+            minor = "Payload output not saved: " + "; ".join(result.unsaved)
+            return self._finish(JobStatus.FAILED, minor, 0, note)
         return self._finish(JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0, note)
 
     def _finish(

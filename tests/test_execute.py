@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pilot import execute, jobrun, watchdog
+from pilot.backend import JobStatus, MatchedJob, StatusUpdate
 from tests.payloads.support import (
     MARK_ENV,
     PAYLOADS,
@@ -149,6 +150,18 @@ def test_output_cap_truncates_and_ends_the_job(tmp_path: Path) -> None:
     assert len(data) == (1 << 20) + len(execute.TRUNCATION_NOTE)
 
 
+def test_unwritable_output_is_reported_and_never_blocks_the_payload(tmp_path: Path) -> None:
+    """/dev/full: every write fails with ENOSPC, as on a full work directory."""
+    spec = make_spec(tmp_path, [PYTHON, str(PAYLOADS / "flood.py"), "m", "4"])
+    spec = execute.ExecutionSpec(**{**spec.__dict__, "stdout": Path("/dev/full")})
+    started = time.monotonic()
+    result = execute.run(spec)
+    assert time.monotonic() - started < 20  # 4 MB through a 64 KB pipe: it kept draining
+    assert result.exit_code == 0 and result.ending is None
+    assert result.unsaved == ("stdout: No space left on device",)
+    assert result.truncated == ()
+
+
 def test_limits_end_the_job_with_their_reason(tmp_path: Path, mark: str) -> None:
     limits = watchdog.Limits(memory_mb=60, memory_source="MaxRAM 60 MB")
     spec = make_spec(
@@ -266,3 +279,35 @@ def test_output_files_stay_in_the_job_directory(
     job.mkdir()
     path = jobrun.stream_path(job, name, ".stdout")
     assert path == job / expected and path.parent.is_dir()
+
+
+class _Statuses:
+    """Just enough of a backend for JobRunner's final report."""
+
+    def __init__(self) -> None:
+        self.updates: list[StatusUpdate] = []
+
+    def set_status(self, job: MatchedJob, update: StatusUpdate) -> None:
+        self.updates.append(update)
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "status", "minor"),
+    [
+        (0, JobStatus.FAILED, "Payload output not saved: stdout: No space left on device"),
+        (3, JobStatus.FAILED, "Payload failed with exit code 3"),
+    ],
+)
+def test_a_job_whose_output_was_not_saved_is_not_done(
+    tmp_path: Path, exit_code: int, status: JobStatus, minor: str
+) -> None:
+    backend = _Statuses()
+    settings = jobrun.JobSettings(work_dir=tmp_path, pilot_reference="p", site="S")
+    runner = jobrun.JobRunner(backend, MatchedJob("7", "[]"), settings, 1)  # type: ignore[arg-type]
+    unsaved = ("stdout: No space left on device",)
+    result = execute.ExecutionResult(exit_code, None, 1.0, 0.5, unsaved=unsaved)
+    note = "; ".join(jobrun.application_notes(result, 1 << 20))
+    outcome = runner._conclude(result, note)
+    assert (outcome.status, outcome.minor) == (status, minor)
+    assert backend.updates[-1].application is not None
+    assert "stdout: No space left on device (not saved)" in backend.updates[-1].application
