@@ -6,7 +6,8 @@ Methods (see build/README.md for the measurements behind the default):
 
 - ``bullseye`` (default): PyInstaller runs inside a Debian bullseye tree
   (:mod:`rootfs`) with a CPython 3.11 compiled there, so the bootloader, libpython and
-  every bundled library were linked against glibc 2.31 and need at most that.
+  every bundled library were linked against glibc 2.31; CPython is built to need at most
+  glibc 2.28 (see rootfs.py), the wheels are manylinux <= 2.28.
 - ``host``: PyInstaller from the interpreter running this script; the binary needs the
   build host's glibc. Quick, for development only.
 - ``staticx``: the ``host`` binary wrapped by staticx, which adds the build host's glibc
@@ -50,8 +51,9 @@ MAX_SIZE = 25 * 1024 * 1024
 RUNTIME_ROOTS = ("httpx", "cryptography", "tenacity")
 BUILD_ROOTS = ("pyinstaller", "wheel")
 CHROOT_PYTHON = f"{rootfs.PYTHON_PREFIX}/bin/python3"
-# pip download takes only the platform tags it is given: every manylinux tag up to glibc 2.31
-WHEEL_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(31, 4, -1)] + [
+# pip download takes only the platform tags it is given: every manylinux tag up to glibc 2.28
+# (the binary's floor: EL8)
+WHEEL_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)] + [
     f"manylinux{legacy}_x86_64" for legacy in ("2014", "2010", "1")
 ]
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, for the staticx comparison
@@ -193,7 +195,7 @@ def _write_facts(work: Path, facts: dict[str, str]) -> Path:
 
 
 def download_wheels(requirements: Path, dest: Path) -> None:
-    """Wheels for CPython 3.11 on glibc <= 2.31, fetched by pip here (the build tree has no
+    """Wheels for CPython 3.11 on glibc <= 2.28, fetched by pip here (the build tree has no
     network set-up of its own: no proxy, no CA bundle, no index configuration)."""
     run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
          "--only-binary", ":all:", *(f"--platform={tag}" for tag in WHEEL_PLATFORMS),

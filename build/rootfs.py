@@ -7,7 +7,9 @@ Two trees live under ``build/cache/`` (git-ignored), each made once and then reu
 - ``bullseye-build``: a copy of minbase plus a C tool chain and the -dev packages CPython
   needs, and CPython itself compiled from Debian's python3.11 source package into
   ``/opt/python3.11``. :mod:`build.py <build>` runs PyInstaller in it, so every library the
-  binary carries was linked against glibc 2.31.
+  binary carries was linked against glibc 2.31. CPython is built so that it needs no
+  glibc symbol newer than 2.28 (EL8): without ``sem_clockwait`` (2.30) and bound to the
+  older versions of the five libm functions that glibc 2.29 re-versioned (``FLOOR_HEADER``).
 
 Each tree is made in a ``*.tmp`` directory and renamed into place only when complete,
 under an exclusive lock, so an interrupted run or two concurrent test sessions never see
@@ -53,6 +55,20 @@ BUILD_PACKAGES = (
     "pkg-config",
     "binutils",
 )
+# Forced into every C file of CPython (not into extensions built later): glibc 2.29 gave
+# exp, exp2, log, log2 and pow new symbol versions (the same functions without the old
+# SVID error-handling wrappers); binding to the original versions keeps libpython and the
+# math modules loadable on glibc 2.28, with the same results and errno behaviour.
+FLOOR_HEADER = """\
+__asm__(".symver exp,exp@GLIBC_2.2.5");
+__asm__(".symver exp2,exp2@GLIBC_2.2.5");
+__asm__(".symver log,log@GLIBC_2.2.5");
+__asm__(".symver log2,log2@GLIBC_2.2.5");
+__asm__(".symver pow,pow@GLIBC_2.2.5");
+"""
+# Changes whenever the CPython build changes: a cached build tree with another is rebuilt.
+PYTHON_BUILD = "3.11 bookworm source, glibc floor 2.28"
+PYTHON_BUILD_STAMP = f"{PYTHON_PREFIX}/pilot-python-build.txt"
 CHROOT_PATH = f"{PYTHON_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -133,21 +149,30 @@ def _apt_sources() -> str:
 def _compile_python(tmp: Path) -> None:
     """Build CPython (shared libpython) from Debian's python3.11 source, with Debian's patches."""
     script = f"""set -eu
-mkdir -p /usr/src/python && cd /usr/src/python
+rm -rf /usr/src/python {PYTHON_PREFIX} && mkdir -p /usr/src/python && cd /usr/src/python
+cat > glibc-floor.h <<'EOF'
+{FLOOR_HEADER}EOF
 apt-get source -qq python3.11 >/dev/null
 cd python3.11-*/
 # Debian's patched pyexpat.c includes core-internal headers: build it as a shared module
 # with the core define, against bullseye's libexpat (bundled into the binary).
 printf '*shared*\\npyexpat pyexpat.c -DPy_BUILD_CORE_MODULE -lexpat\\n' > Modules/Setup.local
 ./configure -q --prefix={PYTHON_PREFIX} --enable-shared --with-ensurepip=no --with-system-expat \\
+    ac_cv_func_sem_clockwait=no CFLAGS_NODIST="-include /usr/src/python/glibc-floor.h" \\
     LDFLAGS=-Wl,-rpath,{PYTHON_PREFIX}/lib
 make -s -j"$(nproc)" >/dev/null 2>&1
 make -s altinstall >/dev/null 2>&1
 ln -sf python3.11 {PYTHON_PREFIX}/bin/python3
 cd / && rm -rf /usr/src/python
 {PYTHON_PREFIX}/bin/python3 -c 'import ssl, lzma, bz2, ctypes, pyexpat; print(ssl.OPENSSL_VERSION)'
+printf '%s\\n' '{PYTHON_BUILD}' > {PYTHON_BUILD_STAMP}
 """
     run(chroot_argv(tmp, ["sh", "-c", script]))
+
+
+def _python_current(root: Path) -> bool:
+    stamp = root / PYTHON_BUILD_STAMP.lstrip("/")
+    return stamp.is_file() and stamp.read_text().strip() == PYTHON_BUILD
 
 
 def ensure_build_root() -> Path:
@@ -155,7 +180,14 @@ def ensure_build_root() -> Path:
     path = CACHE / f"{SUITE}-build"
     with locked(path.name):
         if (path / PYTHON_PREFIX.lstrip("/") / "bin/python3").exists():
+            if not _python_current(path):  # a tree from before the current CPython build
+                started = time.monotonic()
+                _compile_python(path)  # removes the old one first: if stopped, no python3
+                run(chroot_argv(path, ["apt-get", "clean"]))
+                log(f"rebuilt CPython in {path} in {time.monotonic() - started:.0f} s")
             return path
+        if path.exists():  # a CPython rebuild that was stopped half-way
+            shutil.rmtree(path)
         minbase = ensure_minbase()
         tmp = _fresh(path)
         started = time.monotonic()
