@@ -12,9 +12,11 @@ from just before spawning:
 - a baseline shell script doing the same calls with curl and tar (register, match,
   status, sandbox download and unpack, run) and nothing else.
 
-Both pilots also run with the CPU benchmark check disabled, to show its share. Each
-variant runs ``-n`` times, interleaved; the median and the minimum are printed, then the
-ratios and the binary's size.
+Both pilots also run with the CPU benchmark check disabled, to show its share, and with
+an X.509 proxy to read (``X509_USER_PROXY``, made for the run with tests/pki.py), the
+usual case on the grid, where the pilot imports cryptography to check it. Each variant runs
+``-n`` times, interleaved; the median and the minimum are printed, then the ratios and the
+binary's size.
 
     python bench/startup.py [-n 5] [--binary dist/pilot]
 """
@@ -73,6 +75,16 @@ status Done "Execution Complete"
 class Variant:
     name: str
     argv: tuple[str, ...]  # {url} {work} filled in per run
+    proxy: bool = False  # X509_USER_PROXY set to the run's proxy
+
+
+def make_proxy(tmp: Path) -> Path:
+    """A proxy of a throw-away CA's user, as grid-proxy-init would write it."""
+    sys.path.insert(0, str(REPO))
+    from tests import pki
+
+    user = pki.issue_user(pki.make_ca(), cn="bench user")
+    return pki.write_private(tmp / "x509up", pki.proxy_pem(pki.issue_proxy(user), [user.cert]))
 
 
 def start_stub(tmp: Path) -> tuple[subprocess.Popen[str], str]:
@@ -167,8 +179,10 @@ def variants(binary: Path | None, baseline: Path, package: str) -> list[Variant]
         found.append(
             Variant("binary, no cpu check", pilot_argv(str(binary), "--disable-check", "cpu"))
         )
+        found.append(Variant("binary, with a proxy", pilot_argv(str(binary)), proxy=True))
     found.append(Variant("package", pilot_argv(package)))
     found.append(Variant("package, no cpu check", pilot_argv(package, "--disable-check", "cpu")))
+    found.append(Variant("package, with a proxy", pilot_argv(package), proxy=True))
     found.append(Variant("baseline curl+tar", ("sh", str(baseline), "{url}", "{work}", "{res}")))
     return found
 
@@ -179,7 +193,9 @@ def one_run(variant: Variant, url: str, tmp: Path, index: int) -> float:
     submit(url, tmp, marker)
     values = {"url": url, "work": str(work), "res": json.dumps(RESOURCES)}
     argv = [part.format(**values) for part in variant.argv]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PILOT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PILOT_", "X509_USER_PROXY"))}
+    if variant.proxy:
+        env["X509_USER_PROXY"] = str(tmp / "x509up")
     start = time.time()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     if done.returncode != 0 or not marker.is_file():
@@ -194,6 +210,7 @@ def measure(runs: int, binary: Path | None) -> dict[str, list[float]]:
         baseline = tmp / "baseline.sh"
         baseline.write_text(BASELINE_SH)
         package = str(install_package(tmp))
+        make_proxy(tmp)
         stub, url = start_stub(tmp)
         try:
             index = 0
