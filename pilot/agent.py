@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from checks.cpu import CpuCheck
@@ -69,6 +70,12 @@ def check_settings(config: PilotConfig) -> checking.CheckSettings:
         required=frozenset(config.require_check),
         checks_dir=config.checks_dir,
         options=config.checks,
+        plugin_path=tuple(Path(p) for p in config.plugin_path),
+        timeouts={  # [checks.<name>] timeout = seconds; CheckSettings refuses bad values
+            name: table["timeout"]
+            for name, table in config.checks.items()
+            if isinstance(table, dict) and "timeout" in table
+        },
     )
 
 

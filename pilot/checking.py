@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,7 @@ class CheckSettings:
     checks_dir: Path | None = None
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [checks.<name>]
     entry_points: bool = True
+    plugin_path: tuple[Path, ...] = ()  # searched for entry points before sys.path
 
     def __post_init__(self) -> None:
         for name, value in {"default": self.default_timeout, **self.timeouts}.items():
@@ -169,6 +171,7 @@ def discover(settings: CheckSettings) -> list[Check]:
     """Built-ins, then entry-point plugins, then executables; load failures included."""
     found: list[Check] = list(BUILTIN_CHECKS)
     if settings.entry_points:
+        found.extend(_add_plugin_path(settings.plugin_path))
         try:
             entry_points = _entry_points()
         except Exception as exc:  # broken metadata on sys.path: report it, go on
@@ -180,6 +183,19 @@ def discover(settings: CheckSettings) -> list[Check]:
     if settings.checks_dir is not None:
         found.extend(exec_checks(settings.checks_dir))
     return _unique(found)
+
+
+def _add_plugin_path(directories: Sequence[Path]) -> list[Check]:
+    """Put the plugin directories first on sys.path (their modules must import from there,
+    also inside the one-file binary, which ignores PYTHONPATH); a missing one is reported."""
+    failures: list[Check] = []
+    for directory in reversed(directories):
+        if not directory.is_dir():
+            reason = f"plugin directory {directory} does not exist"
+            failures.append(LoadFailure("plugin-path", reason, f"plugin-path:{directory}"))
+        elif str(directory) not in sys.path:
+            sys.path.insert(0, str(directory))
+    return failures
 
 
 def _entry_points() -> Sequence[entrypoints.EntryPoint]:

@@ -47,6 +47,7 @@ class PilotConfig:
     cpu_margin: float = _f(0.1, "float", "fraction of CPU time kept back when matching")
     # checks
     checks_dir: Path | None = _f(None, "path", "directory of executable checks")
+    plugin_path: list[str] = _f([], "list", "directory of check plugins (pip install --target)")
     disable_check: list[str] = _f([], "list", "checks not to run")
     require_check: list[str] = _f([], "list", "checks that must pass")
     check_timeout: float = _f(30.0, "float", "default timeout of one check (s)")

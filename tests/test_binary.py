@@ -25,6 +25,7 @@ import pytest
 
 from tests import pki as P
 from tests.conftest import REPO, Stub
+from tests.pluginpath import plugin_dir
 
 sys.path.insert(0, str(REPO / "build"))
 import elfcheck
@@ -264,3 +265,17 @@ def test_plugin_bundled_at_build_time_is_discovered(pilot_binary: Path, tmp_path
         [str(PLUGIN_BINARY), "--version"], capture_output=True, text=True, timeout=60
     ).stdout
     assert "plugins: pilot-sample-vo-plugin" in " ".join(version.split())
+
+
+def test_plugin_installed_beside_the_binary_is_found_through_plugin_path(
+    pilot_binary: Path, tmp_path: Path
+) -> None:
+    site = plugin_dir(tmp_path)  # as `pip install --target` leaves a pure-Python plugin
+    done = subprocess.run(
+        [str(pilot_binary), "check", "--json", "--plugin-path", str(site), *FAST],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = {r["name"]: r for r in json.loads(done.stdout)["checks"]["results"]}
+    assert results["site-vo"]["status"] == "PASSED", results.get("site-vo")
+    assert results["site-vo"]["source"] == "entry-point:site-vo-check"

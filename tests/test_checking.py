@@ -569,3 +569,13 @@ def test_sample_vo_plugin_fails_without_its_marker(ctx: CheckContext) -> None:
     assert checking.run(ctx, settings, checks).results[0].status is Status.FAILED
     (ctx.work_dir / "vo-ready").touch()
     assert checking.run(ctx, settings, checks).results[0].status is Status.PASSED
+
+
+def test_per_check_timeouts_come_from_the_checks_tables(tmp_path: Path) -> None:
+    from pilot import agent
+    from pilot.config import PilotConfig
+
+    config = PilotConfig(checks={"hang.sh": {"timeout": 0.5}, "disk": {"min_free_mb": 1}})
+    assert agent.check_settings(config).timeouts == {"hang.sh": 0.5}
+    with pytest.raises(UsageError, match=r"hang\.sh"):
+        agent.check_settings(PilotConfig(checks={"hang.sh": {"timeout": "soon"}}))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import FAST, REPO, Stub, run_pilot
+from tests.pluginpath import plugin_dir
 
 CHECKS_D = REPO / "tests" / "data" / "checks.d"
 
@@ -82,3 +83,25 @@ def test_hung_checks_do_not_hold_up_pilot_check(tmp_path: Path) -> None:
     hung = int((tmp_path / "hang.pid").read_text()) if (tmp_path / "hang.pid").exists() else None
     if hung is not None:
         assert not Path(f"/proc/{hung}").exists(), "the hung check was left running"
+
+
+def test_plugin_path_adds_plugins_installed_with_pip_target(tmp_path: Path) -> None:
+    site = plugin_dir(tmp_path)
+    missing = tmp_path / "not-there"
+    done = run_pilot(
+        ["check", "--json", "--disable-check", "cpu", "--plugin-path", str(site),
+         "--plugin-path", str(missing)],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr  # a missing directory is reported, not fatal
+    report = json.loads(done.stdout)
+    names = {r["name"]: r for r in report["checks"]["results"]}
+    assert names["site-vo"]["status"] == "PASSED", names["site-vo"]
+    assert names["site-vo"]["source"] == "entry-point:site-vo-check"
+    assert "site-vo:yes" in report["resources"]["Tag"]
+    assert names["plugin-path"]["status"] == "FAILED"
+    assert f"plugin directory {missing} does not exist" in names["plugin-path"]["message"]
+    without = json.loads(
+        run_pilot(["check", "--json", "--disable-check", "cpu"], cwd=tmp_path).stdout
+    )
+    assert "site-vo" not in {r["name"] for r in without["checks"]["results"]}
