@@ -32,11 +32,13 @@ lint: venv
 	$(BIN)/ruff format --check $(CODE)
 
 unit: venv
+	$(BIN)/python -m compileall -q pilot checks server_stub  # sources edited since install
 	$(BIN)/python -m pytest -q
 
 test: venv system-deps lint unit
 
 bench: venv
+	$(BIN)/python -m compileall -q pilot checks server_stub
 	$(BIN)/python bench/job_overhead.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/supervision.py
