@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Self
 
 import pytest
 from cryptography import x509
@@ -336,24 +337,24 @@ def write_ca_dir(directory: Path, ca: Issued, ca_dn_slash: str = CA_DN_SLASH) ->
 # --- a mutual-TLS probe server on loopback ------------------------------------------------
 
 
-class MtlsServer:
-    """TLS server on 127.0.0.1 (own thread) that answers each client with the identity
-    (end-entity DN) of its verified certificate chain, then closes. Errors on the
-    server side are kept in ``errors``; ``chains`` holds each client's DER chain."""
+class LoopbackTlsServer:
+    """A server on 127.0.0.1 in its own thread that hands each accepted connection to
+    :meth:`serve_one` (the n-th in ``connections``) and closes it; exceptions on the
+    server side are kept in ``errors`` for the test to look at."""
+
+    connection_timeout = 10.0
 
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self.ctx = ctx
         self.errors: list[BaseException] = []
-        self.chains: list[list[bytes]] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.2)
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
         self.port: int = self._listener.getsockname()[1]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> MtlsServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -362,22 +363,38 @@ class MtlsServer:
         self._thread.join(timeout=10)
         self._listener.close()
 
+    def serve_one(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
                 conn, _ = self._listener.accept()
             except TimeoutError:
                 continue
-            conn.settimeout(10)
+            self.connections += 1
+            conn.settimeout(self.connection_timeout)
             try:
-                with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                    chain = peer_der_chain(tls)
-                    self.chains.append(chain)
-                    tls.sendall(identity_from_peer_chain(chain).encode() + b"\n")
-            except Exception as exc:  # recorded for the test to look at
+                self.serve_one(conn)
+            except Exception as exc:
                 self.errors.append(exc)
             finally:
                 conn.close()
+
+
+class MtlsServer(LoopbackTlsServer):
+    """Answers each client with the identity (end-entity DN) of its verified certificate
+    chain, then closes; ``chains`` holds each client's DER chain."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        super().__init__(ctx)
+        self.chains: list[list[bytes]] = []
+
+    def serve_one(self, conn: socket.socket) -> None:
+        with self.ctx.wrap_socket(conn, server_side=True) as tls:
+            chain = peer_der_chain(tls)
+            self.chains.append(chain)
+            tls.sendall(identity_from_peer_chain(chain).encode() + b"\n")
 
 
 def tls_ask(ctx: ssl.SSLContext, port: int, server_hostname: str = "localhost") -> str:

@@ -48,6 +48,7 @@ from pilot.errors import AuthError, CredentialError, ExitCode, SandboxError, Usa
 from tests.dirac_server import harness
 from tests.dirac_server.certs import make_pki
 from tests.dirac_server.fixture import unavailable
+from tests.pki import LoopbackTlsServer
 
 MATCHER = "WorkloadManagement/Matcher"
 
@@ -241,53 +242,28 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 Handler = Callable[[Channel], None]
 
 
-class FakeDiset:
-    """TLS server on 127.0.0.1 (own thread) running ``handler`` on each connection;
-    ``before_tls(n)`` may take the raw n-th connection (returns True when it did)."""
+class FakeDiset(LoopbackTlsServer):
+    """Runs ``handler`` on each TLS connection; ``before_tls(n)`` may take the raw n-th
+    connection (returns True when it did)."""
+
+    connection_timeout = 5.0
 
     def __init__(
         self, ctx: ssl.SSLContext, handler: Handler, before_tls: Callable[[int], bool] | None = None
     ) -> None:
-        self.ctx, self.handler, self.before_tls = ctx, handler, before_tls
-        self.errors: list[BaseException] = []
+        super().__init__(ctx)
+        self.handler, self.before_tls = handler, before_tls
         self.peers: list[dict[str, Any]] = []
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def url(self, service: str = MATCHER) -> str:
         return f"dips://localhost:{self.port}/{service}"
 
-    def __enter__(self) -> FakeDiset:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.settimeout(5)
-            try:
-                if self.before_tls and self.before_tls(self.connections):
-                    continue
-                with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                    self.peers.append(tls.getpeercert() or {})
-                    self.handler(Channel(tls, "fake server", max_message=1 << 30))
-            except Exception as exc:  # kept for the test to look at
-                self.errors.append(exc)
-            finally:
-                conn.close()
+    def serve_one(self, conn: socket.socket) -> None:
+        if self.before_tls and self.before_tls(self.connections):
+            return
+        with self.ctx.wrap_socket(conn, server_side=True) as tls:
+            self.peers.append(tls.getpeercert() or {})
+            self.handler(Channel(tls, "fake server", max_message=1 << 30))
 
 
 def accept_proposal(chan: Channel, seen: list[Any]) -> list[Any]:
