@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.dirac_server.fixture import DiracServer, describe  # noqa: E402
 from tests.dirac_server.harness import Harness, Layout, default_venv  # noqa: E402
-from tests.test_dirac_pilot import env_for, pilot_config  # noqa: E402
+from tests.test_dirac_backend import submit  # noqa: E402
+from tests.test_dirac_pilot import env_for, pilot_config, wait_for  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -41,15 +42,9 @@ print(time.time() - t0, res.get("OK"), flush=True)
 """
 
 
-def submit(server: DiracServer, workdir: Path, tag: str) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "job.jdl").write_text(
-        f'[ Executable = "/bin/true"; CPUTime = 1000; Tags = {{"{tag}"}}; ]\n'
-    )
-    done = server.dirac("wms-job-submit", "job.jdl", cwd=workdir)
-    if not done.ok:
-        raise SystemExit(f"submission failed: {done.stdout} {done.stderr}")
-    time.sleep(1.5)  # Received -> Waiting through the optimizers
+def submit_waiting(server: DiracServer, workdir: Path, tag: str) -> None:
+    """Submit a job carrying ``tag`` and wait until the optimizers made it Waiting."""
+    wait_for(server, submit(server, workdir, tag), "Waiting")
 
 
 def pilot_first_match(server: DiracServer, workdir: Path, tag: str) -> float:
@@ -127,9 +122,9 @@ def main() -> int:
             ours, theirs = [], []
             for n in range(rounds):
                 tag = f"b{uuid.uuid4().hex[:8]}"
-                submit(server, tmp / f"r{n}", tag)
+                submit_waiting(server, tmp / f"r{n}", tag)
                 ours.append(pilot_first_match(server, tmp / f"r{n}", tag))
-                submit(server, tmp / f"d{n}", tag)
+                submit_waiting(server, tmp / f"d{n}", tag)
                 theirs.append(dirac_client_match(server, tag))
         finally:
             harness.stop()

@@ -5,8 +5,8 @@
 # proxy. pilot.spec therefore bundles it zlib-compressed as data under _lazy/ (a 4 MB copy
 # at start), and this finder inflates it next to where PyInstaller would have put it, the
 # first time it is imported. It lands inside the unpack directory, which the bootloader
-# removes at exit as usual. When the pilot is going to read a proxy (the places
-# pilot.gridenv.find_proxy and the --proxy option look at), the unpacking starts at once in
+# removes at exit as usual. When the pilot is going to read a proxy (the --proxy option, or
+# what pilot.gridenv.find_proxy finds), the unpacking starts at once in
 # a thread: zlib and the writes release the GIL, so it overlaps the pilot's own start-up on
 # a second core instead of delaying the credentials check.
 # ruff: noqa
@@ -60,11 +60,16 @@ class LazyNativeFinder:
 
 
 def proxy_expected():
-    if os.environ.get("X509_USER_PROXY") or os.environ.get("PILOT_PROXY"):
+    """A proxy given to the pilot (--proxy, PILOT_PROXY) or found where it looks for one."""
+    if os.environ.get("PILOT_PROXY"):
         return True
     if any(arg == "--proxy" or arg.startswith("--proxy=") for arg in sys.argv):
         return True
-    return os.path.exists(f"/tmp/x509up_u{os.getuid()}")
+    try:
+        from pilot.gridenv import find_proxy  # the pilot's own discovery, no X.509 parsing
+    except Exception:
+        return False
+    return find_proxy() is not None
 
 
 def prefetch(relative):

@@ -199,12 +199,17 @@ class JobRunner:
         self.backend.set_status(self.job, StatusUpdate(status, minor, app, extra=extra))
 
     def run(self) -> JobOutcome:
+        try:
+            return self._parse_and_run()
+        finally:
+            self.launched.set()  # however the job ended: it launches nothing (more)
+
+    def _parse_and_run(self) -> JobOutcome:
         job_id = self.job.job_id
         job_dir = self.settings.work_dir / f"job-{job_id}"
         try:
             desc = jdl.load(self.job.jdl)
         except jdl.JDLError as exc:
-            self.launched.set()
             return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
         heartbeat = watchdog.Heartbeat(
             self.backend,
@@ -217,7 +222,6 @@ class JobRunner:
         try:
             return self._run(desc, job_dir)
         finally:
-            self.launched.set()
             heartbeat.stop()
             if not self.settings.keep_job_dir:
                 shutil.rmtree(job_dir, ignore_errors=True)

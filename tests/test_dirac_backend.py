@@ -110,6 +110,15 @@ def take_job(server: DiracServer, backend: DiracBackend, tag: str, job_id: str) 
     return job
 
 
+def running_job(server: DiracServer, backend: DiracBackend, tmp: Path) -> tuple[str, MatchedJob]:
+    """A fresh job submitted, matched by ``backend`` and reported Running/Application."""
+    tag = unique_tag()
+    job_id = submit(server, tmp, tag)
+    job = take_job(server, backend, tag, job_id)
+    backend.set_status(job, StatusUpdate(JobStatus.RUNNING, Minor.APPLICATION))
+    return job_id, job
+
+
 def output_archive(path: Path, files: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w:bz2") as tf:
         for name, data in files.items():
@@ -196,10 +205,7 @@ def test_kill_reaches_the_pilot_through_the_heartbeat(
     backend: DiracBackend,
     tmp_path: Path,
 ) -> None:
-    tag = unique_tag()
-    job_id = submit(dirac_server, tmp_path, tag)
-    job = take_job(dirac_server, backend, tag, job_id)
-    backend.set_status(job, StatusUpdate(JobStatus.RUNNING, Minor.APPLICATION))
+    job_id, job = running_job(dirac_server, backend, tmp_path)
     assert backend.heartbeat(job, {"LoadAverage": 0.1}) == ()
 
     killed = dirac_server.dirac("wms-job-kill", job_id)
@@ -217,10 +223,7 @@ def test_failed_job_shows_its_exit_code(
     backend: DiracBackend,
     tmp_path: Path,
 ) -> None:
-    tag = unique_tag()
-    job_id = submit(dirac_server, tmp_path, tag)
-    job = take_job(dirac_server, backend, tag, job_id)
-    backend.set_status(job, StatusUpdate(JobStatus.RUNNING, Minor.APPLICATION))
+    job_id, job = running_job(dirac_server, backend, tmp_path)
     minor = "Application Finished With Errors (exit code 3)"
     backend.set_status(job, StatusUpdate(JobStatus.FAILED, minor, "exit code 3"))
     line = cli_status(dirac_server, job_id)
