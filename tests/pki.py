@@ -11,10 +11,10 @@ certificate and key, a host certificate for 127.0.0.1/localhost, all in one dire
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import secrets
-import shutil
 import socket
 import ssl
 import threading
@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pilot import proc
 from pilot.credentials import identity_from_peer_chain, peer_der_chain
 
 PROXY_CERT_INFO_OID = "1.3.6.1.5.5.7.1.14"
@@ -310,22 +309,29 @@ def voms_extension(
 # --- CA directory with OpenSSL hash links ----------------------------------------------
 
 
-def subject_hash(cert_path: Path) -> str:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl: computes the subject hash of the test CA")
-    result = proc.run(["openssl", "x509", "-hash", "-noout", "-in", str(cert_path)], timeout=20)
-    assert result.ok, result.stderr
-    return result.stdout.strip()
+def subject_hash(name: x509.Name) -> str:
+    """OpenSSL's ``X509_NAME_hash`` (the ``<hash>.0`` file name) for simple ASCII names.
+
+    SHA-1 over the canonical encoding (each RDN as a SET of SEQUENCE{OID, UTF8String} with
+    the value lower-cased and its white space collapsed, no outer SEQUENCE), first four
+    bytes read little-endian.
+    """
+    canonical = b""
+    for rdn in name.rdns:
+        members = []
+        for attr in rdn:
+            value = " ".join(str(attr.value).split()).lower().encode()
+            members.append(der_seq(der_oid(attr.oid.dotted_string), der(0x0C, value)))
+        canonical += der_set(*members)
+    digest = hashlib.sha1(canonical, usedforsecurity=False).digest()
+    return f"{int.from_bytes(digest[:4], 'little'):08x}"
 
 
 def write_ca_dir(directory: Path, ca: Issued, ca_dn_slash: str = CA_DN_SLASH) -> Path:
     """An X509_CERT_DIR: ``<hash>.0`` plus the Globus ``.signing_policy`` for it."""
     directory.mkdir(parents=True, exist_ok=True)
-    pem = directory / "ca.pem"
-    pem.write_bytes(ca.cert_pem())
-    digest = subject_hash(pem)
+    digest = subject_hash(ca.cert.subject)
     (directory / f"{digest}.0").write_bytes(ca.cert_pem())
-    pem.unlink()
     (directory / f"{digest}.signing_policy").write_text(
         f"access_id_CA X509 '{ca_dn_slash}'\n"
         "pos_rights globus CA:sign\n"

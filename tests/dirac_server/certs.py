@@ -12,7 +12,6 @@ The user proxy is made later by DIRAC's own ``dirac-proxy-init`` (it carries the
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.pki import subject_hash
 
 CA_SUBJECT = ((NameOID.ORGANIZATION_NAME, "DIRACTest"), (NameOID.COMMON_NAME, "DIRACTest CA"))
 HOST_SUBJECT = ((NameOID.ORGANIZATION_NAME, "DIRACTest"), (NameOID.COMMON_NAME, "localhost"))
@@ -37,45 +38,6 @@ _TEN_YEARS = timedelta(days=3650)
 
 def _name(pairs: tuple[tuple[x509.ObjectIdentifier, str], ...]) -> x509.Name:
     return x509.Name([x509.NameAttribute(oid, value) for oid, value in pairs])
-
-
-def _der(tag: int, body: bytes) -> bytes:
-    size = len(body)
-    if size < 0x80:
-        return bytes([tag, size]) + body
-    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(raw)]) + raw + body
-
-
-def _der_oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    body = bytes([parts[0] * 40 + parts[1]])
-    for value in parts[2:]:
-        chunk = [value & 0x7F]
-        value >>= 7
-        while value:
-            chunk.append(0x80 | (value & 0x7F))
-            value >>= 7
-        body += bytes(reversed(chunk))
-    return _der(0x06, body)
-
-
-def subject_hash(name: x509.Name) -> str:
-    """OpenSSL's ``X509_NAME_hash`` (the ``<hash>.0`` file name) for simple ASCII names.
-
-    SHA-1 over the canonical encoding (each RDN as a SET of SEQUENCE{OID, UTF8String} with
-    the value lower-cased and its white space collapsed, no outer SEQUENCE), first four
-    bytes read little-endian.
-    """
-    canonical = b""
-    for rdn in name.rdns:
-        members = []
-        for attr in rdn:
-            value = " ".join(str(attr.value).split()).lower().encode()
-            members.append(_der(0x30, _der_oid(attr.oid.dotted_string) + _der(0x0C, value)))
-        canonical += _der(0x31, b"".join(sorted(members)))
-    digest = hashlib.sha1(canonical, usedforsecurity=False).digest()
-    return f"{int.from_bytes(digest[:4], 'little'):08x}"
 
 
 def _key() -> rsa.RSAPrivateKey:
