@@ -215,6 +215,7 @@ def ensure_build_python(root: Path, work: Path) -> None:
     stamp = root / rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
     if stamp.is_file() and stamp.read_text() == wanted:
         return
+    work.mkdir(parents=True, exist_ok=True)
     requirements = work / "requirements.txt"
     requirements.write_text(
         "".join(line + "\n" for line in wanted.splitlines() if not line.startswith("setuptools=="))
@@ -323,6 +324,7 @@ def build(method: str, plugins: Sequence[Path], output: Path, force: bool) -> in
         log(f"{output} is up to date")
         return 0
     work = WORK / f"{method}-{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
+    work.mkdir(parents=True, exist_ok=True)  # nothing below may assume an earlier run
     made = METHODS[method](work, plugins, base_facts(method, stamp))
     size = made.stat().st_size
     if size > MAX_SIZE:
