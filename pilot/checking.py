@@ -185,6 +185,21 @@ def discover(settings: CheckSettings) -> list[Check]:
     return _unique(found)
 
 
+def known_names(settings: CheckSettings) -> set[str]:
+    """The names of the checks :func:`discover` would find, without loading any plugin
+    (entry-point names are the plugins' check names by convention)."""
+    names = {check.name for check in BUILTIN_CHECKS}
+    if settings.entry_points:
+        _add_plugin_path(settings.plugin_path)
+        try:
+            names.update(ep.name for ep in _entry_points())
+        except Exception as exc:  # broken metadata: discover() reports it as a check
+            log.debug("cannot list entry points: %s", exc)
+    if settings.checks_dir is not None:
+        names.update(check.name for check in exec_checks(settings.checks_dir))
+    return names
+
+
 def _add_plugin_path(directories: Sequence[Path]) -> list[Check]:
     """Put the plugin directories first on sys.path (their modules must import from there,
     also inside the one-file binary, which ignores PYTHONPATH); a missing one is reported."""

@@ -4,7 +4,7 @@ pilot run [--server URL] [--site S] [--ce C] [--vo V] [--work-dir DIR] ...
 pilot check [--json] [--server URL]
 pilot local JOB.jdl --output-dir DIR
 pilot jdl [--expand] FILE
-pilot config --show
+pilot config --show [--json] | --check
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import json
 import logging
+import re
 import signal
 import ssl
 import sys
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pilot import __version__, agent, checking, config, gridenv, jdl
+from pilot import __version__, agent, checking, cliutil, config, gridenv, jdl
 from pilot.backend import Backend, JobStatus
 from pilot.client import HttpClient, StubBackend
 from pilot.errors import CredentialError, ExitCode, PilotError, Signalled, UsageError
@@ -36,20 +37,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("pilot")
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGXCPU")
-RUN_OPTIONS = tuple(name for name, f in config.FIELDS.items() if f.metadata["cli"])
 
 
 # -- logging ------------------------------------------------------------------------------
 
+_JOB_LINE = re.compile(r"job ([\w.-]+)\b")
+
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; lines about a job carry its id in ``job``."""
+
     def format(self, record: logging.LogRecord) -> str:
-        data = {
+        message = record.getMessage()
+        data: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
+        job = getattr(record, "job", None)
+        if job is None and (found := _JOB_LINE.match(message)):
+            job = found.group(1)
+        if job is not None:
+            data["job"] = str(job)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data)
@@ -73,14 +83,16 @@ class LogBuffer(logging.Handler):
             return "\n".join(self.lines) + "\n"
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+TEXT_DATES = "%Y-%m-%d %H:%M:%S"
+
+
 def setup_logging(fmt: str, level: str) -> LogBuffer:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     formatter: logging.Formatter = (
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT, TEXT_DATES)
     )
     stream = logging.StreamHandler(sys.stderr)
     buffer = LogBuffer()
@@ -88,6 +100,7 @@ def setup_logging(fmt: str, level: str) -> LogBuffer:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # a warning is a log line too (JSON with --log-format json)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     return buffer
@@ -95,57 +108,125 @@ def setup_logging(fmt: str, level: str) -> LogBuffer:
 
 # -- argument parsing ---------------------------------------------------------------------
 
+_SPECIAL_METAVARS = {
+    "server": "URL",
+    "plugin_path": "DIR[,DIR]",
+    "checks_dir": "DIR",
+    "work_dir": "DIR",
+    "ca_dir": "DIR",
+    "proxy": "FILE",
+    "ca_file": "FILE",
+    "drain_file": "FILE",
+    "apptainer_image": "IMAGE",
+}
+_METAVARS = {"int": "N", "float": "X", "path": "PATH", "list": "NAME[,NAME]", "str": "TEXT"}
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+
+def option_help(name: str) -> str:
+    spec = config.SPECS[name]
+    allowed = spec.allowed() if (spec.low, spec.high, spec.above) != (None, None, None) else ""
+    unit = f", {spec.unit}" if spec.unit and not allowed else ""
+    bounds = f"; {allowed}" if allowed else ""
+    repeat = "; repeat or comma-separate" if spec.kind == "list" else ""
+    return (
+        f"{spec.help} (default: {config.default_text(name)}{unit}{bounds}{repeat};"
+        f" env {config.env_name(name)})"
+    )
+
+
+def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
     group = parser.add_argument_group("configuration (also PILOT_<NAME> or the TOML file)")
     group.add_argument(
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
-        help="TOML configuration file (or PILOT_CONFIG)",
+        metavar="FILE",
+        help="TOML configuration file (default: none; env PILOT_CONFIG)",
     )
-    for name in RUN_OPTIONS:
-        spec = config.FIELDS[name]
+    for name in config.options_for(command):
+        spec = config.SPECS[name]
         kwargs: dict[str, Any] = {
             "dest": name,
             "default": argparse.SUPPRESS,
-            "help": spec.metadata["help"],
+            "help": option_help(name),
+            "metavar": "{" + ",".join(spec.choices) + "}" if spec.choices else _METAVARS[spec.kind],
         }
-        if spec.metadata["kind"] == "list":
+        if name in _SPECIAL_METAVARS:
+            kwargs["metavar"] = _SPECIAL_METAVARS[name]
+        if spec.kind == "list":
             kwargs["action"] = "append"
         group.add_argument(config.flag_name(name), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliutil.Parser(
         prog="pilot",
         description="pilot-agent: the grid pilot",
-        epilog="exit codes:\n" + "\n".join(f"  {c.value:>3}  {c.name}" for c in ExitCode),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=cliutil.exit_codes_epilog(),
+        formatter_class=cliutil.HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=version_text())
     parser.add_argument(
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
-        help="TOML configuration file (or PILOT_CONFIG)",
+        metavar="FILE",
+        help="TOML configuration file (default: none; env PILOT_CONFIG)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="take and run jobs from the matcher")
-    _add_config_options(run)
-    check = sub.add_parser("check", help="dry run: what would this node report, and get?")
-    check.add_argument("--json", action="store_true", dest="as_json")
-    _add_config_options(check)
-    local = sub.add_parser("local", help="run a JDL job locally through the same code")
-    local.add_argument("jdl_file", type=Path)
-    local.add_argument("--output-dir", type=Path, required=True)
-    _add_config_options(local)
-    jdl_cmd = sub.add_parser("jdl", help="parse a JDL file and print it as JSON")
-    jdl_cmd.add_argument("jdl_file", type=Path)
-    jdl_cmd.add_argument("--expand", action="store_true", help="expand parametric jobs")
-    cfg = sub.add_parser("config", help="show the effective configuration")
-    cfg.add_argument("--show", action="store_true", required=True)
-    _add_config_options(cfg)
+    parser.add_argument(
+        "--server",
+        dest="server",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="matcher URL, as in the subcommands (env PILOT_SERVER)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=cliutil.exit_codes_epilog(),
+            formatter_class=cliutil.HelpFormatter,
+        )
+        return made
+
+    run = command("run", "take and run jobs from the matcher (the batch payload)")
+    _add_config_options(run, "run")
+    check = command("check", "dry run: what would this node report, and get?")
+    check.add_argument(
+        "--json", action="store_true", dest="as_json", help="all facts as JSON (default: a table)"
+    )
+    _add_config_options(check, "check")
+    local = command("local", "run one JDL job here through the same code, no server")
+    local.add_argument("jdl_file", type=Path, metavar="JOB.jdl", help="the job description")
+    local.add_argument(
+        "--output-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where the output sandbox and summary.json go (required)",
+    )
+    _add_config_options(local, "local")
+    jdl_cmd = command("jdl", "parse a JDL file and print it as JSON")
+    jdl_cmd.add_argument("jdl_file", type=Path, metavar="FILE.jdl", help="the job description")
+    jdl_cmd.add_argument(
+        "--expand", action="store_true", help="expand parametric jobs (default: as written)"
+    )
+    cfg = command("config", "show or check the effective configuration (takes every run option)")
+    what = cfg.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--show", action="store_true", help="print it as TOML, with where each value came from"
+    )
+    what.add_argument(
+        "--check",
+        action="store_true",
+        dest="check_only",
+        help="validate it (values, paths, check names) without running anything",
+    )
+    cfg.add_argument("--json", action="store_true", dest="as_json", help="--show as JSON")
+    _add_config_options(cfg, "config")
     return parser
 
 
@@ -166,7 +247,7 @@ def version_text() -> str:
 
 
 def load_config(args: argparse.Namespace) -> tuple[config.PilotConfig, dict[str, str]]:
-    cli_values = {name: getattr(args, name) for name in RUN_OPTIONS if hasattr(args, name)}
+    cli_values = {name: getattr(args, name) for name in config.FIELDS if hasattr(args, name)}
     cfg, origins = config.load(cli_values, config_file=getattr(args, "config", None))
     if cfg.proxy is not None:  # the credentials check looks at the proxy the pilot uses
         options = {
@@ -177,19 +258,39 @@ def load_config(args: argparse.Namespace) -> tuple[config.PilotConfig, dict[str,
     return cfg, origins
 
 
+def validate(cfg: config.PilotConfig, origins: dict[str, str]) -> None:
+    """Everything that can be known wrong before starting: paths, then check names."""
+    config.check_paths(cfg, origins)
+    settings = agent.check_settings(cfg)
+    known = checking.known_names(settings)
+    named = {*cfg.disable_check, *cfg.require_check, *cfg.checks}
+    if named - known:  # a plugin whose check is named unlike its entry point: load them
+        known |= {check.name for check in checking.discover(settings)}
+    config.check_names(cfg, origins, known)
+
+
 # -- commands -----------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return cliutil.guarded(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    logging_on = False
     try:
         if args.command == "jdl":
             return cmd_jdl(args)
         cfg, origins = load_config(args)
-        buffer = setup_logging(cfg.log_format, cfg.log_level)
         if args.command == "config":
-            print(config.show(cfg, origins))
-            return int(ExitCode.OK)
+            return cmd_config(cfg, origins, args)
+        validate(cfg, origins)
+        buffer = setup_logging(cfg.log_format, cfg.log_level)
+        logging_on = True
         if args.command == "run":
             return cmd_run(cfg, buffer)
         if args.command == "check":
@@ -198,19 +299,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_local(cfg, args.jdl_file, args.output_dir, buffer)
         raise UsageError(f"unknown command {args.command}")
     except PilotError as exc:
-        log.error("%s", exc)
-        print(f"pilot: {exc}", file=sys.stderr)
+        _report(str(exc), logging_on)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)
+    except BrokenPipeError:
+        raise
     except OSError as exc:  # the node itself: a full disk, an unwritable work directory
         code = ExitCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.USAGE
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"pilot: {exc.strerror or exc}{where}", file=sys.stderr)
+        _report(f"{exc.strerror or exc}{where}", logging_on)
         return int(code)
     except Exception:
         traceback.print_exc()
         return int(ExitCode.INTERNAL)
+
+
+def _report(message: str, logging_on: bool) -> None:
+    """An error, once: as a log line when logging is set up (JSON stays JSON), else plain."""
+    if logging_on:
+        log.error("%s", message)
+    else:
+        print(f"pilot: {message}", file=sys.stderr)
+
+
+def cmd_config(cfg: config.PilotConfig, origins: dict[str, str], args: argparse.Namespace) -> int:
+    if args.check_only:
+        validate(cfg, origins)
+        if cfg.server:
+            cliutil.check_server_url(cfg.server, "server", config.SERVER_SCHEMES)
+        print("configuration OK")
+        return int(ExitCode.OK)
+    print(config.show_json(cfg, origins) if args.as_json else config.show(cfg, origins))
+    return int(ExitCode.OK)
 
 
 def cmd_jdl(args: argparse.Namespace) -> int:
@@ -230,7 +351,7 @@ def cmd_jdl(args: argparse.Namespace) -> int:
         )
         return int(exc.exit_code)
     except OSError as exc:
-        print(f"{args.jdl_file}: {exc.strerror}", file=sys.stderr)
+        print(f"pilot: {args.jdl_file}: {exc.strerror or exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
     return int(ExitCode.OK)
 

@@ -30,6 +30,7 @@ from pilot.errors import (
     SandboxError,
     ServerError,
     ServerUnreachable,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -300,6 +301,9 @@ def _disk_error(exc: OSError, dest: Path) -> SandboxError:
 
 
 def _detail(response: httpx.Response) -> str:
+    if not _is_json(response):
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        return f"({kind} answer, not from a pilot-agent matcher)"
     try:
         body = response.json()
     except ValueError:
@@ -309,12 +313,21 @@ def _detail(response: httpx.Response) -> str:
     return str(body)[:200]
 
 
+def _is_json(response: httpx.Response) -> bool:
+    return "json" in response.headers.get("content-type", "")
+
+
 def _raise_for_status(method: str, path: str, response: httpx.Response) -> None:
     code = response.status_code
     if code < 400:
         return
     if code >= 500:
         raise _Retryable(response)
+    if not _is_json(response):  # another web server on that port: a wrong URL
+        raise UsageError(
+            f"{response.url.scheme}://{response.url.netloc.decode()}: {code} {_detail(response)};"
+            " check the server URL and port"
+        )
     message = f"{method} {path}: {code} {_detail(response)}"
     if code in (401, 403):
         raise AuthError(message, code)
@@ -325,7 +338,10 @@ def _raise_if_tls_refusal(exc: httpx.TransportError, where: str) -> None:
     """A TLS failure (bad or missing certificate on either side) is not worth retrying."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLError) or "alert" in str(seen).lower():
+        text = str(seen)
+        if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+            raise UsageError(f"{where}: the server does not speak TLS; is it an http:// URL?")
+        if isinstance(seen, ssl.SSLError) or "alert" in text.lower():
             raise AuthError(f"{where}: TLS refused: {seen}") from exc
         seen = seen.__cause__ or seen.__context__
     return

@@ -107,11 +107,19 @@ def test_config_precedence(tmp_path: Path) -> None:
     )
     env = pilot_env(PILOT_CONFIG=str(conf), PILOT_VO="envvo", PILOT_IDLE_TIMEOUT="7")
     shown = run_pilot(["config", "--show", "--idle-timeout", "9"], cwd=tmp_path, env=env).stdout
-    lines = {line.split()[0]: line for line in shown.splitlines()}
+    lines = {line.split()[0]: line for line in shown.splitlines() if line and line[0] != "#"}
     assert "FromFile" in lines["site"] and f"file {conf}" in lines["site"]
     assert "envvo" in lines["vo"] and "env PILOT_VO" in lines["vo"]
     assert "9.0" in lines["idle_timeout"] and "cli --idle-timeout" in lines["idle_timeout"]
-    assert "min_free_mb" in lines["checks"]
+    assert "[checks.disk]" in lines and "min_free_mb" in lines
+    # the TOML printed is itself a configuration: it reads back to the same values
+    again = tmp_path / "again.toml"
+    again.write_text(shown)
+    echoed = run_pilot(["config", "--show", "--config", str(again)], cwd=tmp_path)
+    assert echoed.returncode == 0, echoed.stderr
+    assert [ln.split("#")[0] for ln in echoed.stdout.splitlines()] == [
+        ln.split("#")[0] for ln in shown.splitlines()
+    ]
     conf.write_text("no_such_setting = 1\n")
     bad = run_pilot(["config", "--show"], cwd=tmp_path, env=env)
     assert bad.returncode == 2 and "no_such_setting" in bad.stderr

@@ -1,0 +1,93 @@
+"""What ``pilot`` and ``pilot-stub`` share on the command line: one-line usage errors,
+help with defaults, aligned tables, quiet ends on a closed pipe, server URL checks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from pilot.errors import ExitCode, UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line: what is wrong and where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(int(ExitCode.USAGE), f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout and gives option lists room to breathe."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+def exit_codes_epilog() -> str:
+    return "exit codes:\n" + "\n".join(f"  {c.value:>3}  {c.name}" for c in ExitCode)
+
+
+def check_server_url(url: str, where: str, schemes: Sequence[str] = ("http", "https")) -> str:
+    """A usable server URL or a UsageError naming ``where`` (flag, variable or file)."""
+    text = url.strip()
+    parts = urlsplit(text)
+    shown = " or ".join(f"{s}://HOST:PORT" for s in schemes)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise UsageError(f"{where} {url!r}: not a server URL; expected {shown}")
+    try:
+        parts.port  # noqa: B018  (raises when not a number or out of range)
+    except ValueError:
+        raise UsageError(f"{where} {url!r}: the port is not a number in 1..65535") from None
+    return text.rstrip("/")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> str:
+    """Rows as aligned columns under a header; ``right`` lists right-aligned columns."""
+    cells = [[shown(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = []
+    for row in [list(headers), *cells]:
+        parts = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def shown(value: Any) -> str:
+    """A value as a user writes it: ``a, b`` for lists, ``-`` for nothing."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(shown(v) for v in value) or "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def guarded(main: Callable[[], int]) -> int:
+    """``main()``, ending quietly when whoever reads our output goes away (``| head``)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return int(ExitCode.OK)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
