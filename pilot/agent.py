@@ -406,6 +406,7 @@ def registration(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "version": __version__,
+        "host": socket.gethostname(),
         "site": config.site,
         "ce": desc.grid_ce,
         "batch": dataclasses.asdict(info),

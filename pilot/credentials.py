@@ -25,6 +25,7 @@ import secrets
 import ssl
 import stat
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -57,13 +58,15 @@ Issuer = tuple[x509.Certificate, PrivateKey, Sequence[x509.Certificate]]
 VOMS_EXTENSION_OID = x509.ObjectIdentifier(voms.VOMS_EXTENSION_OID)
 CLOCK_SKEW = timedelta(minutes=5)  # tolerated "not yet valid"; proxies are backdated so much
 _DIGESTLESS = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
-_SIGNING_KEYS = (
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    dsa.DSAPrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-)
+with warnings.catch_warnings():  # newer cryptography warns on naming DSA; old proxies use it
+    warnings.filterwarnings("ignore", message="DSA is deprecated")
+    _SIGNING_KEYS = (
+        rsa.RSAPrivateKey,
+        ec.EllipticCurvePrivateKey,
+        dsa.DSAPrivateKey,
+        ed25519.Ed25519PrivateKey,
+        ed448.Ed448PrivateKey,
+    )
 _KEY_BLOCK = re.compile(
     rb"-----BEGIN ((?:RSA |EC |DSA |ENCRYPTED )?PRIVATE KEY)-----.*?-----END \1-----", re.DOTALL
 )

@@ -144,6 +144,7 @@ class StubApp:
             ("GET", re.compile(r"/api/jobs/(\d+)/logging"), self.logging_info, Role.USER),
             ("POST", re.compile(r"/api/jobs/(\d+)/kill"), self.kill, Role.USER),
             ("DELETE", re.compile(r"/api/jobs/(\d+)"), self.delete, Role.USER),
+            ("POST", re.compile(r"/api/jobs/(\d+)/reschedule"), self.reschedule, Role.USER),
             (
                 "PATCH",
                 re.compile(r"/api/jobs/(\d+)/sandbox/output"),
@@ -225,6 +226,9 @@ class StubApp:
     def delete(self, request: Request, job_id: str) -> Response:
         self.store.delete(int(job_id))
         return Response(200, {"job_id": int(job_id), "result": "Deleted"})
+
+    def reschedule(self, request: Request, job_id: str) -> Response:
+        return Response(200, {"job_id": int(job_id), "result": self.store.reschedule(int(job_id))})
 
     # -- pilot side ---------------------------------------------------------------------
 

@@ -1,16 +1,18 @@
-"""``pilot-stub``: run the matcher stub, and talk to it as a user would.
+"""``pilot-stub``: run the matcher stub, and talk to it as a DIRAC user would.
 
     pilot-stub serve [--host H] [--port P] [--db FILE] [--url-file PATH]
-    pilot-stub submit FILE.jdl...          one job id per line
-    pilot-stub status ID... [--json]
-    pilot-stub logging-info ID
-    pilot-stub get-output ID --dir DIR     writes DIR/ID/
-    pilot-stub kill ID | delete ID
-    pilot-stub jobs [--status S] [--json]
-    pilot-stub pilots [--json] [--log STAMP]
-    pilot-stub put-file LFN PATH
+    pilot-stub submit FILE.jdl... [-f IDFILE]     JobID = N
+    pilot-stub status|kill|delete|reschedule ID... [-f IDFILE]
+    pilot-stub logging-info ID | peek ID | get-jdl ID | parameters ID
+    pilot-stub get-output ID --dir DIR           writes DIR/ID/
+    pilot-stub jobs [--status S] [--all]
+    pilot-stub pilots [--log STAMP]
+    pilot-stub put-file LFN PATH | get-file LFN [--dir DIR]
 
-Errors are one line on stderr and a non-zero exit (see ``ExitCode``), never a traceback.
+Every client command takes ``--json``, ``--server URL`` and ``--url-file FILE`` (the file
+``serve --url-file`` wrote; also ``PILOT_SERVER`` / ``PILOT_SERVER_FILE``). Errors are
+one line on stderr and a non-zero exit (see ``ExitCode``), never a traceback; commands
+on several jobs report each job and fail only for the jobs that failed.
 """
 
 from __future__ import annotations
@@ -19,19 +21,28 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
+import socket
+import sqlite3
 import ssl
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pilot import credentials, jdl, outpack
-from pilot.errors import ExitCode, PilotError, UsageError
+from pilot import __version__, cliutil, credentials, jdl, outpack
+from pilot.errors import (
+    AuthError,
+    ExitCode,
+    PilotError,
+    ServerError,
+    ServerUnreachable,
+    UsageError,
+)
 from pilot.local import REMOTE_PREFIXES, local_inputs
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
@@ -39,111 +50,360 @@ from server_stub.userclient import UserClient
 
 log = logging.getLogger("server_stub")
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+# -- argument parsing ---------------------------------------------------------------------
+
+
+def _number(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: a finite number in [low, high], with a one-line reason."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < low or (high is not None and value > high):
+            upper = f"..{high:g}" if high is not None else " or more"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {low:g}{upper}")
+        return value
+
+    convert.__name__ = "number"
+    return convert
+
+
+def job_id(text: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a whole number >= 1)")
+    return int(value)
+
+
+job_id.__name__ = "job id"
+
+
+def _client_options() -> cliutil.Parser:
+    """Options every client command takes, also before the command (``--server``...)."""
+    common = cliutil.Parser(add_help=False)
+    group = common.add_argument_group("server")
+    group.add_argument(
+        "--server",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="stub URL (default: env PILOT_SERVER, else the file in PILOT_SERVER_FILE)",
+    )
+    group.add_argument(
+        "--url-file",
+        dest="read_url_file",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="read the stub URL from FILE (what serve --url-file wrote)",
+    )
+    group.add_argument(
+        "--proxy",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="client certificate/proxy for HTTPS (default: none)",
+    )
+    group.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="bearer token (default: WLCG token discovery)",
+    )
+    group.add_argument(
+        "--ca-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="CA directory for the server certificate (default: X509_CERT_DIR)",
+    )
+    group.add_argument(
+        "--ca-file",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="CA bundle for the server certificate (default: system CAs)",
+    )
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug log"
+    )
+    return common
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pilot-stub", description="Matcher stub for pilot-agent")
-    parser.add_argument("--server", default=os.environ.get("PILOT_SERVER"), help="stub URL")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("--proxy", type=Path, help="client certificate/proxy for HTTPS")
-    parser.add_argument("--token", help="bearer token (default: WLCG token discovery)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    common = _client_options()
+    parser = cliutil.Parser(
+        prog="pilot-stub",
+        description="Matcher stub for pilot-agent, and its user commands",
+        epilog=cliutil.exit_codes_epilog(),
+        formatter_class=cliutil.HelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"pilot-stub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the stub")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=0)
-    serve.add_argument("--db", type=Path, help="SQLite file (default: a temporary one)")
-    serve.add_argument("--sandbox-dir", type=Path, help="default: beside the database")
-    serve.add_argument("--url-file", type=Path, help="also write the base URL here")
-    serve.add_argument("--max-sandbox-mb", type=int, default=10240)
-    serve.add_argument("--max-parametric", type=int, default=1000)
+    def command(name: str, summary: str, client: bool = True) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            parents=[common] if client else [],
+            formatter_class=cliutil.HelpFormatter,
+        )
+        if client:
+            made.add_argument("--json", action="store_true", help="print JSON (default: text)")
+        return made
+
+    def ids(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("ids", nargs="*", type=job_id, metavar="ID", help="job ids")
+        cmd.add_argument(
+            "-f",
+            "--file",
+            dest="id_file",
+            type=Path,
+            metavar="FILE",
+            help="also the job ids in FILE (one or more a line, # comments)",
+        )
+
+    _serve_parser(command("serve", "run the stub", client=False))
+    submit = command("submit", "submit JDL files (local input files are uploaded)")
+    submit.add_argument("jdl", nargs="+", type=Path, metavar="FILE.jdl", help="job descriptions")
+    submit.add_argument(
+        "-f",
+        "--file",
+        dest="id_file",
+        type=Path,
+        metavar="FILE",
+        help="append the new job ids to FILE (default: none)",
+    )
+    ids(command("status", "status of jobs"))
+    ids(command("kill", "kill jobs (now if not running, else through the pilot)"))
+    ids(command("delete", "delete jobs (killed first if running)"))
+    ids(command("reschedule", "put ended jobs back to Waiting"))
+    logging_info = command("logging-info", "status history and timing of a job")
+    logging_info.add_argument("id", type=job_id, metavar="ID", help="job id")
+    peek = command("peek", "last lines of a running job's output (from its heartbeats)")
+    peek.add_argument("id", type=job_id, metavar="ID", help="job id")
+    peek.add_argument(
+        "-n",
+        "--lines",
+        type=_number(int, 1),
+        default=20,
+        metavar="N",
+        help="at most N lines (default: 20)",
+    )
+    command("get-jdl", "the JDL a job was stored with").add_argument(
+        "id", type=job_id, metavar="ID", help="job id"
+    )
+    command("parameters", "what the pilot reported about a job (host, CPU, timing)").add_argument(
+        "id", type=job_id, metavar="ID", help="job id"
+    )
+    out = command("get-output", "fetch a job's output sandbox into DIR/ID/")
+    out.add_argument("id", type=job_id, metavar="ID", help="job id")
+    out.add_argument(
+        "--dir", type=Path, default=Path("."), metavar="DIR", help="parent directory (default: .)"
+    )
+    jobs = command("jobs", "list jobs (Deleted ones only with --all or --status Deleted)")
+    jobs.add_argument("--status", metavar="STATUS", help="only jobs in STATUS (default: all)")
+    jobs.add_argument("--all", action="store_true", help="include Deleted jobs")
+    pilots = command("pilots", "list pilots and their checks")
+    pilots.add_argument("--log", metavar="STAMP", help="print that pilot's uploaded log")
+    put = command("put-file", "store a file in the catalogue under an LFN")
+    put.add_argument("lfn", metavar="LFN", help="LFN:/vo/path or /vo/path")
+    put.add_argument("path", type=Path, metavar="PATH", help="local file")
+    get = command("get-file", "fetch a catalogue file (e.g. a job's OutputData)")
+    get.add_argument("lfn", metavar="LFN", help="LFN:/vo/path or /vo/path")
+    get.add_argument(
+        "--dir", type=Path, default=Path("."), metavar="DIR", help="where to write (default: .)"
+    )
+    return parser
+
+
+def _serve_parser(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_number(int, 0, 65535),
+        default=0,
+        help="port (default: 0, a free one; the URL is printed)",
+    )
+    serve.add_argument(
+        "--db", type=Path, metavar="FILE", help="SQLite file (default: a temporary one)"
+    )
+    serve.add_argument(
+        "--sandbox-dir",
+        type=Path,
+        metavar="DIR",
+        help="sandbox store (default: beside the database)",
+    )
+    serve.add_argument(
+        "--url-file", type=Path, metavar="FILE", help="also write the base URL to FILE"
+    )
+    serve.add_argument(
+        "--max-sandbox-mb",
+        type=_number(int, 1),
+        default=10240,
+        metavar="MB",
+        help="largest sandbox accepted (default: %(default)s MB)",
+    )
+    serve.add_argument(
+        "--max-parametric",
+        type=_number(int, 1),
+        default=1000,
+        metavar="N",
+        help="most jobs one parametric JDL may expand to (default: %(default)s)",
+    )
     serve.add_argument(
         "--stalled-after",
-        type=float,
+        type=_number(float, 0.1),
         default=900.0,
-        help="seconds without heartbeat before a job is Stalled",
+        metavar="S",
+        help="seconds without heartbeat before a job is Stalled (default: %(default)s)",
     )
-    serve.add_argument("--reap-interval", type=float, default=30.0)
-    serve.add_argument("--max-reschedules", type=int, default=3)
+    serve.add_argument(
+        "--reap-interval",
+        type=_number(float, 0.1),
+        default=30.0,
+        metavar="S",
+        help="seconds between stalled-job sweeps (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-reschedules",
+        type=_number(int, 0),
+        default=3,
+        metavar="N",
+        help="times a stalled job is put back to Waiting (default: %(default)s)",
+    )
     serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug log")
     tls = serve.add_argument_group("security")
-    tls.add_argument("--cert", type=Path, help="server certificate (PEM; key inside or --key)")
-    tls.add_argument("--key", type=Path, help="server private key")
+    tls.add_argument(
+        "--cert", type=Path, metavar="FILE", help="server certificate (PEM; key inside or --key)"
+    )
+    tls.add_argument("--key", type=Path, metavar="FILE", help="server private key")
     tls.add_argument(
         "--require-client-cert",
         action="store_true",
         help="refuse clients without a certificate (proxies accepted)",
     )
-    tls.add_argument("--pilot-token-file", type=Path, help="bearer tokens for pilots, one a line")
-    tls.add_argument("--user-token-file", type=Path, help="bearer tokens for users, one a line")
-    for group in (parser, tls):
-        group.add_argument(
-            "--ca-dir",
-            type=Path,
-            default=argparse.SUPPRESS,
-            help="CA directory (hash links) for peer certificates",
-        )
-        group.add_argument("--ca-file", type=Path, default=argparse.SUPPRESS, help="CA bundle")
+    tls.add_argument(
+        "--pilot-token-file", type=Path, metavar="FILE", help="bearer tokens for pilots, one a line"
+    )
+    tls.add_argument(
+        "--user-token-file", type=Path, metavar="FILE", help="bearer tokens for users, one a line"
+    )
+    tls.add_argument(
+        "--ca-dir",
+        type=Path,
+        metavar="DIR",
+        help="CA directory (hash links) for client certificates (default: system CAs)",
+    )
+    tls.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="CA bundle for client certificates"
+    )
 
-    sub.add_parser("submit", help="submit JDL files").add_argument("jdl", nargs="+", type=Path)
-    status = sub.add_parser("status", help="job status")
-    status.add_argument("ids", nargs="+", type=int)
-    status.add_argument("--json", action="store_true")
-    sub.add_parser("logging-info", help="status history").add_argument("id", type=int)
-    out = sub.add_parser("get-output", help="fetch the output sandbox")
-    out.add_argument("id", type=int)
-    out.add_argument("--dir", type=Path, default=Path("."))
-    sub.add_parser("kill", help="kill a job").add_argument("id", type=int)
-    sub.add_parser("delete", help="delete a job").add_argument("id", type=int)
-    jobs = sub.add_parser("jobs", help="list jobs")
-    jobs.add_argument("--status")
-    jobs.add_argument("--json", action="store_true")
-    pilots = sub.add_parser("pilots", help="list pilots and their checks")
-    pilots.add_argument("--json", action="store_true")
-    pilots.add_argument("--log", metavar="STAMP", help="print that pilot's uploaded log")
-    put = sub.add_parser("put-file", help="store a file in the catalogue under an LFN")
-    put.add_argument("lfn")
-    put.add_argument("path", type=Path)
-    return parser
+
+# -- main ---------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return cliutil.guarded(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    verbose = getattr(args, "verbose", False)
     quiet = logging.INFO if args.command == "serve" else logging.ERROR
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else quiet,
+        level=logging.DEBUG if verbose else quiet,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
+    if args.command != "serve" and not verbose and sys.stderr.isatty():
+        logging.getLogger("pilot.client").setLevel(logging.INFO)  # transfer progress
     try:
         if args.command == "serve":
             return serve(args)
-        if not args.server:
-            raise UsageError("no server: give --server URL or set PILOT_SERVER")
         with user_client(args) as client:
             return run_client_command(client, args)
     except PilotError as exc:
         print(f"pilot-stub: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except (OSError, ValueError) as exc:
-        print(f"pilot-stub: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"pilot-stub: {exc.strerror or exc}{where}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)
 
 
+def exit_code(exc: PilotError) -> int:
+    """A request the stub refused because of what was asked (no such job, already ended)
+    is the user's mistake: usage (2), not a server error."""
+    if (
+        isinstance(exc, ServerError)
+        and not isinstance(exc, AuthError | ServerUnreachable)
+        and exc.status is not None
+        and 400 <= exc.status < 500
+    ):
+        return int(ExitCode.JDL_INVALID if "invalid JDL" in str(exc) else ExitCode.USAGE)
+    return int(exc.exit_code)
+
+
+def server_url(args: argparse.Namespace) -> str:
+    """--server, --url-file, PILOT_SERVER, PILOT_SERVER_FILE: the first given, checked."""
+    if getattr(args, "server", None) is not None:
+        return cliutil.check_server_url(args.server, "--server")
+    url_file = getattr(args, "read_url_file", None)
+    where = "--url-file"
+    if url_file is None and os.environ.get("PILOT_SERVER"):
+        return cliutil.check_server_url(os.environ["PILOT_SERVER"], "PILOT_SERVER")
+    if url_file is None and os.environ.get("PILOT_SERVER_FILE"):
+        url_file, where = Path(os.environ["PILOT_SERVER_FILE"]), "PILOT_SERVER_FILE"
+    if url_file is None:
+        raise UsageError(
+            "no server: give --server URL or --url-file FILE, or set PILOT_SERVER"
+            " or PILOT_SERVER_FILE"
+        )
+    try:
+        text = url_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
+        raise UsageError(f"{where} {url_file}: {reason or exc}") from None
+    return cliutil.check_server_url(text, f"{where} {url_file}:")
+
+
 def user_client(args: argparse.Namespace) -> UserClient:
-    token = args.token
+    url = server_url(args)
+    token = getattr(args, "token", None)
     if token is None:
         found = credentials.find_token()
         token = found.value if found is not None else None
     verify: ssl.SSLContext | bool = True
-    if args.server.startswith("https://"):
-        proxy = credentials.load_proxy(args.proxy) if args.proxy else None
+    if url.startswith("https://"):
+        proxy_path = getattr(args, "proxy", None)
+        proxy = credentials.load_proxy(proxy_path) if proxy_path else None
         verify = credentials.ssl_context(
             proxy, getattr(args, "ca_dir", None), getattr(args, "ca_file", None)
         )
-    return UserClient(args.server, verify=verify, bearer=token)
+    return UserClient(url, verify=verify, bearer=token)
+
+
+# -- serve --------------------------------------------------------------------------------
 
 
 def _tokens(path: Path | None) -> frozenset[str]:
@@ -157,15 +417,29 @@ def server_security(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, Au
     if args.cert is None:
         if args.require_client_cert:
             raise UsageError("--require-client-cert needs --cert (HTTPS)")
+        if args.key is not None:
+            raise UsageError("--key needs --cert")
         return None, auth
     ctx = credentials.server_ssl_context(
-        args.cert,
-        args.key,
-        getattr(args, "ca_dir", None),
-        getattr(args, "ca_file", None),
-        require_client_cert=args.require_client_cert,
+        args.cert, args.key, args.ca_dir, args.ca_file, require_client_cert=args.require_client_cert
     )
     return ctx, auth
+
+
+def _check_db(path: Path) -> None:
+    """The database path is a SQLite file or nothing yet, in an existing directory."""
+    if path.is_dir():
+        raise UsageError(f"--db {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"--db {path}: no directory {path.parent}")
+    if path.exists():
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise UsageError(f"--db {path}: {exc.strerror or exc}") from None
+        if head and head != SQLITE_MAGIC:
+            raise UsageError(f"--db {path}: not a SQLite database (refusing to overwrite it)")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -173,10 +447,14 @@ def serve(args: argparse.Namespace) -> int:
     if args.db is None:
         tmp = tempfile.TemporaryDirectory(prefix="pilot-stub-")
         args.db = Path(tmp.name) / "stub.db"
+    _check_db(args.db)
+    sandbox_dir = args.sandbox_dir or args.db.parent / (args.db.name + ".sandboxes")
+    if sandbox_dir.exists() and not sandbox_dir.is_dir():
+        raise UsageError(f"--sandbox-dir {sandbox_dir}: not a directory")
     ssl_context, auth = server_security(args)
     settings = ServerSettings(
         db=args.db,
-        sandbox_dir=args.sandbox_dir or args.db.parent / (args.db.name + ".sandboxes"),
+        sandbox_dir=sandbox_dir,
         host=args.host,
         port=args.port,
         max_sandbox_bytes=args.max_sandbox_mb << 20,
@@ -188,7 +466,18 @@ def serve(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
         auth=auth,
     )
-    server = StubServer(settings)
+    try:
+        server = StubServer(settings)
+    except ValueError as exc:  # plain HTTP off loopback
+        raise UsageError(str(exc)) from None
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {args.host}: {exc.strerror or exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"--db {args.db}: {exc}") from None
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
     server.start()
     if args.url_file:
         args.url_file.write_text(server.url + "\n")
@@ -205,39 +494,30 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- client commands ----------------------------------------------------------------------
+
+
 def run_client_command(client: UserClient, args: argparse.Namespace) -> int:
-    command = args.command
-    if command == "submit":
-        for path in args.jdl:
-            for job_id in submit_file(client, path):
-                print(job_id)
-    elif command == "status":
-        jobs = [client.job(i) for i in args.ids]
-        _print_jobs(jobs, args.json)
-    elif command == "jobs":
-        _print_jobs(client.jobs(args.status), args.json)
-    elif command == "logging-info":
-        for row in client.logging_info(args.id):
-            stamp = datetime.fromtimestamp(row["Timestamp"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-            print(
-                f"{stamp}  {row['Status']:<11} {row['MinorStatus']:<32} "
-                f"{row['ApplicationStatus']:<20} {row['Source']}"
-            )
-        timing = client.job(args.id).get("timing")
-        if timing:
-            print("timing: " + ", ".join(f"{k}={v:.3f}s" for k, v in timing.items()))
-    elif command == "get-output":
-        target = args.dir / str(args.id)
-        names = client.get_output(args.id, target)
-        print(f"{len(names)} file(s) in {target}")
-    elif command in ("kill", "delete"):
-        result = client.kill(args.id) if command == "kill" else client.delete(args.id)
-        print(f"job {args.id}: {result}")
-    elif command == "pilots":
-        _print_pilots(client, args)
-    elif command == "put-file":
-        sha = client.put_file(args.lfn, args.path)
-        print(f"{args.lfn} {sha}")
+    command: Callable[[UserClient, argparse.Namespace], int] = COMMANDS[args.command]
+    return command(client, args)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def cmd_submit(client: UserClient, args: argparse.Namespace) -> int:
+    rows = []
+    for path in args.jdl:
+        ids = submit_file(client, path)
+        rows.append({"file": str(path), "JobID": ids})
+        if not args.json:
+            print(f"JobID = {ids[0]}" if len(ids) == 1 else f"JobID = {ids}")
+        if args.id_file is not None:
+            with args.id_file.open("a") as fh:
+                fh.writelines(f"{i}\n" for i in ids)
+    if args.json:
+        print(json.dumps(rows, indent=2))
     return 0
 
 
@@ -247,6 +527,8 @@ def submit_file(client: UserClient, path: Path) -> list[int]:
         attrs = jdl.parse(path.read_bytes())
     except jdl.JDLError as exc:
         raise jdl.JDLError(f"{path}:{exc}", exc.line, exc.col) from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
     entries = jdl.JobDescription.from_attrs(attrs).input_sandbox if _has_exe(attrs) else ()
     files = local_inputs(path, tuple(entries))
     if files:
@@ -263,29 +545,267 @@ def _has_exe(attrs: dict[str, jdl.Value]) -> bool:
     return jdl.get(attrs, "Executable") is not None
 
 
-def _print_jobs(jobs: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(jobs, indent=2))
-        return
-    for job in jobs:
-        print(
-            f"{job['job_id']:>6}  {job['status']:<11} {job['minor_status']:<34} "
-            f"{job['application_status'] or '-':<18} {job['site'] or '-'}"
+def job_ids(args: argparse.Namespace) -> list[int]:
+    """The ids on the command line, then those in ``-f FILE``; at least one."""
+    found = list(args.ids)
+    if args.id_file is not None:
+        try:
+            text = args.id_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
+            raise UsageError(f"-f {args.id_file}: {reason or exc}") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            for word in line.split("#")[0].replace(",", " ").split():
+                try:
+                    found.append(job_id(word))
+                except argparse.ArgumentTypeError as exc:
+                    raise UsageError(f"-f {args.id_file}:{number}: {exc}") from None
+    if not found:
+        raise UsageError(f"{args.command}: give job ids, or -f FILE")
+    return list(dict.fromkeys(found))
+
+
+def _reason(exc: PilotError) -> str:
+    """What the stub said, without the request line: ``not found``, ``is already Done``."""
+    text = str(exc)
+    if isinstance(exc, ServerError) and exc.status == 404:
+        return "no such job"
+    found = re.match(r"^[A-Z]+ /\S*: \d{3} (.*)$", text)
+    reason = found.group(1) if found else text
+    return re.sub(r"^job \d+ ", "", reason)
+
+
+def per_job(
+    args: argparse.Namespace, action: Callable[[int], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], int]:
+    """Run ``action`` for every id; failures are reported one line each, the rest go on.
+    Returns the successes and the exit code (that of the first failure, else 0)."""
+    done: list[dict[str, Any]] = []
+    code = 0
+    for jid in job_ids(args):
+        try:
+            done.append(action(jid))
+        except PilotError as exc:
+            if isinstance(exc, ServerUnreachable | AuthError):
+                raise  # nothing else will work either
+            print(f"pilot-stub: job {jid}: {_reason(exc)}", file=sys.stderr)
+            code = code or exit_code(exc)
+    return done, code
+
+
+JOB_COLUMNS = (
+    ("JobID", "job_id"),
+    ("JobName", "job_name"),
+    ("Status", "status"),
+    ("MinorStatus", "minor_status"),
+    ("ApplicationStatus", "application_status"),
+    ("Site", "site"),
+)
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> str:
+    rows = [[job.get(key) for _, key in JOB_COLUMNS] for job in jobs]
+    return cliutil.table([title for title, _ in JOB_COLUMNS], rows, right=(0,))
+
+
+def cmd_status(client: UserClient, args: argparse.Namespace) -> int:
+    jobs, code = per_job(args, client.job)
+    if jobs or args.json:
+        _emit(args, jobs, jobs_table(jobs))
+    return code
+
+
+def cmd_jobs(client: UserClient, args: argparse.Namespace) -> int:
+    jobs = client.jobs(args.status)
+    if not args.all and args.status is None:
+        jobs = [j for j in jobs if j["status"] != "Deleted"]
+    _emit(args, jobs, jobs_table(jobs) if jobs else "no jobs")
+    return 0
+
+
+def _action(verb: str, call: Callable[[int], str]) -> Callable[[int], dict[str, Any]]:
+    def act(jid: int) -> dict[str, Any]:
+        return {"JobID": jid, "result": call(jid)}
+
+    return act
+
+
+def cmd_kill(client: UserClient, args: argparse.Namespace) -> int:
+    calls = {"kill": client.kill, "delete": client.delete, "reschedule": client.reschedule}
+    done, code = per_job(args, _action(args.command, calls[args.command]))
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        for row in done:
+            print(f"job {row['JobID']}: {row['result']}")
+    return code
+
+
+def cmd_logging_info(client: UserClient, args: argparse.Namespace) -> int:
+    rows = client.logging_info(args.id)
+    job = client.job(args.id)
+    if args.json:
+        print(json.dumps({"history": rows, "timing": job.get("timing")}, indent=2))
+        return 0
+    table = [
+        [when(r["Timestamp"]), r["Status"], r["MinorStatus"], r["ApplicationStatus"], r["Source"]]
+        for r in rows
+    ]
+    print(
+        cliutil.table(["Time (UTC)", "Status", "MinorStatus", "ApplicationStatus", "Source"], table)
+    )
+    timing = job.get("timing")
+    if timing:
+        print("timing: " + ", ".join(f"{k} {v:.3f} s" for k, v in timing.items()))
+    return 0
+
+
+def when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_peek(client: UserClient, args: argparse.Namespace) -> int:
+    job = client.job(args.id)
+    text = str((job.get("heartbeat") or {}).get("StandardOutput") or "")
+    lines = text.splitlines()[-args.lines :]
+    if args.json:
+        print(json.dumps({"JobID": args.id, "status": job["status"], "lines": lines}, indent=2))
+    elif lines:
+        print("\n".join(lines))
+    else:
+        print(f"job {args.id} ({job['status']}): no output reported yet", file=sys.stderr)
+    return 0
+
+
+def cmd_get_jdl(client: UserClient, args: argparse.Namespace) -> int:
+    text = client.get_jdl(args.id)
+    _emit(args, {"JobID": args.id, "jdl": text}, text.rstrip("\n"))
+    return 0
+
+
+def job_parameters(client: UserClient, jid: int) -> dict[str, Any]:
+    """What the pilot reported about a job: where it ran, on what, and how it went."""
+    job = client.job(jid)
+    params: dict[str, Any] = {
+        "JobID": jid,
+        "JobName": job.get("job_name"),
+        "Status": job["status"],
+        "Owner": job.get("owner"),
+        "Site": job.get("site"),
+        "PilotReference": job.get("pilot"),
+        "Submitted": when(job.get("submitted")),
+        "LastUpdate": when(job.get("updated")),
+        "Reschedules": job.get("reschedules"),
+    }
+    pilot = next((p for p in client.pilots() if p.get("stamp") == job.get("pilot")), None)
+    if pilot is not None:
+        resources = pilot.get("resources", {})
+        batch = pilot.get("batch", {})
+        params.update(
+            {
+                "HostName": pilot.get("host"),
+                "GridCE": resources.get("GridCE"),
+                "BatchSystem": batch.get("system"),
+                "BatchJobID": batch.get("job_id"),
+                "NumberOfProcessors": resources.get("NumberOfProcessors"),
+                "CPUNormalizationFactor": resources.get("PilotBenchmark"),
+                "Platform": resources.get("Platform"),
+                "PilotVersion": pilot.get("version"),
+            }
         )
+    heartbeat = dict(job.get("heartbeat") or {})
+    heartbeat.pop("StandardOutput", None)
+    params.update(heartbeat)
+    for key, value in (job.get("timing") or {}).items():
+        params[f"Timing.{key}"] = round(float(value), 3)
+    return {k: v for k, v in params.items() if v is not None}
 
 
-def _print_pilots(client: UserClient, args: argparse.Namespace) -> None:
+def cmd_parameters(client: UserClient, args: argparse.Namespace) -> int:
+    params = job_parameters(client, args.id)
+    _emit(args, params, cliutil.table(["Parameter", "Value"], list(params.items())))
+    return 0
+
+
+def cmd_get_output(client: UserClient, args: argparse.Namespace) -> int:
+    target = args.dir / str(args.id)
+    names = client.get_output(args.id, target)
+    _emit(
+        args,
+        {"JobID": args.id, "dir": str(target), "files": names},
+        f"{len(names)} file(s) in {target}",
+    )
+    return 0
+
+
+def lfn_of(text: str) -> str:
+    """``LFN:/vo/x`` as given, or ``/vo/x`` made into one; anything else is refused."""
+    if text.startswith("LFN:/"):
+        return text
+    if text.startswith("/") and not text.startswith("//"):
+        return "LFN:" + text
+    raise UsageError(f"{text!r} is not an LFN: write LFN:/vo/path or /vo/path")
+
+
+def cmd_put_file(client: UserClient, args: argparse.Namespace) -> int:
+    lfn = lfn_of(args.lfn)
+    if not args.path.is_file():
+        raise UsageError(f"{args.path}: no such file")
+    sha = client.put_file(lfn, args.path)
+    _emit(args, {"lfn": lfn, "sha256": sha}, f"{lfn} {sha}")
+    return 0
+
+
+def cmd_get_file(client: UserClient, args: argparse.Namespace) -> int:
+    lfn = lfn_of(args.lfn)
+    if args.dir.exists() and not args.dir.is_dir():
+        raise UsageError(f"--dir {args.dir}: not a directory")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    dest = args.dir / lfn.rstrip("/").rsplit("/", 1)[-1]
+    size = client.get_file(lfn, dest)
+    _emit(args, {"lfn": lfn, "path": str(dest), "size": size}, f"{lfn} -> {dest} ({size} bytes)")
+    return 0
+
+
+def cmd_pilots(client: UserClient, args: argparse.Namespace) -> int:
     if args.log:
-        print(client.pilot_log(args.log), end="")
-        return
+        text = client.pilot_log(args.log)
+        _emit(args, {"stamp": args.log, "log": text}, text.rstrip("\n"))
+        return 0
     pilots = client.pilots()
     if args.json:
         print(json.dumps(pilots, indent=2))
-        return
+        return 0
+    if not pilots:
+        print("no pilots")
     for pilot in pilots:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(pilot["registered"]))
         checks = pilot.get("checks", {}).get("results", [])
         fit = "fit" if pilot.get("checks", {}).get("ok", True) else "NOT FIT"
-        print(f"{pilot['stamp']}  {when}  site={pilot.get('site', '-')}  {fit}")
-        for check in checks:
-            print(f"    {check['name']:<14} {check['status']:<8} {check['message']}")
+        print(
+            f"{pilot['stamp']}  {when(pilot['registered'])}  site {pilot.get('site', '-')}  {fit}"
+        )
+        rows = [[c["name"], c["status"], c["message"]] for c in checks]
+        if rows:
+            table = cliutil.table(["Check", "Status", "Message"], rows)
+            print("\n".join("    " + line for line in table.splitlines()))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[UserClient, argparse.Namespace], int]] = {
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "jobs": cmd_jobs,
+    "kill": cmd_kill,
+    "delete": cmd_kill,
+    "reschedule": cmd_kill,
+    "logging-info": cmd_logging_info,
+    "peek": cmd_peek,
+    "get-jdl": cmd_get_jdl,
+    "parameters": cmd_parameters,
+    "get-output": cmd_get_output,
+    "put-file": cmd_put_file,
+    "get-file": cmd_get_file,
+    "pilots": cmd_pilots,
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -335,6 +336,26 @@ class Store:
             self._record(db, job_id, JobStatus.DELETED, "Deleted by user", None, "JobManager")
             db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
 
+    def reschedule(self, job_id: int) -> str:
+        """Put an ended (or stalled) job back to Waiting, as a fresh match."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no job {job_id}", 404)
+            status = row["status"]
+            if status in (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING):
+                raise StoreError(f"job {job_id} is {status}: kill it first", 409)
+            if status in (JobStatus.DELETED, JobStatus.WAITING, JobStatus.RECEIVED):
+                raise StoreError(f"job {job_id} is {status}", 409)
+            db.execute(
+                "UPDATE jobs SET reschedules = reschedules + 1, kill_requested = 0,"
+                " token_hash = NULL, pilot = NULL, site = NULL, heartbeat = NULL,"
+                " heartbeat_data = NULL, output_sandbox = NULL, timing = NULL WHERE id = ?",
+                (job_id,),
+            )
+            self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled by user", "", "JobManager")
+            return "Rescheduled"
+
     # -- stalled jobs -------------------------------------------------------------------
 
     def reap_stalled(self, timeout: float, max_reschedules: int) -> list[int]:
@@ -422,9 +443,24 @@ class Store:
         return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
 
 
+_JOB_NAME = re.compile(r'^    JobName = ("(?:[^"\\]|\\.)*");$', re.MULTILINE | re.IGNORECASE)
+
+
+def _job_name(jdl_text: str) -> str | None:
+    """The JobName of a stored (normalised) JDL, without parsing all of it."""
+    found = _JOB_NAME.search(jdl_text)
+    if found is None:
+        return None
+    try:
+        return str(json.loads(found.group(1)))
+    except ValueError:
+        return found.group(1)[1:-1]
+
+
 def _job_view(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "job_id": row["id"],
+        "job_name": _job_name(row["jdl"]),
         "status": row["status"],
         "minor_status": row["minor"],
         "application_status": row["application"],

@@ -46,6 +46,17 @@ class UserClient(HttpClient):
     def delete(self, job_id: int) -> str:
         return str(self.json("DELETE", f"/api/jobs/{job_id}")["result"])
 
+    def reschedule(self, job_id: int) -> str:
+        return str(self.json("POST", f"/api/jobs/{job_id}/reschedule")["result"])
+
+    def get_jdl(self, job_id: int) -> str:
+        return str(self.json("GET", f"/api/jobs/{job_id}/jdl")["jdl"])
+
+    def get_file(self, lfn: str, dest: Path) -> int:
+        """Download the catalogue file ``lfn`` to ``dest`` (checked against its sha256)."""
+        entry = self.json("GET", f"/api/files/{lfn}")
+        return self.download(f"/api/sandboxes/{entry['sha256']}", dest, str(entry["sha256"]))
+
     def get_output(self, job_id: int, target: Path) -> list[str]:
         """Download and safely unpack the job's output sandbox into ``target``."""
         target.mkdir(parents=True, exist_ok=True)
