@@ -9,6 +9,7 @@ safe_unpack` would refuse are skipped. Over the size limit, the priority files
 from __future__ import annotations
 
 import errno
+import gzip
 import logging
 import os
 import stat
@@ -205,10 +206,17 @@ def _add_node(tf: tarfile.TarFile, root: int, parts: tuple[str, ...], node: _Nod
 
 @contextmanager
 def _tar_gz(out: Path) -> Iterator[tarfile.TarFile]:
-    """A gzip-compressed tar at ``out``, written to a side file and renamed when done."""
+    """A gzip-compressed tar at ``out``, written to a side file and renamed when done.
+
+    The gzip header carries no time stamp and no file name, so that the same members
+    make the same bytes (and the same sha256: the stub stores them once)."""
     part = out.with_name(out.name + ".part")
     try:
-        with tarfile.open(part, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tf:
+        with (
+            part.open("wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf,
+        ):
             yield tf
         os.replace(part, out)
     except OSError as exc:
@@ -306,10 +314,16 @@ def pack_output(
     return result
 
 
+# Time stamp of every member of a submitted input sandbox (1980-01-01, the oldest a zip
+# file can hold): the archive depends on the files' contents, names and modes only.
+FIXED_MTIME = 315532800
+
+
 def _scrub(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     info.mode &= 0o755
+    info.mtime = FIXED_MTIME
     return info
 
 
@@ -317,7 +331,8 @@ def pack_files(files: Sequence[tuple[Path, str]], out: Path) -> None:
     """Pack local files (or directories, recursively) into the tar.gz ``out``.
 
     Each path is stored under its ``arcname``; a symlinked path is packed as what it
-    points to.
+    points to. The archive is deterministic: members sorted by name, owner, group and
+    time stamp fixed, no time in the gzip header; the same files make the same bytes.
     """
     names: dict[str, Path] = {}
     for path, arcname in files:
@@ -329,6 +344,6 @@ def pack_files(files: Sequence[tuple[Path, str]], out: Path) -> None:
             raise SandboxError(f"input sandbox file not found: {path}")
         names[name] = path.resolve()
     with _tar_gz(out) as tf:
-        for name, path in names.items():
+        for name, path in sorted(names.items()):  # directories are walked in sorted order too
             tf.add(path, arcname=name, filter=_scrub)
     log.info("packed %d input files into %s", len(names), out.name)
