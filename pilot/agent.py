@@ -87,14 +87,10 @@ def inspect_node(
     With ``defer_benchmark`` the ``cpu`` check runs without its benchmark, so that the
     first match does not wait for it (see :class:`Benchmark`)."""
     info = batch.detect()
-    log.info(
-        "batch system %s (job %s): %d cores, %s MB, %s s left",
-        info.system,
-        info.job_id,
-        info.cores,
-        info.memory_mb,
-        info.wall_time_left,
-    )
+    left = "no time limit" if info.wall_time_left is None else f"{info.wall_time_left:.0f} s left"
+    memory = "memory unknown" if info.memory_mb is None else f"{info.memory_mb} MB"
+    where = f"batch job {info.job_id}" if info.job_id else "no batch job"
+    log.info("batch system %s (%s): %d cores, %s, %s", info.system, where, info.cores, memory, left)
     options = config.checks
     if defer_benchmark:
         options = {**options, "cpu": {**options.get("cpu", {}), "benchmark": False}}
@@ -397,6 +393,18 @@ class Agent:
             running.runner.cancel.set(reason)
 
 
+def stop_reason(reason: str, config: PilotConfig, stop: Stop) -> str:
+    """Why the loop ended, in words (the summary line of the log)."""
+    words = {
+        "idle": f"no job matched for {config.idle_timeout:g} s",
+        "stopped": stop.reason or "stopped",
+        "drained": f"drain file {config.drain_file} appeared",
+        "max-jobs": f"--max-jobs {config.max_jobs} reached",
+        "no-time": "too little time left in the slot for another job",
+    }
+    return words.get(reason, reason)
+
+
 def registration(
     config: PilotConfig,
     info: batch.BatchInfo,
@@ -451,10 +459,10 @@ def run(
         settings = job_settings(config, desc, chosen, isolation.probe_cgroup())
         summary = Agent(config, backend, desc, stamp, stop, settings, benchmark).run()
         log.info(
-            "pilot %s done: %d job(s), stopped because %s",
+            "pilot %s done: %d job(s); %s",
             stamp,
             len(summary.outcomes),
-            summary.reason,
+            stop_reason(summary.reason, config, stop),
         )
         return summary
     finally:

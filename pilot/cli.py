@@ -33,6 +33,7 @@ from pilot.errors import CredentialError, ExitCode, PilotError, Signalled, Usage
 
 if TYPE_CHECKING:
     from pilot.credentials import Proxy
+    from pilot.local import LocalBackend
 
 log = logging.getLogger("pilot")
 
@@ -289,14 +290,15 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "config":
             return cmd_config(cfg, origins, args)
         validate(cfg, origins)
+        local = load_local(args.jdl_file, args.output_dir) if args.command == "local" else None
         buffer = setup_logging(cfg.log_format, cfg.log_level)
         logging_on = True
         if args.command == "run":
             return cmd_run(cfg, buffer)
         if args.command == "check":
             return cmd_check(cfg, args.as_json)
-        if args.command == "local":
-            return cmd_local(cfg, args.jdl_file, args.output_dir, buffer)
+        if local is not None:
+            return cmd_local(cfg, local, buffer)
         raise UsageError(f"unknown command {args.command}")
     except PilotError as exc:
         _report(str(exc), logging_on)
@@ -486,10 +488,22 @@ def format_dry_run(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_local(cfg: config.PilotConfig, jdl_file: Path, output_dir: Path, buffer: LogBuffer) -> int:
+def load_local(jdl_file: Path, output_dir: Path) -> LocalBackend:
+    """The jobs of ``pilot local``, every one checked before any runs."""
     from pilot.local import LocalBackend  # pilot run does not need it
 
-    backend = LocalBackend.from_file(jdl_file, output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output-dir {output_dir}: not a directory")
+    try:
+        return LocalBackend.from_file(jdl_file, output_dir)
+    except jdl.JDLError as exc:
+        where = f"{jdl_file}:{exc}" if exc.line is not None else f"{jdl_file}: {exc}"
+        raise jdl.JDLError(where) from None
+    except OSError as exc:
+        raise UsageError(f"{jdl_file}: {exc.strerror or exc}") from None
+
+
+def cmd_local(cfg: config.PilotConfig, backend: LocalBackend, buffer: LogBuffer) -> int:
     cfg = dataclasses.replace(
         _work_dir(cfg), idle_timeout=0.0, disable_check=[*cfg.disable_check, "cpu"]
     )

@@ -526,7 +526,8 @@ def submit_file(client: UserClient, path: Path) -> list[int]:
     try:
         attrs = jdl.parse(path.read_bytes())
     except jdl.JDLError as exc:
-        raise jdl.JDLError(f"{path}:{exc}", exc.line, exc.col) from None
+        where = f"{path}:{exc}" if exc.line is not None else f"{path}: {exc}"
+        raise jdl.JDLError(where) from None  # the location is in the text, said once
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     entries = jdl.JobDescription.from_attrs(attrs).input_sandbox if _has_exe(attrs) else ()
