@@ -13,17 +13,21 @@ export PILOT_BUILD_CACHE ?= $(HOME)/.cache/pilot-agent/build
 export PILOT_DIRAC_VENV ?= $(HOME)/.cache/pilot-agent/dirac-venv
 
 $(VENV)/.installed: pyproject.toml tests/plugins/sample_vo_plugin/pyproject.toml
+	@echo "== creating $(VENV) and installing pilot-agent with its dependencies (about a minute the first time)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev,build]' -e tests/plugins/sample_vo_plugin
+	$(BIN)/python -m pip install -q --progress-bar off -e '.[dev,build]' -e tests/plugins/sample_vo_plugin
+	@echo "== $(VENV) ready"
 	$(BIN)/python -m compileall -q pilot checks server_stub  # fast start even where bytecode is not written
 	touch $@
 
 venv: $(VENV)/.installed
 
 demo: venv
+	@echo "== demo: a matcher stub, two jobs, one pilot"
 	$(BIN)/python examples/demo.py
 
 system-deps:
+	@echo "== system packages for the system tests (as root; skipped otherwise)"
 	bash scripts/system-deps.sh
 
 lint: venv
@@ -33,6 +37,7 @@ lint: venv
 
 unit: venv
 	$(BIN)/python -m compileall -q pilot checks server_stub  # sources edited since install
+	@echo "== pytest: the whole suite (first run also builds caches, see README)"
 	$(BIN)/python -m pytest -q
 
 test: venv system-deps lint unit

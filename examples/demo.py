@@ -5,6 +5,7 @@ Run with ``make demo``. Exits 0 only if both jobs are Done and their output came
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,8 @@ def demo(server: subprocess.Popen[str], tmp: Path) -> int:
         print("the stub did not start", file=sys.stderr)
         return 1
     banner(f"matcher stub at {url}; submitting {', '.join(j.name for j in JOBS)}")
-    ids = stub(url, "submit", *map(str, JOBS)).split()
+    submitted = json.loads(stub(url, "submit", "--json", *map(str, JOBS)))
+    ids = [str(i) for row in submitted for i in row["JobID"]]
     print("job ids:", " ".join(ids))
 
     banner("running one pilot until the queue is empty")
@@ -74,15 +76,15 @@ def demo(server: subprocess.Popen[str], tmp: Path) -> int:
     ok = pilot.returncode == 0
     for job_id in ids:
         banner(f"job {job_id}")
-        status = stub(url, "status", job_id)
-        print(status, end="")
+        print(stub(url, "status", job_id), end="")
+        (job,) = json.loads(stub(url, "status", "--json", job_id))
         print(stub(url, "logging-info", job_id), end="")
         stub(url, "get-output", job_id, "--dir", str(tmp / "out"))
         stdout = tmp / "out" / job_id / "StdOut"
         if stdout.is_file():
             print(f"--- StdOut of job {job_id}:")
             print(stdout.read_text(), end="")
-        ok = ok and " Done " in status and stdout.is_file() and stdout.stat().st_size > 0
+        ok = ok and job["status"] == "Done" and stdout.is_file() and stdout.stat().st_size > 0
     banner("demo " + ("succeeded: both jobs Done, output retrieved" if ok else "FAILED"))
     return 0 if ok else 1
 

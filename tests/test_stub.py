@@ -169,10 +169,12 @@ def test_cli_serve_prints_url_and_submits(tmp_path) -> None:  # type: ignore[no-
         jdl.write_text('Executable = "/bin/true";')
         sub = _cli("--server", url, "submit", str(jdl))
         assert sub.returncode == 0, sub.stderr
-        job = sub.stdout.strip()
-        status = _cli("--server", url, "status", job, "--json")
+        assert sub.stdout.startswith("JobID = ")
+        job = sub.stdout.split("=")[1].strip()
+        status = _cli("--url-file", str(url_file), "status", job, "--json")
         assert '"Waiting"' in status.stdout
-        assert _cli("--server", url, "jobs").stdout.split()[0] == job
+        header, row = _cli("--server", url, "jobs").stdout.splitlines()
+        assert header.split()[:3] == ["JobID", "JobName", "Status"] and row.split()[0] == job
     finally:
         proc.terminate()
         proc.wait(timeout=10)
