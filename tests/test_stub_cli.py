@@ -106,7 +106,9 @@ def test_files_with_and_without_the_lfn_prefix(stub: Stub, tmp_path: Path) -> No
     source.write_text("catalogue content\n")
     put = cli("--server", stub.url, "put-file", "/vo/user/data.txt", str(source))
     assert put.returncode == 0 and put.stdout.startswith("LFN:/vo/user/data.txt "), put.stderr
-    got = cli("--server", stub.url, "get-file", "LFN:/vo/user/data.txt", "--dir", str(tmp_path / "d"))
+    got = cli(
+        "--server", stub.url, "get-file", "LFN:/vo/user/data.txt", "--dir", str(tmp_path / "d")
+    )
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "d" / "data.txt").read_text() == "catalogue content\n"
     as_json = cli("--server", stub.url, "get-file", "/vo/user/data.txt", "--json", "--dir", "e")
@@ -116,7 +118,7 @@ def test_files_with_and_without_the_lfn_prefix(stub: Stub, tmp_path: Path) -> No
 def test_peek_parameters_and_jdl_of_a_job_that_ran(stub: Stub, tmp_path: Path) -> None:
     (job,) = stub.submit(
         'JobName = "talker"; Executable = "/bin/sh";'
-        ' Arguments = "-c \'echo first line; echo second line; sleep 2\'";'
+        " Arguments = \"-c 'echo first line; echo second line; sleep 2'\";"
     )
     done = run_pilot(
         ["run", "--server", stub.url, *FAST, "--heartbeat-interval", "0.3", "--max-jobs", "1"],
