@@ -56,6 +56,7 @@ WHEEL_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)] 
     f"manylinux{legacy}_x86_64" for legacy in ("2014", "2010", "1")
 ]
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, for the staticx comparison
+REINSTALL = False  # --reinstall: ignore the stamps of the build environments
 
 
 def log(message: str) -> None:
@@ -188,7 +189,7 @@ def ensure_build_python(root: Path, work: Path) -> None:
     requirements/binary.lock pins them; reinstalled only when the lock changes."""
     wanted = BINARY_LOCK.read_text()
     stamp = root / rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
-    if stamp.is_file() and stamp.read_text() == wanted:
+    if not REINSTALL and stamp.is_file() and stamp.read_text() == wanted:
         return
     work.mkdir(parents=True, exist_ok=True)
     requirements = work / "requirements.txt"
@@ -245,14 +246,15 @@ def ensure_staticx_venv(work: Path) -> Path:
     venv = rootfs.CACHE / "staticx-venv"
     wanted = STATICX_LOCK.read_text()
     stamp = venv / "pilot-build-pins.txt"
-    if stamp.is_file() and stamp.read_text() == wanted:
+    if not REINSTALL and stamp.is_file() and stamp.read_text() == wanted:
         return venv
     shutil.rmtree(venv, ignore_errors=True)
     run([SYSTEM_PYTHON, "-m", "venv", str(venv)])
     work.mkdir(parents=True, exist_ok=True)
     (work / "requirements.txt").write_text(wanted)
     python = str(venv / "bin/python")
-    run([python, "-m", "pip", "install", "-q", "--require-hashes", "-r", str(work / "requirements.txt")])
+    run([python, "-m", "pip", "install", "-q", "--require-hashes",
+         "-r", str(work / "requirements.txt")])  # fmt: skip
     stamp.write_text(wanted)
     return venv
 
@@ -283,13 +285,15 @@ METHODS = {"bullseye": build_bullseye, "host": build_host, "staticx": build_stat
 # -- command line ------------------------------------------------------------------------
 
 
-def build(method: str, plugins: Sequence[Path], output: Path, force: bool) -> int:
+def build(
+    method: str, plugins: Sequence[Path], output: Path, force: bool, work: Path | None = None
+) -> int:
     stamp = fingerprint(method, plugins)
     stamp_file = output.with_name(output.name + ".stamp")
     if not force and output.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
         log(f"{output} is up to date")
         return 0
-    work = WORK / f"{method}-{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
+    work = work or WORK / f"{method}-{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
     work.mkdir(parents=True, exist_ok=True)  # nothing below may assume an earlier run
     made = METHODS[method](work, plugins, base_facts(method, stamp))
     size = made.stat().st_size
@@ -314,13 +318,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="check-plugin project directory or wheel to bundle")  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "dist" / "pilot")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--work-dir", type=Path, help="build folder (default: under build/work)")
+    parser.add_argument(
+        "--reinstall", action="store_true",
+        help="reinstall the locked packages into the build environment even if its stamp "
+        "says they are there (what a machine with an empty cache does)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    global REINSTALL
+    REINSTALL = args.reinstall
     if args.method == "bullseye" and os.geteuid() != 0:
         log("--method bullseye needs root (debootstrap, bubblewrap); try --method host")
         return 2
     plugins = [p.resolve() for p in args.plugin]
     with rootfs.locked("build"):
-        return build(args.method, plugins, args.output.resolve(), args.force)
+        work = args.work_dir.resolve() if args.work_dir else None
+        return build(args.method, plugins, args.output.resolve(), args.force, work)
 
 
 if __name__ == "__main__":
