@@ -1,4 +1,4 @@
-"""pilot.jdl: the shared JDL corpus, every grammar feature and error, parametric
+"""pilot.job.jdl: the shared JDL corpus, every grammar feature and error, parametric
 expansion, serialisation and the JobDescription semantics.
 
 The corpus lives outside the repository: ``$PILOT_JDL_CORPUS`` or else
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from pilot import jdl
 from pilot.errors import ExitCode, PilotError
-from pilot.jdl import Expression, JDLError, JobDescription
+from pilot.job import jdl
+from pilot.job.jdl import Expression, JDLError, JobDescription
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = "<absent>"
