@@ -1,4 +1,4 @@
-"""Unit tests of pilot.credentials and pilot.voms against a PKI generated at test time.
+"""Unit tests of pilot.grid.credentials and pilot.grid.voms against a PKI generated at test time.
 
 The proxies loaded here are built by tests/pki.py, independently of make_proxy; the
 real grid tools are exercised in test_credentials_interop.py.
@@ -29,8 +29,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pilot import credentials, voms
-from pilot.credentials import (
+from pilot.errors import CredentialError, ExitCode
+from pilot.grid import credentials, voms
+from pilot.grid.credentials import (
     Proxy,
     Token,
     ca_locations,
@@ -45,7 +46,6 @@ from pilot.credentials import (
     validate,
     write_proxy,
 )
-from pilot.errors import CredentialError, ExitCode
 from tests import pki as P
 from tests.pki import Issued, MtlsServer, Pki, pki_fixture, tls_ask  # noqa: F401
 
@@ -134,7 +134,7 @@ def test_group_readable_proxy_warns_and_strict_refuses(
 ) -> None:
     path, _ = _proxy_file(pki, tmp_path)
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="pilot.credentials"):
+    with caplog.at_level(logging.WARNING, logger="pilot.grid.credentials"):
         load_proxy(path)
     assert f"{path} holds a private key but has mode 0644" in caplog.text
     with pytest.raises(CredentialError, match="must not be readable by group or others"):
@@ -351,7 +351,7 @@ def test_unreadable_voms_extension_is_ignored_with_a_warning(
 ) -> None:
     bad = P.der_seq(P.der_seq(P.der_int(5)))
     path, _ = _proxy_file(pki, tmp_path, extensions=((P.VOMS_EXT_OID, False, bad),))
-    with caplog.at_level(logging.WARNING, logger="pilot.credentials"):
+    with caplog.at_level(logging.WARNING, logger="pilot.grid.credentials"):
         assert load_proxy(path).voms is None
     assert "ignoring unreadable VOMS attributes" in caplog.text
 

@@ -1,4 +1,4 @@
-"""pilot.jdl: the JDL corpus, every grammar feature and error, parametric
+"""pilot.job.jdl: the JDL corpus, every grammar feature and error, parametric
 expansion, serialisation and the JobDescription semantics.
 
 The corpus lives in ``tests/data/jdl-corpus`` (files, MANIFEST.tsv with the expected
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from pilot import jdl
 from pilot.errors import ExitCode, PilotError
-from pilot.jdl import Expression, JDLError, JobDescription
+from pilot.job import jdl
+from pilot.job.jdl import Expression, JDLError, JobDescription
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = "<absent>"

@@ -1,4 +1,4 @@
-"""Property tests for pilot.jdl.
+"""Property tests for pilot.job.jdl.
 
 1. Whatever the input (random text, random JDL tokens, mutated corpus files, random
    bytes, deep nesting), parse/expand/from_attrs either succeed or raise JDLError,
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilot import jdl
-from pilot.jdl import Expression, JDLError, JobDescription
+from pilot.job import jdl
+from pilot.job.jdl import Expression, JDLError, JobDescription
 from tests.test_jdl import same
 
 

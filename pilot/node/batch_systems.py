@@ -1,9 +1,9 @@
-"""Per-batch-system parsing for :mod:`pilot.batch`.
+"""Per-batch-system parsing for :mod:`pilot.node.batch`.
 
 Each ``detect_<system>`` function looks at the environment (and, when needed, one or two
 short commands run through :class:`Probe`) and returns a :class:`SystemReport`, or
 ``None`` when the pilot does not run under that system. Wall-clock limits are reported
-as absolute deadlines (epoch seconds) so that :mod:`pilot.batch` can combine several
+as absolute deadlines (epoch seconds) so that :mod:`pilot.node.batch` can combine several
 limits with ``min`` and turn the winner into "seconds left" at one single instant.
 
 Commands never raise and never hang: a missing, failing or timed-out command yields

@@ -2,7 +2,7 @@
 
 :class:`HttpClient` does one job: send a request, retry it (tenacity) on transport
 errors and 5xx answers only, translate failures into :mod:`pilot.errors`, and stream
-files both ways. :class:`StubBackend` implements :class:`pilot.backend.Backend` on it.
+files both ways. :class:`StubBackend` implements :class:`pilot.backends.base.Backend` on it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from pilot import jdl
-from pilot.backend import FINAL_STATUSES, MatchedJob, StatusUpdate
+from pilot.backends.base import FINAL_STATUSES, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
     DiskFullError,
@@ -31,6 +30,7 @@ from pilot.errors import (
     ServerError,
     ServerUnreachable,
 )
+from pilot.job import jdl
 
 if TYPE_CHECKING:
     import tenacity
@@ -338,7 +338,7 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
 
 
 class StubBackend:
-    """:class:`pilot.backend.Backend` for the matcher stub's REST API."""
+    """:class:`pilot.backends.base.Backend` for the matcher stub's REST API."""
 
     name = "stub"
 
@@ -394,7 +394,7 @@ class StubBackend:
         paths = []
         for entry in jdl.load(job.jdl).input_sandbox:
             if not entry.startswith("SB:"):
-                continue  # LFNs and URLs are fetched by pilot.sandbox
+                continue  # LFNs and URLs are fetched by pilot.job.sandbox
             sha = entry[3:]
             if not _SHA256.fullmatch(sha):
                 raise SandboxError(f"Input sandbox rejected: bad sandbox reference {entry[:80]!r}")

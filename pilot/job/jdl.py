@@ -1,7 +1,7 @@
 """JDL (the ClassAd subset DIRAC users write) -> attributes -> JobDescription.
 
 Layers: :func:`parse` (syntax only), :func:`expand` and :func:`dumps` (parametric jobs
-and JDL text, in :mod:`pilot.jdl_expand`), :meth:`JobDescription.from_attrs` (semantics).
+and JDL text, in :mod:`pilot.job.jdl_expand`), :meth:`JobDescription.from_attrs` (semantics).
 
 Grammar: ``Name = value`` separated by ``;`` (optional after the last one), with or
 without the outer ``[ ]``. Names ``[A-Za-z_][A-Za-z0-9_]*(.part)*`` keep their case;
@@ -376,14 +376,14 @@ def to_jsonable(attrs: Mapping[str, Value]) -> dict[str, Any]:
 
 def dumps(attrs: Mapping[str, Value]) -> str:
     """Serialise attributes as JDL text; ``parse(dumps(a)) == a``."""
-    from pilot import jdl_expand  # late: jdl_expand builds on this module
+    from pilot.job import jdl_expand  # late: jdl_expand builds on this module
 
     return jdl_expand.dumps(attrs)
 
 
 def expand(attrs: Mapping[str, Value], max_jobs: int = DEFAULT_MAX_JOBS) -> list[dict[str, Value]]:
     """One attribute dict per job (``[attrs]`` if not parametric); see jdl_expand."""
-    from pilot import jdl_expand
+    from pilot.job import jdl_expand
 
     return jdl_expand.expand(attrs, max_jobs)
 

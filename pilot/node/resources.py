@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pilot import __version__
-from pilot.batch import BatchInfo
 from pilot.config import PilotConfig
+from pilot.node.batch import BatchInfo
 
 if TYPE_CHECKING:
-    from pilot.checking import CheckReport
+    from pilot.node.checking import CheckReport
 
 UNLIMITED_WALL_S = 7 * 86400  # what "no limit" becomes when converted to a CPUTime
 DEFAULT_POWER = 1.0  # CPU power when the cpu check did not run

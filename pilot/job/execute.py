@@ -32,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
-from pilot import isolation, watchdog
+from pilot.job import isolation, watchdog
 
 log = logging.getLogger(__name__)
 

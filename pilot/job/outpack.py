@@ -1,7 +1,7 @@
 """Packing the output sandbox and the submitter's input files, as tar.gz.
 
 Only what stays inside the job directory is packed: links are never followed and are
-kept only when they point inside the packed tree; names that :func:`pilot.archive.
+kept only when they point inside the packed tree; names that :func:`pilot.job.archive.
 safe_unpack` would refuse are skipped. Over the size limit, the priority files
 (StdOut, StdErr) go first and the rest is dropped, and the result says so.
 """
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from pilot.archive import (
+from pilot.errors import DiskFullError, SandboxError
+from pilot.job.archive import (
     _DIR_FLAGS,
     _READ_FILE,
     SandboxRejected,
@@ -29,7 +30,6 @@ from pilot.archive import (
     _Kind,
     _LinkMap,
 )
-from pilot.errors import DiskFullError, SandboxError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Where a worker node keeps the grid's credentials: the proxy, the CAs, bearer tokens.
 
 Discovery only, in the standard orders, with no X.509 parsing, so that a pilot that has
-no proxy never pays for importing ``cryptography``; :mod:`pilot.credentials` loads and
+no proxy never pays for importing ``cryptography``; :mod:`pilot.grid.credentials` loads and
 checks what is found here.
 """
 

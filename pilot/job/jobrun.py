@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pilot import archive, execute, isolation, jdl, sandbox, watchdog
-from pilot.backend import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
+from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
 from pilot.errors import PilotError, SandboxError
-from pilot.isolation import NO_ISOLATION, CgroupParent, Isolation
+from pilot.job import archive, execute, isolation, jdl, sandbox, watchdog
+from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
 
 log = logging.getLogger(__name__)
 

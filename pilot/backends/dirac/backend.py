@@ -1,4 +1,4 @@
-"""The agent's :class:`pilot.backend.Backend` on DIRAC's WMS services, over DISET.
+"""The agent's :class:`pilot.backends.base.Backend` on DIRAC's WMS services, over DISET.
 
 =====================  ============================================================
 Backend call           DIRAC service call
@@ -38,11 +38,13 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from pilot import __version__, credentials, jdl
-from pilot.backend import MatchedJob, StatusUpdate
+from pilot import __version__
+from pilot.backends.base import MatchedJob, StatusUpdate
+from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
 from pilot.config import PilotConfig
-from pilot.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
 from pilot.errors import CredentialError, DiskFullError, SandboxError, ServerUnreachable, UsageError
+from pilot.grid import credentials
+from pilot.job import jdl
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def make_ssl_context(settings: DiracSettings) -> ssl.SSLContext:
 
 
 class DiracBackend:
-    """:class:`pilot.backend.Backend` for DIRAC 9 DISET services. Thread-safe."""
+    """:class:`pilot.backends.base.Backend` for DIRAC 9 DISET services. Thread-safe."""
 
     name = "dirac"
 

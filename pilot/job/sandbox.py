@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pilot import archive, outpack
-from pilot.backend import Backend, MatchedJob
-from pilot.client import HttpClient, RetryPolicy
+from pilot.backends.base import Backend, MatchedJob
+from pilot.backends.stub import HttpClient, RetryPolicy
 from pilot.errors import PilotError, SandboxError
-from pilot.jdl import JobDescription
+from pilot.job import archive, outpack
+from pilot.job.jdl import JobDescription
 
 log = logging.getLogger(__name__)
 

@@ -38,17 +38,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.utils import CryptographyDeprecationWarning
 
-from pilot import voms
 from pilot.errors import CredentialError
-from pilot.gridenv import DEFAULT_CA_DIR as DEFAULT_CA_DIR
-from pilot.gridenv import Token as Token
-from pilot.gridenv import ca_locations as ca_locations
-from pilot.gridenv import find_proxy as find_proxy
-from pilot.gridenv import find_token as find_token
-from pilot.gridenv import read_credential_file
-from pilot.gridenv import token_expiry as token_expiry
-from pilot.voms import ProxyInfo, VomsInfo
-from pilot.voms import x509_slash_dn as slash_dn
+from pilot.grid import voms
+from pilot.grid.gridenv import DEFAULT_CA_DIR as DEFAULT_CA_DIR
+from pilot.grid.gridenv import Token as Token
+from pilot.grid.gridenv import ca_locations as ca_locations
+from pilot.grid.gridenv import find_proxy as find_proxy
+from pilot.grid.gridenv import find_token as find_token
+from pilot.grid.gridenv import read_credential_file
+from pilot.grid.gridenv import token_expiry as token_expiry
+from pilot.grid.voms import ProxyInfo, VomsInfo
+from pilot.grid.voms import x509_slash_dn as slash_dn
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _spki(public_key: Any) -> bytes:
     )
 
 
-# --- chain structure (the checks themselves live in pilot.voms) -------------------------
+# --- chain structure (the checks themselves live in pilot.grid.voms) -------------------------
 
 
 def _check_chain(certs: Sequence[x509.Certificate], where: str) -> list[ProxyInfo | None]:

@@ -4,7 +4,7 @@
   parent, group, session, CPU, RSS and Vsize), far cheaper than one psutil object each.
 - :class:`ProcessTree` is one job's processes: the descendants of the payload's main
   process, plus processes that re-parented to the pilot (it is the child subreaper, see
-  :func:`pilot.execute.become_subreaper`) and came from this job: seen before in the tree,
+  :func:`pilot.job.execute.become_subreaper`) and came from this job: seen before in the tree,
   still in the payload's session, or carrying the job's mark in their environment
   (``PILOT_JOB_MARK``, read from ``/proc/PID/environ``). It also reaps the zombies of
   those orphans, and only those: the pilot's other children (helper commands run with
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pilot.backend import Backend, MatchedJob
+from pilot.backends.base import Backend, MatchedJob
 from pilot.errors import AuthError, PilotError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The seam between the agent and whatever hands out jobs (the stub, or DIRAC).
 
-The agent talks to a :class:`Backend` only; :mod:`pilot.client` implements it for the
-matcher stub's REST API and :mod:`pilot.dirac` for DIRAC's DISET services.
+The agent talks to a :class:`Backend` only; :mod:`pilot.backends.stub` implements it for the
+matcher stub's REST API and :mod:`pilot.backends.dirac` for DIRAC's DISET services.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class MatchedJob:
     """A job the backend handed to this pilot."""
 
     job_id: str
-    jdl: str  # the job's JDL text, parsed by pilot.jdl
+    jdl: str  # the job's JDL text, parsed by pilot.job.jdl
     token: str | None = None  # lets this pilot update this job and nothing else (stub)
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""Sandbox archives: unpack untrusted input safely (packing is in :mod:`pilot.outpack`).
+"""Sandbox archives: unpack untrusted input safely (packing is in :mod:`pilot.job.outpack`).
 
 :func:`safe_unpack` never writes outside ``dest``. The format comes from magic bytes;
 ``tarfile``/``zipfile`` serve only as parsers: every change to the file system is made

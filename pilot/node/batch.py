@@ -2,7 +2,7 @@
 
 :func:`detect` asks, in this order, and keeps the lowest of every limit it finds:
 
-1. the batch system (HTCondor, Slurm, PBS/Torque, LSF, SGE; see :mod:`pilot.batch_systems`),
+1. the batch system (HTCondor, Slurm, PBS/Torque, LSF, SGE; see :mod:`pilot.node.batch_systems`),
    or "local" when none is found (cores from CPU affinity, memory from total RAM);
 2. Machine/Job Features (``$JOBFEATURES``/``$MACHINEFEATURES`` directories of one-value
    files), which fill gaps and bring shutdown times;
@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from pilot import proc
-from pilot.batch_systems import BatchSystem, Probe, Sourced, SystemReport, identify
+from pilot.node.batch_systems import BatchSystem, Probe, Sourced, SystemReport, identify
 from pilot.proc import CommandResult
 
 __all__ = ["BatchInfo", "BatchSystem", "CgroupLimits", "detect", "read_cgroup_limits", "read_mjf"]

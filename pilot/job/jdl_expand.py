@@ -1,4 +1,4 @@
-"""Parametric expansion and serialisation of JDL attributes (see :mod:`pilot.jdl`).
+"""Parametric expansion and serialisation of JDL attributes (see :mod:`pilot.job.jdl`).
 
 Parametric jobs follow DIRAC's ``ParametricJob`` utility:
 
@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Mapping
 
-from pilot.jdl import (
+from pilot.job.jdl import (
     ATTRIBUTE_NAME_RE,
     MAX_DEPTH,
     MAX_INT_DIGITS,

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from checks import BUILTIN_CHECKS
-from pilot import entrypoints, proc
+from pilot import proc
 from pilot.api import Check, CheckContext, CheckOutcome, CheckResult, Status
 from pilot.errors import UsageError
+from pilot.node import entrypoints
 
 log = logging.getLogger(__name__)
 

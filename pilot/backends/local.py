@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot import archive, jdl, outpack
-from pilot.backend import MatchedJob, StatusUpdate
+from pilot.backends.base import MatchedJob, StatusUpdate
 from pilot.errors import SandboxError
+from pilot.job import archive, jdl, outpack
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The X.509 structures of grid credentials: a small DER reader and writer, DNs in
 slash form, RFC 3820 / legacy proxy chains, and VOMS attribute certificates.
 
-Pure functions on bytes and certificates, no I/O: :mod:`pilot.credentials` does the
+Pure functions on bytes and certificates, no I/O: :mod:`pilot.grid.credentials` does the
 loading, validation against the clock, TLS and delegation on top of them.
 
 :mod:`cryptography` does not expose the extensions that grid proxies carry (RFC 3820
