@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pilot import __version__, cliutil, credentials, jdl, outpack
+from pilot import __version__, cliutil
+from pilot.backends.local import REMOTE_PREFIXES, local_inputs
 from pilot.errors import (
     AuthError,
     ExitCode,
@@ -43,7 +44,8 @@ from pilot.errors import (
     ServerUnreachable,
     UsageError,
 )
-from pilot.local import REMOTE_PREFIXES, local_inputs
+from pilot.grid import credentials
+from pilot.job import jdl, outpack
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
