@@ -104,7 +104,7 @@ def _client_options() -> cliutil.Parser:
         type=Path,
         default=argparse.SUPPRESS,
         metavar="FILE",
-        help="read the stub URL from FILE (what serve --url-file wrote)",
+        help="read the stub URL from FILE, as serve --url-file wrote it (default: none)",
     )
     group.add_argument(
         "--proxy",
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
             dest="id_file",
             type=Path,
             metavar="FILE",
-            help="also the job ids in FILE (one or more a line, # comments)",
+            help="also the job ids in FILE, one or more a line, # comments (default: none)",
         )
 
     _serve_parser(command("serve", "run the stub", client=False))
@@ -215,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--status", metavar="STATUS", help="only jobs in STATUS (default: all)")
     jobs.add_argument("--all", action="store_true", help="include Deleted jobs")
     pilots = command("pilots", "list pilots and their checks")
-    pilots.add_argument("--log", metavar="STAMP", help="print that pilot's uploaded log")
+    pilots.add_argument(
+        "--log", metavar="STAMP", help="print that pilot's uploaded log (default: list the pilots)"
+    )
     put = command("put-file", "store a file in the catalogue under an LFN")
     put.add_argument("lfn", metavar="LFN", help="LFN:/vo/path or /vo/path")
     put.add_argument("path", type=Path, metavar="PATH", help="local file")
@@ -247,7 +249,10 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
         help="sandbox store (default: beside the database)",
     )
     serve.add_argument(
-        "--url-file", type=Path, metavar="FILE", help="also write the base URL to FILE"
+        "--url-file",
+        type=Path,
+        metavar="FILE",
+        help="also write the base URL to FILE (default: none)",
     )
     serve.add_argument(
         "--max-sandbox-mb",
@@ -288,19 +293,30 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("-v", "--verbose", action="store_true", help="debug log")
     tls = serve.add_argument_group("security")
     tls.add_argument(
-        "--cert", type=Path, metavar="FILE", help="server certificate (PEM; key inside or --key)"
+        "--cert",
+        type=Path,
+        metavar="FILE",
+        help="server certificate, PEM, key inside or --key (default: none, plain HTTP)",
     )
-    tls.add_argument("--key", type=Path, metavar="FILE", help="server private key")
+    tls.add_argument(
+        "--key", type=Path, metavar="FILE", help="server private key (default: in the --cert file)"
+    )
     tls.add_argument(
         "--require-client-cert",
         action="store_true",
         help="refuse clients without a certificate (proxies accepted)",
     )
     tls.add_argument(
-        "--pilot-token-file", type=Path, metavar="FILE", help="bearer tokens for pilots, one a line"
+        "--pilot-token-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer tokens for pilots, one a line (default: none)",
     )
     tls.add_argument(
-        "--user-token-file", type=Path, metavar="FILE", help="bearer tokens for users, one a line"
+        "--user-token-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer tokens for users, one a line (default: none)",
     )
     tls.add_argument(
         "--ca-dir",
@@ -309,7 +325,10 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
         help="CA directory (hash links) for client certificates (default: system CAs)",
     )
     tls.add_argument(
-        "--ca-file", type=Path, metavar="FILE", help="CA bundle for client certificates"
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA bundle for client certificates (default: none)",
     )
 
 

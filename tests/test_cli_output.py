@@ -1,0 +1,115 @@
+"""What users read: --help of every subcommand, the README's usage section, the logs,
+and how settings are understood (the same from the file, the environment and flags)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pilot import cli, config
+from pilot.errors import UsageError
+from server_stub import cli as stub_cli
+from tests.conftest import BIN, FAST, REPO, Stub, run_pilot
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+@pytest.mark.parametrize("program", ["pilot", "pilot-stub"])
+def test_every_option_has_help_and_a_default(program: str) -> None:
+    parser = cli.build_parser() if program == "pilot" else stub_cli.build_parser()
+    for name, sub in _subcommands(parser).items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            where = f"{program} {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help != argparse.SUPPRESS, where
+            takes_value = action.option_strings and action.nargs != 0
+            if takes_value and not action.required:
+                assert "default" in action.help, where
+
+
+def test_subcommands_list_only_their_options() -> None:
+    subs = _subcommands(cli.build_parser())
+    flags = {name: {s for a in p._actions for s in a.option_strings} for name, p in subs.items()}
+    assert {"--max-jobs", "--heartbeat-interval", "--server"} <= flags["run"]
+    assert "--max-jobs" not in flags["check"] and "--heartbeat-interval" not in flags["check"]
+    assert "--server" not in flags["local"] and "--grace" in flags["local"]
+    assert flags["jdl"] == {"-h", "--help", "--expand"}
+    shown = subprocess.run(
+        [str(BIN / "pilot"), "check", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--max-jobs" not in shown and "(default: 30.0" in shown
+
+
+def test_readme_usage_is_what_help_says() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "readme_usage.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_both_programs_have_a_version() -> None:
+    for program in ("pilot", "pilot-stub"):
+        done = subprocess.run([str(BIN / program), "--version"], capture_output=True, text=True)
+        assert done.returncode == 0 and re.match(r"pilot-(agent|stub) \d", done.stdout)
+
+
+def test_lists_are_split_the_same_from_flags_environment_and_file(tmp_path: Path) -> None:
+    conf = tmp_path / "p.toml"
+    conf.write_text('tags = ["a", "b"]\n')
+    from_file, _ = config.load({}, env={}, config_file=conf)
+    from_env, _ = config.load({}, env={"PILOT_TAGS": "a,b"})
+    from_flag, _ = config.load({"tags": ["a,b"]}, env={})
+    from_flags, _ = config.load({"tags": ["a", "b"]}, env={})
+    assert from_file.tags == from_env.tags == from_flag.tags == from_flags.tags == ["a", "b"]
+
+
+def test_values_are_written_back_as_users_write_them() -> None:
+    cfg, origins = config.load({"tags": ["x,y"], "cores": "3"}, env={"PILOT_VO": "myvo"})
+    shown = config.show(cfg, origins)
+    assert 'tags = ["x", "y"]' in shown and "cores = 3" in shown and "['x'" not in shown
+    assert "None" not in shown
+    assert json.loads(config.show_json(cfg, origins))["settings"]["cores"] == 3
+
+
+def test_choices_are_case_blind_and_names_are_suggested() -> None:
+    cfg, _ = config.load({"log_level": "debug"}, env={})
+    assert cfg.log_level == "DEBUG"
+    with pytest.raises(UsageError, match=r"did you mean 'apptainer'"):
+        config.load({"isolation": "aptainer"}, env={})
+
+
+def test_json_logs_are_json_only_and_name_the_job(stub: Stub, tmp_path: Path) -> None:
+    (job,) = stub.submit('Executable = "/bin/echo"; Arguments = "hi";')
+    done = run_pilot(
+        ["run", "--server", stub.url, *FAST, "--max-jobs", "1", "--log-format", "json"],
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]  # JSON, nothing else
+    about_job = [r for r in records if r.get("job") == str(job)]
+    assert any("Done" in r["message"] for r in about_job), records
+    assert all(set(r) >= {"time", "level", "logger", "message"} for r in records)
+
+
+def test_text_logs_carry_the_date(stub: Stub, tmp_path: Path) -> None:
+    done = run_pilot(["run", "--server", stub.url, *FAST, "--idle-timeout", "0"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z]+ ", ln) for ln in lines)
+    text = done.stderr
+    assert "job None" not in text and "None s left" not in text
+    assert "stopped because stopped" not in text and "no job matched for 0 s" in text
