@@ -53,6 +53,7 @@ from server_stub.userclient import UserClient
 log = logging.getLogger("server_stub")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+PROGRESS_LOGGERS = ("pilot.backends.stub", "pilot.job.outpack")
 
 
 # -- argument parsing ---------------------------------------------------------------------
@@ -353,14 +354,18 @@ def _main(argv: Sequence[str] | None) -> int:
         stream=sys.stderr,
     )
     if args.command != "serve" and not verbose and sys.stderr.isatty():
-        logging.getLogger("pilot.client").setLevel(logging.INFO)  # transfer progress
+        for name in PROGRESS_LOGGERS:  # packing and transfer progress, on a terminal
+            logging.getLogger(name).setLevel(logging.INFO)
     try:
         if args.command == "serve":
             return serve(args)
         with user_client(args) as client:
             return run_client_command(client, args)
     except PilotError as exc:
-        print(f"pilot-stub: {exc}", file=sys.stderr)
+        refused = exit_code(exc) != int(exc.exit_code)  # the stub said no to this request
+        message = _reason(exc) if refused else str(exc)
+        about = f"job {args.id}: " if refused and isinstance(getattr(args, "id", None), int) else ""
+        print(f"pilot-stub: {about}{message}", file=sys.stderr)
         return exit_code(exc)
     except BrokenPipeError:
         raise
@@ -590,10 +595,10 @@ def job_ids(args: argparse.Namespace) -> list[int]:
 def _reason(exc: PilotError) -> str:
     """What the stub said, without the request line: ``not found``, ``is already Done``."""
     text = str(exc)
-    if isinstance(exc, ServerError) and exc.status == 404:
-        return "no such job"
     found = re.match(r"^[A-Z]+ /\S*: \d{3} (.*)$", text)
     reason = found.group(1) if found else text
+    if re.fullmatch(r"no job \d+", reason):
+        return "no such job"
     return re.sub(r"^job \d+ ", "", reason)
 
 

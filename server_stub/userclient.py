@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,25 @@ class UserClient(HttpClient):
         return self.download(f"/api/sandboxes/{entry['sha256']}", dest, str(entry["sha256"]))
 
     def get_output(self, job_id: int, target: Path) -> list[str]:
-        """Download and safely unpack the job's output sandbox into ``target``."""
+        """Download and safely unpack the job's output sandbox into ``target``.
+
+        Fetching again replaces what an earlier fetch wrote there (the sandbox is unpacked
+        beside ``target`` first, so a refused archive leaves ``target`` as it was)."""
         target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".get-output-") as tmp:
             packed = Path(tmp) / "output.tar.gz"
             self.download(f"/api/jobs/{job_id}/sandbox/output", packed)
-            return archive.safe_unpack(packed, target)
+            unpacked = Path(tmp) / "files"
+            unpacked.mkdir()
+            names = archive.safe_unpack(packed, unpacked)
+            for entry in sorted(unpacked.iterdir()):
+                old = target / entry.name
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                elif old.exists() or old.is_symlink():
+                    old.unlink()
+                entry.rename(old)
+            return names
 
     def pilots(self) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = self.json("GET", "/api/pilots")

@@ -173,11 +173,17 @@ CASES = [
     stub("kill-ended", "--server", "{stub}", "kill", "{killed}", says="is already Killed"),
     stub("reschedule-waiting", "--server", "{stub}", "reschedule", "{waiting}", says="Waiting"),
     stub("delete-unknown", "--server", "{stub}", "delete", "999", says="job 999"),
-    stub("output-none", "--server", "{stub}", "get-output", "{waiting}", says="no output"),
-    stub("logging-unknown", "--server", "{stub}", "logging-info", "999", says="no job 999"),
-    stub("jdl-unknown", "--server", "{stub}", "get-jdl", "999", says="no job 999"),
-    stub("parameters-unknown", "--server", "{stub}", "parameters", "999", says="no job 999"),
-    stub("peek-unknown", "--server", "{stub}", "peek", "999", says="no job 999"),
+    stub(
+        "output-none", "--server", "{stub}", "get-output", "{waiting}", says="has no output sandbox"
+    ),
+    stub(
+        "logging-unknown", "--server", "{stub}", "logging-info", "999", says="job 999: no such job"
+    ),
+    stub("jdl-unknown", "--server", "{stub}", "get-jdl", "999", says="job 999: no such job"),
+    stub(
+        "parameters-unknown", "--server", "{stub}", "parameters", "999", says="job 999: no such job"
+    ),
+    stub("peek-unknown", "--server", "{stub}", "peek", "999", says="job 999: no such job"),
     stub("peek-lines", "--server", "{stub}", "peek", "1", "-n", "0", says="--lines"),
     stub("get-file-not-lfn", "--server", "{stub}", "get-file", "vo/x", says="not an LFN"),
     stub("get-file-unknown", "--server", "{stub}", "get-file", "/vo/none", says="no file"),

@@ -119,6 +119,7 @@ def test_peek_parameters_and_jdl_of_a_job_that_ran(stub: Stub, tmp_path: Path) -
     (job,) = stub.submit(
         'JobName = "talker"; Executable = "/bin/sh";'
         " Arguments = \"-c 'echo first line; echo second line; sleep 2'\";"
+        ' StdOutput = "StdOut"; OutputSandbox = {"StdOut"};'
     )
     done = run_pilot(
         ["run", "--server", stub.url, *FAST, "--heartbeat-interval", "0.3", "--max-jobs", "1"],
@@ -136,6 +137,10 @@ def test_peek_parameters_and_jdl_of_a_job_that_ran(stub: Stub, tmp_path: Path) -
     assert table[0].split() == ["Parameter", "Value"] and "None" not in "\n".join(table)
     text = cli("--server", stub.url, "get-jdl", str(job)).stdout
     assert 'JobName = "talker";' in text
+    for _ in range(2):  # fetching again replaces the files instead of refusing them
+        got = cli("--server", stub.url, "get-output", str(job), "--dir", str(tmp_path / "o"))
+        assert got.returncode == 0 and got.stdout.startswith("1 file(s)"), got.stderr
+    assert (tmp_path / "o" / str(job) / "StdOut").read_text().endswith("second line\n")
 
 
 def test_url_file_from_the_environment(stub: Stub, tmp_path: Path) -> None:

@@ -317,6 +317,7 @@ def pack_output(
 # Time stamp of every member of a submitted input sandbox (1980-01-01, the oldest a zip
 # file can hold): the archive depends on the files' contents, names and modes only.
 FIXED_MTIME = 315532800
+PROGRESS_FROM_BYTES = 4 << 20  # packing more than this is said before it starts
 
 
 def _scrub(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -343,6 +344,9 @@ def pack_files(files: Sequence[tuple[Path, str]], out: Path) -> None:
         if not path.exists():
             raise SandboxError(f"input sandbox file not found: {path}")
         names[name] = path.resolve()
+    size = sum(p.stat().st_size for p in names.values() if p.is_file())
+    if size >= PROGRESS_FROM_BYTES:
+        log.info("packing %d input file(s), %.0f MiB, into %s", len(names), size / 2**20, out.name)
     with _tar_gz(out) as tf:
         for name, path in sorted(names.items()):  # directories are walked in sorted order too
             tf.add(path, arcname=name, filter=_scrub)
