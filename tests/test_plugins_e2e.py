@@ -87,20 +87,22 @@ def test_hung_checks_do_not_hold_up_pilot_check(tmp_path: Path) -> None:
 
 def test_plugin_path_adds_plugins_installed_with_pip_target(tmp_path: Path) -> None:
     site = plugin_dir(tmp_path)
-    missing = tmp_path / "not-there"
     done = run_pilot(
-        ["check", "--json", "--disable-check", "cpu", "--plugin-path", str(site),
-         "--plugin-path", str(missing)],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr  # a missing directory is reported, not fatal
+        ["check", "--json", "--disable-check", "cpu", "--plugin-path", str(site)], cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     names = {r["name"]: r for r in report["checks"]["results"]}
     assert names["site-vo"]["status"] == "PASSED", names["site-vo"]
     assert names["site-vo"]["source"] == "entry-point:site-vo-check"
     assert "site-vo:yes" in report["resources"]["Tag"]
-    assert names["plugin-path"]["status"] == "FAILED"
-    assert f"plugin directory {missing} does not exist" in names["plugin-path"]["message"]
+    # a plugin directory that is not there would leave the VO's checks out: fatal
+    missing = tmp_path / "not-there"
+    refused = run_pilot(
+        ["check", "--plugin-path", str(site), "--plugin-path", str(missing)], cwd=tmp_path
+    )
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == f"pilot: --plugin-path {missing}: no such directory\n"
     without = json.loads(
         run_pilot(["check", "--json", "--disable-check", "cpu"], cwd=tmp_path).stdout
     )
