@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import re
 import signal
 import ssl
@@ -304,7 +305,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_local(cfg, local, buffer)
         raise UsageError(f"unknown command {args.command}")
     except PilotError as exc:
-        _report(str(exc), logging_on)
+        _report(str(exc), logging_on, _wants_json(args))
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)
@@ -313,19 +314,30 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as exc:  # the node itself: a full disk, an unwritable work directory
         code = ExitCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.USAGE
         where = f" ({exc.filename})" if exc.filename else ""
-        _report(f"{exc.strerror or exc}{where}", logging_on)
+        _report(f"{exc.strerror or exc}{where}", logging_on, _wants_json(args))
         return int(code)
     except Exception:
         traceback.print_exc()
         return int(ExitCode.INTERNAL)
 
 
-def _report(message: str, logging_on: bool) -> None:
-    """An error, once: as a log line when logging is set up (JSON stays JSON), else plain."""
+def _report(message: str, logging_on: bool, as_json: bool = False) -> None:
+    """An error, once: as a log line when logging is set up, else plain; a JSON record
+    when JSON logs were asked for, even before they could be set up."""
     if logging_on:
         log.error("%s", message)
+    elif as_json:
+        record = logging.LogRecord("pilot", logging.ERROR, __file__, 0, message, None, None)
+        print(JsonFormatter().format(record), file=sys.stderr)
     else:
         print(f"pilot: {message}", file=sys.stderr)
+
+
+def _wants_json(args: argparse.Namespace) -> bool:
+    """Whether --log-format or PILOT_LOG_FORMAT asks for JSON (read leniently: this
+    decides how to say that something else is wrong)."""
+    value = getattr(args, "log_format", None) or os.environ.get("PILOT_LOG_FORMAT", "")
+    return str(value).strip().lower() == "json"
 
 
 def cmd_config(cfg: config.PilotConfig, origins: dict[str, str], args: argparse.Namespace) -> int:
@@ -473,8 +485,7 @@ def cmd_check(cfg: config.PilotConfig, as_json: bool) -> int:
     else:
         print(checking.format_table(report))
         print(f"\nisolation: {chosen.runtime} ({chosen.detail})\n")
-        for key, value in desc.as_dict().items():
-            print(f"{key:<22} {value}")
+        print(cliutil.table(["Resource", "Offered"], list(desc.as_dict().items())))
         if dry_run is not None:
             print()
             print(format_dry_run(dry_run))

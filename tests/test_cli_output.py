@@ -15,7 +15,7 @@ import pytest
 from pilot import cli, config
 from pilot.errors import UsageError
 from server_stub import cli as stub_cli
-from tests.conftest import BIN, FAST, REPO, Stub, run_pilot
+from tests.conftest import BIN, FAST, REPO, Stub, pilot_env, run_pilot
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -113,3 +113,15 @@ def test_text_logs_carry_the_date(stub: Stub, tmp_path: Path) -> None:
     text = done.stderr
     assert "job None" not in text and "None s left" not in text
     assert "stopped because stopped" not in text and "no job matched for 0 s" in text
+
+
+def test_errors_before_logging_are_json_when_json_was_asked_for(tmp_path: Path) -> None:
+    for args, env in (
+        (["run", "--log-format", "json", "--cores", "-4"], {}),
+        (["run", "--cores", "-4"], {"PILOT_LOG_FORMAT": "json"}),
+    ):
+        done = run_pilot(args, cwd=tmp_path, env={**pilot_env(), **env})
+        (line,) = done.stderr.splitlines()
+        record = json.loads(line)
+        assert done.returncode == 2 and record["level"] == "ERROR"
+        assert record["message"].startswith("--cores -4: ")
