@@ -13,7 +13,6 @@ without running anything. Nothing here reads the environment at import time.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -91,7 +90,7 @@ def _f(
     default: Any,
     kind: str,
     help: str,
-    group: str,
+    group: str = "server",  # see GROUP_COMMANDS: which subcommands take it as a flag
     *,
     unit: str = "",
     low: float | None = None,
@@ -291,13 +290,11 @@ def default_text(name: str) -> str:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``; did you mean 'disk'?`` for a misspelt name, else nothing."""
+    import difflib  # only a mistake pays for it
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def similar(word: str, candidates: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 # -- conversion ---------------------------------------------------------------------------

@@ -949,3 +949,25 @@ def test_pack_output_failures_are_sandbox_errors(job: Path, layout: Layout) -> N
         pack_output(layout.base / "nojob", ["*"], layout.src / "out.tgz", max_bytes=10**6)
     assert not (layout.src / "out.tgz").exists()
     assert not (layout.src / "out.tgz.part").exists()
+
+
+def test_input_sandbox_archives_are_deterministic(tmp_path: Path) -> None:
+    """The same files make the same bytes, whatever their time stamps, owners or the order
+    they are given in: the stub then stores a re-submitted sandbox once."""
+    src = tmp_path / "src"
+    (src / "dir" / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha\n")
+    (src / "dir" / "b.txt").write_text("beta\n")
+    (src / "dir" / "sub" / "c.txt").write_text("gamma\n")
+    files = [(src / "a.txt", "a.txt"), (src / "dir", "dir")]
+    pack_files(files, tmp_path / "one.tar.gz")
+    for path in (src / "a.txt", src / "dir" / "b.txt", src / "dir"):
+        os.utime(path, (2e9, 2e9))
+    pack_files(list(reversed(files)), tmp_path / "two.tar.gz")
+    one, two = (tmp_path / "one.tar.gz").read_bytes(), (tmp_path / "two.tar.gz").read_bytes()
+    assert one == two
+    assert one[4:8] == b"\0\0\0\0"  # no time in the gzip header
+    with tarfile.open(tmp_path / "one.tar.gz") as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members] == ["a.txt", "dir", "dir/b.txt", "dir/sub", "dir/sub/c.txt"]
+    assert {(m.uid, m.gid, m.uname, m.mtime) for m in members} == {(0, 0, "", 315532800)}
