@@ -477,6 +477,8 @@ def serve(args: argparse.Namespace) -> int:
     sandbox_dir = args.sandbox_dir or args.db.parent / (args.db.name + ".sandboxes")
     if sandbox_dir.exists() and not sandbox_dir.is_dir():
         raise UsageError(f"--sandbox-dir {sandbox_dir}: not a directory")
+    if args.url_file is not None and not args.url_file.parent.is_dir():
+        raise UsageError(f"--url-file {args.url_file}: no directory {args.url_file.parent}")
     ssl_context, auth = server_security(args)
     settings = ServerSettings(
         db=args.db,
@@ -501,9 +503,10 @@ def serve(args: argparse.Namespace) -> int:
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"--db {args.db}: {exc}") from None
     except OSError as exc:
-        raise UsageError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-        ) from None
+        if exc.filename:  # the sandbox directory or the database
+            raise UsageError(f"{exc.filename}: {exc.strerror or exc}") from None
+        where = f"{args.host}:{args.port}"
+        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     server.start()
     if args.url_file:
         args.url_file.write_text(server.url + "\n")

@@ -151,6 +151,8 @@ CASES = [
     stub("serve-stalled-nan", "serve", "--stalled-after", "nan", says="--stalled-after"),
     stub("serve-client-cert", "serve", "--require-client-cert", says="needs --cert"),
     stub("serve-key-alone", "serve", "--key", "{file}", says="--key needs --cert"),
+    stub("serve-url-file", "serve", "--url-file", "/nonexistent/url", says="--url-file"),
+    stub("serve-sandbox-dir", "serve", "--sandbox-dir", "{file}/x", says="plain.txt/x"),
     stub("serve-token-file", "serve", "--pilot-token-file", "/nonexistent", says="/nonexistent"),
     # -- pilot-stub: where the server is ------------------------------------------------------
     stub("no-server", "status", "1", says="no server"),
