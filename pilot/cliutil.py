@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
 from pilot.errors import ExitCode, UsageError
@@ -91,3 +92,30 @@ def _silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+class TerminalProgress:
+    """A progress line for transfers of a few MB or more, redrawn in place on a terminal
+    (at most every ``interval`` s); nothing at all when ``stream`` is not a terminal."""
+
+    MIN_BYTES = 4 << 20
+
+    def __init__(self, stream: TextIO, interval: float = 0.2) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.shown = 0.0
+        self.drawn = False
+
+    def __call__(self, what: str, done: int, total: int, finished: bool) -> None:
+        if max(done, total) < self.MIN_BYTES or not self.stream.isatty():
+            return
+        now = time.monotonic()
+        if not finished and now - self.shown < self.interval:
+            return
+        self.shown = now
+        percent = f" {100 * done / total:3.0f} %" if total else ""
+        of = f" of {total / 2**20:.1f}" if total else ""
+        line = f"{what}: {done / 2**20:.1f}{of} MiB{percent}"
+        self.stream.write("\r" + line.ljust(60) + ("\n" if finished else ""))
+        self.stream.flush()
+        self.drawn = not finished

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pilot import __version__, cliutil
+from pilot.backends import stub as stub_client
 from pilot.backends.local import REMOTE_PREFIXES, local_inputs
 from pilot.errors import (
     AuthError,
@@ -53,7 +54,6 @@ from server_stub.userclient import UserClient
 log = logging.getLogger("server_stub")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-PROGRESS_LOGGERS = ("pilot.backends.stub", "pilot.job.outpack")
 
 
 # -- argument parsing ---------------------------------------------------------------------
@@ -354,8 +354,8 @@ def _main(argv: Sequence[str] | None) -> int:
         stream=sys.stderr,
     )
     if args.command != "serve" and not verbose and sys.stderr.isatty():
-        for name in PROGRESS_LOGGERS:  # packing and transfer progress, on a terminal
-            logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger("pilot.job.outpack").setLevel(logging.INFO)  # "packing N files"
+        stub_client.progress_hook = cliutil.TerminalProgress(sys.stderr)
     try:
         if args.command == "serve":
             return serve(args)

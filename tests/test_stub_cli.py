@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 from pathlib import Path
 
@@ -165,3 +166,34 @@ def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         proc.stdout.close()  # what `| head -1` does
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=30) == 0 and err == "", err
+
+
+def test_large_transfers_show_progress_on_a_terminal(stub: Stub, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(24 << 20))
+    master, slave = pty.openpty()
+    try:
+        done = subprocess.run(
+            [str(BIN / "pilot-stub"), "--server", stub.url, "put-file", "/vo/big.bin", str(big)],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            timeout=120,
+            env=pilot_env(),
+        )
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert done.returncode == 0, seen
+    assert b"upload big.bin: 24.0 of 24.0 MiB 100 %" in seen, seen
+    piped = cli("--server", stub.url, "put-file", "/vo/big2.bin", str(big))
+    assert piped.returncode == 0 and piped.stderr == ""  # not a terminal: nothing drawn

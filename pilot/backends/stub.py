@@ -262,8 +262,15 @@ def _write_and_hash(chunks: Iterator[bytes], dest: Path, progress: _Progress) ->
     return digest.hexdigest()
 
 
+# Called with (what, bytes so far, total or 0, finished) as a transfer moves, when set:
+# a command-line program draws a progress line on its terminal with it.
+ProgressHook = Callable[[str, int, int, bool], None]
+progress_hook: ProgressHook | None = None
+
+
 class _Progress:
-    """Logs a long transfer every few seconds so an operator sees it move."""
+    """Logs a long transfer every few seconds so an operator sees it move (and tells
+    :data:`progress_hook`, if set, after every chunk)."""
 
     def __init__(self, what: str, total: int) -> None:
         self.what, self.total = what, total
@@ -272,6 +279,8 @@ class _Progress:
 
     def add(self, n: int) -> None:
         self.done_bytes += n
+        if progress_hook is not None:
+            progress_hook(self.what, self.done_bytes, self.total, False)
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
@@ -280,6 +289,8 @@ class _Progress:
             log.info("%s: %.0f%s MiB (%.0f MiB/s)", self.what, self.done_bytes / 2**20, of, rate)
 
     def done(self) -> None:
+        if progress_hook is not None:
+            progress_hook(self.what, self.done_bytes, self.total, True)
         elapsed = time.monotonic() - self.start
         if elapsed >= PROGRESS_EVERY_S:
             log.info("%s: %.0f MiB in %.1f s", self.what, self.done_bytes / 2**20, elapsed)
