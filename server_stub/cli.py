@@ -551,15 +551,18 @@ def cmd_submit(client: UserClient, args: argparse.Namespace) -> int:
 
 
 def submit_file(client: UserClient, path: Path) -> list[int]:
-    """Submit one JDL file: pack its local input sandbox, upload it, send the JDL."""
+    """Submit one JDL file: pack its local input sandbox, upload it, send the JDL.
+
+    A JDL mistake, found here or by the stub, names the file once (``FILE:LINE:COL:``)."""
     try:
         attrs = jdl.parse(path.read_bytes())
+        desc = jdl.JobDescription.from_attrs(attrs) if _has_exe(attrs) else None
     except jdl.JDLError as exc:
         where = f"{path}:{exc}" if exc.line is not None else f"{path}: {exc}"
         raise jdl.JDLError(where) from None  # the location is in the text, said once
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
-    entries = jdl.JobDescription.from_attrs(attrs).input_sandbox if _has_exe(attrs) else ()
+    entries = desc.input_sandbox if desc is not None else ()
     files = local_inputs(path, tuple(entries))
     if files:
         with tempfile.TemporaryDirectory() as tmp:
@@ -568,7 +571,12 @@ def submit_file(client: UserClient, path: Path) -> list[int]:
             sha = client.put_sandbox(packed)
         key = next(k for k in attrs if k.lower() == "inputsandbox")
         attrs[key] = [*(e for e in entries if e.startswith(REMOTE_PREFIXES)), f"SB:{sha}"]
-    return client.submit(jdl.dumps(attrs))
+    try:
+        return client.submit(jdl.dumps(attrs))
+    except ServerError as exc:
+        if exc.status == 400 and "invalid JDL: " in str(exc):
+            raise jdl.JDLError(f"{path}: {str(exc).split('invalid JDL: ', 1)[1]}") from None
+        raise
 
 
 def _has_exe(attrs: dict[str, jdl.Value]) -> bool:

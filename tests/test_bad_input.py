@@ -207,6 +207,17 @@ CASES = [
         says="bad.jdl:2:13: unterminated",
     ),
     stub(
+        "submit-invalid", "--server", "{stub}", "submit", "{sem_jdl}", code=JDL, says="sem.jdl: Num"
+    ),
+    stub(
+        "submit-too-many", "--server", "{stub}", "submit", "{huge_jdl}", code=JDL, says="huge.jdl: "
+    ),
+    stub(
+        "submit-binary", "--server", "{stub}", "submit", "{bin_jdl}", code=JDL, says="bin.jdl:1:1: "
+    ),
+    pilot("jdl-too-many", "jdl", "--expand", "{huge_jdl}", code=JDL, says="huge.jdl: Parameters"),
+    pilot("jdl-binary", "jdl", "{bin_jdl}", code=JDL, says="bin.jdl:1:1: invalid UTF-8"),
+    stub(
         "submit-no-input", "--server", "{stub}", "submit", "{lost_jdl}", code=SANDBOX, says="lost"
     ),
     stub("pilot-log-unknown", "--server", "{stub}", "pilots", "--log", "nobody", says="nobody"),
@@ -242,6 +253,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         (tmp / "plain.txt").write_text("not a URL, not a database, not job ids\n")
         (tmp / "bad.jdl").write_text('Executable = "x";\nArguments = "open\n')
         (tmp / "lost.jdl").write_text('Executable = "x"; InputSandbox = {"lost.txt"};\n')
+        (tmp / "sem.jdl").write_text('Executable = "x"; NumberOfProcessors = "many";\n')
+        (tmp / "huge.jdl").write_text('Executable = "x"; Parameters = 100000; Arguments = "%n";')
+        (tmp / "bin.jdl").write_bytes(b"\xff\xfe\x00 not a text")
         (killed,) = handle.submit('Executable = "/bin/true";')
         handle.client.kill(killed)
         (waiting,) = handle.submit('Executable = "/bin/true";')
@@ -250,6 +264,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             "file": str(tmp / "plain.txt"),
             "bad_jdl": str(tmp / "bad.jdl"),
             "lost_jdl": str(tmp / "lost.jdl"),
+            "sem_jdl": str(tmp / "sem.jdl"),
+            "huge_jdl": str(tmp / "huge.jdl"),
+            "bin_jdl": str(tmp / "bin.jdl"),
             "stub": handle.url,
             "stub_https": handle.url.replace("http://", "https://"),
             "html": f"http://127.0.0.1:{html.server_address[1]}",
