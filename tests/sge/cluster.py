@@ -167,7 +167,8 @@ class GridEngine:
                 pairs = (line.split(None, 1) for line in done.stdout.splitlines())
                 return {p[0]: p[1].strip() for p in pairs if len(p) == 2}
             if time.monotonic() > deadline:
-                raise AssertionError(f"no accounting for job {job_id}: {done.stderr}\n{self.logs()}")
+                why = f"no accounting for job {job_id}: {done.stderr}"
+                raise AssertionError(f"{why}\n{self.logs()}")
             time.sleep(0.5)
 
     def wait_gone(self, job_id: str, timeout: float) -> float:
@@ -177,7 +178,8 @@ class GridEngine:
             if not self.exists(job_id):
                 return time.monotonic()
             time.sleep(0.25)
-        raise AssertionError(f"Grid Engine job {job_id} still there after {timeout:.0f} s\n" + self.logs())
+        why = f"Grid Engine job {job_id} still there after {timeout:.0f} s"
+        raise AssertionError(f"{why}\n{self.logs()}")
 
     def logs(self) -> str:
         spool = self.root / "spool"
@@ -350,9 +352,7 @@ def _make_root(root: Path) -> dict[str, str]:
         Path(path).mkdir(parents=True)
     (spool / "qmaster" / "job_scripts").mkdir()
     host = socket.gethostname()
-    (common / "bootstrap").write_text(
-        BOOTSTRAP.format(admin=ADMIN_USER, bin="/usr/sbin", **paths)
-    )
+    (common / "bootstrap").write_text(BOOTSTRAP.format(admin=ADMIN_USER, bin="/usr/sbin", **paths))
     (common / "act_qmaster").write_text(host + "\n")
     # the host name resolves to 127.0.0.1, which resolves back to "localhost"
     (common / "host_aliases").write_text(f"{host} localhost\n")
@@ -377,8 +377,9 @@ def _init_spool(root: Path, env: Mapping[str, str], paths: Mapping[str, str]) ->
         if done.returncode != 0:
             raise ClusterError(f"{' '.join(argv)} failed: {(done.stderr or done.stdout).strip()}")
     admin = pwd.getpwnam(ADMIN_USER)
-    for path in [root / "spool", *(root / "spool").rglob("*"), root / "default", *(root / "default").rglob("*")]:
-        os.chown(path, admin.pw_uid, admin.pw_gid, follow_symlinks=False)
+    for top in (root / "spool", root / "default"):
+        for path in (top, *top.rglob("*")):
+            os.chown(path, admin.pw_uid, admin.pw_gid, follow_symlinks=False)
 
 
 def _build_shim(root: Path) -> Path:
