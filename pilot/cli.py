@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pilot")
 
 # What batch systems send before they end a slot: SIGTERM (Slurm, PBS, LSF, HTCondor),
-# SIGINT, SIGUSR1 (Grid Engine's soft limits, LSF warning actions), SIGUSR2 (Grid Engine's
+# SIGINT, SIGUSR1 (Grid Engine's soft limit s_rt), SIGUSR2 (Grid Engine's
 # qsub -notify, before its SIGKILL), SIGXCPU (CPU-time limits).
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
 RUN_OPTIONS = tuple(name for name, f in config.FIELDS.items() if f.metadata["cli"])
