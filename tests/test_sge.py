@@ -157,6 +157,7 @@ def test_pilot_under_grid_engine_completes_jobs_and_exits_when_idle(
     assert (batch["system"], batch["cores"]) == ("sge", 1)
     assert batch["sources"]["wall_time_left"] == "qstat -xml JAT_start_time + h_rt"
     # learnt within a few seconds of the job's start: start + h_rt - now
+    print(f"h_rt={H_RT}: the pilot found {batch['wall_time_left']:.1f} s left")
     assert H_RT - 20 <= batch["wall_time_left"] < H_RT, batch
     assert batch["extra"]["queue"] == "all.q"
 
@@ -196,6 +197,7 @@ def test_qdel_of_a_notify_pilot_kills_the_payload_with_sigusr2_as_reason(
     deleted = time.monotonic()
     acct = finished(sge, submission, timeout=NOTIFY + 30)
     gone = time.monotonic() - deleted
+    print(f"qdel -> job gone after {gone:.1f} s (SIGKILL would come after {NOTIFY} s)")
     out = submission.output
     # the pilot ended by itself, with its signal code, well before the SIGKILL (60 s)
     assert acct["exit_status"] == "60", (acct, out[-3000:])
@@ -234,7 +236,9 @@ def test_pilot_near_its_wall_limit_takes_no_job_it_cannot_finish(
     acct = finished(sge, submission, timeout=h_rt + NOTIFY + 30)
     out = submission.output
     assert (acct["failed"], acct["exit_status"]) == ("0", "0"), (acct, out[-3000:])
-    assert time.monotonic() - submitted < h_rt, out[-3000:]
+    took = time.monotonic() - submitted
+    print(f"h_rt={h_rt}: the pilot ended after {took:.1f} s")
+    assert took < h_rt, out[-3000:]
     info = stub.client.job(running)
     assert info["status"] == "Failed", (info, out[-3000:])
     assert info["minor_status"] == "Job exceeded wall clock time limit (batch slot ends)", info

@@ -60,7 +60,10 @@ class ClusterError(RuntimeError):
 
 
 def missing_requirements() -> str | None:
-    """Why no Grid Engine can be started here, or None."""
+    """Why no Grid Engine can be started here, or None.
+
+    The daemons listen on 127.0.0.1 only and every client reaches the qmaster by the host
+    name, so the host name must resolve to a loopback address (as on Debian by default)."""
     if os.geteuid() != 0:
         return "needs root (sge_execd runs jobs as their owner)"
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -71,6 +74,13 @@ def missing_requirements() -> str | None:
             f"needs {', '.join(missing)}: install gridengine-master, gridengine-exec, "
             "gridengine-client and gcc (scripts/system-deps.sh)"
         )
+    host = socket.gethostname()
+    try:
+        address = socket.gethostbyname(host)
+    except OSError as exc:
+        return f"needs the host name {host} to resolve ({exc})"
+    if not address.startswith("127."):
+        return f"needs the host name {host} to resolve to a loopback address, not {address}"
     for user in (ADMIN_USER, JOB_USER):
         try:
             pwd.getpwnam(user)
