@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pilot.agent import Stop
 from tests.conftest import FAST, Stub
 from tests.payloads.support import (
     SYSTEM_PYTHON,
@@ -89,6 +90,17 @@ def test_signal_kills_jobs_uploads_and_exits_60(
     (stamp,) = [p["stamp"] for p in stub.client.pilots()]
     assert f"received {sig}" in stub.client.pilot_log(stamp)
     assert describe(marked_processes(mark)) == []
+
+
+def test_a_stop_is_set_once_and_keeps_its_first_reason() -> None:
+    stop = Stop()
+    assert stop.set("pilot received SIGUSR2") is True
+    assert stop.is_set() and stop.wake.is_set()
+    stop.wake.clear()
+    assert stop.set("pilot received SIGUSR2") is False
+    assert stop.set("pilot received SIGTERM") is False
+    assert stop.reason == "pilot received SIGUSR2"
+    assert not stop.wake.is_set()  # nothing new for the loop to look at
 
 
 def test_repeated_signals_to_every_process_are_handled_once(stub: Stub, tmp_path: Path) -> None:
