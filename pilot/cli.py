@@ -50,6 +50,7 @@ STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
 # -- logging ------------------------------------------------------------------------------
 
 _JOB_LINE = re.compile(r"job ([\w.-]+)\b")
+_JOB_THREAD = re.compile(r"(?:job|heartbeat)-([\w.-]+)")
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,6 +67,8 @@ class JsonFormatter(logging.Formatter):
         job = getattr(record, "job", None)
         if job is None and (found := _JOB_LINE.match(message)):
             job = found.group(1)
+        if job is None and (found := _JOB_THREAD.fullmatch(record.threadName or "")):
+            job = found.group(1)  # said from a job's own thread (stage-in, packing, ...)
         if job is not None:
             data["job"] = str(job)
         if record.exc_info:

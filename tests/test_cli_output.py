@@ -93,7 +93,10 @@ def test_choices_are_case_blind_and_names_are_suggested() -> None:
 
 
 def test_json_logs_are_json_only_and_name_the_job(stub: Stub, tmp_path: Path) -> None:
-    (job,) = stub.submit('Executable = "/bin/echo"; Arguments = "hi";')
+    (job,) = stub.submit(
+        'Executable = "/bin/echo"; Arguments = "hi"; StdOutput = "StdOut";'
+        ' OutputSandbox = {"StdOut"};'
+    )
     done = run_pilot(
         ["run", "--server", stub.url, *FAST, "--max-jobs", "1", "--log-format", "json"],
         cwd=tmp_path,
@@ -102,6 +105,8 @@ def test_json_logs_are_json_only_and_name_the_job(stub: Stub, tmp_path: Path) ->
     records = [json.loads(line) for line in done.stderr.splitlines()]  # JSON, nothing else
     about_job = [r for r in records if r.get("job") == str(job)]
     assert any("Done" in r["message"] for r in about_job), records
+    packing = [r for r in records if r["logger"] == "pilot.job.outpack"]  # no id in the text
+    assert packing and all(r.get("job") == str(job) for r in packing), packing
     assert all(set(r) >= {"time", "level", "logger", "message"} for r in records)
 
 
