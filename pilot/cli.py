@@ -371,6 +371,8 @@ def cmd_jdl(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return int(exc.exit_code)
+    except BrokenPipeError:
+        raise  # our reader went away: cliutil.guarded ends quietly
     except OSError as exc:
         print(f"pilot: {args.jdl_file}: {exc.strerror or exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
