@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot
@@ -18,6 +19,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         text=True,
         timeout=60,
         env=env or pilot_env(),
+        cwd=tempfile.gettempdir(),  # a relative path given by mistake never lands in the checkout
     )
 
 
@@ -112,7 +114,8 @@ def test_files_with_and_without_the_lfn_prefix(stub: Stub, tmp_path: Path) -> No
     )
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "d" / "data.txt").read_text() == "catalogue content\n"
-    as_json = cli("--server", stub.url, "get-file", "/vo/user/data.txt", "--json", "--dir", "e")
+    again = str(tmp_path / "e")
+    as_json = cli("--server", stub.url, "get-file", "/vo/user/data.txt", "--json", "--dir", again)
     assert json.loads(as_json.stdout)["size"] == len("catalogue content\n")
 
 
