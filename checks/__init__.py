@@ -17,7 +17,7 @@ from checks.memory import MemoryCheck
 from checks.software import SoftwareCheck
 from pilot.api import Check
 
-__all__ = ["BUILTIN_CHECKS"]
+__all__ = ["BUILTIN_CHECKS", "BUILTIN_OPTIONS"]
 
 BUILTIN_CHECKS: tuple[Check, ...] = (
     CpuCheck(),
@@ -30,3 +30,28 @@ BUILTIN_CHECKS: tuple[Check, ...] = (
     GpuCheck(),
     LoadCheck(),
 )
+
+# The [checks.<name>] options each built-in check reads, and their kind (as
+# pilot.config.check_options understands it); ``timeout`` is every check's. A VO's plugin
+# or executable check reads what it likes: only the built-ins' options are checked.
+BUILTIN_OPTIONS: dict[str, dict[str, str]] = {
+    "cpu": {
+        "cpuinfo": "path",
+        "benchmark": "bool",
+        "benchmark_seconds": "number",
+        "benchmark_max_copies": "int",
+    },
+    "memory": {
+        "meminfo": "path",
+        "proc_cgroup": "path",
+        "cgroup_root": "path",
+        "min_available_mb": "int",
+    },
+    "disk": {"min_free_mb": "int", "min_free_inodes": "int"},
+    "software": {"commands": "list", "os_release": "path"},
+    "cvmfs": {"repositories": "list", "root": "path", "probe_timeout": "number"},
+    "credentials": {"proxy": "path", "required": "bool", "min_time_left": "number"},
+    "container": {"path": "str"},
+    "gpu": {"nvidia_smi": "str", "proc_dir": "path"},
+    "load": {"loadavg": "path", "max_load_per_core": "number"},
+}

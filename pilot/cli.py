@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from checks import BUILTIN_OPTIONS
 from pilot import __version__, agent, cliutil, config
 from pilot.backends.base import Backend, JobStatus
 from pilot.backends.stub import HttpClient, StubBackend
@@ -278,6 +279,7 @@ def validate(cfg: config.PilotConfig, origins: dict[str, str]) -> None:
     if named - known:  # a plugin whose check is named unlike its entry point: load them
         known |= {check.name for check in checking.discover(settings)}
     config.check_names(cfg, origins, known)
+    config.check_options(cfg, origins, BUILTIN_OPTIONS)
 
 
 # -- commands -----------------------------------------------------------------------------

@@ -550,6 +550,54 @@ def check_names(cfg: PilotConfig, origins: Mapping[str, str], known: Iterable[st
             )
 
 
+_OPTION_KINDS = {
+    "int": "a whole number",
+    "number": "a number",
+    "bool": "true or false",
+    "str": "a text",
+    "path": "a path (text)",
+    "list": 'a list of texts, ["a", "b"]',
+}
+
+
+def check_options(
+    cfg: PilotConfig, origins: Mapping[str, str], known: Mapping[str, Mapping[str, str]]
+) -> None:
+    """The options of the built-in checks in ``[checks.<name>]`` tables: known keys, right
+    kinds (``known`` maps a check to its options and their kinds; others are not ours)."""
+    where = origins.get("checks", "").removeprefix("file ")
+    for check, table in cfg.checks.items():
+        options = known.get(check)
+        if options is None or not isinstance(table, dict):
+            continue
+        allowed = {"timeout": "number", **options}
+        for key, value in table.items():
+            kind = allowed.get(key)
+            if kind is None:
+                hint = did_you_mean(key, allowed)
+                raise UsageError(
+                    f"{where}: [checks.{check}] unknown option {key!r}{hint}"
+                    f" (options: {', '.join(sorted(allowed))})"
+                )
+            if not _option_fits(kind, value):
+                raise UsageError(
+                    f"{where}: [checks.{check}] {key} = {format_value(value)}:"
+                    f" expected {_OPTION_KINDS[kind]}"
+                )
+
+
+def _option_fits(kind: str, value: Any) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind in ("int", "number"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return math.isfinite(value) and (kind == "number" or isinstance(value, int))
+    if kind in ("str", "path"):
+        return isinstance(value, str) and bool(value)
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
 # -- presentation ---------------------------------------------------------------------------
 
 

@@ -130,3 +130,14 @@ def test_errors_before_logging_are_json_when_json_was_asked_for(tmp_path: Path) 
         record = json.loads(line)
         assert done.returncode == 2 and record["level"] == "ERROR"
         assert record["message"].startswith("--cores -4: ")
+
+
+def test_every_option_a_builtin_check_reads_is_declared() -> None:
+    """config --check refuses undeclared [checks.<name>] keys of the built-ins, so each
+    option a built-in check reads must be in checks.BUILTIN_OPTIONS (and nothing else)."""
+    from checks import BUILTIN_CHECKS, BUILTIN_OPTIONS
+
+    read = re.compile(r'(?:option_\w+\(ctx, NAME, |ctx\.option\(NAME, )"(\w+)"')
+    for check in BUILTIN_CHECKS:
+        source = Path(sys.modules[type(check).__module__].__file__ or "").read_text()
+        assert set(read.findall(source)) == set(BUILTIN_OPTIONS[check.name]), check.name
