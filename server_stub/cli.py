@@ -18,6 +18,7 @@ on several jobs report each job and fail only for the jobs that failed.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from typing import Any
 
 from pilot import __version__, cliutil
 from pilot.backends import stub as stub_client
+from pilot.backends.base import JobStatus
 from pilot.backends.local import REMOTE_PREFIXES, local_inputs
 from pilot.errors import (
     AuthError,
@@ -653,7 +655,20 @@ def cmd_status(client: UserClient, args: argparse.Namespace) -> int:
     return code
 
 
+def job_status(text: str) -> str:
+    """A job status as DIRAC spells it (any case); a misspelt one is refused."""
+    known = {status.value.lower(): status.value for status in JobStatus}
+    found = known.get(text.strip().lower())
+    if found is None:
+        close = difflib.get_close_matches(text.capitalize(), known.values(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"--status {text}: no such status{hint} ({', '.join(known.values())})")
+    return found
+
+
 def cmd_jobs(client: UserClient, args: argparse.Namespace) -> int:
+    if args.status is not None:
+        args.status = job_status(args.status)
     jobs = client.jobs(args.status)
     if not args.all and args.status is None:
         jobs = [j for j in jobs if j["status"] != "Deleted"]

@@ -225,6 +225,7 @@ CASES = [
     ),
     stub("pilot-log-unknown", "--server", "{stub}", "pilots", "--log", "nobody", says="nobody"),
     stub("no-such-command", "frobnicate", says="invalid choice"),
+    stub("jobs-status", "--server", "{stub}", "jobs", "--status", "Waitng", says="'Waiting'"),
     stub("jobs-bad-flag", "jobs", "--bogus", says="--bogus"),
 ]
 

@@ -100,7 +100,7 @@ def test_kill_delete_reschedule_several_ids_and_a_file(stub: Stub, tmp_path: Pat
     assert [j["job_id"] for j in json.loads(listed.stdout)] == [ids[0], ids[2]]
     everything = cli("--server", stub.url, "jobs", "--all").stdout.splitlines()
     assert [line.split()[0] for line in everything[1:]] == [str(i) for i in ids]
-    only = cli("--server", stub.url, "jobs", "--status", "Deleted").stdout.splitlines()
+    only = cli("--server", stub.url, "jobs", "--status", "deleted").stdout.splitlines()
     assert [line.split()[0] for line in only[1:]] == [str(ids[1])]
 
 
