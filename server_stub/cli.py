@@ -676,16 +676,11 @@ def cmd_jobs(client: UserClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _action(verb: str, call: Callable[[int], str]) -> Callable[[int], dict[str, Any]]:
-    def act(jid: int) -> dict[str, Any]:
-        return {"JobID": jid, "result": call(jid)}
-
-    return act
-
-
 def cmd_kill(client: UserClient, args: argparse.Namespace) -> int:
+    """kill, delete and reschedule: one result line per job."""
     calls = {"kill": client.kill, "delete": client.delete, "reschedule": client.reschedule}
-    done, code = per_job(args, _action(args.command, calls[args.command]))
+    call = calls[args.command]
+    done, code = per_job(args, lambda jid: {"JobID": jid, "result": call(jid)})
     if args.json:
         print(json.dumps(done, indent=2))
     else:
