@@ -467,14 +467,16 @@ def run(
         registered = True
         if not report.ok:
             names = ", ".join(r.name for r in report.failed_required)
-            log.error("required check(s) failed: %s; taking no job", names)
+            unfit = CheckFailed(f"node not fit: required check(s) failed: {names}; taking no job")
+            log.error("%s", unfit)  # here, so that the uploaded pilot log says it too
+            unfit.reported = True
             if config.failure_sleep > 0:
                 log.info(
                     "holding the slot for %.0f s so it is not handed to another pilot",
                     config.failure_sleep,
                 )
                 stop.wait(config.failure_sleep)
-            raise CheckFailed(f"node not fit: required check(s) failed: {names}")
+            raise unfit
         settings = job_settings(config, desc, chosen, isolation.probe_cgroup())
         summary = Agent(config, backend, desc, stamp, stop, settings, benchmark).run()
         log.info(

@@ -313,7 +313,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_local(cfg, local, buffer)
         raise UsageError(f"unknown command {args.command}")
     except PilotError as exc:
-        _report(str(exc), logging_on, _wants_json(args))
+        if not (exc.reported and logging_on):
+            _report(str(exc), logging_on, _wants_json(args))
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)

@@ -44,6 +44,7 @@ class PilotError(Exception):
     """Base of every error the pilot raises on purpose."""
 
     exit_code: ExitCode = ExitCode.INTERNAL
+    reported: bool = False  # already logged where it happened: cli.main does not repeat it
 
 
 class UsageError(PilotError):

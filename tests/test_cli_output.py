@@ -141,3 +141,17 @@ def test_every_option_a_builtin_check_reads_is_declared() -> None:
     for check in BUILTIN_CHECKS:
         source = Path(sys.modules[type(check).__module__].__file__ or "").read_text()
         assert set(read.findall(source)) == set(BUILTIN_OPTIONS[check.name]), check.name
+
+
+def test_an_unfit_node_says_so_once(stub: Stub, tmp_path: Path) -> None:
+    checks = tmp_path / "checks.d"
+    checks.mkdir()
+    (checks / "vo-sw").write_text("#!/bin/sh\necho 'VO software missing' >&2\nexit 1\n")
+    (checks / "vo-sw").chmod(0o755)
+    required = ["--checks-dir", str(checks), "--require-check", "vo-sw"]
+    done = run_pilot(["run", "--server", stub.url, *FAST, *required], cwd=tmp_path)
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert done.returncode == 30 and len(errors) == 1, done.stderr
+    assert errors[0].endswith("node not fit: required check(s) failed: vo-sw; taking no job")
+    (pilot,) = stub.client.pilots()
+    assert "node not fit" in stub.client.pilot_log(pilot["stamp"])  # the uploaded log too
