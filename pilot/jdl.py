@@ -388,8 +388,19 @@ def expand(attrs: Mapping[str, Value], max_jobs: int = DEFAULT_MAX_JOBS) -> list
     return jdl_expand.expand(attrs, max_jobs)
 
 
+class _Folded(dict[str, Value]):
+    """Attributes with a case-folded index built once: ``from_attrs`` looks up ~30 names,
+    and scanning every attribute for each of them was most of its time."""
+
+    def __init__(self, attrs: Mapping[str, Value]) -> None:
+        super().__init__(attrs)
+        self.hits = {name.casefold(): (name, value) for name, value in attrs.items()}
+
+
 def _lookup(attrs: Mapping[str, Value], key: str) -> tuple[str, Value] | None:
     """(name as written, value) of ``key`` ignoring case; the last one written wins."""
+    if isinstance(attrs, _Folded):
+        return attrs.hits.get(key.casefold())
     folded = key.casefold()
     hits = [(name, value) for name, value in attrs.items() if name.casefold() == folded]
     return hits[-1] if hits else None
@@ -555,6 +566,7 @@ class JobDescription:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Value]) -> JobDescription:
         """Validate ``attrs`` (as parsed or expanded) -> JobDescription, or JDLError."""
+        attrs = _Folded(attrs)
         executable = _text(attrs, "Executable")
         if executable is None or not executable.strip():
             raise JDLError("Executable is missing or empty")
