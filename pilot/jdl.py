@@ -453,8 +453,11 @@ def _text(attrs: Mapping[str, Value], key: str) -> str | None:
 def _strings(attrs: Mapping[str, Value], *keys: str, split: bool = False) -> tuple[str, ...]:
     """``keys`` together as strings (a scalar counts as a 1-list; empty entries and
     duplicates dropped); ``split`` also splits at commas and strips."""
+    hits = [hit for key in keys if (hit := _lookup(attrs, key)) is not None]
+    if not hits:
+        return ()
     out: dict[str, None] = {}
-    for name, value in filter(None, (_lookup(attrs, key) for key in keys)):
+    for name, value in hits:
         for item in value if isinstance(value, list | tuple) else [value]:
             text = _scalar_text(f"each entry of {name}", item)
             parts = [part.strip() for part in text.split(",")] if split else [text]

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import queue
+import select
 import selectors
 import socket
 import ssl
@@ -199,6 +200,7 @@ class HTTPServer:
         keepalive_timeout: float = 30.0,
         request_timeout: float = 60.0,
         handshake_timeout: float = 10.0,
+        linger: float = 0.05,
         backlog: int = 128,
     ) -> None:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -232,6 +234,8 @@ class HTTPServer:
         self._stopped = threading.Event()
         self._pool: list[threading.Thread] = []
         self._paused = False
+        self._lingering = 0
+        self.linger = linger
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -372,7 +376,7 @@ class HTTPServer:
             while True:
                 if not self._request(conn):
                     return False
-                if not conn.has_more():
+                if not conn.has_more() and not self._linger(conn):
                     return True
         except (_Closed, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("connection from %s ended: %s", conn.addr, exc)
@@ -380,6 +384,21 @@ class HTTPServer:
         except OSError as exc:
             log.debug("connection from %s failed: %s", conn.addr, exc)
             return False
+
+    def _linger(self, conn: Connection) -> bool:
+        """Wait a moment for the client's next request when no other connection needs a
+        worker (and at most half the workers do so): a client sending requests one after
+        the other is then served without two hand-offs between threads per request."""
+        with self._lock:
+            if self._lingering >= self.workers // 2 or not self._work.empty():
+                return False
+            self._lingering += 1
+        try:
+            ready, _, _ = select.select([conn.sock], [], [], self.linger)
+        finally:
+            with self._lock:
+                self._lingering -= 1
+        return bool(ready)
 
     def _request(self, conn: Connection) -> bool:
         """Read and answer one request; True when the connection may serve another."""

@@ -48,6 +48,7 @@ class _Fits:
 
     upto: int = 0  # queues [0, upto) have been evaluated
     ids: set[int] = field(default_factory=set)
+    max_cpu: int = 0  # the most CPU time any of them needs
 
 
 class TaskQueues:
@@ -120,9 +121,10 @@ class TaskQueues:
         """The job a pilot with ``resources`` gets: highest priority, then oldest."""
         fits = self._fitting(resources)
         cpu_left = matching.cpu_time_left(resources)
+        every_cpu = cpu_left is None or cpu_left >= fits.max_cpu  # the usual case
         for priority in sorted(self._levels, reverse=True):
-            candidates = self._levels[priority] & fits
-            if cpu_left is not None:
+            candidates = self._levels[priority] & fits.ids
+            if cpu_left is not None and not every_cpu:
                 queues = self._queues
                 candidates = {t for t in candidates if queues[t].cpu_time <= cpu_left}
             if candidates:
@@ -139,14 +141,14 @@ class TaskQueues:
             level = sorted(self._levels[priority], key=self._head.__getitem__)
             for tq_id in level:
                 queue = self._queues[tq_id]
-                if tq_id in fits and (cpu_left is None or queue.cpu_time <= cpu_left):
+                if tq_id in fits.ids and (cpu_left is None or queue.cpu_time <= cpu_left):
                     continue
                 out.append((queue, self._head[tq_id]))
                 if len(out) >= limit:
                     return out
         return out
 
-    def _fitting(self, resources: Mapping[str, Any]) -> set[int]:
+    def _fitting(self, resources: Mapping[str, Any]) -> _Fits:
         """Ids of the queues whose requirements fit ``resources``, CPU time aside."""
         rest = {k: v for k, v in resources.items() if k != "CPUTime"}
         key = json.dumps(rest, sort_keys=True, default=str)
@@ -160,5 +162,6 @@ class TaskQueues:
         for queue in self._queues[fits.upto :]:
             if not matching.mismatches(queue.requirements, rest):
                 fits.ids.add(queue.tq_id)
+                fits.max_cpu = max(fits.max_cpu, queue.cpu_time)
         fits.upto = len(self._queues)
-        return fits.ids
+        return fits
