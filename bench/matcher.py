@@ -1,12 +1,13 @@
 """The matcher stub under load: matching rate with mostly unfit work waiting, many pilots.
 
-(a) One keep-alive client (the standard library's, whose own cost per request is a
-    third of httpx's, so that the figure is the stub's) asks for jobs while 10^5 jobs wait in 1000 requirement shapes,
-    900 of which do not fit its resource description (other sites, banned site, platform,
-    a tag it lacks, too many processors or too much memory or CPU time); the unfit jobs
-    are the older ones, so they sit ahead of the fitting ones in matching order. Then the
-    same with all 10^5 jobs (1000 shapes) fitting, in a fresh stub: the baseline. The
-    submissions are timed and the stub's resident memory read after each.
+(a) One keep-alive client (the standard library's: its own cost per request is a third
+    of httpx's, so the figure is mostly the stub's) asks for jobs while 10^5 jobs wait
+    in 1000 requirement shapes, 900 of which do not fit its resource description (other
+    sites, banned site, platform, a tag it lacks, too many processors or too much memory
+    or CPU time); the unfit jobs are the older ones, so they sit ahead of the fitting
+    ones in matching order. Then the same with all 10^5 jobs (1000 shapes) fitting, in a
+    fresh stub: the baseline. The submissions are timed and the stub's resident memory
+    read after each.
 (b) ``--pilots`` simulated pilots (threads in a few processes, each with its own
     keep-alive HTTP client) take ``--pilot-jobs`` short jobs: match, Running, Done. Every
     job must end Done exactly once (checked in the stub's database afterwards).
