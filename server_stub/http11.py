@@ -437,6 +437,8 @@ class HTTPServer:
                 if buf:
                     raise _Closed("closed within a request head")
                 return None
+        if end > MAX_HEAD:
+            raise BadRequest("request head too large", "431 Request Header Fields Too Large")
         head = bytes(buf[:end])
         del buf[: end + 4]
         return head
@@ -446,7 +448,7 @@ class HTTPServer:
         while lines and not lines[0]:  # stray empty lines before a request are allowed
             lines.pop(0)
         parts = lines[0].split(" ") if lines else []
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             raise BadRequest("bad request line")
         method, target, version = parts
         if version not in ("HTTP/1.0", "HTTP/1.1"):
@@ -523,6 +525,8 @@ class HTTPServer:
             raise NotImplementedError("use the returned iterable")
 
         result = self.app(environ, start_response)
+        if not body.done and (body.chunked or body.remaining > DRAIN_LIMIT):
+            keep = False  # too much body left unread to skip it for a next request
         try:
             return self._write_response(conn, environ, started, result, keep)
         finally:
