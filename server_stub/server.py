@@ -9,8 +9,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pilot import credentials
 from pilot.errors import CredentialError
+from pilot.grid import credentials
 from server_stub.app import AuthPolicy, StubApp
 from server_stub.http11 import HTTPServer
 from server_stub.sandboxes import SandboxStore
