@@ -319,14 +319,15 @@ class HTTPServer:
             self._work.put(Connection(sock, addr))
 
     def _pause_or_resume(self, sel: selectors.BaseSelector, idle: dict[Connection, None]) -> None:
-        with self._lock:
+        with self._lock:  # _close reads _paused under the lock to know whether to wake us
             full = self._open >= self.max_connections and not idle
-        if full and not self._paused:
+            if full == self._paused:
+                return
+            self._paused = full
+        if full:
             sel.unregister(self.socket)
-            self._paused = True
-        elif not full and self._paused:
+        else:
             sel.register(self.socket, selectors.EVENT_READ, "listen")
-            self._paused = False
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # already awake, or shutting down
@@ -394,11 +395,12 @@ class HTTPServer:
                 return False
             self._lingering += 1
         try:
-            ready, _, _ = select.select([conn.sock], [], [], self.linger)
+            poll = select.poll()  # not select(): descriptors may be above 1024
+            poll.register(conn.sock, select.POLLIN)
+            return bool(poll.poll(self.linger * 1000))
         finally:
             with self._lock:
                 self._lingering -= 1
-        return bool(ready)
 
     def _request(self, conn: Connection) -> bool:
         """Read and answer one request; True when the connection may serve another."""

@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilot import jdl
+from pilot.job import jdl
 from server_stub import matching
 from server_stub.store import Store
 
