@@ -489,12 +489,18 @@ def _bool(attrs: Mapping[str, Value], key: str) -> bool:
     raise JDLError(f"{key} must be true or false, got {_kind(value)}")
 
 
+# quotes, a backslash, or white space other than the four shlex splits at
+_SHELL_SPECIAL = re.compile(r"[\"'\\]|[^\S \t\r\n]")
+
+
 def _arguments(attrs: Mapping[str, Value]) -> tuple[str, ...]:
     hit = _lookup(attrs, "Arguments")
     if hit is None:
         return ()
     value = hit[1]
     text = value.text if isinstance(value, Expression) else _scalar_text(*hit)
+    if not _SHELL_SPECIAL.search(text):  # nothing quoted or escaped: shlex would only split
+        return tuple(text.split())
     try:
         return tuple(shlex.split(text))
     except ValueError as exc:
