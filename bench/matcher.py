@@ -128,7 +128,10 @@ def scenario(
             jobs = submit_all(client, texts)
             submit_s = time.perf_counter() - t0
             rss = rss_mb(proc.pid)
-            print(f"{name}: {jobs} jobs submitted in {submit_s:.1f} s, stub RSS {rss:.0f} MB")
+            print(
+                f"{name}: {jobs} jobs submitted in {submit_s:.1f} s (goal < 10 s for 10^5),"
+                f" stub RSS {rss:.0f} MB (goal < 300 MB)"
+            )
             done, per_s = match_rate(url, matches, seconds)
             print(f"{name}: {done} matches, {per_s:.0f} matches/s")
     finally:

@@ -222,7 +222,7 @@ class HTTPServer:
         self.keepalive_timeout = keepalive_timeout
         self.request_timeout = request_timeout
         self.handshake_timeout = handshake_timeout
-        self.stats = {"connections": 0, "requests": 0, "refused_idle": 0}
+        self.stats = {"connections": 0, "requests": 0, "closed_idle": 0}
         self._open = 0
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
@@ -293,7 +293,7 @@ class HTTPServer:
                 sel.unregister(oldest.sock)
                 del idle[oldest]
                 self._close(oldest)
-                self.stats["refused_idle"] += 1
+                self.stats["closed_idle"] += 1
             try:
                 sock, addr = self.socket.accept()
             except (BlockingIOError, InterruptedError):
