@@ -159,9 +159,15 @@ class Store:
     def submit_many(self, jobs: Sequence[Mapping[str, jdl.Value]], owner: str | None) -> list[int]:
         """Store expanded jobs, all or none (each is validated before any is stored)."""
         rows = []
+        shapes: dict[tuple[Any, ...], str] = {}  # parametric jobs mostly share one
         for attrs in jobs:
             desc = jdl.JobDescription.from_attrs(attrs)
-            rows.append((jdl.dumps(attrs), desc.priority, json.dumps(matching.requirements(desc))))
+            req = matching.requirements(desc)
+            key = tuple(tuple(v) if isinstance(v, list) else v for v in req.values())
+            text = shapes.get(key)
+            if text is None:
+                text = shapes[key] = json.dumps(req)
+            rows.append((jdl.dumps(attrs), desc.priority, text))
         now = time.time()
         ids: list[int] = []
         with self._tx() as db:
