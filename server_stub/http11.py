@@ -258,7 +258,7 @@ class HTTPServer:
                         self._accept(sel, idle)
                     elif key.data == "wake":
                         self._drain_wake()
-                    else:
+                    elif key.data in idle:  # (not closed just now to make room)
                         conn = key.data
                         sel.unregister(conn.sock)
                         del idle[conn]
