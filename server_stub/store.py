@@ -160,14 +160,23 @@ class Store:
         """Store expanded jobs, all or none (each is validated before any is stored)."""
         rows = []
         shapes: dict[tuple[Any, ...], str] = {}  # parametric jobs mostly share one
+        previous: Mapping[str, jdl.Value] = {}
+        priority, req_text = 0, ""
         for attrs in jobs:
-            desc = jdl.JobDescription.from_attrs(attrs)
-            req = matching.requirements(desc)
-            key = tuple(tuple(v) if isinstance(v, list) else v for v in req.values())
-            text = shapes.get(key)
-            if text is None:
-                text = shapes[key] = json.dumps(req)
-            rows.append((jdl.dumps(attrs), desc.priority, text))
+            free = _free_text_change(previous, attrs)
+            if free is not None:
+                # Only free-text attributes differ from the job before (a parametric
+                # Arguments, say): validate just those; priority and requirements stay.
+                jdl.JobDescription.from_attrs({"Executable": "x", **free})
+            else:
+                desc = jdl.JobDescription.from_attrs(attrs)
+                req = matching.requirements(desc)
+                key = tuple(tuple(v) if isinstance(v, list) else v for v in req.values())
+                if (text := shapes.get(key)) is None:
+                    text = shapes[key] = json.dumps(req)
+                priority, req_text = desc.priority, text
+            rows.append((jdl.dumps(attrs), priority, req_text))
+            previous = attrs
         now = time.time()
         ids: list[int] = []
         with self._tx() as db:
@@ -494,6 +503,42 @@ class Store:
         if row is None:
             raise StoreError(f"no file {lfn}", 404)
         return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
+
+
+# Attributes that JobDescription reads on their own (no other attribute depends on them)
+# and that neither matching nor the priority looks at.
+_FREE_TEXT = frozenset({"arguments", "jobname", "stdoutput", "stderror"})
+
+
+def _free_text_change(
+    before: Mapping[str, jdl.Value], attrs: Mapping[str, jdl.Value]
+) -> dict[str, jdl.Value] | None:
+    """The attributes of ``attrs`` that differ from ``before`` when ``before`` was valid
+    and only free-text ones differ (same names in the same order); else None."""
+    if not before or len(before) != len(attrs):
+        return None
+    changed: dict[str, jdl.Value] = {}
+    for (name, value), (name_before, value_before) in zip(
+        attrs.items(), before.items(), strict=True
+    ):
+        if name != name_before:
+            return None
+        if not _same(value, value_before):
+            if name.casefold() not in _FREE_TEXT:
+                return None
+            changed[name] = value
+    return changed
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (``True == 1``, but not for JDL)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def _job_view(row: sqlite3.Row) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pilot.job import jdl
@@ -181,3 +181,70 @@ def test_a_failed_transaction_leaves_the_index_alone(tmp_path: Path) -> None:
     assert store.job(job)["status"] == "Waiting" and len(store.queues) == 1
     claim = store.match({"Site": "A.site"}, "p", dry_run=False)
     assert claim is not None and claim.job_id == job
+
+
+TEMPLATE_ATTRS = {
+    "Arguments": ['"%s"', '"-n %n"', '"fixed"'],
+    "JobName": ['"job-%n"', '"name"'],
+    "StdOutput": ['"out-%s"', '"StdOut"'],
+    "Site": ['"%s"', '"A.site"'],
+    "CPUTime": ['"%s"', "100"],
+    "Priority": ['"%s"', "2"],
+    "Tags": ['{"%s"}', '{"t1"}'],
+}
+values = st.lists(
+    st.one_of(
+        st.sampled_from(["1", "5", "A.site", "x y", 'un"balanced', "it's", "-3", "1.5"]),
+        st.integers(-2, 5),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@example({"Arguments": 0}, ["1", "it's"])  # only the second job's Arguments is bad
+@example({"Arguments": 1, "JobName": 0, "StdOutput": 0}, [1, 2, 3])
+@example({"Arguments": 0, "CPUTime": 0}, ["1", "x"])  # the second job's CPUTime is bad
+@given(
+    st.dictionaries(st.sampled_from(sorted(TEMPLATE_ATTRS)), st.integers(0, 2)),
+    values,
+)
+def test_parametric_jobs_are_validated_and_queued_like_single_ones(
+    choice: dict[str, int], params: list[Any]
+) -> None:
+    """Jobs of one parametric JDL differing only in free text (Arguments, JobName...)
+    are validated by those attributes alone: the store must still accept and queue
+    exactly as JobDescription.from_attrs job by job would."""
+    parts = [f"{k} = {TEMPLATE_ATTRS[k][i % len(TEMPLATE_ATTRS[k])]};" for k, i in choice.items()]
+    listed = ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in params)
+    text = f'Executable = "/bin/true"; Parameters = {{{listed}}}; {" ".join(parts)}'
+    try:
+        jobs = jdl.expand(jdl.parse(text))
+    except jdl.JDLError:
+        return
+    expected: list[tuple[int, dict[str, Any]]] | None = []
+    for attrs in jobs:
+        try:
+            desc = jdl.JobDescription.from_attrs(attrs)
+        except jdl.JDLError:
+            expected = None
+            break
+        expected.append((desc.priority, matching.requirements(desc)))  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "p.db")
+        try:
+            ids = store.submit_many(jobs, "tester")
+        except jdl.JDLError:
+            assert expected is None, text
+            assert store.jobs() == []
+            return
+        assert expected is not None, text
+        db = sqlite3.connect(Path(tmp) / "p.db")
+        rows = db.execute(
+            "SELECT id, priority, requirements FROM jobs ORDER BY id"
+        ).fetchall()
+        assert [row[0] for row in rows] == ids
+        rows = [row[1:] for row in rows]
+        db.close()
+        assert [(p, json.loads(r)) for p, r in rows] == expected, text
