@@ -48,6 +48,18 @@ RECV = 256 << 10
 DRAIN_LIMIT = 1 << 20  # unread request body a connection is kept after
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header's value, formatted once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
 class BadRequest(Exception):
     def __init__(self, message: str, status: str = "400 Bad Request") -> None:
         super().__init__(message)
@@ -559,7 +571,7 @@ class HTTPServer:
         lines = [f"HTTP/1.1 {status}"]
         lines += [f"{name}: {value}" for name, value in headers if name.lower() != "connection"]
         if "date" not in names:
-            lines.append(f"Date: {formatdate(usegmt=True)}")
+            lines.append(f"Date: {_http_date()}")
         if chunked:
             lines.append("Transfer-Encoding: chunked")
         lines.append("Connection: " + ("keep-alive" if keep else "close"))

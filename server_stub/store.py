@@ -309,11 +309,28 @@ class Store:
         resources: Mapping[str, Any],
     ) -> Claim:
         token = secrets.token_urlsafe(32)
+        now = time.time()
+        # What _record does, in one UPDATE: the job is known to be Waiting (the hot path).
         db.execute(
-            "UPDATE jobs SET pilot = ?, site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
-            (pilot, resources.get("Site"), hash_token(token), time.time(), job_id),
+            "UPDATE jobs SET status = ?, minor = ?, application = ?, updated = ?, pilot = ?,"
+            " site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
+            (
+                JobStatus.MATCHED,
+                "Assigned",
+                "",
+                now,
+                pilot,
+                resources.get("Site"),
+                hash_token(token),
+                now,
+                job_id,
+            ),
         )
-        self._record(db, job_id, JobStatus.MATCHED, "Assigned", "", "Matcher")
+        db.execute(
+            "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, now, JobStatus.MATCHED, "Assigned", "", "Matcher"),
+        )
+        self._pending.append((job_id, None, ""))  # leaves its task queue on commit
         return Claim(job_id, jdl_text, token)
 
     def near_misses(self, resources: Mapping[str, Any], limit: int = 5) -> list[dict[str, Any]]:
