@@ -5,9 +5,11 @@
     in 1000 requirement shapes, 900 of which do not fit its resource description (other
     sites, banned site, platform, a tag it lacks, too many processors or too much memory
     or CPU time); the unfit jobs are the older ones, so they sit ahead of the fitting
-    ones in matching order. Then the same with all 10^5 jobs (1000 shapes) fitting, in a
-    fresh stub: the baseline. The submissions are timed and the stub's resident memory
-    read after each.
+    ones in matching order. The baseline: a second stub with all 10^5 jobs (1000
+    shapes) fitting. The two are measured in alternating rounds, each stub's rate the
+    median of its rounds, so that both see the same load of the (shared) host; the
+    stub's own CPU time per match is printed too. The submissions are timed and the
+    stub's resident memory read after each.
 (b) ``--pilots`` simulated pilots (threads in a few processes, each with its own
     keep-alive HTTP client) take ``--pilot-jobs`` short jobs: match, Running, Done. Every
     job must end Done exactly once (checked in the stub's database afterwards).
@@ -24,13 +26,14 @@ import json
 import multiprocessing
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -125,30 +128,47 @@ def match_rate(url: str, limit: int, seconds: float) -> tuple[int, float]:
     return matched, matched / (time.perf_counter() - start)
 
 
-def scenario(
-    name: str, tmp: Path, texts: list[str], matches: int, seconds: float
-) -> tuple[float, float, float]:
-    """Fresh stub, submit ``texts``, measure matching; returns (submit_s, rss_mb, per_s)."""
+def populate(name: str, tmp: Path, texts: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """A fresh stub holding the jobs of ``texts``; prints the submission's figures."""
     proc, url = stubproc.start_stub(tmp / f"{name}.db")
     try:
         with httpx.Client(base_url=url) as client:
             t0, c0 = time.perf_counter(), cpu_s(proc.pid)
             jobs = submit_all(client, texts)
             submit_s, submit_cpu = time.perf_counter() - t0, cpu_s(proc.pid) - c0
-            rss = rss_mb(proc.pid)
-            print(
-                f"{name}: {jobs} jobs submitted in {submit_s:.1f} s (goal < 10 s for 10^5;"
-                f" stub CPU {submit_cpu:.1f} s), stub RSS {rss:.0f} MB (goal < 300 MB)"
-            )
-            c0 = cpu_s(proc.pid)
-            done, per_s = match_rate(url, matches, seconds)
-            per_match = (cpu_s(proc.pid) - c0) / max(done, 1) * 1e6
-            print(
-                f"{name}: {done} matches, {per_s:.0f} matches/s (stub CPU {per_match:.0f} us each)"
-            )
-    finally:
+    except BaseException:
         stop(proc)
-    return submit_s, rss, per_s
+        raise
+    print(
+        f"{name}: {jobs} jobs submitted in {submit_s:.1f} s (goal < 10 s for 10^5;"
+        f" stub CPU {submit_cpu:.1f} s), stub RSS {rss_mb(proc.pid):.0f} MB (goal < 300 MB)"
+    )
+    return proc, url
+
+
+def compare(stubs: dict[str, tuple[subprocess.Popen[str], str]], args: Any) -> dict[str, float]:
+    """Matching rate of each stub, measured in alternating rounds so that both see the
+    same host load; per stub the median of its rounds."""
+    rounds: dict[str, list[float]] = {name: [] for name in stubs}
+    cpu: dict[str, float] = dict.fromkeys(stubs, 0.0)
+    done: dict[str, int] = dict.fromkeys(stubs, 0)
+    per_round = max(1, args.matches // args.rounds)
+    for _ in range(args.rounds):
+        for name, (proc, url) in stubs.items():
+            c0 = cpu_s(proc.pid)
+            matched, per_s = match_rate(url, per_round, args.seconds / args.rounds)
+            cpu[name] += cpu_s(proc.pid) - c0
+            done[name] += matched
+            rounds[name].append(per_s)
+    medians = {}
+    for name, rates in rounds.items():
+        medians[name] = statistics.median(rates)
+        each = cpu[name] / max(done[name], 1) * 1e6
+        print(
+            f"{name}: {done[name]} matches, median {medians[name]:.0f} matches/s over"
+            f" {len(rates)} rounds ({min(rates):.0f}-{max(rates):.0f}; stub CPU {each:.0f} us each)"
+        )
+    return medians
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -253,7 +273,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100_000, help="waiting jobs in (a)")
     parser.add_argument("--shapes", type=int, default=1000, help="requirement shapes in (a)")
     parser.add_argument("--matches", type=int, default=5000, help="matches measured in (a)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="cap per measurement")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds in (a)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="cap on each stub's rounds")
     parser.add_argument("--pilots", type=int, default=200, help="0 skips (b)")
     parser.add_argument("--pilot-jobs", type=int, default=20_000)
     parser.add_argument("--pilot-procs", type=int, default=4, help="processes for the pilots")
@@ -265,14 +286,14 @@ def main() -> None:
     mixed += [jdl_text(fitting_shape(i), per_shape) for i in range(args.shapes - unfit)]
     fitting = [jdl_text(fitting_shape(i), per_shape) for i in range(args.shapes)]
     with tempfile.TemporaryDirectory(prefix="bench-matcher-") as tmp:
-        runs: list[tuple[str, Callable[[], tuple[float, float, float]]]] = [
-            ("mixed", lambda: scenario("mixed", Path(tmp), mixed, args.matches, args.seconds)),
-            (
-                "fitting",
-                lambda: scenario("fitting", Path(tmp), fitting, args.matches, args.seconds),
-            ),
-        ]
-        rates = {name: run()[2] for name, run in runs}
+        stubs = {}
+        try:
+            for name, texts in (("mixed", mixed), ("fitting", fitting)):
+                stubs[name] = populate(name, Path(tmp), texts)
+            rates = compare(stubs, args)
+        finally:
+            for proc, _ in stubs.values():
+                stop(proc)
         if args.pilots:
             many_pilots(
                 Path(tmp), args.pilots, args.pilot_jobs, args.pilot_procs, args.pilot_seconds
