@@ -265,34 +265,46 @@ class HTTPServer:
         last_sweep = time.monotonic()
         try:
             while not self._stopping.is_set():
-                for key, _ in sel.select(timeout=1.0):
-                    if key.data == "listen":
-                        self._accept(sel, idle)
-                    elif key.data == "wake":
-                        self._drain_wake()
-                    elif key.data in idle:  # (not closed just now to make room)
-                        conn = key.data
-                        sel.unregister(conn.sock)
-                        del idle[conn]
-                        self._work.put(conn)
-                while self._back:
-                    conn = self._back.popleft()
-                    conn.idle_since = time.monotonic()
-                    idle[conn] = None
-                    sel.register(conn.sock, selectors.EVENT_READ, conn)
-                now = time.monotonic()
-                if now - last_sweep >= 1.0:
-                    last_sweep = now
-                    for conn in [c for c in idle if now - c.idle_since > self.keepalive_timeout]:
-                        sel.unregister(conn.sock)
-                        del idle[conn]
-                        self._close(conn)
-                self._pause_or_resume(sel, idle)
+                try:
+                    last_sweep = self._turn(sel, idle, last_sweep)
+                except Exception:  # never let one bad turn stop the server accepting
+                    log.exception("HTTP server loop")
+                    time.sleep(0.1)
         finally:
             for conn in idle:
                 self._close(conn)
             sel.close()
             self._stopped.set()
+
+    def _turn(
+        self, sel: selectors.BaseSelector, idle: dict[Connection, None], last_sweep: float
+    ) -> float:
+        """One round of the loop: accept, dispatch readable connections, park returned
+        ones, close those idle too long, pause or resume accepting."""
+        for key, _ in sel.select(timeout=1.0):
+            if key.data == "listen":
+                self._accept(sel, idle)
+            elif key.data == "wake":
+                self._drain_wake()
+            elif key.data in idle:  # (not closed just now to make room)
+                conn = key.data
+                sel.unregister(conn.sock)
+                del idle[conn]
+                self._work.put(conn)
+        while self._back:
+            conn = self._back.popleft()
+            conn.idle_since = time.monotonic()
+            idle[conn] = None
+            sel.register(conn.sock, selectors.EVENT_READ, conn)
+        now = time.monotonic()
+        if now - last_sweep >= 1.0:
+            last_sweep = now
+            for conn in [c for c in idle if now - c.idle_since > self.keepalive_timeout]:
+                sel.unregister(conn.sock)
+                del idle[conn]
+                self._close(conn)
+        self._pause_or_resume(sel, idle)
+        return last_sweep
 
     def _accept(self, sel: selectors.BaseSelector, idle: dict[Connection, None]) -> None:
         while True:
@@ -627,8 +639,9 @@ class HTTPServer:
     def server_close(self) -> None:
         for _ in self._pool:
             self._work.put(None)
-        for thread in self._pool:
-            thread.join(timeout=5)
+        deadline = time.monotonic() + 5
+        for thread in self._pool:  # a worker still reading a slow request is left (daemon)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         while self._back:
             self._close(self._back.popleft())
         self.socket.close()
