@@ -234,7 +234,8 @@ class HTTPServer:
         self.keepalive_timeout = keepalive_timeout
         self.request_timeout = request_timeout
         self.handshake_timeout = handshake_timeout
-        self.stats = {"connections": 0, "requests": 0, "closed_idle": 0}
+        # connections accepted, requests read, idle ones closed to make room, idle now
+        self.stats = {"connections": 0, "requests": 0, "closed_idle": 0, "idle": 0}
         self._open = 0
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
@@ -304,20 +305,15 @@ class HTTPServer:
                 del idle[conn]
                 self._close(conn)
         self._pause_or_resume(sel, idle)
+        self.stats["idle"] = len(idle)
         return last_sweep
 
     def _accept(self, sel: selectors.BaseSelector, idle: dict[Connection, None]) -> None:
         while True:
             with self._lock:
                 full = self._open >= self.max_connections
-            if full:
-                if not idle:
-                    return
-                oldest = next(iter(idle))  # make room: close the longest-idle connection
-                sel.unregister(oldest.sock)
-                del idle[oldest]
-                self._close(oldest)
-                self.stats["closed_idle"] += 1
+            if full and not idle:
+                return
             try:
                 sock, addr = self.socket.accept()
             except (BlockingIOError, InterruptedError):
@@ -325,6 +321,13 @@ class HTTPServer:
             except OSError as exc:
                 log.warning("accept failed: %s", exc)
                 return
+            if full:  # make room: close the longest-idle connection
+                oldest = next(iter(idle))
+                sel.unregister(oldest.sock)
+                del idle[oldest]
+                self._close(oldest)
+                with self._lock:
+                    self.stats["closed_idle"] += 1
             with self._lock:
                 self._open += 1
                 self.stats["connections"] += 1

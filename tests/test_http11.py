@@ -205,9 +205,11 @@ def test_back_pressure_at_max_connections(small_stub: Stub) -> None:
     busy[0].close()
     assert _read_response(third, bytearray())[0] == "HTTP/1.1 200 OK"
     assert httpd.stats["connections"] == 3
+    _wait_for(lambda: httpd.stats["idle"] == 1, "the third connection idle")
     # With both connections idle, a new client makes the longest-idle one close.
     busy[1].sendall(b"\r\n")
     assert _read_response(busy[1], bytearray())[0] == "HTTP/1.1 200 OK"
+    _wait_for(lambda: httpd.stats["idle"] == 2, "both connections idle")
     fourth = _raw(small_stub)
     fourth.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: x\r\n\r\n")
     assert _read_response(fourth, bytearray())[0] == "HTTP/1.1 200 OK"
