@@ -534,17 +534,18 @@ def _free_text_change(
     and only free-text ones differ (same names in the same order); else None."""
     if not before or len(before) != len(attrs):
         return None
-    changed: dict[str, jdl.Value] = {}
+    changed: set[str] = set()
     for (name, value), (name_before, value_before) in zip(
         attrs.items(), before.items(), strict=True
     ):
         if name != name_before:
             return None
         if not _same(value, value_before):
-            if name.casefold() not in _FREE_TEXT:
+            if (folded := name.casefold()) not in _FREE_TEXT:
                 return None
-            changed[name] = value
-    return changed
+            changed.add(folded)
+    # every spelling of a changed name, in order: the last one written is the one read
+    return {name: value for name, value in attrs.items() if name.casefold() in changed}
 
 
 def _same(a: Any, b: Any) -> bool:
