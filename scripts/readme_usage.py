@@ -36,7 +36,9 @@ def _summary(parser: argparse.ArgumentParser) -> str:
     return parser.description or ""
 
 
-def _synopsis(prog: str, parser: argparse.ArgumentParser, skip: set[str]) -> str:
+def _synopsis(
+    prog: str, parser: argparse.ArgumentParser, skip: set[str], settings_ok: bool = False
+) -> str:
     """``prog ARG [-f FILE] [SETTINGS]`` from a subparser's own actions, wrapped."""
     positionals, options = [], []
     settings = False
@@ -58,7 +60,7 @@ def _synopsis(prog: str, parser: argparse.ArgumentParser, skip: set[str]) -> str
         long = max(flags, key=len)
         if long in skip:
             continue
-        if action.dest in config.FIELDS and long == config.flag_name(action.dest):
+        if settings_ok and action.dest in config.FIELDS and long == config.flag_name(action.dest):
             settings = True
             continue
         if id(action) in exclusive:
@@ -88,7 +90,7 @@ def usage_block() -> str:
     lines = [BEGIN, "", "```"]
     pilot = cli.build_parser()
     for name, sub in _subcommands(pilot).items():
-        lines.append(_synopsis(f"pilot {name}", sub, {"--config"}))
+        lines.append(_synopsis(f"pilot {name}", sub, {"--config"}, settings_ok=True))
         lines.append(f"    {_summary(sub)}")
     lines.append("")
     stub = stub_cli.build_parser()

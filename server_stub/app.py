@@ -202,10 +202,8 @@ class StubApp:
         expanded = []
         for text in texts:
             expanded.extend(jdl.expand(jdl.parse(text), self.max_parametric))
-        for attrs in expanded:  # validate all before storing any
-            jdl.JobDescription.from_attrs(attrs)
         owner = request.identity or request.headers.get("x-user")
-        ids = [self.store.submit(attrs, owner) for attrs in expanded]
+        ids = self.store.submit_many(expanded, owner)  # all validated before any is stored
         return Response(200, [{"JobID": i, "Status": "Waiting"} for i in ids])
 
     def list_jobs(self, request: Request) -> Response:

@@ -293,6 +293,28 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
         help="times a stalled job is put back to Waiting (default: %(default)s)",
     )
     serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
+    serve.add_argument(
+        "--workers",
+        type=_number(int, 1),
+        default=16,
+        metavar="N",
+        help="threads serving requests (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_number(int, 1),
+        default=1000,
+        metavar="N",
+        help="open client connections; beyond, the idlest is closed or new ones wait"
+        " (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--keepalive-timeout",
+        type=_number(float, 0.001),
+        default=30.0,
+        metavar="S",
+        help="seconds an idle client connection is kept open (default: %(default)s)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug log")
     tls = serve.add_argument_group("security")
     tls.add_argument(
@@ -493,6 +515,9 @@ def serve(args: argparse.Namespace) -> int:
         reap_interval=args.reap_interval,
         max_reschedules=args.max_reschedules,
         insecure=args.insecure,
+        workers=args.workers,
+        max_connections=args.max_connections,
+        keepalive_timeout=args.keepalive_timeout,
         ssl_context=ssl_context,
         auth=auth,
     )

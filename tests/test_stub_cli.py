@@ -94,6 +94,11 @@ def test_kill_delete_reschedule_several_ids_and_a_file(stub: Stub, tmp_path: Pat
     back = cli("--server", stub.url, "reschedule", str(ids[0]), "--json")
     assert json.loads(back.stdout) == [{"JobID": ids[0], "result": "Rescheduled"}]
     assert stub.status(ids[0]) == "Waiting"
+    offer = {"Site": "S", "CPUTime": 10**6, "NumberOfProcessors": 1, "MaxRAM": 4096}
+    answer = stub.client.json(
+        "POST", "/api/jobs/match", json={"pilot": "p", "resources": offer, "dry_run": True}
+    )
+    assert answer["match"]["job_id"] == ids[0]  # matchable again, not just marked Waiting
     deleted = cli("--server", stub.url, "delete", str(ids[1]))
     assert deleted.stdout.strip() == f"job {ids[1]}: Deleted"
     listed = cli("--server", stub.url, "jobs", "--json")
