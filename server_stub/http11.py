@@ -459,6 +459,8 @@ class HTTPServer:
         buf = conn.buf
         start = 0
         while (end := buf.find(b"\r\n\r\n", start)) < 0:
+            if buf[:1] == b"\x16":  # a TLS handshake on a plain-HTTP port: say so at once
+                raise BadRequest("TLS sent to a plain HTTP server: use http://")
             if len(buf) > MAX_HEAD:
                 raise BadRequest("request head too large", "431 Request Header Fields Too Large")
             start = max(0, len(buf) - 3)

@@ -64,7 +64,7 @@ def test_pilot_stub_cli_reuses_its_connection(stub: Stub) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.splitlines()) == 6
+    assert len(done.stdout.splitlines()) == 1 + 6  # a header, then a row per job
     stats = stub.server.httpd.stats
     assert stats["requests"] - before["requests"] == 6
     assert stats["connections"] - before["connections"] == 1
