@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from checks.cpu import CpuCheck
-from pilot import __version__, batch, checking, execute, isolation, jdl, jobrun, resources, watchdog
+from pilot import (
+    __version__,
+    batch,
+    checking,
+    delegation,
+    execute,
+    isolation,
+    jdl,
+    jobrun,
+    resources,
+    watchdog,
+)
 from pilot.api import CheckContext, CheckResult
 from pilot.backend import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
@@ -187,6 +198,9 @@ def job_settings(
         isolation=chosen,
         hidden_paths=isolation.credential_paths(os.environ, config.proxy),
         cgroup=cgroup,
+        delegation=delegation.DelegationPolicy(
+            mode=config.payload_proxy, max_lifetime=config.payload_proxy_max_hours * 3600
+        ),
     )
 
 

@@ -92,6 +92,13 @@ class Backend(Protocol):
     def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
         """Upload ``source`` and register it in the catalogue as ``lfn``."""
 
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        """Have the job owner's stored proxy sign ``request_pem`` (a PEM certificate
+        request) for ``lifetime`` seconds; the new proxy and its chain as PEM
+        certificates. :class:`~pilot.errors.NoStoredProxy` when the owner has none."""
+
     def upload_pilot_log(self, stamp: str, text: str) -> None: ...
 
     def close(self) -> None: ...

@@ -13,7 +13,7 @@ from typing import Any
 
 from pilot import archive, jdl, outpack
 from pilot.backend import MatchedJob, StatusUpdate
-from pilot.errors import SandboxError
+from pilot.errors import NoStoredProxy, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ class LocalBackend:
         target = self.output_dir / job.job_id
         target.mkdir(parents=True, exist_ok=True)
         archive.safe_unpack(packed, target)
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        raise NoStoredProxy("local mode has no proxy store to delegate from")
 
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         raise SandboxError(f"local mode has no file catalogue to fetch {lfn} from")

@@ -9,6 +9,7 @@
     pilot-stub jobs [--status S] [--json]
     pilot-stub pilots [--json] [--log STAMP]
     pilot-stub put-file LFN PATH
+    pilot-stub proxy-upload [--cert FILE --key FILE] [--valid HOURS]
 
 Errors are one line on stderr and a non-zero exit (see ``ExitCode``), never a traceback.
 """
@@ -16,6 +17,7 @@ Errors are one line on stderr and a non-zero exit (see ``ExitCode``), never a tr
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     put = sub.add_parser("put-file", help="store a file in the catalogue under an LFN")
     put.add_argument("lfn")
     put.add_argument("path", type=Path)
+    upload = sub.add_parser(
+        "proxy-upload",
+        help="store a proxy of yours on the stub, for your jobs' payloads",
+        description="Sign a proxy for a key the stub makes (no private key is sent) with"
+        " your certificate (--cert/--key, X509_USER_CERT/KEY, ~/.globus) or, with --proxy,"
+        " with that proxy. Pilots get proxies delegated from it for each of your jobs.",
+    )
+    upload.add_argument("--cert", type=Path, help="user certificate (PEM)")
+    upload.add_argument("--key", type=Path, help="user private key (PEM, may be encrypted)")
+    upload.add_argument(
+        "--valid", type=float, default=168.0, metavar="HOURS", help="lifetime (default 168)"
+    )
     return parser
 
 
@@ -120,8 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if not args.server:
             raise UsageError("no server: give --server URL or set PILOT_SERVER")
-        with user_client(args) as client:
-            return run_client_command(client, args)
+        issuer = upload_issuer(args) if args.command == "proxy-upload" else None
+        with user_client(args, issuer) as client:
+            return run_client_command(client, args, issuer)
     except PilotError as exc:
         print(f"pilot-stub: {exc}", file=sys.stderr)
         return int(exc.exit_code)
@@ -132,14 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.SIGNALLED)
 
 
-def user_client(args: argparse.Namespace) -> UserClient:
+def user_client(args: argparse.Namespace, issuer: credentials.Proxy | None = None) -> UserClient:
     token = args.token
     if token is None:
         found = credentials.find_token()
         token = found.value if found is not None else None
     verify: ssl.SSLContext | bool = True
     if args.server.startswith("https://"):
-        proxy = credentials.load_proxy(args.proxy) if args.proxy else None
+        proxy = credentials.load_proxy(args.proxy) if args.proxy else issuer
         verify = credentials.ssl_context(
             proxy, getattr(args, "ca_dir", None), getattr(args, "ca_file", None)
         )
@@ -205,7 +220,31 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_client_command(client: UserClient, args: argparse.Namespace) -> int:
+def upload_issuer(args: argparse.Namespace) -> credentials.Proxy:
+    """What signs the uploaded proxy: --proxy, else the user certificate and key."""
+    if args.valid <= 0 or args.valid > 24 * 366:
+        raise UsageError(f"--valid {args.valid:g}: give a number of hours between 0 and 8784")
+    if args.proxy and not (args.cert or args.key):
+        proxy = credentials.load_proxy(args.proxy)
+        credentials.validate(proxy)
+        return proxy
+    home = Path.home() / ".globus"
+    cert = args.cert or Path(os.environ.get("X509_USER_CERT") or home / "usercert.pem")
+    key = args.key or Path(os.environ.get("X509_USER_KEY") or home / "userkey.pem")
+    passphrase = None
+    if credentials.key_is_encrypted(key):
+        if sys.stdin.isatty():
+            passphrase = getpass.getpass(f"Passphrase for {key}: ").encode()
+        else:
+            passphrase = sys.stdin.readline().rstrip("\n").encode()
+    user = credentials.issuer_as_proxy(credentials.load_user_credential(cert, key, passphrase))
+    credentials.validate(user)
+    return user
+
+
+def run_client_command(
+    client: UserClient, args: argparse.Namespace, issuer: credentials.Proxy | None = None
+) -> int:
     command = args.command
     if command == "submit":
         for path in args.jdl:
@@ -238,6 +277,10 @@ def run_client_command(client: UserClient, args: argparse.Namespace) -> int:
     elif command == "put-file":
         sha = client.put_file(args.lfn, args.path)
         print(f"{args.lfn} {sha}")
+    elif command == "proxy-upload" and issuer is not None:
+        stored = client.proxy_upload(issuer, timedelta(hours=args.valid))
+        until = datetime.fromtimestamp(stored["not_after"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"proxy of {stored['identity']} stored, valid until {until} UTC")
     return 0
 
 

@@ -45,18 +45,22 @@ class _Handler(WSGIRequestHandler):
     def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()
         if isinstance(self.connection, ssl.SSLSocket):
-            environ["stub.peer_identity"] = _peer_identity(self.connection)
+            identity, chain = _peer_identity(self.connection)
+            environ["stub.peer_identity"] = identity
+            environ["stub.peer_chain"] = chain
         return environ
 
 
-def _peer_identity(conn: ssl.SSLSocket) -> str | None:
-    """End-entity DN of a verified client chain (proxies allowed), or None."""
+def _peer_identity(conn: ssl.SSLSocket) -> tuple[str | None, list[bytes] | None]:
+    """End-entity DN of a verified client chain (proxies allowed) and the chain (DER)."""
     try:
         chain = credentials.peer_der_chain(conn)
-        return credentials.identity_from_peer_chain(chain, slash=True) if chain else None
+        if not chain:
+            return None, None
+        return credentials.identity_from_peer_chain(chain, slash=True), chain
     except (CredentialError, ssl.SSLError, ValueError) as exc:
         log.warning("unusable client certificate chain: %s", exc)
-        return None
+        return None, None
 
 
 class ThreadingServer(ThreadingMixIn, WSGIServer):

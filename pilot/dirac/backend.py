@@ -42,7 +42,14 @@ from pilot import __version__, credentials, jdl
 from pilot.backend import MatchedJob, StatusUpdate
 from pilot.config import PilotConfig
 from pilot.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
-from pilot.errors import CredentialError, DiskFullError, SandboxError, ServerUnreachable, UsageError
+from pilot.errors import (
+    CredentialError,
+    DiskFullError,
+    NoStoredProxy,
+    SandboxError,
+    ServerUnreachable,
+    UsageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +151,11 @@ class DiracBackend:
             log.info("pilot %s reported Running to DIRAC (site %s, CE %s)", reference, site, ce)
         else:
             log.info("pilot reference %s is not in DIRAC's PilotAgentsDB: not recorded", reference)
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        raise NoStoredProxy("no ProxyManager configured ([dirac] proxymanager)")
 
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         raise SandboxError(f"{lfn}: LFN inputs need DIRAC's data management, not supported")
