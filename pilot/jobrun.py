@@ -302,16 +302,34 @@ class JobRunner:
         self.status(JobStatus.COMPLETING, Minor.UPLOADING_OS)
         start = time.monotonic()
         notes = [*self.notes, *application_notes(result, self.settings.max_stdout_bytes)]
+        succeeded = (
+            result.ending is None
+            and result.signal is None
+            and result.exit_code == 0
+            and not result.unsaved
+        )
+        data_failure = None
         try:
             staged = sandbox.stage_out(
-                self.backend, self.job, desc, job_dir, self.settings.max_output_bytes
+                self.backend,
+                self.job,
+                desc,
+                job_dir,
+                self.settings.max_output_bytes,
+                with_data=succeeded,
             )
             notes.append(staged.note())
+        except sandbox.OutputDataError as exc:
+            log.error("job %s: %s", self.job.job_id, exc)
+            data_failure = str(exc)
         except PilotError as exc:
             log.error("job %s: output sandbox upload failed: %s", self.job.job_id, exc)
             notes.append(f"output sandbox upload failed: {exc}")
         self.timing["stage_out"] = time.monotonic() - start
-        return self._conclude(result, "; ".join(n for n in notes if n))
+        note = "; ".join(n for n in notes if n)
+        if data_failure is not None:  # the payload worked, its data is not where it belongs
+            return self._finish(JobStatus.FAILED, data_failure, 0, note)
+        return self._conclude(result, note)
 
     def spec(self, desc: jdl.JobDescription, job_dir: Path) -> execute.ExecutionSpec:
         """How this job's payload runs: argv (in its sandbox), environment, limits."""
