@@ -114,7 +114,9 @@ def _fetch_one(backend: Backend, job: MatchedJob, entry: str, job_dir: Path, fai
     except DiskFullError:
         raise
     except PilotError as exc:
-        raise SandboxError(f"{failure}: {entry}: {exc}") from exc
+        text = str(exc)
+        detail = text if entry.removeprefix("LFN:") in text else f"{entry}: {text}"
+        raise SandboxError(f"{failure}: {detail}") from exc
     return name
 
 

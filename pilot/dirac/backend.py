@@ -73,6 +73,8 @@ DEFAULT_PORTS = {
     "JobMonitoring": 9130,
     "PilotManager": 9171,
 }
+MINOR_STATUS_MAX = 128  # JobDB's VARCHAR(128): a longer MinorStatus fails the whole update
+APP_STATUS_MAX = 255
 NO_STORED_PROXY = ("No proxy providers found", "not found in the ProxyDB", "has no proxy")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HASH_CHUNK = 1 << 20
@@ -335,13 +337,16 @@ class DiracBackend:
         if update.status is not None:
             fields["Status"] = str(update.status)
         if update.minor:
-            fields["MinorStatus"] = update.minor
+            fields["MinorStatus"] = _fit(update.minor, MINOR_STATUS_MAX)
         if update.application:
-            fields["ApplicationStatus"] = update.application
+            fields["ApplicationStatus"] = _fit(update.application, APP_STATUS_MAX)
         job_id = _job_id(job)
         if list(fields) == ["ApplicationStatus"]:
             self.job_state.call(
-                "setJobApplicationStatus", job_id, update.application, self.settings.source
+                "setJobApplicationStatus",
+                job_id,
+                fields["ApplicationStatus"],
+                self.settings.source,
             )
         elif fields:
             fields["Source"] = self.settings.source
@@ -437,6 +442,11 @@ class DiracBackend:
 def dirac_time(timestamp: float) -> str:
     """A status time stamp as DIRAC writes them: naive UTC ``YYYY-mm-dd HH:MM:SS.ffffff``."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to what a JobDB column holds (the full text is in the pilot's log)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def split_sandbox_url(entry: str) -> tuple[str, str]:
