@@ -156,7 +156,12 @@ def stage_out(
     priority = [n for n in (desc.std_output, desc.std_error) if n]
     try:
         packed = outpack.pack_output(
-            job_dir, desc.output_sandbox, out, max_bytes=max_bytes, priority=priority
+            job_dir,
+            desc.output_sandbox,
+            out,
+            max_bytes=max_bytes,
+            priority=priority,
+            flatten=bool(getattr(backend, "flat_output_sandbox", False)),
         )
         backend.store_output_sandbox(job, out)
     finally:

@@ -34,6 +34,7 @@ echo "proxy=${X509_USER_PROXY:-none} mode=$(stat -c %a "$X509_USER_PROXY")"
 openssl crl2pkcs7 -nocrl -certfile "$X509_USER_PROXY" | openssl pkcs7 -print_certs > certs.pem
 voms-proxy-info -file "$X509_USER_PROXY" -identity
 echo "result of $(cat "$1")" > result.txt
+mkdir -p res && echo digest > "res/digest-$JOBID.txt"
 """
 
 
@@ -75,7 +76,7 @@ def submit_data_job(server: DiracServer, workdir: Path, tag: str, in_lfn: str, *
         f'OutputPath = "out-{tag}";',
         'StdOutput = "std.out";',
         'StdError = "std.err";',
-        'OutputSandbox = {"std.out", "std.err", "certs.pem"};',
+        'OutputSandbox = {"std.out", "std.err", "certs.pem", "res/digest-*.txt"};',
         "CPUTime = 1000;",
         f'Tags = {{"{tag}"}};',
         *(f"{key} = {value};" for key, value in extra.items()),
@@ -101,6 +102,8 @@ def check_result(server: DiracServer, tmp: Path, job_id: str, tag: str, text: st
     sandbox = tmp / "sandbox"
     output = server.dirac("wms-job-get-output", "-D", str(sandbox), job_id)
     assert output.ok, output.stdout + output.stderr
+    # DIRAC's packing: a globbed file comes back under its base name
+    assert (sandbox / job_id / f"digest-{job_id}.txt").read_text() == "digest\n"
     std_out = (sandbox / job_id / "std.out").read_text()
     assert "mode=600" in std_out and server.user_dn in std_out, std_out
     certs = x509.load_pem_x509_certificates((sandbox / job_id / "certs.pem").read_bytes())
@@ -218,6 +221,29 @@ def test_lfns_that_could_escape_the_storage_element_are_refused() -> None:
     )
     assert data.user_lfn("vo", "al", "1", "LFN:/vo/abs", "r") == "/vo/abs/r"
     assert data.user_lfn("vo", "al", "1", "sub/dir", "r") == "/vo/user/a/al/sub/dir/r"
+
+
+def test_flattened_output_sandbox_follows_dirac(tmp_path: Path) -> None:
+    from pilot import archive, outpack
+
+    job = tmp_path / "job"
+    (job / "res" / "deep").mkdir(parents=True)
+    (job / "res" / "digest-p1.txt").write_text("one")
+    (job / "res" / "deep" / "f.txt").write_text("deep")
+    (job / "std.out").write_text("out")
+    (job / "link").symlink_to("std.out")
+    out = tmp_path / "o.tar.gz"
+    packed = outpack.pack_output(
+        job,
+        ["res/digest-*.txt", "std.out", "res/deep", "link"],
+        out,
+        max_bytes=1 << 20,
+        flatten=True,
+    )
+    assert sorted(packed.included) == ["deep/f.txt", "digest-p1.txt", "std.out"]
+    assert packed.skipped == ("link",)
+    names = archive.safe_unpack(out, tmp_path / "u")
+    assert (tmp_path / "u" / "digest-p1.txt").read_text() == "one" and names
 
 
 def test_cfg_parser_reads_sections_options_and_appends() -> None:

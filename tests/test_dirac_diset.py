@@ -671,7 +671,7 @@ def test_input_sandbox_download(
 @pytest.mark.parametrize(
     ("entries", "match"),
     [
-        ('"LFN:/vo/file", "SB:SE|/a.tar"', "LFN input sandbox not supported"),
+        ('"LFN:/vo/file", "SB:SE|/SandBox/gone.tar"', "does not exist"),  # LFN: not here
         ('"SB:SE"', "malformed sandbox location"),
         ('"SB:SE|/SandBox/.."', "refusing sandbox file name"),
         ('"SB:SE|/SandBox/gone.tar"', "does not exist"),
@@ -684,6 +684,15 @@ def test_input_sandbox_refusals(
     job = MatchedJob("8", f'[Executable = "x"; InputSandbox = {{{entries}}};]')
     with pytest.raises(SandboxError, match=match):
         backend.fetch_input_sandbox(job, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lfn_needs_a_catalogue_configured(
+    wms: tuple[FakeWms, FakeDiset, DiracBackend], tmp_path: Path
+) -> None:
+    backend = wms[2]
+    with pytest.raises(SandboxError, match=r"needs \[dirac\] filecatalog"):
+        backend.fetch_lfn(JOB, "LFN:/vo/file", tmp_path / "file")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -136,6 +136,7 @@ class DiracBackend:
     """:class:`pilot.backend.Backend` for DIRAC 9 DISET services. Thread-safe."""
 
     name = "dirac"
+    flat_output_sandbox = True  # output sandbox files under their base names, as DIRAC packs
 
     def __init__(self, settings: DiracSettings, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
