@@ -22,7 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pilot import credentials
+from pilot.grid import credentials
 from pilot.errors import CredentialError
 from server_stub.store import Store, StoreError
 
@@ -113,6 +113,6 @@ def _same_end_entity(proxy: credentials.Proxy, caller_chain: list[bytes]) -> Non
 
 
 def _is_end_entity(cert: x509.Certificate) -> bool:
-    from pilot import voms
+    from pilot.grid import voms
 
     return voms.proxy_info(cert) is None

@@ -15,10 +15,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pilot import credentials
-from pilot.backend import MatchedJob
-from pilot.dirac import cscfg, data
-from pilot.dirac.backend import DiracBackend
+from pilot.grid import credentials
+from pilot.backends.base import MatchedJob
+from pilot.backends.dirac import cscfg, data
+from pilot.backends.dirac.backend import DiracBackend
 from pilot.errors import NoStoredProxy
 from tests.conftest import run_pilot
 from tests.dirac_server.fixture import DiracServer
@@ -224,7 +224,7 @@ def test_lfns_that_could_escape_the_storage_element_are_refused() -> None:
 
 
 def test_flattened_output_sandbox_follows_dirac(tmp_path: Path) -> None:
-    from pilot import archive, outpack
+    from pilot.job import archive, outpack
 
     job = tmp_path / "job"
     (job / "res" / "deep").mkdir(parents=True)

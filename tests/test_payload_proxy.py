@@ -14,8 +14,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pilot import credentials, delegation, voms
-from pilot.backend import MatchedJob
+from pilot.grid import credentials, voms
+from pilot.job import delegation
+from pilot.backends.base import MatchedJob
 from pilot.errors import CredentialError, NoStoredProxy
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
