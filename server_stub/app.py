@@ -247,7 +247,9 @@ class StubApp:
         if claim is None:
             return Response(204)
         log.info("job %d matched to pilot %s", claim.job_id, pilot)
-        return Response(200, {"job_id": claim.job_id, "jdl": claim.jdl, "token": claim.token})
+        answer = {"job_id": claim.job_id, "jdl": claim.jdl, "token": claim.token}
+        answer["owner_proxy"] = self.proxies.available(claim.job_id)
+        return Response(200, answer)
 
     def set_status(self, request: Request) -> Response:
         body = _object(request.json())

@@ -22,8 +22,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pilot.grid import credentials
 from pilot.errors import CredentialError
+from pilot.grid import credentials
 from server_stub.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,12 @@ class ProxyStore:
         if found is None:
             raise StoreError(f"no proxy stored for {owner}", 404)
         return {"identity": owner, "not_after": found[1]}
+
+    def available(self, job_id: int) -> bool:
+        """Whether the job's owner has a stored proxy that has not expired."""
+        owner = self.store.job(job_id)["owner"]
+        found = self.store.proxy_of(owner) if owner else None
+        return found is not None and found[1] > datetime.now(UTC).timestamp()
 
     def delegate(
         self, job_id: int, request_pem: str, lifetime: float, limited: bool

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pilot.backends.stub import HttpClient, RetryPolicy, sha256_file
-from pilot.job import archive
 from pilot.grid import credentials
+from pilot.job import archive
 
 
 class UserClient(HttpClient):

@@ -15,11 +15,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pilot.grid import credentials
 from pilot.backends.base import MatchedJob
 from pilot.backends.dirac import cscfg, data
 from pilot.backends.dirac.backend import DiracBackend
 from pilot.errors import NoStoredProxy
+from pilot.grid import credentials
 from tests.conftest import run_pilot
 from tests.dirac_server.fixture import DiracServer
 from tests.test_binary import pilot_binary  # noqa: F401 (session fixture: builds dist/pilot)

@@ -14,10 +14,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pilot.grid import credentials, voms
-from pilot.job import delegation
 from pilot.backends.base import MatchedJob
 from pilot.errors import CredentialError, NoStoredProxy
+from pilot.grid import credentials, voms
+from pilot.job import delegation
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
@@ -170,7 +170,7 @@ def test_owner_without_a_proxy_runs_without_or_fails_when_required(
     assert "proxy=none" in (tmp_path / "o" / "out.txt").read_text()
     failed = proxy_stub.client.job(needs)
     assert failed["status"] == "Failed"
-    assert failed["minor_status"].startswith("Failed to get payload proxy: no proxy stored")
+    assert failed["minor_status"].startswith("Failed to get payload proxy: the server holds no proxy")
 
 
 def test_proxy_upload_refuses_someone_elses_proxy(

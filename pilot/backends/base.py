@@ -45,6 +45,11 @@ class Minor(StrEnum):
     EXECUTION_COMPLETE = "Execution Complete"
 
 
+# MatchedJob.extra key: False when the backend knows the job's owner has no stored proxy
+# (the pilot then makes no key pair for a delegation that cannot happen)
+OWNER_PROXY = "OwnerProxy"
+
+
 @dataclass(frozen=True)
 class MatchedJob:
     """A job the backend handed to this pilot."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.base import MatchedJob, StatusUpdate
+from pilot.backends.base import OWNER_PROXY, MatchedJob, StatusUpdate
 from pilot.errors import NoStoredProxy, SandboxError
 from pilot.job import archive, jdl, outpack
 
@@ -49,7 +49,7 @@ class LocalBackend:
         jobs = []
         for n, attrs in enumerate(expanded, 1):
             jdl.JobDescription.from_attrs(attrs)  # refuse a bad job before running any
-            jobs.append(MatchedJob(f"local-{n}", jdl.dumps(attrs)))
+            jobs.append(MatchedJob(f"local-{n}", jdl.dumps(attrs), extra={OWNER_PROXY: False}))
         return cls(jdl_path, output_dir, list(reversed(jobs)))
 
     def register(self, stamp: str, info: Mapping[str, Any]) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from pilot.backends.base import FINAL_STATUSES, MatchedJob, StatusUpdate
+from pilot.backends.base import FINAL_STATUSES, OWNER_PROXY, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
     DiskFullError,
@@ -357,7 +357,8 @@ class StubBackend:
         answer = self.http.json("POST", "/api/jobs/match", json=body)
         if answer is None:
             return None
-        return MatchedJob(str(answer["job_id"]), answer["jdl"], answer.get("token"))
+        extra = {OWNER_PROXY: bool(answer["owner_proxy"])} if "owner_proxy" in answer else {}
+        return MatchedJob(str(answer["job_id"]), answer["jdl"], answer.get("token"), extra)
 
     def dry_run_match(self, resources: Mapping[str, Any]) -> dict[str, Any]:
         body = {"pilot": self.stamp or "dry-run", "resources": dict(resources), "dry_run": True}

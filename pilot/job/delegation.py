@@ -23,9 +23,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+from pilot.backends.base import OWNER_PROXY, MatchedJob
+from pilot.errors import CredentialError, NoStoredProxy, PilotError, UsageError
 from pilot.grid import credentials
-from pilot.backends.base import MatchedJob
-from pilot.errors import CredentialError, PilotError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class PayloadProxy:
 
     def obtain(self) -> credentials.Proxy:
         """Ask for a new proxy and (re)write the file; CredentialError/ServerError on failure."""
+        if self.job.extra.get(OWNER_PROXY) is False:
+            raise NoStoredProxy("the server holds no proxy of this job's owner")
         key, request = credentials.new_proxy_request()
         chain = self.backend.delegate_proxy(
             self.job, request.decode(), self.lifetime, self.policy.mode == "limited"

@@ -48,9 +48,9 @@ from urllib.parse import urlsplit
 
 from pilot import __version__
 from pilot.backends.base import MatchedJob, StatusUpdate
+from pilot.backends.dirac import cscfg, data
 from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
 from pilot.config import PilotConfig
-from pilot.backends.dirac import cscfg, data
 from pilot.errors import (
     CredentialError,
     DiskFullError,
