@@ -4,6 +4,8 @@ the file in the job directory (0600), its lifetime, renewal, and jobs without a 
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -38,6 +40,15 @@ openssl verify -allow_proxy_certs -CAfile ca.pem -untrusted "$X509_USER_PROXY" \
     "$X509_USER_PROXY" && echo verified
 [ -r "$1" ] && echo "pilot proxy readable" || echo "pilot proxy hidden"
 """
+
+
+def needs_openssl() -> None:
+    """The payloads inspect their proxy with the openssl command (Debian package openssl)."""
+    if shutil.which("openssl") is None:
+        message = "needs the openssl command (apt-get install openssl)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
 
 
 def _spki(public_key: object) -> bytes:
@@ -100,6 +111,7 @@ def _stored_key(stub: Stub) -> bytes:
 def test_payload_gets_a_fresh_delegated_proxy_of_its_owner(
     proxy_stub: Stub, pki: Pki, tmp_path: Path
 ) -> None:
+    needs_openssl()
     upload = _proxy_upload(proxy_stub, pki)
     assert upload.returncode == 0, upload.stderr
     assert f"proxy of {OWNER_DN} stored" in upload.stdout
@@ -170,7 +182,9 @@ def test_owner_without_a_proxy_runs_without_or_fails_when_required(
     assert "proxy=none" in (tmp_path / "o" / "out.txt").read_text()
     failed = proxy_stub.client.job(needs)
     assert failed["status"] == "Failed"
-    assert failed["minor_status"].startswith("Failed to get payload proxy: the server holds no proxy")
+    assert failed["minor_status"].startswith(
+        "Failed to get payload proxy: the server holds no proxy"
+    )
 
 
 def test_proxy_upload_refuses_someone_elses_proxy(

@@ -13,6 +13,8 @@ Set-up (cached, idempotent)::
         run/*.pid, log/*.log        one pid file and one log per process
         run/x509up_testuser         user proxy made by dirac-proxy-init (group testvo_user)
         storage/sandboxes           the SandboxStore's files
+        storage/se                  the DIP storage element SE-LOCAL (DataManagement/StorageElement)
+        etc/PilotAgentTest.cfg      what Configuration/Server serves (the same text as dirac.cfg)
 
 Processes: mariadbd, one ``dirac-service`` per service (through ``loopback.py`` so that each
 listens on 127.0.0.1 only) and the Optimizers executor. They are started with their own
