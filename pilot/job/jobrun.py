@@ -311,6 +311,13 @@ class JobRunner:
             and not result.unsaved
         )
         data_failure = None
+
+        def uploading_data() -> None:
+            try:
+                self.status(JobStatus.COMPLETING, Minor.UPLOADING_OD)
+            except PilotError as exc:  # a status is not worth losing the data for
+                log.warning("job %s: status not sent: %s", self.job.job_id, exc)
+
         try:
             staged = sandbox.stage_out(
                 self.backend,
@@ -319,6 +326,7 @@ class JobRunner:
                 job_dir,
                 self.settings.max_output_bytes,
                 with_data=succeeded,
+                before_data=uploading_data,
             )
             notes.append(staged.note())
         except sandbox.OutputDataError as exc:
@@ -327,6 +335,13 @@ class JobRunner:
         except PilotError as exc:
             log.error("job %s: output sandbox upload failed: %s", self.job.job_id, exc)
             notes.append(f"output sandbox upload failed: {exc}")
+            if succeeded and desc.output_data:  # the data still goes where it belongs
+                try:
+                    uploading_data()
+                    sandbox.store_output_data(self.backend, self.job, desc, job_dir)
+                except sandbox.OutputDataError as data_exc:
+                    log.error("job %s: %s", self.job.job_id, data_exc)
+                    data_failure = str(data_exc)
         self.timing["stage_out"] = time.monotonic() - start
         note = "; ".join(n for n in notes if n)
         if data_failure is not None:  # the payload worked, its data is not where it belongs

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -142,13 +143,19 @@ def stage_out(
     job_dir: Path,
     max_bytes: int,
     with_data: bool = True,
+    before_data: Callable[[], None] | None = None,
 ) -> StageOutResult:
     """Pack the output sandbox (StdOut/StdErr first when over the limit) and upload it,
     then store the OutputData files (only for a payload that succeeded, as DIRAC does:
-    ``with_data``). OutputDataError when an OutputData file could not be stored."""
+    ``with_data``; ``before_data`` is called first). OutputDataError when an OutputData
+    file could not be stored."""
 
     def data() -> tuple[str, ...]:
-        return store_output_data(backend, job, desc, job_dir) if with_data else ()
+        if not with_data or not desc.output_data:
+            return ()
+        if before_data is not None:
+            before_data()
+        return store_output_data(backend, job, desc, job_dir)
 
     if not desc.output_sandbox:
         return StageOutResult(False, (), (), (), 0, data())
