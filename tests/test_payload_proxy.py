@@ -291,3 +291,54 @@ def test_no_stored_proxy_is_its_own_error(tmp_path: Path) -> None:
     with pytest.raises(NoStoredProxy):
         holder.obtain()
     assert not holder.path.exists()
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_other_jobs_cannot_read_a_payload_proxy_under_isolation(
+    proxy_stub: Stub, pki: Pki, tmp_path: Path, mode: str
+) -> None:
+    """Two jobs at once under bubblewrap: each sees its own proxy, not its neighbour's
+    (without isolation the same payloads do see it: the masking is the isolation's)."""
+    from tests.test_isolation import needs_bwrap
+
+    needs_bwrap()
+    assert _proxy_upload(proxy_stub, pki).returncode == 0
+    script = (
+        "#!/bin/sh\n"
+        'test -r "$X509_USER_PROXY" && echo own\n'
+        'sleep "$1"\n'
+        'me=$(basename "$PILOT_JOB_DIR")\n'
+        'for d in "$PILOT_JOB_DIR"/../job-*; do\n'
+        '  [ "$(basename "$d")" = "$me" ] && continue\n'
+        '  test -r "$d/.payload-proxy.pem" && echo "neighbour $d"\n'
+        "done\n"
+        'sleep "$2"\n'
+    )
+    peek = (
+        'Executable = "peek.sh"; InputSandbox = {"peek.sh"}; Arguments = "%s";'
+        ' StdOutput = "out.txt"; OutputSandbox = {"out.txt"};'
+    )
+    # the first job holds its proxy for 8 s; the second looks for it after 2 s
+    first = proxy_stub.submit(peek % "0 8", {"peek.sh": script})[0]
+    second = proxy_stub.submit(peek % "2 0", {"peek.sh": script})[0]
+    env = _env(pki, X509_USER_PROXY=str(_pilot_identity(pki, tmp_path)))
+    argv = ["run", "--server", proxy_stub.url, "--isolation", mode, "--cores", "2"]
+    done = run_pilot([*argv, *FAST], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outs = {}
+    for job in (first, second):
+        proxy_stub.client.get_output(job, tmp_path / f"o{job}")
+        outs[job] = (tmp_path / f"o{job}" / "out.txt").read_text()
+        assert "own" in outs[job], outs[job]
+    assert ("neighbour" in outs[second]) == (mode == "none"), outs[second]
+    history = proxy_stub.client.logging_info(second)
+    starts = {
+        job: next(
+            r["Timestamp"]
+            for r in proxy_stub.client.logging_info(job)
+            if r["MinorStatus"] == "Application"
+        )
+        for job in (first, second)
+    }
+    ends = {job: proxy_stub.client.logging_info(job)[-1]["Timestamp"] for job in (first, second)}
+    assert starts[second] + 2 < ends[first], history  # the second looked while the first ran
