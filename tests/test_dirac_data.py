@@ -91,6 +91,13 @@ def check_result(server: DiracServer, tmp: Path, job_id: str, tag: str, text: st
     """The job is Done, its result registered and holding the payload's bytes, and the
     payload had a fresh delegated proxy of its owner."""
     wait_for(server, job_id, "Done")
+    history = server.dirac("wms-job-logging-info", job_id).stdout
+    for minor in (
+        "Application Finished Successfully",
+        "Output Sandbox Uploaded",
+        "Output Data Uploaded",
+    ):
+        assert minor in history, history  # the minor statuses DIRAC's JobWrapper sends
     out_lfn = f"/testvo/user/t/testuser/out-{tag}/result.txt"
     replicas = server.dirac("dms-lfn-replicas", out_lfn)
     assert replicas.ok and "SE-LOCAL" in replicas.stdout, replicas.stdout + replicas.stderr

@@ -43,6 +43,11 @@ class Minor(StrEnum):
     UPLOADING_OS = "Uploading Output Sandbox"
     UPLOADING_OD = "Uploading Output Data"
     EXECUTION_COMPLETE = "Execution Complete"
+    # what DIRAC's JobWrapper reports besides (backends with ``jobwrapper_rules``)
+    APP_SUCCESS = "Application Finished Successfully"
+    APP_ERRORS = "Application Finished With Errors"
+    OS_UPLOADED = "Output Sandbox Uploaded"
+    OD_UPLOADED = "Output Data Uploaded"
 
 
 # MatchedJob.extra key: False when the backend knows the job's owner has no stored proxy

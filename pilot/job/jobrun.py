@@ -301,6 +301,10 @@ class JobRunner:
         result = self._execute(desc, job_dir)
         if self.payload_proxy is not None:
             self.payload_proxy.remove()  # never packed into the output sandbox
+        jobwrapper = bool(getattr(self.backend, "jobwrapper_rules", False))
+        if jobwrapper and result.ending is None and result.signal is None:
+            ok = result.exit_code == 0 and not result.unsaved
+            self._best_effort(JobStatus.COMPLETING, Minor.APP_SUCCESS if ok else Minor.APP_ERRORS)
         self.status(JobStatus.COMPLETING, Minor.UPLOADING_OS)
         start = time.monotonic()
         notes = [*self.notes, *application_notes(result, self.settings.max_stdout_bytes)]
@@ -313,10 +317,7 @@ class JobRunner:
         data_failure = None
 
         def uploading_data() -> None:
-            try:
-                self.status(JobStatus.COMPLETING, Minor.UPLOADING_OD)
-            except PilotError as exc:  # a status is not worth losing the data for
-                log.warning("job %s: status not sent: %s", self.job.job_id, exc)
+            self._best_effort(JobStatus.COMPLETING, Minor.UPLOADING_OD)
 
         try:
             staged = sandbox.stage_out(
@@ -329,6 +330,10 @@ class JobRunner:
                 before_data=uploading_data,
             )
             notes.append(staged.note())
+            if jobwrapper and staged.uploaded:
+                self._best_effort(JobStatus.COMPLETING, Minor.OS_UPLOADED)
+            if jobwrapper and staged.output_data:
+                self._best_effort(JobStatus.COMPLETING, Minor.OD_UPLOADED)
         except sandbox.OutputDataError as exc:
             log.error("job %s: %s", self.job.job_id, exc)
             data_failure = str(exc)
@@ -347,6 +352,13 @@ class JobRunner:
         if data_failure is not None:  # the payload worked, its data is not where it belongs
             return self._finish(JobStatus.FAILED, data_failure, 0, note)
         return self._conclude(result, note)
+
+    def _best_effort(self, status: JobStatus, minor: str) -> None:
+        """An intermediate status: not worth failing (or losing data) for."""
+        try:
+            self.status(status, minor)
+        except PilotError as exc:
+            log.warning("job %s: status %s not sent: %s", self.job.job_id, minor, exc)
 
     def spec(self, desc: jdl.JobDescription, job_dir: Path) -> execute.ExecutionSpec:
         """How this job's payload runs: argv (in its sandbox), environment, limits."""
@@ -427,6 +439,8 @@ class JobRunner:
             )
         if result.exit_code != 0:
             minor = f"Payload failed with exit code {result.exit_code}"
+            if getattr(self.backend, "jobwrapper_rules", False):
+                minor = Minor.APP_ERRORS  # the exit code is in the application status
             return self._finish(JobStatus.FAILED, minor, result.exit_code, note)
         if result.unsaved:  # the payload worked but what it printed is lost
             minor = "Payload output not saved: " + "; ".join(result.unsaved)

@@ -168,7 +168,7 @@ def stage_out(
             out,
             max_bytes=max_bytes,
             priority=priority,
-            flatten=bool(getattr(backend, "flat_output_sandbox", False)),
+            flatten=bool(getattr(backend, "jobwrapper_rules", False)),
         )
         backend.store_output_sandbox(job, out)
     finally:

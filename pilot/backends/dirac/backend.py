@@ -138,7 +138,8 @@ class DiracBackend:
     """:class:`pilot.backends.base.Backend` for DIRAC 9 DISET services. Thread-safe."""
 
     name = "dirac"
-    flat_output_sandbox = True  # output sandbox files under their base names, as DIRAC packs
+    # as DIRAC's JobWrapper: output sandbox files under their base names, its minor statuses
+    jobwrapper_rules = True
 
     def __init__(self, settings: DiracSettings, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
