@@ -342,3 +342,16 @@ def test_other_jobs_cannot_read_a_payload_proxy_under_isolation(
     }
     ends = {job: proxy_stub.client.logging_info(job)[-1]["Timestamp"] for job in (first, second)}
     assert starts[second] + 2 < ends[first], history  # the second looked while the first ran
+
+
+def test_bad_payload_proxy_settings_stop_the_pilot_before_it_registers(
+    stub: Stub, tmp_path: Path
+) -> None:
+    for flag, value, want in (
+        ("--payload-proxy", "sometimes", "payload_proxy: 'sometimes' is not one of"),
+        ("--payload-proxy-max-hours", "0", "payload_proxy_max_hours: 0 is out of range"),
+    ):
+        done = run_pilot(["run", "--server", stub.url, flag, value, *FAST], cwd=tmp_path)
+        assert done.returncode == 2 and want in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert stub.client.pilots() == []
