@@ -207,10 +207,8 @@ class StubApp:
         expanded = []
         for text in texts:
             expanded.extend(jdl.expand(jdl.parse(text), self.max_parametric))
-        for attrs in expanded:  # validate all before storing any
-            jdl.JobDescription.from_attrs(attrs)
         owner = request.identity or request.headers.get("x-user")
-        ids = [self.store.submit(attrs, owner) for attrs in expanded]
+        ids = self.store.submit_many(expanded, owner)  # all validated before any is stored
         return Response(200, [{"JobID": i, "Status": "Waiting"} for i in ids])
 
     def list_jobs(self, request: Request) -> Response:
@@ -338,9 +336,8 @@ class StubApp:
 
     def proxy_upload(self, request: Request, request_id: str) -> Response:
         body = _object(request.json())
-        chain = request.environ.get("stub.peer_chain")
         answer = self.proxies.complete_upload(
-            request_id, str(body.get("chain", "")), request.identity, chain
+            request_id, str(body.get("chain", "")), request.identity
         )
         return Response(200, answer)
 

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reap-interval", type=float, default=30.0)
     serve.add_argument("--max-reschedules", type=int, default=3)
     serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
+    serve.add_argument(
+        "--workers", type=_positive(int), default=16, help="threads serving requests"
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=1000,
+        help="open client connections; beyond, the idlest is closed or new ones wait",
+    )
+    serve.add_argument(
+        "--keepalive-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds an idle client connection is kept open",
+    )
     tls = serve.add_argument_group("security")
     tls.add_argument("--cert", type=Path, help="server certificate (PEM; key inside or --key)")
     tls.add_argument("--key", type=Path, help="server private key")
@@ -119,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--valid", type=float, default=168.0, metavar="HOURS", help="lifetime (default 168)"
     )
     return parser
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a positive {kind.__name__}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,6 +229,9 @@ def serve(args: argparse.Namespace) -> int:
         reap_interval=args.reap_interval,
         max_reschedules=args.max_reschedules,
         insecure=args.insecure,
+        workers=args.workers,
+        max_connections=args.max_connections,
+        keepalive_timeout=args.keepalive_timeout,
         ssl_context=ssl_context,
         auth=auth,
     )

@@ -4,10 +4,10 @@ Upload (what ``pilot-stub proxy-upload`` does): the stub makes a key and a certi
 request (``POST /api/proxies/request``), the user signs an RFC 3820 proxy for it with
 their certificate or proxy and sends back only the certificates
 (``PUT /api/proxies/request/{id}``). The stored proxy is tied to the caller's identity:
-with client certificates, its end-entity certificate must be the very one the caller
-connected with. Delegation to a job (``POST /api/jobs/{id}/proxy``, the job's token):
-the pilot sends a request for a key of its own, the stub signs a new proxy with the
-owner's stored one. No private key ever crosses the network.
+with client certificates, its DN must be the one the caller connected with. Delegation
+to a job (``POST /api/jobs/{id}/proxy``, the job's token): the pilot sends a request for
+a key of its own, the stub signs a new proxy with the owner's stored one. No private key
+ever crosses the network.
 
 Stored keys live unencrypted in the stub's SQLite file: this is a development stub.
 """
@@ -19,7 +19,6 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pilot.errors import CredentialError
@@ -52,7 +51,6 @@ class ProxyStore:
         request_id: str,
         chain_pem: str,
         caller: str | None,
-        caller_chain: list[bytes] | None,
     ) -> dict[str, Any]:
         key_pem = self.store.take_proxy_request(request_id, REQUEST_MAX_AGE)
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -61,8 +59,6 @@ class ProxyStore:
             credentials.validate(proxy)
         except CredentialError as exc:
             raise StoreError(f"proxy refused: {exc}") from None
-        if caller_chain:
-            _same_end_entity(proxy, caller_chain)
         owner = proxy.identity_slash
         if caller and caller.startswith("/") and caller != owner:
             raise StoreError(f"a proxy of {owner} cannot be stored by {caller}", 403)
@@ -107,18 +103,3 @@ class ProxyStore:
             raise StoreError(f"cannot delegate: {exc}") from None
         log.info("job %d: delegated a proxy of %s", job_id, owner)
         return {"chain": chain.decode()}
-
-
-def _same_end_entity(proxy: credentials.Proxy, caller_chain: list[bytes]) -> None:
-    """The uploaded chain's user certificate is the one the caller connected with."""
-    mine = next((c for c in proxy.certs if _is_end_entity(c)), None)
-    theirs = [x509.load_der_x509_certificate(der) for der in caller_chain]
-    caller_eec = next((c for c in theirs if _is_end_entity(c)), None)
-    if mine is None or caller_eec is None or mine != caller_eec:
-        raise StoreError("the uploaded proxy is not of the certificate you connected with", 403)
-
-
-def _is_end_entity(cert: x509.Certificate) -> bool:
-    from pilot.grid import voms
-
-    return voms.proxy_info(cert) is None
