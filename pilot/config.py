@@ -231,6 +231,16 @@ class PilotConfig:
         unset="X509_CERT_DIR, /etc/grid-security/certificates",
     )
     ca_file: Path | None = _f(None, "path", "CA bundle for the server certificate", "credentials")
+    payload_proxy: str = _f(
+        "full",
+        "str",
+        "delegated proxy for each payload",
+        "job",
+        choices=("full", "limited", "off"),
+    )
+    payload_proxy_max_hours: float = _f(
+        48.0, "float", "cap on one payload proxy's lifetime", "job", unit="h", above=0
+    )
     # logging
     log_format: str = _f("text", "str", "log line format", "logging", choices=("text", "json"))
     log_level: str = _f(

@@ -8,6 +8,7 @@
     pilot-stub jobs [--status S] [--all]
     pilot-stub pilots [--log STAMP]
     pilot-stub put-file LFN PATH | get-file LFN [--dir DIR]
+    pilot-stub proxy-upload [--cert FILE --key FILE] [--valid HOURS]
 
 Every client command takes ``--json``, ``--server URL`` and ``--url-file FILE`` (the file
 ``serve --url-file`` wrote; also ``PILOT_SERVER`` / ``PILOT_SERVER_FILE``). Errors are
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import getpass
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument(
         "--dir", type=Path, default=Path("."), metavar="DIR", help="where to write (default: .)"
     )
+    upload = command("proxy-upload", "store a proxy of yours on the stub, for your jobs' payloads")
+    upload.description = (
+        "Sign a proxy for a key the stub makes (no private key is sent) with your certificate"
+        " (--cert/--key, X509_USER_CERT/KEY, ~/.globus) or, with --proxy, with that proxy."
+        " Pilots get proxies delegated from it for each of your jobs."
+    )
+    upload.add_argument(
+        "--cert", type=Path, metavar="FILE", help="user certificate, PEM (default: see above)"
+    )
+    upload.add_argument(
+        "--key",
+        type=Path,
+        metavar="FILE",
+        help="user private key, PEM, may be encrypted (default: see above)",
+    )
+    upload.add_argument(
+        "--valid",
+        type=float,
+        default=168.0,
+        metavar="HOURS",
+        help="lifetime (default: %(default)g h, at most 8784)",
+    )
     return parser
 
 
@@ -383,7 +408,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.command == "serve":
             return serve(args)
-        with user_client(args) as client:
+        args.issuer = upload_issuer(args) if args.command == "proxy-upload" else None
+        with user_client(args, args.issuer) as client:
             return run_client_command(client, args)
     except PilotError as exc:
         refused = exit_code(exc) != int(exc.exit_code)  # the stub said no to this request
@@ -437,7 +463,7 @@ def server_url(args: argparse.Namespace) -> str:
     return cliutil.check_server_url(text, f"{where} {url_file}:")
 
 
-def user_client(args: argparse.Namespace) -> UserClient:
+def user_client(args: argparse.Namespace, issuer: credentials.Proxy | None = None) -> UserClient:
     url = server_url(args)
     token = getattr(args, "token", None)
     if token is None:
@@ -446,7 +472,7 @@ def user_client(args: argparse.Namespace) -> UserClient:
     verify: ssl.SSLContext | bool = True
     if url.startswith("https://"):
         proxy_path = getattr(args, "proxy", None)
-        proxy = credentials.load_proxy(proxy_path) if proxy_path else None
+        proxy = credentials.load_proxy(proxy_path) if proxy_path else issuer
         verify = credentials.ssl_context(
             proxy, getattr(args, "ca_dir", None), getattr(args, "ca_file", None)
         )
@@ -866,6 +892,40 @@ def cmd_pilots(client: UserClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def upload_issuer(args: argparse.Namespace) -> credentials.Proxy:
+    """What signs the uploaded proxy: --proxy, else the user certificate and key."""
+    if not math.isfinite(args.valid) or args.valid <= 0 or args.valid > 24 * 366:
+        raise UsageError(f"--valid {args.valid:g}: give a number of hours between 0 and 8784")
+    proxy_path = getattr(args, "proxy", None)
+    if proxy_path and not (args.cert or args.key):
+        proxy = credentials.load_proxy(proxy_path)
+        credentials.validate(proxy)
+        return proxy
+    home = Path.home() / ".globus"
+    cert = args.cert or Path(os.environ.get("X509_USER_CERT") or home / "usercert.pem")
+    key = args.key or Path(os.environ.get("X509_USER_KEY") or home / "userkey.pem")
+    passphrase = None
+    if credentials.key_is_encrypted(key):
+        if sys.stdin.isatty():
+            passphrase = getpass.getpass(f"Passphrase for {key}: ").encode()
+        else:
+            passphrase = sys.stdin.readline().rstrip("\n").encode()
+    user = credentials.issuer_as_proxy(credentials.load_user_credential(cert, key, passphrase))
+    credentials.validate(user)
+    return user
+
+
+def cmd_proxy_upload(client: UserClient, args: argparse.Namespace) -> int:
+    stored = client.proxy_upload(args.issuer, timedelta(hours=args.valid))
+    until = when(stored["not_after"])
+    _emit(
+        args,
+        {"identity": stored["identity"], "not_after": stored["not_after"]},
+        f"proxy of {stored['identity']} stored, valid until {until} UTC",
+    )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[UserClient, argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "status": cmd_status,
@@ -881,4 +941,5 @@ COMMANDS: dict[str, Callable[[UserClient, argparse.Namespace], int]] = {
     "put-file": cmd_put_file,
     "get-file": cmd_get_file,
     "pilots": cmd_pilots,
+    "proxy-upload": cmd_proxy_upload,
 }

@@ -70,6 +70,17 @@ CREATE TABLE IF NOT EXISTS pilots (
     info TEXT NOT NULL,
     log TEXT
 );
+CREATE TABLE IF NOT EXISTS proxies (
+    owner TEXT PRIMARY KEY,
+    pem BLOB NOT NULL,
+    not_after REAL NOT NULL,
+    uploaded REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS proxy_requests (
+    id TEXT PRIMARY KEY,
+    key_pem BLOB NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS files (
     lfn TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
@@ -541,6 +552,42 @@ class Store:
         if row is None:
             raise StoreError(f"no file {lfn}", 404)
         return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
+
+    # -- stored proxies (delegation) --------------------------------------------------------
+
+    def add_proxy_request(self, request_id: str, key_pem: bytes, max_age: float) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM proxy_requests WHERE created < ?", (now - max_age,))
+            db.execute("INSERT INTO proxy_requests VALUES (?, ?, ?)", (request_id, key_pem, now))
+
+    def take_proxy_request(self, request_id: str, max_age: float) -> bytes:
+        """The key of a pending upload request, removed (each request is used once)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT key_pem, created FROM proxy_requests WHERE id = ?", (request_id,)
+            ).fetchone()
+            db.execute("DELETE FROM proxy_requests WHERE id = ?", (request_id,))
+        if row is None or row["created"] < time.time() - max_age:
+            raise StoreError(f"no pending proxy upload {request_id} (expired?)", 404)
+        return bytes(row["key_pem"])
+
+    def put_proxy(self, owner: str, pem: bytes, not_after: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO proxies VALUES (?, ?, ?, ?) ON CONFLICT(owner) DO UPDATE"
+                " SET pem = excluded.pem, not_after = excluded.not_after,"
+                " uploaded = excluded.uploaded",
+                (owner, pem, not_after, time.time()),
+            )
+
+    def proxy_of(self, owner: str) -> tuple[bytes, float] | None:
+        row = (
+            self._conn()
+            .execute("SELECT pem, not_after FROM proxies WHERE owner = ?", (owner,))
+            .fetchone()
+        )
+        return None if row is None else (bytes(row["pem"]), float(row["not_after"]))
 
 
 _JOB_NAME = re.compile(r'^    JobName = ("(?:[^"\\]|\\.)*");$', re.MULTILINE | re.IGNORECASE)
