@@ -239,7 +239,7 @@ class PilotConfig:
         choices=("full", "limited", "off"),
     )
     payload_proxy_max_hours: float = _f(
-        48.0, "float", "cap on one payload proxy's lifetime", "job", unit="h", above=0
+        48.0, "float", "cap on one payload proxy's lifetime", "job", unit="h", low=0.02, high=8784
     )
     # logging
     log_format: str = _f("text", "str", "log line format", "logging", choices=("text", "json"))

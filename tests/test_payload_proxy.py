@@ -348,8 +348,8 @@ def test_bad_payload_proxy_settings_stop_the_pilot_before_it_registers(
     stub: Stub, tmp_path: Path
 ) -> None:
     for flag, value, want in (
-        ("--payload-proxy", "sometimes", "payload_proxy: 'sometimes' is not one of"),
-        ("--payload-proxy-max-hours", "0", "payload_proxy_max_hours: 0 is out of range"),
+        ("--payload-proxy", "sometimes", "--payload-proxy sometimes: "),
+        ("--payload-proxy-max-hours", "0", "--payload-proxy-max-hours 0: too small"),
     ):
         done = run_pilot(["run", "--server", stub.url, flag, value, *FAST], cwd=tmp_path)
         assert done.returncode == 2 and want in done.stderr, done.stderr
