@@ -261,12 +261,22 @@ class PilotConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(PilotConfig)}
 SPECS: dict[str, Spec] = {name: f.metadata["spec"] for name, f in FIELDS.items()}
-DIRAC_KEYS = (
+# The [dirac] table (pilot.backends.dirac.backend.settings_from_config reads it; any case,
+# "_" ignored): DISET service URLs, then the other settings.
+DIRAC_SERVICES = (
     "matcher",
     "jobstateupdate",
     "sandboxstore",
     "jobmonitoring",
     "pilotmanager",
+    "proxymanager",
+    "configuration",
+    "filecatalog",
+)
+DIRAC_KEYS = (
+    *DIRAC_SERVICES,
+    "storage_elements",
+    "output_se",
     "setup",
     "release_version",
     "source",
@@ -497,15 +507,27 @@ def _check_tables(values: Mapping[str, Any], path: Path) -> None:
                 raise UsageError(
                     f"{path}: [dirac] timeout = {format_value(value)}: expected a number > 0 (s)"
                 )
+        elif norm == "storageelements":
+            if not isinstance(value, dict):
+                raise UsageError(
+                    f"{path}: [dirac] {key} = {format_value(value)}: expected a table"
+                    f' [dirac.{key}] of NAME = "dips://HOST:PORT/..."'
+                )
+            for name, url in value.items():
+                _dips(path, f"[dirac.{key}] {name}", url)
         elif not isinstance(value, str) or not value.strip():
             raise UsageError(f"{path}: [dirac] {key} = {format_value(value)}: expected a text")
-        elif norm in ("matcher", "jobstateupdate", "sandboxstore", "jobmonitoring", "pilotmanager"):
-            parts = urlsplit(value)
-            if parts.scheme != "dips" or not parts.hostname:
-                raise UsageError(
-                    f"{path}: [dirac] {key} = {format_value(value)}: "
-                    "expected a dips://HOST:PORT/System/Service URL"
-                )
+        elif norm in DIRAC_SERVICES:
+            _dips(path, f"[dirac] {key}", value)
+
+
+def _dips(path: Path, where: str, value: Any) -> None:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme != "dips" or not parts.hostname:
+        raise UsageError(
+            f"{path}: {where} = {format_value(value)}:"
+            " expected a dips://HOST:PORT/System/Service URL"
+        )
 
 
 # -- validation beyond single values --------------------------------------------------------

@@ -155,3 +155,16 @@ def test_an_unfit_node_says_so_once(stub: Stub, tmp_path: Path) -> None:
     assert errors[0].endswith("node not fit: required check(s) failed: vo-sw; taking no job")
     (pilot,) = stub.client.pilots()
     assert "node not fit" in stub.client.pilot_log(pilot["stamp"])  # the uploaded log too
+
+
+def test_the_readme_dirac_table_is_a_valid_configuration(tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    block = text.split("```toml\n[dirac]\n", 1)[1].split("```", 1)[0]
+    conf = tmp_path / "dirac.toml"
+    conf.write_text("[dirac]\n" + block.replace("# [dirac.", "[dirac.").replace("# SE-", "SE-"))
+    cfg, _ = config.load({}, env={}, config_file=conf)
+    assert cfg.dirac["proxymanager"].startswith("dips://")
+    assert cfg.dirac["storage_elements"]["SE-DISK"].startswith("dips://")
+    conf.write_text('[dirac.storage_elements]\nSE-DISK = "https://se.example.org/x"\n')
+    with pytest.raises(UsageError, match=r"\[dirac.storage_elements\] SE-DISK"):
+        config.load({}, env={}, config_file=conf)
