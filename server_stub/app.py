@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, BinaryIO
 
 from pilot import jdl
+from server_stub.monitor import Monitor
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store, StoreError
 
@@ -133,6 +134,7 @@ class StubApp:
         self.sandboxes = sandboxes
         self.max_parametric = max_parametric
         self.auth = auth or AuthPolicy()
+        self.monitor = Monitor(store, sandboxes, self.auth)  # the web pages, outside /api/
         self.routes: list[tuple[str, re.Pattern[str], Handler, Role]] = [
             ("POST", re.compile(r"/api/jobs/jdl"), self.submit, Role.USER),
             ("GET", re.compile(r"/api/jobs"), self.list_jobs, Role.USER),
@@ -164,6 +166,8 @@ class StubApp:
     # -- WSGI plumbing ------------------------------------------------------------------
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if not str(environ.get("PATH_INFO", "/")).startswith("/api/"):
+            return self.monitor(environ, start_response)
         request = _request(environ)
         try:
             response = self.dispatch(request)
@@ -234,6 +238,8 @@ class StubApp:
         pilot = str(body.get("pilot", "unknown"))
         dry_run = bool(body.get("dry_run", False))
         claim = self.store.match(resources, pilot, dry_run)
+        if not dry_run:
+            self.monitor.note_match(pilot, resources, None if claim is None else claim.job_id)
         if dry_run:
             found = None if claim is None else {"job_id": claim.job_id, "jdl": claim.jdl}
             misses = self.store.near_misses(resources) if claim is None else []

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reschedules INTEGER NOT NULL DEFAULT 0,
     kill_requested INTEGER NOT NULL DEFAULT 0,
     output_sandbox TEXT,
-    timing TEXT
+    timing TEXT,
+    name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(status, priority DESC, id);
 CREATE TABLE IF NOT EXISTS history (
@@ -123,8 +124,8 @@ class Store:
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO jobs (jdl, owner, status, priority, requirements, submitted, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (jdl, owner, status, priority, requirements, submitted, updated,"
+                " name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     jdl.dumps(attrs),
                     owner,
@@ -133,6 +134,7 @@ class Store:
                     json.dumps(matching.requirements(desc)),
                     now,
                     now,
+                    desc.job_name or "",
                 ),
             )
             job_id = int(cur.lastrowid or 0)
@@ -421,6 +423,178 @@ class Store:
             raise StoreError(f"no file {lfn}", 404)
         return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
 
+    # -- Job and Pilot Monitor (server_stub/monitor.py): read queries and reschedule --------
+    # Everything the web pages need is filtered, sorted, counted and paged here in SQL,
+    # on indexes, so that a page costs the same at 10^5 jobs as at 10.
+
+    def ensure_monitor_indexes(self) -> None:
+        self._conn().executescript(MONITOR_INDEXES)
+
+    def monitor_jobs(
+        self,
+        filters: Mapping[str, str],
+        sort: str = "id",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of jobs matching ``filters`` (keys of MONITOR_FILTERS) and how many
+        match in all. ``sort`` is a key of MONITOR_SORTS; ties are broken by job id."""
+        where, args = _monitor_where(filters)
+        column = MONITOR_SORTS[sort]
+        way = "DESC" if descending else "ASC"
+        db = self._conn()
+        total = int(db.execute(f"SELECT COUNT(*) FROM jobs{where}", args).fetchone()[0])
+        rows = db.execute(
+            f"SELECT {_LIST_COLUMNS} FROM jobs{where} ORDER BY {column} {way}, id {way}"
+            " LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [_monitor_row(r) for r in rows], total
+
+    def monitor_choices(self, column: str, limit: int = 200) -> list[str]:
+        """Distinct values of an exact-match filter column (read from its index)."""
+        if column not in ("status", "site", "owner"):
+            raise ValueError(f"no choices for {column!r}")
+        rows = self._conn().execute(
+            f"SELECT DISTINCT {column} FROM jobs WHERE {column} IS NOT NULL"
+            f" ORDER BY {column} LIMIT ?",
+            (limit,),
+        )
+        return [str(r[0]) for r in rows]
+
+    def jobs_of_pilot(self, stamp: str, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            f"SELECT {_LIST_COLUMNS} FROM jobs WHERE pilot = ? ORDER BY id DESC LIMIT ?",
+            (stamp, limit),
+        )
+        return [_monitor_row(r) for r in rows]
+
+    def pilot(self, stamp: str) -> dict[str, Any]:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT stamp, registered, info, length(log) AS log_size FROM pilots"
+                " WHERE stamp = ?",
+                (stamp,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise StoreError(f"no pilot {stamp}", 404)
+        return _pilot_view(row)
+
+    def monitor_pilots(self, offset: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+        """A page of pilots, newest first, each with the number of jobs it holds or ran."""
+        db = self._conn()
+        total = int(db.execute("SELECT COUNT(*) FROM pilots").fetchone()[0])
+        rows = db.execute(
+            "SELECT stamp, registered, info, length(log) AS log_size,"
+            " (SELECT COUNT(*) FROM jobs WHERE jobs.pilot = pilots.stamp) AS jobs"
+            " FROM pilots ORDER BY registered DESC, stamp LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [{**_pilot_view(r), "jobs": r["jobs"]} for r in rows], total
+
+    def reschedule(self, job_id: int) -> str:
+        """Put a finished or stalled job back to Waiting (a user's reschedule)."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no job {job_id}", 404)
+            if row["status"] not in RESCHEDULABLE:
+                raise StoreError(
+                    f"job {job_id} is {row['status']}: only a "
+                    + ", ".join(sorted(RESCHEDULABLE))
+                    + " job can be rescheduled",
+                    409,
+                )
+            db.execute(
+                "UPDATE jobs SET token_hash = NULL, pilot = NULL, site = NULL, heartbeat = NULL,"
+                " heartbeat_data = NULL, kill_requested = 0, output_sandbox = NULL,"
+                " timing = NULL, reschedules = reschedules + 1 WHERE id = ?",
+                (job_id,),
+            )
+            self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
+        return "Rescheduled"
+
+
+# What the monitor may filter on (exact or substring match) and sort by; the SQL columns.
+MONITOR_FILTERS = {
+    "status": ("status", "exact"),
+    "site": ("site", "exact"),
+    "owner": ("owner", "exact"),
+    "minor": ("minor", "contains"),
+    "application": ("application", "contains"),
+    "name": ("name", "contains"),
+}
+MONITOR_SORTS = {
+    "id": "id",
+    "status": "status",
+    "minor": "minor",
+    "application": "application",
+    "site": "site",
+    "owner": "owner",
+    "name": "name",
+    "submitted": "submitted",
+    "updated": "updated",
+}
+RESCHEDULABLE = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, JobStatus.STALLED})
+# One index per sortable column (ORDER BY ... LIMIT walks it instead of sorting all
+# rows) and per exact filter together with the id order the table shows by default.
+MONITOR_INDEXES = """
+CREATE INDEX IF NOT EXISTS mon_status ON jobs(status, id);
+CREATE INDEX IF NOT EXISTS mon_site ON jobs(site, id);
+CREATE INDEX IF NOT EXISTS mon_owner ON jobs(owner, id);
+CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
+CREATE INDEX IF NOT EXISTS mon_minor ON jobs(minor, id);
+CREATE INDEX IF NOT EXISTS mon_application ON jobs(application, id);
+CREATE INDEX IF NOT EXISTS mon_submitted ON jobs(submitted, id);
+CREATE INDEX IF NOT EXISTS mon_updated ON jobs(updated, id);
+CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
+"""
+_LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
+
+
+def _monitor_where(filters: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    clauses, args = [], []
+    for key, value in filters.items():
+        if not value:
+            continue
+        column, how = MONITOR_FILTERS[key]
+        if how == "exact":
+            clauses.append(f"{column} = ?")
+            args.append(value)
+        else:
+            escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append(f"{column} LIKE ? ESCAPE '\\'")
+            args.append(f"%{escaped}%")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def _monitor_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "job_id": row["id"],
+        "job_name": row["name"],
+        "status": row["status"],
+        "minor_status": row["minor"],
+        "application_status": row["application"],
+        "site": row["site"],
+        "owner": row["owner"],
+        "pilot": row["pilot"],
+        "submitted": row["submitted"],
+        "updated": row["updated"],
+    }
+
+
+def _pilot_view(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        **json.loads(row["info"]),
+        "stamp": row["stamp"],
+        "registered": row["registered"],
+        "log_size": row["log_size"] or 0,
+    }
+
 
 def _job_view(row: sqlite3.Row) -> dict[str, Any]:
     return {
@@ -438,4 +612,5 @@ def _job_view(row: sqlite3.Row) -> dict[str, Any]:
         "heartbeat": json.loads(row["heartbeat_data"]) if row["heartbeat_data"] else None,
         "output_sandbox": row["output_sandbox"],
         "timing": json.loads(row["timing"]) if row["timing"] else None,
+        "job_name": row["name"],
     }
