@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that parts of the test suite need (Slurm, munge,
-# grid proxy tools, bubblewrap, debootstrap, curl). Runs apt-get only as root and
+# grid proxy tools, bubblewrap, debootstrap, curl, and headless Chromium with its
+# WebDriver for the monitor's browser tests). Runs apt-get only as root and
 # only when something is missing; elsewhere it says what is missing and the tests
 # that need it skip with a message naming it.
 set -u
 pkgs=(slurm-wlm munge globus-proxy-utils voms-clients bubblewrap debootstrap curl openssl
       mariadb-server mariadb-client swig libmariadb-dev libssl-dev pkg-config gcc
-      python3.11-venv python3-gfal2)
+      python3.11-venv python3-gfal2 chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

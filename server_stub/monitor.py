@@ -178,7 +178,7 @@ class Monitor:
             return self._login(environ, method)
         visitor = self._visitor(environ)
         if visitor is None:
-            if method == "GET":
+            if method == "GET" and path != "/live":
                 target = path + (
                     ("?" + environ["QUERY_STRING"]) if environ.get("QUERY_STRING") else ""
                 )

@@ -76,7 +76,9 @@ def value(data: Any) -> Safe:
     if isinstance(data, Mapping):
         if not data:
             return Safe("-")
-        return el("dl", [(el("dt", str(k)), el("dd", value(v))) for k, v in data.items()])
+        return el(
+            "dl", [(el("dt", str(k)), el("dd", value(v))) for k, v in data.items()], class_="kv"
+        )
     if isinstance(data, list | tuple):
         return join([", ".join(str(v) for v in data)]) if data else Safe("-")
     if data is None or data == "":

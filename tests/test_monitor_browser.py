@@ -80,8 +80,10 @@ def test_monitor_follows_jobs_and_pilot(driver: Any, tmp_path: Path) -> None:
     pilot = None
     try:
         (long_job,) = cli_submit(
-            stub, tmp_path, "long", 'JobName = "long-sleeper"; Executable = "/bin/sleep";'
-            ' Arguments = "300";',
+            stub,
+            tmp_path,
+            "long",
+            'JobName = "long-sleeper"; Executable = "/bin/sleep"; Arguments = "300";',
         )
         (short_job,) = cli_submit(
             stub,
@@ -94,8 +96,7 @@ def test_monitor_follows_jobs_and_pilot(driver: Any, tmp_path: Path) -> None:
             stub,
             tmp_path,
             "far",
-            f'JobName = "far-%n"; Executable = "/bin/true"; Site = "{FAR_AWAY}";'
-            " Parameters = 60;",
+            f'JobName = "far-%n"; Executable = "/bin/true"; Site = "{FAR_AWAY}"; Parameters = 60;',
         )
         assert len(far) == 60
 
@@ -128,8 +129,10 @@ def test_monitor_follows_jobs_and_pilot(driver: Any, tmp_path: Path) -> None:
         driver.get(stub.url + "/?size=100")
         driver.find_element(*by("#jobs th:nth-child(2) a")).click()  # Name
         eventually(
-            lambda: driver.find_element(*by("#jobs th:nth-child(2)")).get_attribute("aria-sort")
-            == "ascending",
+            lambda: (
+                driver.find_element(*by("#jobs th:nth-child(2)")).get_attribute("aria-sort")
+                == "ascending"
+            ),
             10,
             "sorted by name",
         )
