@@ -197,7 +197,7 @@ def test_only_the_owner_may_kill_or_reschedule(tmp_path: Path) -> None:
     results = {}
     for name, who in (("bob", bob), ("alice", alice)):
         cookie = f"monitor_session={name}-" + "x" * 40
-        status, headers, page = _call(app, "GET", f"/jobs/{job}", HTTP_COOKIE=cookie, **who)
+        status, _, page = _call(app, "GET", f"/jobs/{job}", HTTP_COOKIE=cookie, **who)
         assert status.startswith("200")
         assert ('id="kill"' in page) == (name == "alice")
         form = f"csrf={app.monitor._csrf(name + '-' + 'x' * 40)}".encode()

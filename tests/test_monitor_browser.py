@@ -12,6 +12,7 @@ are saved as test artifacts (see tests/browser.py).
 from __future__ import annotations
 
 import http.server
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -28,10 +29,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(300)]
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 HOSTILE_MESSAGE = "<b>bold</b> <script>alert(2)</script> & <i>more</i>"
-HOSTILE_CHECK = f"""#!/bin/sh
-printf '%s\\n' '{{"message": "{HOSTILE_MESSAGE}", "tags": ["vo:<i>x</i>"], "facts": {{"html": "<u>u</u>"}}}}'
-exit 0
-"""
+HOSTILE_REPORT = json.dumps(
+    {"message": HOSTILE_MESSAGE, "tags": ["vo:<i>x</i>"], "facts": {"html": "<u>u</u>"}}
+)
+HOSTILE_CHECK = f"#!/bin/sh\nprintf '%s\\n' '{HOSTILE_REPORT}'\nexit 0\n"
 FAR_AWAY = "LCG.Elsewhere.org"
 
 
