@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from checks.cpu import CpuCheck
-from pilot import __version__, batch, checking, execute, isolation, jdl, jobrun, resources, watchdog
+from pilot import __version__
 from pilot.api import CheckContext, CheckResult
-from pilot.backend import Backend, JobStatus, MatchedJob
+from pilot.backends.base import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
+from pilot.job import execute, isolation, jdl, jobrun, watchdog
+from pilot.node import batch, checking, resources
 
 log = logging.getLogger(__name__)
 

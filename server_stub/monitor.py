@@ -34,7 +34,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from pilot.backend import FINAL_STATUSES, JobStatus
+from pilot.backends.base import FINAL_STATUSES, JobStatus
 from server_stub import monitor_pages as pages
 from server_stub.markup import Safe
 from server_stub.sandboxes import SandboxStore
