@@ -252,7 +252,7 @@ def test_cross_site_kill_is_refused(driver: Any, stub: Stub) -> None:
     driver.get(f"{stub.url}/jobs/{job}")  # the browser now holds a monitor session
     assert text(driver, "#job-status") == "Waiting"
     _Attacker.target = f"{stub.url}/jobs/{job}/kill"
-    attacker = http.server.HTTPServer(("127.0.0.1", 0), _Attacker)
+    attacker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Attacker)
     thread = threading.Thread(target=attacker.serve_forever, daemon=True)
     thread.start()
     try:
