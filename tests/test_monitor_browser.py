@@ -80,18 +80,18 @@ def test_monitor_follows_jobs_and_pilot(driver: Any, tmp_path: Path) -> None:
     stub = start_stub(tmp_path / "stub")
     pilot = None
     try:
-        (long_job,) = cli_submit(
-            stub,
-            tmp_path,
-            "long",
-            'JobName = "long-sleeper"; Executable = "/bin/sleep"; Arguments = "300";',
-        )
         (short_job,) = cli_submit(
             stub,
             tmp_path,
             "hostile",
             f'JobName = "{HOSTILE_NAME}"; Executable = "/bin/sleep"; Arguments = "6";'
             ' StdOutput = "std.out"; OutputSandbox = {"std.out"};',
+        )
+        (long_job,) = cli_submit(
+            stub,
+            tmp_path,
+            "long",
+            'JobName = "long-sleeper"; Executable = "/bin/sleep"; Arguments = "300";',
         )
         far = cli_submit(
             stub,
