@@ -116,7 +116,7 @@ def main() -> int:
                     return mine[:50]
 
                 python_ms = median_ms(python_page, max(3, args.repeat // 3))
-                print(f"{python_ms:8.1f} ms  baseline: /api/jobs?status=Running, filtered in Python")
+                print(f"{python_ms:8.1f} ms  baseline: /api/jobs?status=Running + Python")
         finally:
             proc.terminate()
             proc.wait(timeout=30)
