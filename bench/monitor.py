@@ -37,14 +37,25 @@ MINORS = ("Pilot Agent Submission", "Application", "Execution Complete", "Killed
 def fill(db: Path, n: int) -> None:
     Store(db).ensure_monitor_indexes()  # the schema and the monitor's indexes
     conn = sqlite3.connect(db)
+    jdl_text = (  # about the size of a real job's JDL and requirements
+        '[\n    JobName = "analysis";\n    Executable = "run.sh";\n    Arguments = "--events 1000'
+        ' --seed 42";\n    InputSandbox = {"SB:' + "0" * 64 + '"};\n    StdOutput = "std.out";'
+        '\n    StdError = "std.err";\n    OutputSandbox = {"std.out", "std.err", "*.log"};\n'
+        '    CPUTime = 86400;\n    Site = {"LCG.Site03.org", "LCG.Site04.org"};\n]\n'
+    )
+    requirements = (
+        '{"sites": ["LCG.Site03.org", "LCG.Site04.org"], "banned_sites": [], "platforms": [],'
+        ' "grid_ces": [], "tags": [], "cpu_time": 86400, "min_processors": 1,'
+        ' "max_ram_mb": null, "vo": null, "whole_node": false}'
+    )
     rows = (
         (
-            "[]",
+            jdl_text,
             f"/DC=org/CN=user{i % 50:02d}",
             STATUSES[i % 7],
             MINORS[i % 4],
             f"exit code {i % 3}" if i % 4 == 2 else "",
-            "{}",
+            requirements,
             1.7e9 + i,
             1.7e9 + (i * 7919) % n,
             f"LCG.Site{i % 20:02d}.org",

@@ -374,7 +374,7 @@ def test_table_filters_sorts_and_pages_like_python(many: Store, filters: dict[st
         for desc in (True, False):
             expected = _python_page(everything, filters, sort, desc)
             got: list[int] = []
-            for offset in range(0, 600, 128):
+            for offset in range(0, 600, 128):  # from 512 on, the deep-page query
                 rows, count = many.monitor_jobs(filters, sort, desc, offset, 128)
                 assert count == len(expected)
                 got.extend(r["job_id"] for r in rows)
@@ -398,6 +398,8 @@ def test_table_queries_walk_indexes(many: Store) -> None:
         assert "INDEX mon_" in text and "TEMP B-TREE" not in text, (column, text)
         assert "USING" in plan(f"SELECT COUNT(*) FROM jobs WHERE {column} = ?", ("x",))
     assert "USING" in plan("SELECT id FROM jobs WHERE pilot = ? ORDER BY id DESC", ("p",))
+    deep = plan("SELECT id FROM jobs ORDER BY id DESC LIMIT 50 OFFSET 500")
+    assert "COVERING INDEX mon_id" in deep, deep
 
 
 def test_job_name_is_stored_at_submission(stub: Stub) -> None:
