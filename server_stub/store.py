@@ -540,7 +540,7 @@ MONITOR_SORTS = {
     "site": "site",
     "owner": "owner",
     "name": "name",
-    "submitted": "submitted",
+    "submitted": "id",  # ids are given in submission order: no index of its own needed
     "updated": "updated",
 }
 RESCHEDULABLE = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, JobStatus.STALLED})
@@ -556,7 +556,6 @@ CREATE INDEX IF NOT EXISTS mon_owner ON jobs(owner, id);
 CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
 CREATE INDEX IF NOT EXISTS mon_minor ON jobs(minor, id);
 CREATE INDEX IF NOT EXISTS mon_application ON jobs(application, id);
-CREATE INDEX IF NOT EXISTS mon_submitted ON jobs(submitted, id);
 CREATE INDEX IF NOT EXISTS mon_updated ON jobs(updated, id);
 CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
 """

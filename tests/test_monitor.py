@@ -322,7 +322,7 @@ def many(tmp_path: Path) -> Store:
                     ("Waiting", "Running", "Done", "Failed")[i % 4],
                     f"minor {i % 5}",
                     "100% done" if i % 11 == 0 else f"app_{i % 3}",
-                    1000.0 + (i * 37) % 600,
+                    1000.0 + i,
                     2000.0 + (i * 53) % 600,
                     f"Site{i % 3}" if i % 5 else None,
                     f"job-{(i * 13) % 600:03d}",
@@ -346,7 +346,7 @@ def _python_page(
         )
         if ok:
             keep.append(row)
-    column = {"id": "job_id", **keys}.get(sort, sort)
+    column = {"id": "job_id", "submitted": "job_id", **keys}.get(sort, sort)
 
     def key(row: dict[str, Any]) -> tuple[int, Any, int]:
         value = row[column]
