@@ -342,10 +342,11 @@ class Monitor:
         return _redirect(f"/jobs/{job_id}?" + _query(result=result))
 
     def _may_act(self, visitor: Visitor, job: Mapping[str, Any]) -> bool:
-        """On an open stub anyone may (as with the API); else only the job's owner."""
-        if self._open:
-            return True
-        return visitor.identity is not None and visitor.identity == job.get("owner")
+        """Someone with an identity (certificate, user token) acts on their own jobs only;
+        without one, only on an open stub, where the API lets anyone too."""
+        if visitor.identity is None:
+            return self._open
+        return visitor.identity == job.get("owner")
 
     # -- who is asking --------------------------------------------------------------------
 

@@ -16,11 +16,14 @@ from wsgiref.util import setup_testing_defaults
 import httpx
 import pytest
 
+from pilot.grid import credentials
 from server_stub.app import AuthPolicy, StubApp
 from server_stub.monitor import CSP
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import MONITOR_SORTS, Store, StoreError
 from tests.conftest import Stub, secret, start_stub
+from tests.pki import Pki, pki_fixture  # noqa: F401 (session fixture)
+from tests.test_security import _https_stub, _proxy_file
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 RES = {"Site": "S", "CPUTime": 10**6, "NumberOfProcessors": 1}
@@ -215,6 +218,32 @@ def test_only_the_owner_may_kill_or_reschedule(tmp_path: Path) -> None:
         )[0]
     assert results == {"bob": "403 Forbidden", "alice": "303 See Other"}
     assert store.job(job)["status"] == "Killed"
+
+
+def test_client_certificate_is_the_identity_over_tls(tmp_path: Path, pki: Pki) -> None:
+    stub = _https_stub(tmp_path / "mtls", pki, require_cert=True, auth=AuthPolicy())
+    try:
+        (mine,) = stub.submit('Executable = "/bin/true";')
+        theirs = stub.server.store.submit({"Executable": "/bin/true"}, "/O=DIRACTest/CN=other")
+        proxy = credentials.load_proxy(_proxy_file(pki, "monitor-user-proxy"))
+        verify = credentials.ssl_context(proxy, ca_file=pki.ca_file)
+        with httpx.Client(base_url=stub.url, verify=verify, follow_redirects=False) as web:
+            page = web.get(f"/jobs/{mine}")
+            assert page.status_code == 200
+            assert "Signed in as /O=DIRACTest/OU=users/CN=testuser" in page.text
+            assert "; Secure" in page.headers["set-cookie"]
+            assert 'id="kill"' in page.text
+            other = web.get(f"/jobs/{theirs}")
+            assert other.status_code == 200 and 'id="kill"' not in other.text
+            origin = stub.url
+            form = {"csrf": csrf_of(page.text)}
+            assert post_form(web, f"/jobs/{theirs}/kill", form, Origin=origin).status_code == 403
+            assert post_form(web, f"/jobs/{mine}/kill", form, Origin=origin).status_code == 303
+        assert stub.status(mine) == "Killed"
+        assert stub.server.store.job(theirs)["status"] == "Waiting"
+    finally:
+        stub.client.close()
+        stub.server.stop()
 
 
 def test_reschedule_puts_a_finished_job_back(stub: Stub) -> None:
