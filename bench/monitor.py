@@ -107,6 +107,8 @@ def main() -> int:
                     "/?status=Running&site=LCG.Site03.org&sort=updated",
                     "/?owner=%2FDC%3Dorg%2FCN%3Duser07&sort=submitted&dir=asc",
                     "/?name=042",
+                    "/?sort=updated",
+                    f"/?sort=application&page={last // 2}",
                     "/?minor=Killed&sort=name",
                     f"/?sort=name&dir=asc&page={last // 2}",
                     f"/jobs/{args.jobs // 2}",

