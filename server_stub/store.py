@@ -428,7 +428,11 @@ class Store:
     # on indexes, so that a page costs the same at 10^5 jobs as at 10.
 
     def ensure_monitor_indexes(self) -> None:
-        self._conn().executescript(MONITOR_INDEXES)
+        db = self._conn()
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+        if "name" not in columns:  # a database written before the monitor existed
+            db.execute("ALTER TABLE jobs ADD COLUMN name TEXT NOT NULL DEFAULT ''")
+        db.executescript(MONITOR_INDEXES)
 
     def monitor_jobs(
         self,

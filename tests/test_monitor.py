@@ -452,3 +452,28 @@ def test_job_name_is_stored_at_submission(stub: Stub) -> None:
     assert [r["job_id"] for r in rows] == ids
     assert stub.client.job(ids[0])["job_name"] == "n-a"
     assert time.time() - rows[0]["submitted"] < 600
+
+
+def test_a_database_from_before_the_monitor_is_upgraded(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, jdl TEXT NOT NULL,"
+        " owner TEXT, status TEXT NOT NULL, minor TEXT NOT NULL DEFAULT '',"
+        " application TEXT NOT NULL DEFAULT '', priority INTEGER NOT NULL DEFAULT 1,"
+        " requirements TEXT NOT NULL, submitted REAL NOT NULL, updated REAL NOT NULL,"
+        " pilot TEXT, site TEXT, token_hash TEXT, heartbeat REAL, heartbeat_data TEXT,"
+        " reschedules INTEGER NOT NULL DEFAULT 0, kill_requested INTEGER NOT NULL DEFAULT 0,"
+        " output_sandbox TEXT, timing TEXT)"
+    )
+    db.execute(
+        "INSERT INTO jobs (jdl, status, requirements, submitted, updated)"
+        " VALUES ('[]', 'Done', '{}', 1, 1)"
+    )
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "old.db")
+    StubApp(store, SandboxStore(tmp_path / "sb", 1 << 20))
+    rows, total = store.monitor_jobs({})
+    assert total == 1 and rows[0]["job_name"] == ""
+    new = store.submit({"Executable": "/bin/true", "JobName": "after"}, None)
+    assert store.job(new)["job_name"] == "after"
