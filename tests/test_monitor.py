@@ -87,7 +87,10 @@ def test_everything_from_users_and_nodes_is_escaped(stub: Stub) -> None:
             body = answer.text
             for raw in (HOSTILE, "<script>alert", "<b>", "<i>t</i>", "<k>", "<v>", "<s>"):
                 assert raw not in body, (path, raw)
-        assert "&lt;img src=x onerror=alert(1)&gt;" in web.get(f"/jobs/{job}").text
+        job_page = web.get(f"/jobs/{job}").text
+        assert "&lt;img src=x onerror=alert(1)&gt;" in job_page
+        # Live without JavaScript too: the page refreshes itself.
+        assert '<noscript><meta http-equiv="refresh" content="10"></noscript>' in job_page
         pilot_page = web.get("/pilots/p-1").text
         assert "&lt;script&gt;alert(2)&lt;/script&gt;" in pilot_page
         assert "&lt;i&gt;t&lt;/i&gt;" in pilot_page
