@@ -145,6 +145,7 @@ class StubApp:
             ("GET", re.compile(r"/api/jobs/(\d+)/jdl"), self.get_jdl, Role.USER),
             ("GET", re.compile(r"/api/jobs/(\d+)/logging"), self.logging_info, Role.USER),
             ("POST", re.compile(r"/api/jobs/(\d+)/kill"), self.kill, Role.USER),
+            ("POST", re.compile(r"/api/jobs/(\d+)/reschedule"), self.reschedule, Role.USER),
             ("DELETE", re.compile(r"/api/jobs/(\d+)"), self.delete, Role.USER),
             (
                 "PATCH",
@@ -225,6 +226,10 @@ class StubApp:
 
     def kill(self, request: Request, job_id: str) -> Response:
         return Response(200, {"job_id": int(job_id), "result": self.store.kill(int(job_id))})
+
+    def reschedule(self, request: Request, job_id: str) -> Response:
+        result = self.store.reschedule(int(job_id))
+        return Response(200, {"job_id": int(job_id), "result": result})
 
     def delete(self, request: Request, job_id: str) -> Response:
         self.store.delete(int(job_id))

@@ -5,7 +5,7 @@
     pilot-stub status ID... [--json]
     pilot-stub logging-info ID
     pilot-stub get-output ID --dir DIR     writes DIR/ID/
-    pilot-stub kill ID | delete ID
+    pilot-stub kill ID | reschedule ID | delete ID
     pilot-stub jobs [--status S] [--json]
     pilot-stub pilots [--json] [--log STAMP]
     pilot-stub put-file LFN PATH
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("id", type=int)
     out.add_argument("--dir", type=Path, default=Path("."))
     sub.add_parser("kill", help="kill a job").add_argument("id", type=int)
+    sub.add_parser("reschedule", help="put a finished job back to Waiting").add_argument(
+        "id", type=int
+    )
     sub.add_parser("delete", help="delete a job").add_argument("id", type=int)
     jobs = sub.add_parser("jobs", help="list jobs")
     jobs.add_argument("--status")
@@ -231,8 +234,9 @@ def run_client_command(client: UserClient, args: argparse.Namespace) -> int:
         target = args.dir / str(args.id)
         names = client.get_output(args.id, target)
         print(f"{len(names)} file(s) in {target}")
-    elif command in ("kill", "delete"):
-        result = client.kill(args.id) if command == "kill" else client.delete(args.id)
+    elif command in ("kill", "reschedule", "delete"):
+        action = {"kill": client.kill, "reschedule": client.reschedule, "delete": client.delete}
+        result = action[command](args.id)
         print(f"job {args.id}: {result}")
     elif command == "pilots":
         _print_pilots(client, args)

@@ -43,6 +43,9 @@ class UserClient(HttpClient):
     def kill(self, job_id: int) -> str:
         return str(self.json("POST", f"/api/jobs/{job_id}/kill")["result"])
 
+    def reschedule(self, job_id: int) -> str:
+        return str(self.json("POST", f"/api/jobs/{job_id}/reschedule")["result"])
+
     def delete(self, job_id: int) -> str:
         return str(self.json("DELETE", f"/api/jobs/{job_id}")["result"])
 

@@ -8,6 +8,7 @@ import hashlib
 import io
 import re
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,13 @@ from wsgiref.util import setup_testing_defaults
 import httpx
 import pytest
 
+from pilot.errors import ServerError
 from pilot.grid import credentials
 from server_stub.app import AuthPolicy, StubApp
 from server_stub.monitor import CSP
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import MONITOR_SORTS, Store, StoreError
-from tests.conftest import Stub, secret, start_stub
+from tests.conftest import BIN, Stub, pilot_env, secret, start_stub
 from tests.pki import Pki, pki_fixture  # noqa: F401 (session fixture)
 from tests.test_security import _https_stub, _proxy_file
 
@@ -265,8 +267,20 @@ def test_reschedule_puts_a_finished_job_back(stub: Stub) -> None:
         assert "Rescheduled" in shown
     after = stub.client.job(job)
     assert after["status"] == "Waiting" and after["reschedules"] == 1 and after["pilot"] is None
-    again, _ = _claim(stub)  # and a pilot can take it again
+    again, token = _claim(stub)  # and a pilot can take it again
     assert again == job
+    _finish(stub, job, token)
+    done = subprocess.run(
+        [str(BIN / "pilot-stub"), "--server", stub.url, "reschedule", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=pilot_env(),
+    )
+    assert done.returncode == 0 and done.stdout == f"job {job}: Rescheduled\n", done.stderr
+    assert stub.client.job(job)["reschedules"] == 2
+    with pytest.raises(ServerError, match="409"):
+        stub.client.reschedule(job)  # Waiting: nothing to do
 
 
 def test_output_download_and_pilot_log(stub: Stub, tmp_path: Path) -> None:
