@@ -27,11 +27,11 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qs, quote, urlsplit
 
 from pilot.backends.base import FINAL_STATUSES, JobStatus
@@ -302,7 +302,7 @@ class Monitor:
         name = f"job-{job_id}-output.tar.gz"
         return Answer(
             200,
-            iter(lambda: fh.read(1 << 20), b""),
+            _chunks(fh),
             "application/octet-stream",
             [("Content-Disposition", f'attachment; filename="{name}"')],
             size,
@@ -507,6 +507,15 @@ def _local(target: str) -> str:
 
 def _redirect(location: str, headers: list[tuple[str, str]] | None = None) -> Answer:
     return Answer(303, [b""], headers=[("Location", location), *(headers or [])])
+
+
+def _chunks(fh: BinaryIO) -> Iterator[bytes]:
+    """The file in 1 MiB pieces, closed when the server is done with it."""
+    try:
+        while chunk := fh.read(1 << 20):
+            yield chunk
+    finally:
+        fh.close()
 
 
 def _version(main: Safe) -> str:
