@@ -567,8 +567,9 @@ def login_page(csrf: str, next_path: str, error: str | None) -> tuple[str, Safe]
             el("p", error, role="alert", id="error") if error else None,
             el(
                 "p",
-                "This stub accepts user tokens. Paste yours to open the monitor; it is kept"
-                " only in this browser's session cookie, which is not readable by scripts.",
+                "This stub accepts user tokens. Paste yours to open the monitor: this browser"
+                " then gets a session cookie for 12 hours (a random id, not the token, and"
+                " not readable by scripts).",
             ),
             el(
                 "form",
