@@ -49,7 +49,8 @@ def demo(server: subprocess.Popen[str], tmp: Path) -> int:
     if not url.startswith("http"):
         print("the stub did not start", file=sys.stderr)
         return 1
-    banner(f"matcher stub at {url}; submitting {', '.join(j.name for j in JOBS)}")
+    names = ", ".join(j.name for j in JOBS)
+    banner(f"matcher stub at {url} (Job Monitor in a browser: {url}/); submitting {names}")
     ids = stub(url, "submit", *map(str, JOBS)).split()
     print("job ids:", " ".join(ids))
 
