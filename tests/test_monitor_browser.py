@@ -33,6 +33,7 @@ HOSTILE_REPORT = json.dumps(
     {"message": HOSTILE_MESSAGE, "tags": ["vo:<i>x</i>"], "facts": {"html": "<u>u</u>"}}
 )
 HOSTILE_CHECK = f"#!/bin/sh\nprintf '%s\\n' '{HOSTILE_REPORT}'\nexit 0\n"
+HOSTILE_RELEASE = "<b>2</b><script>alert(4)</script>"  # the Python plugin's message
 FAR_AWAY = "LCG.Elsewhere.org"
 
 
@@ -164,12 +165,16 @@ def test_monitor_follows_jobs_and_pilot(driver: Any, tmp_path: Path) -> None:
         checks.mkdir()
         (checks / "html-message.sh").write_text(HOSTILE_CHECK)
         (checks / "html-message.sh").chmod(0o755)
+        config = tmp_path / "pilot.toml"
+        config.write_text(f"[checks.sample-vo]\nrelease = {json.dumps(HOSTILE_RELEASE)}\n")
         pilot = start_pilot(
             stub,
             tmp_path / "pilot",
             *FAST,
             "--checks-dir",
             str(checks),
+            "--config",
+            str(config),
             "--heartbeat-interval",
             "1",
             "--sample-interval",
@@ -207,6 +212,8 @@ def test_monitor_follows_jobs_and_pilot(driver: Any, tmp_path: Path) -> None:
         assert {"html-message.sh", "sample-vo", "disk"} <= set(by_name)
         message = by_name["html-message.sh"].find_element(*by(".message")).text
         assert message == HOSTILE_MESSAGE
+        plugin = by_name["sample-vo"].find_element(*by(".message")).text
+        assert plugin == f"sample VO release {HOSTILE_RELEASE}"
         assert "vo:<i>x</i>" in text(driver, "#tags")
         assert driver.find_elements(*by("#checks b, #checks script, #checks i, #checks u")) == []
         assert "nothing matched" in text(driver, "#last-match")
