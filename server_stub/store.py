@@ -134,7 +134,7 @@ class Store:
                     json.dumps(matching.requirements(desc)),
                     now,
                     now,
-                    desc.job_name or "",
+                    job_name(attrs),
                 ),
             )
             job_id = int(cur.lastrowid or 0)
@@ -562,6 +562,12 @@ CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
 CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
 """
 _LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
+
+
+def job_name(attrs: Mapping[str, jdl.Value]) -> str:
+    """The JobName the monitor shows and filters on ("" when there is none)."""
+    value = jdl.get(attrs, "JobName")
+    return "" if value is None else str(value)
 
 
 def _monitor_where(filters: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
