@@ -53,6 +53,7 @@ bench: venv
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/supervision.py
 	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/matcher.py
 	$(MAKE) binary
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/dirac_first_match.py
