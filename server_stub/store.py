@@ -536,7 +536,7 @@ class Store:
 
     # -- Job and Pilot Monitor (server_stub/monitor.py): read queries and reschedule --------
     # Everything the web pages need is filtered, sorted, counted and paged here in SQL,
-    # on indexes, so that a page costs the same at 10^5 jobs as at 10.
+    # on indexes (MONITOR_INDEXES), so that pages stay fast at 10^5 jobs (bench/monitor.py).
 
     def ensure_monitor_indexes(self) -> None:
         db = self._conn()
