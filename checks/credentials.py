@@ -1,9 +1,10 @@
 """``credentials``: the pilot's X.509 proxy (identity, time left, VOMS) and WLCG bearer token.
 
-Options (``[checks.credentials]``): ``proxy`` (path; default X509_USER_PROXY, else
-/tmp/x509up_u<uid>), ``required`` (bool, default false: a missing proxy is a WARNING,
-true makes it FAILED), ``min_time_left`` (seconds a proxy must still be valid, default
-600). A proxy that exists but is expired, unreadable or malformed always FAILS.
+Options (``[checks.credentials]``): ``proxy`` (path; default the proxy the pilot
+resolved from --proxy, X509_USER_PROXY or /tmp/x509up_u<uid>), ``required`` (bool,
+default false: a missing proxy is a WARNING, true makes it FAILED), ``min_time_left``
+(seconds a proxy must still be valid, default 600). A proxy that exists but is expired,
+unreadable or malformed always FAILS.
 Only where a token was found is reported, never the token.
 """
 
@@ -57,7 +58,7 @@ class CredentialsCheck:
     def run(self, ctx: CheckContext) -> CheckOutcome:
         facts = _token_facts()
         configured = ctx.option(NAME, "proxy")
-        path = Path(configured) if configured else gridenv.find_proxy()
+        path = Path(configured) if configured else ctx.credentials.proxy_path
         if path is None or not path.exists():
             status = Status.FAILED if option_bool(ctx, NAME, "required", False) else Status.WARNING
             where = f"at {path}" if path is not None else "(X509_USER_PROXY unset)"

@@ -20,6 +20,7 @@ from pilot.api import CheckContext, CheckResult
 from pilot.backends.base import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
+from pilot.grid.resolve import NO_CREDENTIALS, Credentials
 from pilot.job import execute, isolation, jdl, jobrun, watchdog
 from pilot.node import batch, checking, resources
 
@@ -82,7 +83,11 @@ def check_settings(config: PilotConfig) -> checking.CheckSettings:
 
 
 def inspect_node(
-    config: PilotConfig, stamp: str, *, defer_benchmark: bool = False
+    config: PilotConfig,
+    stamp: str,
+    creds: Credentials = NO_CREDENTIALS,
+    *,
+    defer_benchmark: bool = False,
 ) -> tuple[batch.BatchInfo, checking.CheckReport, resources.ResourceDescription]:
     """Slot detection, environment checks and the resulting resource description.
 
@@ -100,7 +105,7 @@ def inspect_node(
     options = config.checks
     if defer_benchmark:
         options = {**options, "cpu": {**options.get("cpu", {}), "benchmark": False}}
-    ctx = CheckContext(config.resolved_work_dir(), info, options)
+    ctx = CheckContext(config.resolved_work_dir(), info, options, credentials=creds)
     report = checking.run(ctx, check_settings(config))
     for result in report.results:
         log.info("check %-12s %-8s %s", result.name, result.status, result.message)
@@ -123,8 +128,10 @@ class Benchmark:
         report: checking.CheckReport,
         stamp: str,
         wake: threading.Event,
+        creds: Credentials = NO_CREDENTIALS,
     ) -> None:
         self.config, self.info, self.report, self.stamp = config, info, report, stamp
+        self.creds = creds
         self.registration: dict[str, Any] = {}  # what the pilot registered with, to update
         self.result: CheckResult | None = None
         self._wake = wake
@@ -141,7 +148,9 @@ class Benchmark:
     def _run(self) -> None:
         if self._after is not None:
             self._after.wait(BENCHMARK_DELAY_MAX_S)
-        ctx = CheckContext(self.config.resolved_work_dir(), self.info, self.config.checks)
+        ctx = CheckContext(
+            self.config.resolved_work_dir(), self.info, self.config.checks, credentials=self.creds
+        )
         settings = check_settings(self.config)
         self.result = checking.run(ctx, settings, [CpuCheck()]).results[0]
         self._wake.set()
@@ -169,6 +178,7 @@ def job_settings(
     desc: resources.ResourceDescription,
     chosen: isolation.Isolation,
     cgroup: isolation.CgroupParent | None = None,
+    creds: Credentials = NO_CREDENTIALS,
 ) -> jobrun.JobSettings:
     """What every job of this pilot shares: directories, watchdog settings, isolation."""
     return jobrun.JobSettings(
@@ -187,7 +197,7 @@ def job_settings(
         max_processes=config.max_job_processes,
         benchmark=desc.pilot_benchmark,
         isolation=chosen,
-        hidden_paths=isolation.credential_paths(os.environ, config.proxy),
+        hidden_paths=creds.hidden_paths,
         cgroup=cgroup,
     )
 
@@ -424,6 +434,7 @@ def run(
     backend: Backend,
     stop: Stop,
     log_text: Callable[[], str] | None = None,
+    creds: Credentials = NO_CREDENTIALS,
 ) -> AgentSummary:
     """Inspect the node, register, and run jobs until idle; the pilot's whole life."""
     stamp = new_stamp()
@@ -431,8 +442,8 @@ def run(
     execute.become_subreaper()
     try:
         defer = "cpu" not in config.disable_check
-        info, report, desc = inspect_node(config, stamp, defer_benchmark=defer)
-        benchmark = Benchmark(config, info, report, stamp, stop.wake) if defer else None
+        info, report, desc = inspect_node(config, stamp, creds, defer_benchmark=defer)
+        benchmark = Benchmark(config, info, report, stamp, stop.wake, creds) if defer else None
         chosen = choose_isolation(config)
         registered_with = registration(config, info, report, desc, chosen)
         backend.register(stamp, registered_with)
@@ -449,7 +460,7 @@ def run(
                 )
                 stop.wait(config.failure_sleep)
             raise CheckFailed(f"node not fit: required check(s) failed: {names}")
-        settings = job_settings(config, desc, chosen, isolation.probe_cgroup())
+        settings = job_settings(config, desc, chosen, isolation.probe_cgroup(), creds)
         summary = Agent(config, backend, desc, stamp, stop, settings, benchmark).run()
         log.info(
             "pilot %s done: %d job(s), stopped because %s",

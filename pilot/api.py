@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from pilot.grid.resolve import NO_CREDENTIALS, Credentials
 from pilot.node.batch import BatchInfo
 
 __all__ = ["Check", "CheckContext", "CheckOutcome", "CheckResult", "Status"]
@@ -45,6 +46,8 @@ class CheckContext:
     # Seconds the running check may take in all; set by the runner for each check, so
     # that a check starting helper processes can bound them (None: not run by the runner).
     timeout: float | None = None
+    # The pilot's credentials as resolved once for the run (proxy path, CAs, token).
+    credentials: Credentials = NO_CREDENTIALS
 
     def option(self, check: str, key: str, default: Any = None) -> Any:
         return self.options.get(check, {}).get(key, default)

@@ -67,23 +67,6 @@ def test_bwrap_argv_masks_credentials_and_other_jobs(tmp_path: Path) -> None:
     assert {"--unshare-user", "--unshare-pid", "--die-with-parent"} <= set(argv)
 
 
-def test_credential_paths_come_from_the_environment(tmp_path: Path) -> None:
-    proxy, cert, token = tmp_path / "proxy", tmp_path / "cert.pem", tmp_path / "token"
-    for path in (proxy, cert, token):
-        path.write_text("x")
-    env = {
-        "X509_USER_PROXY": str(proxy),
-        "X509_USER_CERT": str(cert),
-        "BEARER_TOKEN_FILE": str(token),
-        "X509_USER_KEY": str(tmp_path / "missing"),
-        "HOME": str(tmp_path / "home"),
-    }
-    found = isolation.credential_paths(env, proxy)
-    assert set(found) >= {proxy, cert, token}
-    assert tmp_path / "missing" not in found
-    assert len(found) == len(set(found))
-
-
 def test_apptainer_argv_contains_and_binds_the_job(tmp_path: Path) -> None:
     argv = isolation.apptainer_argv("apptainer", "/images/el9.sif", ("run.sh", "a"), tmp_path)
     assert argv[:3] == ("apptainer", "exec", "--contain")

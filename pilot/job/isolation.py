@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -192,25 +192,6 @@ def apptainer_argv(
 def _gpu_devices() -> list[Path]:
     dev = Path("/dev")
     return sorted(p for pattern in GPU_DEVICE_GLOBS for p in dev.glob(pattern))
-
-
-def credential_paths(env: Mapping[str, str], proxy: Path | None = None) -> tuple[Path, ...]:
-    """The pilot's credentials that a payload must not read: proxy, keys, token files."""
-    uid = os.getuid()
-    names = [str(proxy) if proxy else None]
-    names += [env.get(v) for v in ("X509_USER_PROXY", "X509_USER_CERT", "X509_USER_KEY")]
-    names += [env.get("BEARER_TOKEN_FILE"), f"/tmp/x509up_u{uid}", f"/tmp/bt_u{uid}"]
-    if env.get("XDG_RUNTIME_DIR"):
-        names.append(f"{env['XDG_RUNTIME_DIR']}/bt_u{uid}")
-    if env.get("HOME"):
-        names.append(f"{env['HOME']}/.globus")
-    found: list[Path] = []
-    for name in names:
-        if name and os.path.isabs(name) and os.path.lexists(name):
-            path = Path(os.path.realpath(name))
-            if path not in found:
-                found.append(path)
-    return tuple(found)
 
 
 # -- cgroup v2 --------------------------------------------------------------------------

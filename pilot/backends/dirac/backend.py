@@ -44,6 +44,7 @@ from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolErr
 from pilot.config import PilotConfig
 from pilot.errors import CredentialError, DiskFullError, SandboxError, ServerUnreachable, UsageError
 from pilot.grid import credentials
+from pilot.grid.resolve import Credentials
 from pilot.job import jdl
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class DiracSettings:
     job_state_update_url: str
     sandbox_store_url: str
     proxy: Path
-    ca_dir: Path
+    ca_dir: Path | None = None  # CAs: a hash directory and/or a bundle
+    ca_file: Path | None = None
     job_monitoring_url: str | None = None  # only for DiracBackend.job_status (tools, tests)
     pilot_manager_url: str | None = None  # enables register(): PilotManager.setPilotStatus
     setup: str | None = None  # DIRAC setups are gone since v9: "None" goes on the wire
@@ -88,6 +90,10 @@ class DiracSettings:
                 _check_url(name, getattr(self, name))
         if self.timeout <= 0:
             raise UsageError(f"dirac timeout must be positive, not {self.timeout}")
+        if self.ca_dir is None and self.ca_file is None:
+            raise CredentialError(
+                "DIRAC backend needs CAs: --ca-dir or X509_CERT_DIR, or --ca-file or X509_CERT_FILE"
+            )
 
 
 def _check_url(name: str, url: str) -> None:
@@ -98,8 +104,9 @@ def _check_url(name: str, url: str) -> None:
 
 
 def make_ssl_context(settings: DiracSettings) -> ssl.SSLContext:
-    """TLS client context: the proxy (RFC 3820 chain) as credential, CAs from ``ca_dir``."""
-    return credentials.ssl_context(credentials.load_proxy(settings.proxy), settings.ca_dir)
+    """TLS client context: the proxy (RFC 3820 chain) as credential, the settings' CAs."""
+    proxy = credentials.load_proxy(settings.proxy)
+    return credentials.ssl_context(proxy, settings.ca_dir, settings.ca_file)
 
 
 class DiracBackend:
@@ -387,14 +394,14 @@ def _flatten(extra: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]
 # --- configuration --------------------------------------------------------------------------
 
 
-def settings_from_config(cfg: PilotConfig) -> DiracSettings:
+def settings_from_config(cfg: PilotConfig, creds: Credentials) -> DiracSettings:
     """``--server dips://host[:port/WorkloadManagement/Matcher]`` plus the ``[dirac]`` table.
 
     Table keys (any case, ``_`` ignored): ``matcher``, ``jobstateupdate``, ``sandboxstore``,
     ``jobmonitoring``, ``pilotmanager`` (URLs), ``setup``, ``release_version``, ``source``,
     ``timeout``. Matcher, JobStateUpdate and SandboxStore without a URL are taken on the
     server's host at DIRAC's default ports; the optional JobMonitoring and PilotManager
-    only when given. Proxy and CA directory: config, else X509_USER_PROXY / X509_CERT_DIR.
+    only when given. Proxy and CAs: the pilot's resolved ``creds``.
     """
     table = {str(k).lower().replace("_", ""): v for k, v in cfg.dirac.items()}
     server = urlsplit(cfg.server or "")
@@ -409,20 +416,17 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
             return str(cfg.server)
         return f"dips://{server.hostname}:{DEFAULT_PORTS[service]}/{WMS}/{service}"
 
-    proxy = cfg.proxy or credentials.find_proxy()
-    ca_dir = cfg.ca_dir or credentials.ca_locations()[0]
-    if proxy is None:
+    if creds.proxy_path is None:
         raise CredentialError("DIRAC backend needs an X.509 proxy: --proxy or X509_USER_PROXY")
-    if ca_dir is None:
-        raise CredentialError("DIRAC backend needs a CA directory: --ca-dir or X509_CERT_DIR")
     return DiracSettings(
         matcher_url=url("Matcher"),
         job_state_update_url=url("JobStateUpdate"),
         sandbox_store_url=url("SandboxStore"),
         job_monitoring_url=_opt_str(table.get("jobmonitoring")),
         pilot_manager_url=_opt_str(table.get("pilotmanager")),
-        proxy=Path(proxy),
-        ca_dir=Path(ca_dir),
+        proxy=creds.proxy_path,
+        ca_dir=creds.ca_dir,
+        ca_file=creds.ca_file,
         setup=_opt_str(table.get("setup")),
         vo=cfg.vo,
         source=str(table.get("source") or "JobAgent"),
