@@ -14,7 +14,9 @@ import logging
 import re
 import secrets
 import ssl
+import subprocess
 import threading
+import warnings
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -169,6 +171,35 @@ def test_key_that_does_not_match(pki: Pki, tmp_path: Path) -> None:
     pem = proxy.cert_pem() + pki.host.key_pem() + pki.user.cert_pem()
     with pytest.raises(CredentialError, match="does not match its certificate"):
         load_proxy(P.write_private(tmp_path / "p", pem))
+
+
+def test_key_that_cannot_sign_a_proxy_is_refused(pki: Pki, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    key = x25519.X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path = P.write_private(tmp_path / "p", P.issue_proxy(pki.user).cert_pem() + key)
+    with pytest.raises(CredentialError, match=r"is a X25519PrivateKey: a proxy needs an RSA"):
+        load_proxy(path)
+
+
+def test_dsa_key_is_refused_without_touching_deprecated_types(pki: Pki, tmp_path: Path) -> None:
+    """DSA is refused by name: the pilot never imports cryptography's (deprecated) DSA types."""
+    made = subprocess.run(
+        ["openssl", "genpkey", "-genparam", "-algorithm", "DSA",
+         "-pkeyopt", "dsa_paramgen_bits:1024"],
+        capture_output=True, check=True,
+    )
+    params = P.write_private(tmp_path / "dsa.param", made.stdout)
+    key = subprocess.run(
+        ["openssl", "genpkey", "-paramfile", str(params)], capture_output=True, check=True
+    ).stdout
+    path = P.write_private(tmp_path / "p", P.issue_proxy(pki.user).cert_pem() + key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no deprecation warning reaches the user
+        with pytest.raises(CredentialError, match=r"is a DSAPrivateKey: a proxy needs an RSA"):
+            load_proxy(path)
 
 
 def test_encrypted_key_is_refused(pki: Pki, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import secrets
 import ssl
 import stat
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,8 +34,9 @@ from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.utils import CryptographyDeprecationWarning
 
 from pilot.errors import CredentialError
 from pilot.grid import voms
@@ -57,10 +59,11 @@ Issuer = tuple[x509.Certificate, PrivateKey, Sequence[x509.Certificate]]
 VOMS_EXTENSION_OID = x509.ObjectIdentifier(voms.VOMS_EXTENSION_OID)
 CLOCK_SKEW = timedelta(minutes=5)  # tolerated "not yet valid"; proxies are backdated so much
 _DIGESTLESS = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
+# DSA is not among them: grid CAs stopped issuing it long ago and cryptography deprecates
+# it (importing its types prints a warning), so a DSA key is refused like any other kind.
 _SIGNING_KEYS = (
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,
-    dsa.DSAPrivateKey,
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
@@ -138,16 +141,21 @@ def _load_key(data: bytes, where: Path) -> PrivateKey:
         # The RSA consistency check costs ~0.1 s per load (2048-bit) and guards against
         # hostile keys; this is the pilot's own proxy, whose key OpenSSL also checks
         # against the certificate when it becomes the TLS credential.
-        key = serialization.load_pem_private_key(
-            blocks[0], password=None, unsafe_skip_rsa_key_validation=True
-        )
+        with warnings.catch_warnings():  # a DSA key is refused below, without a warning
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            key = serialization.load_pem_private_key(
+                blocks[0], password=None, unsafe_skip_rsa_key_validation=True
+            )
     except (ValueError, TypeError, NotImplementedError) as exc:
         # cryptography's messages never quote key bytes; still keep only the type.
         raise CredentialError(
             f"the private key in {where} cannot be read ({type(exc).__name__})"
         ) from None
     if not isinstance(key, _SIGNING_KEYS):
-        raise CredentialError(f"the private key in {where} cannot sign ({type(key).__name__})")
+        raise CredentialError(
+            f"the private key in {where} is a {type(key).__name__.removeprefix('_')}: "
+            "a proxy needs an RSA, EC or EdDSA key"
+        )
     return key
 
 
