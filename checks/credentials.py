@@ -15,24 +15,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from checks._util import option_bool
-from pilot.api import CheckContext, CheckOutcome, Status
-from pilot.errors import CredentialError
-from pilot.grid import gridenv
+from pilot.api import (
+    CheckContext,
+    CheckOutcome,
+    CredentialError,
+    Status,
+    find_token,
+    load_proxy,
+    token_expiry,
+    validate_proxy,
+)
 
 if TYPE_CHECKING:
-    from pilot.grid.credentials import Proxy
+    from pilot.api import Proxy
 
 NAME = "credentials"
 
 
 def _token_facts() -> dict[str, Any]:
     try:
-        token = gridenv.find_token()
+        token = find_token()
     except CredentialError as exc:
         return {"token_source": None, "token_error": str(exc)}
     if token is None:
         return {"token_source": None}
-    expiry = gridenv.token_expiry(token)
+    expiry = token_expiry(token)
     return {"token_source": token.source, "token_expires": expiry.isoformat() if expiry else None}
 
 
@@ -64,15 +71,13 @@ class CredentialsCheck:
             where = f"at {path}" if path is not None else "(X509_USER_PROXY unset)"
             return CheckOutcome(status, f"no X.509 proxy {where}", facts)
         min_left = timedelta(seconds=float(ctx.option(NAME, "min_time_left", 600)))
-        from pilot.grid import credentials  # X.509 parsing only when there is a proxy to read
-
         try:
-            proxy = credentials.load_proxy(path)
+            proxy = load_proxy(path)
         except CredentialError as exc:
             return CheckOutcome(Status.FAILED, f"cannot read proxy: {exc}", facts)
         facts.update(_proxy_facts(proxy))
         try:
-            credentials.validate(proxy, min_left)
+            validate_proxy(proxy, min_left)
         except CredentialError as exc:
             return CheckOutcome(Status.FAILED, str(exc), facts)
         hours = facts["time_left"] / 3600

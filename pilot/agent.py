@@ -9,14 +9,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checks.cpu import CpuCheck
 from pilot import __version__
-from pilot.api import CheckContext, CheckResult
+from pilot.api import Check, CheckContext, CheckResult, first_pass_options
 from pilot.backends.base import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
@@ -66,8 +65,9 @@ def new_stamp() -> str:
     return f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
-def check_settings(config: PilotConfig) -> checking.CheckSettings:
+def check_settings(config: PilotConfig, builtins: Sequence[Check] = ()) -> checking.CheckSettings:
     return checking.CheckSettings(
+        builtins=tuple(builtins),
         default_timeout=config.check_timeout,
         disabled=frozenset(config.disable_check),
         required=frozenset(config.require_check),
@@ -82,17 +82,26 @@ def check_settings(config: PilotConfig) -> checking.CheckSettings:
     )
 
 
+def finishing_later(config: PilotConfig, checks: Sequence[Check]) -> tuple[Check, ...]:
+    """The enabled checks that may finish after the first match (``first_pass_options``)."""
+    disabled = set(config.disable_check)
+    return tuple(c for c in checks if first_pass_options(c) is not None and c.name not in disabled)
+
+
 def inspect_node(
     config: PilotConfig,
     stamp: str,
     creds: Credentials = NO_CREDENTIALS,
     *,
-    defer_benchmark: bool = False,
+    builtins: Sequence[Check] = (),
+    checks: Sequence[Check] | None = None,
+    first_pass: Sequence[Check] = (),
 ) -> tuple[batch.BatchInfo, checking.CheckReport, resources.ResourceDescription]:
     """Slot detection, environment checks and the resulting resource description.
 
-    With ``defer_benchmark`` the ``cpu`` check runs without its benchmark, so that the
-    first match does not wait for it (see :class:`Benchmark`)."""
+    ``checks`` defaults to those discovered with ``builtins`` registered; the checks in
+    ``first_pass`` run with their ``first_pass_options`` (their quick pass), so that the
+    first match does not wait for them (see :class:`Benchmark`)."""
     info = batch.detect()
     log.info(
         "batch system %s (job %s): %d cores, %s MB, %s s left",
@@ -102,11 +111,14 @@ def inspect_node(
         info.memory_mb,
         info.wall_time_left,
     )
-    options = config.checks
-    if defer_benchmark:
-        options = {**options, "cpu": {**options.get("cpu", {}), "benchmark": False}}
-    ctx = CheckContext(config.resolved_work_dir(), info, options, credentials=creds)
-    report = checking.run(ctx, check_settings(config))
+    settings = check_settings(config, builtins)
+    for check in first_pass:
+        quick = first_pass_options(check) or {}
+        tables = settings.options
+        tables = {**tables, check.name: {**tables.get(check.name, {}), **quick}}
+        settings = dataclasses.replace(settings, options=tables)
+    ctx = CheckContext(config.resolved_work_dir(), info, credentials=creds)
+    report = checking.run(ctx, settings, checks)
     for result in report.results:
         log.info("check %-12s %-8s %s", result.name, result.status, result.message)
     desc = resources.describe(config, info, report, stamp)
@@ -114,7 +126,8 @@ def inspect_node(
 
 
 class Benchmark:
-    """The ``cpu`` check with its benchmark, run beside the first jobs instead of before.
+    """The checks that may finish after the first match (the ``cpu`` check's benchmark),
+    run in full beside the first jobs instead of before.
 
     It starts once the first job's payload is launched (its processes would otherwise
     compete with that job's stage-in), or at once when the first match finds nothing.
@@ -128,12 +141,13 @@ class Benchmark:
         report: checking.CheckReport,
         stamp: str,
         wake: threading.Event,
+        checks: Sequence[Check],
         creds: Credentials = NO_CREDENTIALS,
     ) -> None:
         self.config, self.info, self.report, self.stamp = config, info, report, stamp
-        self.creds = creds
+        self.checks, self.creds = tuple(checks), creds
         self.registration: dict[str, Any] = {}  # what the pilot registered with, to update
-        self.result: CheckResult | None = None
+        self.results: tuple[CheckResult, ...] | None = None
         self._wake = wake
         self._after: threading.Event | None = None
         self._thread = threading.Thread(target=self._run, name="benchmark", daemon=True)
@@ -148,21 +162,21 @@ class Benchmark:
     def _run(self) -> None:
         if self._after is not None:
             self._after.wait(BENCHMARK_DELAY_MAX_S)
-        ctx = CheckContext(
-            self.config.resolved_work_dir(), self.info, self.config.checks, credentials=self.creds
-        )
+        ctx = CheckContext(self.config.resolved_work_dir(), self.info, credentials=self.creds)
         settings = check_settings(self.config)
-        self.result = checking.run(ctx, settings, [CpuCheck()]).results[0]
+        self.results = checking.run(ctx, settings, self.checks).results
         self._wake.set()
 
     def take(self) -> tuple[checking.CheckReport, resources.ResourceDescription] | None:
         """The full report and description once the benchmark is in (then None again)."""
-        result, self.result = self.result, None
-        if result is None:
+        results, self.results = self.results, None
+        if results is None:
             return None
-        merged = tuple(result if r.name == result.name else r for r in self.report.results)
+        full = {r.name: r for r in results}
+        merged = tuple(full.get(r.name, r) for r in self.report.results)
         report = checking.CheckReport(merged)
-        log.info("check %-12s %-8s %s", result.name, result.status, result.message)
+        for result in results:
+            log.info("check %-12s %-8s %s", result.name, result.status, result.message)
         return report, resources.describe(self.config, self.info, report, self.stamp)
 
 
@@ -435,15 +449,25 @@ def run(
     stop: Stop,
     log_text: Callable[[], str] | None = None,
     creds: Credentials = NO_CREDENTIALS,
+    builtins: Sequence[Check] = (),
+    *,
+    finish_later: bool = True,
 ) -> AgentSummary:
-    """Inspect the node, register, and run jobs until idle; the pilot's whole life."""
+    """Inspect the node, register, and run jobs until idle; the pilot's whole life.
+
+    ``builtins`` are the registered built-in checks; checks that may finish after the first
+    match do so beside the first job, or (``finish_later=False``) only make their quick
+    pass."""
     stamp = new_stamp()
     registered = False
     execute.become_subreaper()
     try:
-        defer = "cpu" not in config.disable_check
-        info, report, desc = inspect_node(config, stamp, creds, defer_benchmark=defer)
-        benchmark = Benchmark(config, info, report, stamp, stop.wake, creds) if defer else None
+        checks = checking.discover(check_settings(config, builtins))
+        later = finishing_later(config, checks)
+        info, report, desc = inspect_node(config, stamp, creds, checks=checks, first_pass=later)
+        benchmark = None
+        if later and finish_later:
+            benchmark = Benchmark(config, info, report, stamp, stop.wake, later, creds)
         chosen = choose_isolation(config)
         registered_with = registration(config, info, report, desc, chosen)
         backend.register(stamp, registered_with)

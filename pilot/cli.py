@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import logging
 import signal
@@ -24,11 +23,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from checks import BUILTIN_CHECKS  # the built-in checks are registered here, nowhere else
 from pilot import __version__, agent, config
 from pilot.backends.base import JobStatus
 from pilot.backends.factory import make_backend
 from pilot.backends.stub import StubBackend
-from pilot.errors import CredentialError, ExitCode, PilotError, Signalled, UsageError
+from pilot.errors import (
+    CredentialError,
+    ExitCode,
+    PilotError,
+    Signalled,
+    UsageError,
+    is_disk_full,
+)
 from pilot.grid.resolve import Credentials, resolve
 from pilot.job import jdl
 from pilot.node import checking
@@ -197,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)
     except OSError as exc:  # the node itself: a full disk, an unwritable work directory
-        code = ExitCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.USAGE
+        code = ExitCode.DISK_FULL if is_disk_full(exc) else ExitCode.USAGE
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"pilot: {exc.strerror or exc}{where}", file=sys.stderr)
         return int(code)
@@ -265,7 +272,7 @@ def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
         "pilot-agent %s starting: server %s, work dir %s", __version__, cfg.server, cfg.work_dir
     )
     try:
-        summary = agent.run(cfg, backend, stop, buffer.text, creds)
+        summary = agent.run(cfg, backend, stop, buffer.text, creds, BUILTIN_CHECKS)
     finally:
         backend.close()
     if stop.is_set():
@@ -282,7 +289,7 @@ def cmd_check(cfg: config.PilotConfig, as_json: bool) -> int:
         usable: CredentialError | None = None
     except CredentialError as exc:  # the credentials check reports it in full
         creds, usable = pilot_credentials(cfg, load=False), exc
-    info, report, desc = agent.inspect_node(cfg, stamp, creds)
+    info, report, desc = agent.inspect_node(cfg, stamp, creds, builtins=BUILTIN_CHECKS)
     chosen = agent.choose_isolation(cfg)
     dry_run = None
     if cfg.server:
@@ -330,10 +337,11 @@ def cmd_local(cfg: config.PilotConfig, jdl_file: Path, output_dir: Path, buffer:
 
     creds = pilot_credentials(cfg)
     backend = LocalBackend.from_file(jdl_file, output_dir)
-    cfg = dataclasses.replace(
-        _work_dir(cfg), idle_timeout=0.0, disable_check=[*cfg.disable_check, "cpu"]
+    cfg = dataclasses.replace(_work_dir(cfg), idle_timeout=0.0)
+    # one job, then done: what may finish after the first match makes its quick pass only
+    summary = agent.run(
+        cfg, backend, agent.Stop(), buffer.text, creds, BUILTIN_CHECKS, finish_later=False
     )
-    summary = agent.run(cfg, backend, agent.Stop(), buffer.text, creds)
     backend.write_summary(
         [
             {

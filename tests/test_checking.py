@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from checks import BUILTIN_CHECKS
 from pilot.api import CheckContext, CheckOutcome, CheckResult, Status
 from pilot.errors import UsageError
 from pilot.node import checking
@@ -361,10 +362,11 @@ def test_exec_discovery_takes_only_executable_regular_files(tmp_path: Path) -> N
     (tmp_path / "subdir").mkdir()
     for name in ("a-check", "b-check", ".hidden", "subdir"):
         (tmp_path / name).chmod(0o755)
-    settings = CheckSettings(entry_points=False, checks_dir=tmp_path)
+    settings = CheckSettings(entry_points=False, checks_dir=tmp_path, builtins=BUILTIN_CHECKS)
     names = [c.name for c in checking.discover(settings)]
     assert names[-2:] == ["a-check", "b-check"]
-    assert names[:-2] == [c.name for c in checking.discover(ONLY_GIVEN)]  # the built-ins
+    assert names[:-2] == [c.name for c in BUILTIN_CHECKS]  # the registered built-ins first
+    assert checking.discover(ONLY_GIVEN) == []  # none unless registered
 
 
 def test_missing_checks_dir_is_a_failed_result(ctx: CheckContext, tmp_path: Path) -> None:
@@ -486,7 +488,11 @@ def fake_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         },
     )
     monkeypatch.syspath_prepend(str(site))
-    yield [c for c in checking.discover(CheckSettings()) if checking.source_of(c) != "builtin"]
+    yield [
+        c
+        for c in checking.discover(CheckSettings(builtins=BUILTIN_CHECKS))
+        if checking.source_of(c) != "builtin"
+    ]
     for name in (module, f"{module}_exit"):
         sys.modules.pop(name, None)
 
@@ -553,7 +559,7 @@ def test_sample_vo_plugin_appears_in_the_report_with_its_tag(ctx: CheckContext) 
         "pilot-sample-vo-plugin is not installed: "
         ".venv/bin/pip install -e tests/plugins/sample_vo_plugin (make venv does it)"
     )
-    settings = CheckSettings(options={"sample-vo": {"release": "2.5"}})
+    settings = CheckSettings(options={"sample-vo": {"release": "2.5"}}, builtins=BUILTIN_CHECKS)
     report = checking.run(ctx, settings)  # the full default set: built-ins and plugins
     vo = report.result("sample-vo")
     assert vo is not None and vo.status is Status.PASSED

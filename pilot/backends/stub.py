@@ -24,11 +24,11 @@ import httpx
 from pilot.backends.base import FINAL_STATUSES, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
-    DiskFullError,
     PilotError,
     SandboxError,
     ServerError,
     ServerUnreachable,
+    write_error,
 )
 from pilot.job import jdl
 
@@ -257,7 +257,7 @@ def _write_and_hash(chunks: Iterator[bytes], dest: Path, progress: _Progress) ->
         pending.put(None)
         thread.join()
     if failure:
-        raise _disk_error(failure[0], dest) from failure[0]
+        raise write_error(failure[0], dest) from failure[0]
     return digest.hexdigest()
 
 
@@ -291,12 +291,6 @@ def _read_chunks(source: Path, size: int, what: str) -> Iterator[bytes]:
             progress.add(len(chunk))
             yield chunk
     progress.done()
-
-
-def _disk_error(exc: OSError, dest: Path) -> SandboxError:
-    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-        return DiskFullError(f"no space left writing {dest}")
-    return SandboxError(f"cannot write {dest}: {exc}")
 
 
 def _detail(response: httpx.Response) -> str:

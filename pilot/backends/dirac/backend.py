@@ -42,7 +42,13 @@ from pilot import __version__
 from pilot.backends.base import MatchedJob, StatusUpdate
 from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
 from pilot.config import PilotConfig
-from pilot.errors import CredentialError, DiskFullError, SandboxError, ServerUnreachable, UsageError
+from pilot.errors import (
+    CredentialError,
+    SandboxError,
+    ServerUnreachable,
+    UsageError,
+    write_error,
+)
 from pilot.grid import credentials
 from pilot.grid.resolve import Credentials
 from pilot.job import jdl
@@ -291,9 +297,7 @@ class DiracBackend:
             raise SandboxError(f"input sandbox {entry}: {exc}") from exc
         except OSError as exc:
             part.unlink(missing_ok=True)
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise DiskFullError(f"no space left writing {dest}") from exc
-            raise SandboxError(f"cannot write {dest}: {exc}") from exc
+            raise write_error(exc, dest) from exc
         log.info("input sandbox %s: %d bytes", dest.name, size)
 
     def store_output_sandbox(self, job: MatchedJob, archive: Path) -> None:
