@@ -16,12 +16,14 @@ from typing import Any
 
 from pilot import __version__
 from pilot.api import Check, CheckContext, CheckResult, first_pass_options
+from pilot.backends import stub
 from pilot.backends.base import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
 from pilot.grid.resolve import NO_CREDENTIALS, Credentials
 from pilot.job import execute, isolation, jdl, jobrun, watchdog
 from pilot.node import batch, checking, resources
+from pilot.node.slot import Slot
 
 log = logging.getLogger(__name__)
 
@@ -212,16 +214,24 @@ def job_settings(
         benchmark=desc.pilot_benchmark,
         isolation=chosen,
         hidden_paths=creds.hidden_paths,
+        fetch_url=stub.fetch_url,
         cgroup=cgroup,
     )
 
 
 @dataclass
-class _Running:
+class RunningJob:
     runner: jobrun.JobRunner
     thread: threading.Thread
-    cores: int
-    memory_mb: int | None
+
+
+def parse_job(job: MatchedJob) -> jdl.JobDescription | None:
+    """The job's description, parsed once for the whole pilot (None: the runner reports
+    the bad JDL)."""
+    try:
+        return jdl.load(job.jdl)
+    except jdl.JDLError:
+        return None
 
 
 class Agent:
@@ -237,26 +247,22 @@ class Agent:
     ) -> None:
         self.config = config
         self.backend = backend
-        self.desc = desc
+        self.slot = Slot(desc)
         self.benchmark = benchmark
         self.stamp = stamp
         self.stop = stop
         self.changed = stop.wake
-        self.running: dict[str, _Running] = {}
+        self.running: dict[str, RunningJob] = {}
         self.outcomes: list[jobrun.JobOutcome] = []
         self.started = 0
-        self.deadline = time.monotonic() + desc.wall_clock_time_left
         self.job_settings = settings or job_settings(config, desc, isolation.NO_ISOLATION)
         self.next_stray_reap = 0.0
 
-    # -- slot accounting ----------------------------------------------------------------
+    @property
+    def desc(self) -> resources.ResourceDescription:
+        return self.slot.desc
 
-    def _free(self) -> tuple[int, int | None]:
-        cores = self.desc.number_of_processors - sum(r.cores for r in self.running.values())
-        mem = self.desc.max_ram_mb
-        if mem is not None:
-            mem -= sum(r.memory_mb or 0 for r in self.running.values())
-        return cores, mem
+    # -- taking jobs --------------------------------------------------------------------
 
     def _why_not_take(self) -> str | None:
         if self.stop.is_set():
@@ -265,13 +271,13 @@ class Agent:
             return "drained"
         if self.config.max_jobs is not None and self.started >= self.config.max_jobs:
             return "max-jobs"
-        if self.deadline - time.monotonic() < MIN_TIME_LEFT_S:
+        if self.slot.time_left() < MIN_TIME_LEFT_S:
             return "no-time"
         return None
 
     def _can_take_now(self) -> bool:
         limit = self.config.max_concurrent
-        cores, mem = self._free()
+        cores, mem = self.slot.free()
         if mem is not None and mem <= 0:
             return False
         return cores >= 1 and (limit is None or len(self.running) < limit)
@@ -308,16 +314,6 @@ class Agent:
         self._wait_all()
         return AgentSummary(self.stamp, tuple(self.outcomes), reason)
 
-    def _offer(self, cores: int, mem: int | None) -> resources.ResourceDescription:
-        """The slot as the next match sees it: free cores, memory and time only."""
-        offer = self.desc.with_free(cores, mem, self.deadline - time.monotonic())
-        tags = set(offer.tags)
-        if cores < 2:
-            tags.discard("MultiProcessor")
-        if self.running:
-            tags.discard("WholeNode")  # part of the node is taken
-        return dataclasses.replace(offer, tags=tuple(sorted(tags)))
-
     def _fold_in_benchmark(self) -> None:
         bench = self.benchmark
         taken = bench.take() if bench is not None else None
@@ -325,7 +321,7 @@ class Agent:
             return
         self.benchmark = None
         report, full = taken
-        self.desc = dataclasses.replace(
+        self.slot.desc = dataclasses.replace(
             self.desc, pilot_benchmark=full.pilot_benchmark, cpu_time=full.cpu_time, tags=full.tags
         )
         self.job_settings = dataclasses.replace(self.job_settings, benchmark=full.pilot_benchmark)
@@ -338,9 +334,9 @@ class Agent:
 
     def _match_one(self) -> bool:
         self._fold_in_benchmark()
-        cores, mem = self._free()
+        cores, mem = self.slot.free()
         start = time.monotonic()
-        job = self.backend.match(self._offer(cores, mem).as_dict())
+        job = self.backend.match(self.slot.offer(cores, mem).as_dict())
         launched = None
         if job is not None:
             launched = self._start(job, cores, mem, time.monotonic() - start).launched
@@ -351,40 +347,25 @@ class Agent:
     def _start(
         self, job: MatchedJob, free_cores: int, free_mem: int | None, match_s: float
     ) -> jobrun.JobRunner:
-        cores, mem = self._allocation(job, free_cores, free_mem)
+        desc = parse_job(job)  # the one parse of this job's JDL
+        cores, mem = self.slot.allocation(desc, free_cores, free_mem)
+        self.slot.hold(job.job_id, cores, mem)
         runner = jobrun.JobRunner(
             self.backend,
             job,
             self.job_settings,
             cores,
+            desc=desc,
             memory_mb=mem,
-            slot_deadline=self.deadline,
+            slot_deadline=self.slot.deadline,
             match_seconds=match_s,
         )
         thread = threading.Thread(target=self._run_job, args=(runner,), name=f"job-{job.job_id}")
-        self.running[job.job_id] = _Running(runner, thread, cores, mem)
+        self.running[job.job_id] = RunningJob(runner, thread)
         self.started += 1
         log.info("job %s matched: %d core(s), %s MB", job.job_id, cores, mem)
         thread.start()
         return runner
-
-    def _allocation(
-        self, job: MatchedJob, free_cores: int, free_mem: int | None
-    ) -> tuple[int, int | None]:
-        try:
-            desc = jdl.load(job.jdl)
-        except jdl.JDLError:
-            return 1, None  # the runner reports the bad JDL
-        cores = desc.min_processors
-        if desc.whole_node:
-            cores = free_cores
-        elif desc.max_processors and desc.max_processors > cores:
-            cores = min(desc.max_processors, free_cores)
-        cores = max(1, min(cores, free_cores))
-        mem = desc.max_ram_mb
-        if mem is None and self.desc.max_ram_mb is not None:
-            mem = self.desc.max_ram_mb * cores // max(1, self.desc.number_of_processors)
-        return cores, mem
 
     def _run_job(self, runner: jobrun.JobRunner) -> None:
         try:
@@ -405,6 +386,7 @@ class Agent:
             if not running.thread.is_alive():
                 running.thread.join()
                 del self.running[job_id]
+                self.slot.release(job_id)
         now = time.monotonic()
         if now >= self.next_stray_reap:  # zombies of payload daemons, between jobs too
             self.next_stray_reap = now + STRAY_REAP_INTERVAL_S

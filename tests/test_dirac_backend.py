@@ -26,6 +26,7 @@ import pytest
 from pilot.backends.base import JobStatus, MatchedJob, Minor, StatusUpdate
 from pilot.backends.dirac.backend import DiracBackend
 from pilot.backends.dirac.diset import DisetClient
+from pilot.job import jdl
 from tests.dirac_server.fixture import DiracServer
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
@@ -167,7 +168,8 @@ def test_job_cycle_input_and_output_sandbox(
 
     dest = tmp_path / "in"
     dest.mkdir()
-    archives = timer("download", backend.fetch_input_sandbox, job, dest)
+    inputs = jdl.load(job.jdl).inputs
+    archives = timer("download", backend.fetch_input_sandbox, job, inputs, dest)
     assert len(archives) == 1 and archives[0].parent == dest
     with tarfile.open(archives[0]) as tf:
         member = tf.extractfile("input.txt")

@@ -54,6 +54,7 @@ from pilot.errors import (
 )
 from pilot.grid import credentials
 from pilot.grid.resolve import Credentials, resolve
+from pilot.job import jdl
 from tests.dirac_server import harness
 from tests.dirac_server.certs import make_pki
 from tests.dirac_server.fixture import unavailable
@@ -672,7 +673,8 @@ def test_input_sandbox_download(
 ) -> None:
     fake, _, backend = wms
     fake.files[f"{backend.sandbox_store.url}/SandBox/t/abc.tar.bz2"] = b"tarball"
-    assert backend.fetch_input_sandbox(JOB, tmp_path) == [tmp_path / "abc.tar.bz2"]
+    inputs = jdl.load(JOB.jdl).inputs
+    assert backend.fetch_input_sandbox(JOB, inputs, tmp_path) == [tmp_path / "abc.tar.bz2"]
     assert (tmp_path / "abc.tar.bz2").read_bytes() == b"tarball"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.tar.bz2"]
 
@@ -692,7 +694,7 @@ def test_input_sandbox_refusals(
     backend = wms[2]
     job = MatchedJob("8", f'[Executable = "x"; InputSandbox = {{{entries}}};]')
     with pytest.raises(SandboxError, match=match):
-        backend.fetch_input_sandbox(job, tmp_path)
+        backend.fetch_input_sandbox(job, jdl.load(job.jdl).inputs, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

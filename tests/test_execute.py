@@ -308,7 +308,7 @@ def test_a_job_whose_output_was_not_saved_is_not_done(
     unsaved = ("stdout: No space left on device",)
     result = execute.ExecutionResult(exit_code, None, 1.0, 0.5, unsaved=unsaved)
     note = "; ".join(jobrun.application_notes(result, 1 << 20))
-    outcome = runner._conclude(result, note)
+    outcome = runner.conclude(result, note)
     assert (outcome.status, outcome.minor) == (status, minor)
     assert backend.updates[-1].application is not None
     assert "stdout: No space left on device (not saved)" in backend.updates[-1].application

@@ -1,7 +1,9 @@
 """The seam between the agent and whatever hands out jobs (the stub, or DIRAC).
 
-The agent talks to a :class:`Backend` only; :mod:`pilot.backends.stub` implements it for the
-matcher stub's REST API and :mod:`pilot.backends.dirac` for DIRAC's DISET services.
+The agent talks to a :class:`Backend` only, and tells it what to fetch by :class:`Inputs`
+(each entry sorted once by :func:`classify`), never by JDL text.
+:mod:`pilot.backends.stub` implements it for the matcher stub's REST API and
+:mod:`pilot.backends.dirac` for DIRAC's DISET services.
 """
 
 from __future__ import annotations
@@ -45,6 +47,50 @@ class Minor(StrEnum):
     EXECUTION_COMPLETE = "Execution Complete"
 
 
+class InputKind(StrEnum):
+    """Where an ``InputSandbox`` entry comes from (see :func:`classify`)."""
+
+    SANDBOX = "SB"  # SB:<ref>, an archive in the backend's sandbox store
+    LFN = "LFN"  # LFN:<path> (any case), a file in the backend's catalogue
+    URL = "URL"  # http(s)://..., fetched directly without the pilot's credentials
+    LOCAL = "local"  # a plain file name: local to the submitter, packed into an SB: archive
+
+
+URL_PREFIXES = ("https://", "http://")
+
+
+def classify(entry: str) -> InputKind:
+    """The one place that tells the kinds of input entry apart (pilot, stub, backends)."""
+    if entry.startswith("SB:"):
+        return InputKind.SANDBOX
+    if entry[:4].upper() == "LFN:":
+        return InputKind.LFN
+    if entry.startswith(URL_PREFIXES):
+        return InputKind.URL
+    return InputKind.LOCAL
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A job's ``InputSandbox`` entries sorted by kind, each kind in the job's order;
+    LFNs are spelt ``LFN:<path>`` whatever case the JDL used."""
+
+    sandboxes: tuple[str, ...] = ()
+    lfns: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+    local: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, entries: tuple[str, ...]) -> Inputs:
+        kinds = [(classify(e), e) for e in entries]
+        return cls(
+            sandboxes=tuple(e for k, e in kinds if k is InputKind.SANDBOX),
+            lfns=tuple("LFN:" + e[4:] for k, e in kinds if k is InputKind.LFN),
+            urls=tuple(e for k, e in kinds if k is InputKind.URL),
+            local=tuple(e for k, e in kinds if k is InputKind.LOCAL),
+        )
+
+
 @dataclass(frozen=True)
 class MatchedJob:
     """A job the backend handed to this pilot."""
@@ -80,8 +126,10 @@ class Backend(Protocol):
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         """Send the job's vital signs; returns the server's commands (e.g. ``"Kill"``)."""
 
-    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
-        """Download the job's input sandbox archives into ``dest_dir``; returns their paths."""
+    def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
+        """Download the job's input sandbox archives (``inputs.sandboxes``; in local mode
+        ``inputs.local``, packed) into ``dest_dir``; returns their paths. LFNs and URLs are
+        fetched by the caller, through :meth:`fetch_lfn` and directly."""
 
     def store_output_sandbox(self, job: MatchedJob, archive: Path) -> None:
         """Upload the packed output sandbox and attach it to the job."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from pilot.backends.base import FINAL_STATUSES, MatchedJob, StatusUpdate
+from pilot.backends.base import FINAL_STATUSES, Inputs, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
     PilotError,
@@ -30,7 +30,6 @@ from pilot.errors import (
     ServerUnreachable,
     write_error,
 )
-from pilot.job import jdl
 
 if TYPE_CHECKING:
     import tenacity
@@ -331,6 +330,12 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     log.warning("server call failed (%s); retry %d in %.1f s", exc, state.attempt_number, wait)
 
 
+def fetch_url(url: str, dest: Path) -> None:
+    """A plain download: no bearer token, no client certificate goes to a foreign host."""
+    with HttpClient(url, retry=RetryPolicy(attempts=4, deadline=300.0)) as plain:
+        plain.download(url, dest)
+
+
 class StubBackend:
     """:class:`pilot.backends.base.Backend` for the matcher stub's REST API."""
 
@@ -384,11 +389,9 @@ class StubBackend:
         )
         return tuple(str(c["command"]) for c in answer or () if str(c.get("job_id")) == job.job_id)
 
-    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
+    def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
         paths = []
-        for entry in jdl.load(job.jdl).input_sandbox:
-            if not entry.startswith("SB:"):
-                continue  # LFNs and URLs are fetched by pilot.job.sandbox
+        for entry in inputs.sandboxes:
             sha = entry[3:]
             if not _SHA256.fullmatch(sha):
                 raise SandboxError(f"Input sandbox rejected: bad sandbox reference {entry[:80]!r}")

@@ -12,7 +12,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,10 @@ _BATCH_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, 
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR")
 WALL_TIME_KEYS = ("WallTime", "MaxWallTime", "WallClockTime")
 STAGE_OUT_RESERVE_S = 60.0  # kept back from the slot's end for stage-out and the report
+
+
+def no_url_fetcher(url: str, dest: Path) -> None:
+    raise SandboxError(f"Cannot fetch input {url}: this pilot has no URL fetcher")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class JobSettings:
     isolation: Isolation = NO_ISOLATION
     hidden_paths: tuple[Path, ...] = ()  # the pilot's credentials, masked in the sandbox
     cgroup: CgroupParent | None = None
+    # downloads an http(s):// input without the pilot's credentials (given by the agent)
+    fetch_url: Callable[[str, Path], None] = field(default=no_url_fetcher)
 
 
 @dataclass(frozen=True)
@@ -179,9 +185,11 @@ class JobRunner:
         memory_mb: int | None = None,
         slot_deadline: float | None = None,
         match_seconds: float | None = None,
+        desc: jdl.JobDescription | None = None,
     ) -> None:
         self.backend = backend
         self.job = job
+        self.desc = desc  # parsed once, by whoever matched the job (else here)
         self.settings = settings
         self.cores = cores
         self.memory_mb = memory_mb
@@ -208,7 +216,7 @@ class JobRunner:
         job_id = self.job.job_id
         job_dir = self.settings.work_dir / f"job-{job_id}"
         try:
-            desc = jdl.load(self.job.jdl)
+            desc = self.desc if self.desc is not None else jdl.load(self.job.jdl)
         except jdl.JDLError as exc:
             return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
         heartbeat = watchdog.Heartbeat(
@@ -232,7 +240,14 @@ class JobRunner:
         self.status(JobStatus.RUNNING, Minor.DOWNLOADING_IS)
         start = time.monotonic()
         try:
-            sandbox.stage_in(self.backend, self.job, desc, job_dir, self.settings.unpack_limits)
+            sandbox.stage_in(
+                self.backend,
+                self.job,
+                desc,
+                job_dir,
+                self.settings.unpack_limits,
+                self.settings.fetch_url,
+            )
         except SandboxError as exc:
             return self._finish(JobStatus.FAILED, str(exc), None)
         self.timing["stage_in"] = time.monotonic() - start
@@ -251,7 +266,7 @@ class JobRunner:
             log.error("job %s: output sandbox upload failed: %s", self.job.job_id, exc)
             notes.append(f"output sandbox upload failed: {exc}")
         self.timing["stage_out"] = time.monotonic() - start
-        return self._conclude(result, "; ".join(n for n in notes if n))
+        return self.conclude(result, "; ".join(n for n in notes if n))
 
     def spec(self, desc: jdl.JobDescription, job_dir: Path) -> execute.ExecutionSpec:
         """How this job's payload runs: argv (in its sandbox), environment, limits."""
@@ -306,7 +321,7 @@ class JobRunner:
         )
         return result
 
-    def _conclude(self, result: execute.ExecutionResult, note: str) -> JobOutcome:
+    def conclude(self, result: execute.ExecutionResult, note: str) -> JobOutcome:
         if result.ending is not None:
             status = (
                 JobStatus.KILLED

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pilot import __version__
-from pilot.backends.base import MatchedJob, StatusUpdate
+from pilot.backends.base import Inputs, MatchedJob, StatusUpdate
 from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
 from pilot.config import PilotConfig
 from pilot.errors import (
@@ -51,7 +51,6 @@ from pilot.errors import (
 )
 from pilot.grid import credentials
 from pilot.grid.resolve import Credentials
-from pilot.job import jdl
 
 log = logging.getLogger(__name__)
 
@@ -260,19 +259,14 @@ class DiracBackend:
 
     # --- sandboxes ----------------------------------------------------------------------
 
-    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
+    def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
         """Download each ``SB:`` entry into ``dest_dir``; plain names are inside those."""
-        entries = jdl.load(job.jdl).input_sandbox
-        lfns = [e for e in entries if e[:4].upper() == "LFN:"]
-        if lfns:
+        if inputs.lfns:
             raise SandboxError(
-                f"LFN input sandbox not supported by this backend: {', '.join(lfns)}"
+                f"LFN input sandbox not supported by this backend: {', '.join(inputs.lfns)}"
             )
         paths = []
-        for entry in entries:
-            if not entry.startswith("SB:"):
-                log.debug("job %s: %s travels inside the sandbox archive", job.job_id, entry)
-                continue
+        for entry in inputs.sandboxes:
             se_name, path = split_sandbox_url(entry)
             dest = dest_dir / _archive_name(path)
             log.debug(
