@@ -21,7 +21,7 @@ from pilot.backends.base import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
 from pilot.grid.resolve import NO_CREDENTIALS, Credentials
-from pilot.job import execute, isolation, jdl, jobrun, watchdog
+from pilot.job import execute, isolation, jdl, jobrun, proctable
 from pilot.node import batch, checking, resources
 from pilot.node.slot import Slot
 
@@ -390,7 +390,7 @@ class Agent:
         now = time.monotonic()
         if now >= self.next_stray_reap:  # zombies of payload daemons, between jobs too
             self.next_stray_reap = now + STRAY_REAP_INTERVAL_S
-            watchdog.reap_strays(watchdog.pilot_children())
+            proctable.reap_strays(proctable.pilot_children())
 
     def _wait_all(self) -> None:
         while self.running:

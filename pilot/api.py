@@ -5,7 +5,7 @@ A VO plugin is a class (or instance) exposed through the entry-point group
 what the built-in checks (package ``checks``, which import nothing else from ``pilot``
 either) get: the :class:`CheckContext` (work directory, batch slot, options, the pilot's
 resolved credentials, its time budget), :func:`run_command` for helper commands under a
-timeout, and the credential helpers below::
+timeout, :func:`read_cgroup_limits`, and the credential helpers below::
 
     from pilot.api import Check, CheckContext, CheckOutcome, Status
 
@@ -28,6 +28,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from pilot.cgroups import Limits as CgroupLimits
+from pilot.cgroups import read_limits as read_cgroup_limits
 from pilot.errors import CredentialError
 from pilot.grid.gridenv import Token, find_token, token_expiry
 from pilot.grid.resolve import NO_CREDENTIALS, Credentials
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchInfo",
+    "CgroupLimits",
     "Check",
     "CheckContext",
     "CheckOutcome",
@@ -53,6 +56,7 @@ __all__ = [
     "find_token",
     "first_pass_options",
     "load_proxy",
+    "read_cgroup_limits",
     "run_command",
     "token_expiry",
     "validate_proxy",

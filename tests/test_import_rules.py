@@ -26,11 +26,19 @@ BASE = ("pilot", "pilot.errors")
 ALLOWED: dict[str, tuple[str, ...]] = {
     "pilot.errors": ("pilot",),
     "pilot.proc": BASE,
+    "pilot.cgroups": BASE,
     "pilot.config": BASE,
     "pilot.grid": (*BASE, "pilot.config"),
-    "pilot.node": (*BASE, "pilot.config", "pilot.proc", "pilot.api"),
-    "pilot.api": (*BASE, "pilot.proc", "pilot.grid", "pilot.node.batch"),
-    "pilot.job": (*BASE, "pilot.config", "pilot.proc", "pilot.grid", "pilot.backends.base"),
+    "pilot.node": (*BASE, "pilot.config", "pilot.proc", "pilot.cgroups", "pilot.api"),
+    "pilot.api": (*BASE, "pilot.proc", "pilot.cgroups", "pilot.grid", "pilot.node.batch"),
+    "pilot.job": (
+        *BASE,
+        "pilot.config",
+        "pilot.proc",
+        "pilot.cgroups",
+        "pilot.grid",
+        "pilot.backends.base",
+    ),
     "pilot.backends": (
         *BASE,
         "pilot.config",

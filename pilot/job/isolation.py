@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from pilot import proc
+from pilot import cgroups, proc
 from pilot.errors import CheckFailed
 
 log = logging.getLogger(__name__)
@@ -205,10 +205,8 @@ class CgroupParent:
 
 
 def _own_cgroup(proc_cgroup: Path, mountinfo: Path) -> Path | None:
-    relative = None
-    for line in proc_cgroup.read_text().splitlines():
-        if line.startswith("0::"):
-            relative = line[3:].strip().lstrip("/")
+    unified, _ = cgroups.parse_self_cgroup(proc_cgroup.read_text())
+    relative = unified.strip().lstrip("/") if unified is not None else None
     mount = None
     for line in mountinfo.read_text().splitlines():
         left, _, right = line.partition(" - ")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
 from pilot.errors import PilotError, SandboxError
-from pilot.job import archive, execute, isolation, jdl, sandbox, watchdog
+from pilot.job import archive, execute, heartbeat, isolation, jdl, sandbox
 from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
+from pilot.job.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def job_limits(
     cores: int,
     memory_mb: int | None,
     slot_left: float | None,
-) -> watchdog.Limits:
+) -> Limits:
     """What this job may use: its JDL's requests, its share of the slot, the pilot's caps."""
     wall, wall_source = _seconds(desc, WALL_TIME_KEYS), ""
     if wall is not None:
@@ -148,7 +149,7 @@ def job_limits(
             wall, wall_source = slot_wall, "batch slot ends"
     cpu = _seconds(desc, ("CPUTime", "MaxCPUTime"))
     source = f"MaxRAM {memory_mb} MB" if desc.max_ram_mb else f"slot share {memory_mb} MB"
-    return watchdog.Limits(
+    return Limits(
         wall_seconds=wall,
         wall_source=wall_source,
         cpu_normalised=cpu * cores if cpu is not None else None,
@@ -199,7 +200,7 @@ class JobRunner:
         self.launched = threading.Event()  # set when the payload starts, or will not
         if match_seconds is not None:
             self.timing["match"] = match_seconds
-        self.monitor = watchdog.Monitor(settings.work_dir)
+        self.monitor = heartbeat.Monitor(settings.work_dir)
 
     def status(
         self, status: JobStatus | None, minor: str | None, app: str | None = None, **extra: object
@@ -219,18 +220,18 @@ class JobRunner:
             desc = self.desc if self.desc is not None else jdl.load(self.job.jdl)
         except jdl.JDLError as exc:
             return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
-        heartbeat = watchdog.Heartbeat(
+        beat = heartbeat.Heartbeat(
             self.backend,
             self.job,
             self.monitor,
             self.settings.heartbeat_interval,
             self.cancel.set,
         )
-        heartbeat.start()
+        beat.start()
         try:
             return self._run(desc, job_dir)
         finally:
-            heartbeat.stop()
+            beat.stop()
             if not self.settings.keep_job_dir:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
