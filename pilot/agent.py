@@ -17,7 +17,7 @@ from typing import Any
 from pilot import __version__
 from pilot.api import Check, CheckContext, CheckResult, first_pass_options
 from pilot.backends import stub
-from pilot.backends.base import Backend, JobStatus, MatchedJob
+from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
 from pilot.grid.resolve import NO_CREDENTIALS, Credentials
@@ -395,7 +395,7 @@ class Agent:
     def _wait_all(self) -> None:
         while self.running:
             if self.stop.is_set():
-                self.cancel_all(self.stop.reason or "Killed by pilot")
+                self.cancel_all(self.stop.reason or Minor.KILLED_BY_PILOT)
             self.changed.wait(0.5)
             self.changed.clear()
             self._reap()

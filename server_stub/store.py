@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.base import FINAL_STATUSES, JobStatus
+from pilot.backends.base import FINAL_STATUSES, JobStatus, Minor
 from pilot.job import jdl
 from server_stub import matching
 
@@ -136,8 +136,10 @@ class Store:
                 ),
             )
             job_id = int(cur.lastrowid or 0)
-            self._record(db, job_id, JobStatus.RECEIVED, "Job accepted", "", "JobManager", now)
-            self._record(db, job_id, JobStatus.WAITING, "Pilot Agent Submission", "", "Optimizer")
+            self._record(db, job_id, JobStatus.RECEIVED, Minor.JOB_ACCEPTED, "", "JobManager", now)
+            self._record(
+                db, job_id, JobStatus.WAITING, Minor.PILOT_AGENT_SUBMISSION, "", "Optimizer"
+            )
         return job_id
 
     def _record(
@@ -230,7 +232,7 @@ class Store:
             "UPDATE jobs SET pilot = ?, site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
             (pilot, resources.get("Site"), hash_token(token), time.time(), job_id),
         )
-        self._record(db, job_id, JobStatus.MATCHED, "Assigned", "", "Matcher")
+        self._record(db, job_id, JobStatus.MATCHED, Minor.MATCHED, "", "Matcher")
         return Claim(job_id, jdl_text, token)
 
     def near_misses(self, resources: Mapping[str, Any], limit: int = 5) -> list[dict[str, Any]]:
@@ -319,11 +321,11 @@ class Store:
             if status in FINAL_STATUSES:
                 raise StoreError(f"job {job_id} is already {status}", 409)
             if status in (JobStatus.RECEIVED, JobStatus.WAITING, JobStatus.STALLED):
-                self._record(db, job_id, JobStatus.KILLED, "Killed by user", None, "JobManager")
+                self._record(db, job_id, JobStatus.KILLED, Minor.KILLED_BY_USER, None, "JobManager")
                 return "Killed"
             db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
-            self._record(db, job_id, None, "Kill requested", None, "JobManager")
-            return "Kill requested"
+            self._record(db, job_id, None, Minor.KILL_REQUESTED, None, "JobManager")
+            return Minor.KILL_REQUESTED
 
     def delete(self, job_id: int) -> None:
         with self._tx() as db:
@@ -332,7 +334,7 @@ class Store:
                 raise StoreError(f"no job {job_id}", 404)
             if row["status"] in (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING):
                 db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
-            self._record(db, job_id, JobStatus.DELETED, "Deleted by user", None, "JobManager")
+            self._record(db, job_id, JobStatus.DELETED, Minor.DELETED_BY_USER, None, "JobManager")
             db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
 
     # -- stalled jobs -------------------------------------------------------------------
@@ -354,7 +356,7 @@ class Store:
                     db,
                     job_id,
                     JobStatus.STALLED,
-                    "Job stalled: pilot not running",
+                    Minor.STALLED_NO_PILOT,
                     "",
                     "StalledJobAgent",
                 )
@@ -364,13 +366,13 @@ class Store:
                         " WHERE id = ?",
                         (job_id,),
                     )
-                    self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
+                    self._record(db, job_id, JobStatus.WAITING, Minor.RESCHEDULED, "", "JobManager")
                 else:
                     self._record(
                         db,
                         job_id,
                         JobStatus.FAILED,
-                        "Maximum of reschedulings reached",
+                        Minor.MAX_RESCHEDULES,
                         None,
                         "JobManager",
                     )

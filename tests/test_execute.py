@@ -140,7 +140,7 @@ def test_leftover_children_are_killed_when_the_main_process_ends(tmp_path: Path,
 
 def test_output_cap_truncates_and_ends_the_job(tmp_path: Path) -> None:
     spec = make_spec(
-        tmp_path, [PYTHON, str(PAYLOADS / "flood.py"), "m", "20"], max_stream_bytes=1 << 20
+        tmp_path, [PYTHON, str(PAYLOADS / "flood.py"), "m", "20"], max_stdout_bytes=1 << 20
     )
     result = execute.run(spec)
     assert result.truncated == ("stdout",)

@@ -35,8 +35,11 @@ FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, 
 
 
 class Minor(StrEnum):
-    """DIRAC's minor statuses used by the pilot (free text is allowed too)."""
+    """DIRAC's minor statuses written by the pilot and the stub (free text is allowed too,
+    for messages with details such as "Job exceeded ...")."""
 
+    JOB_ACCEPTED = "Job accepted"
+    PILOT_AGENT_SUBMISSION = "Pilot Agent Submission"
     MATCHED = "Assigned"
     PILOT_AGENT = "Job accepted by pilot"
     DOWNLOADING_IS = "Downloading InputSandbox"
@@ -45,6 +48,14 @@ class Minor(StrEnum):
     UPLOADING_OS = "Uploading Output Sandbox"
     UPLOADING_OD = "Uploading Output Data"
     EXECUTION_COMPLETE = "Execution Complete"
+    KILLED_BY_USER = "Killed by user"
+    KILLED_BY_PILOT = "Killed by pilot"
+    NO_LONGER_ASSIGNED = "Job no longer assigned to this pilot"
+    KILL_REQUESTED = "Kill requested"
+    DELETED_BY_USER = "Deleted by user"
+    STALLED_NO_PILOT = "Job stalled: pilot not running"
+    RESCHEDULED = "Job Rescheduled"
+    MAX_RESCHEDULES = "Maximum of reschedulings reached"
 
 
 class InputKind(StrEnum):

@@ -107,7 +107,7 @@ class Supervision:
 
     sample_interval: float = 5.0
     grace: float = 30.0  # seconds between SIGTERM and SIGKILL
-    max_stream_bytes: int = 50 << 20  # cap of each of stdout/stderr; <= 0: no cap
+    max_stdout_bytes: int = 50 << 20  # cap of each of stdout/stderr; <= 0: no cap
     limits: job_limits.Limits = field(default_factory=job_limits.Limits)
     cgroup: isolation.CgroupParent | None = None
 
@@ -279,7 +279,7 @@ def run(
     mark = os.urandom(12).hex()
     sup = spec.supervision
     try:
-        pump = OutputPump(spec.stdout, spec.stderr, sup.max_stream_bytes)
+        pump = OutputPump(spec.stdout, spec.stderr, sup.max_stdout_bytes)
     except OSError as exc:
         raise LaunchError(f"cannot open the payload's output: {exc}") from exc
     cgroup = isolation.JobCgroup.create(sup.cgroup, f"job-{mark[:8]}", sup.limits.memory_mb)
@@ -373,7 +373,7 @@ class _Supervisor:
         return self._result(ending, leftovers, wall, table)
 
     def _output_ending(self) -> Ending:
-        cap = self.sup.max_stream_bytes / job_limits.MB
+        cap = self.sup.max_stdout_bytes / job_limits.MB
         what = " and ".join(self.pump.truncated())
         return Ending(EndKind.LIMIT, job_limits.output_exceeded(what, cap))
 

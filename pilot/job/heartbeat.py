@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.base import Backend, MatchedJob
+from pilot.backends.base import Backend, MatchedJob, Minor
 from pilot.errors import AuthError, PilotError
 from pilot.job.limits import Usage, free_mb
 
@@ -102,14 +102,14 @@ class Heartbeat:
             log.warning(
                 "job %s: heartbeat refused (%s): stopping the payload", self.job.job_id, exc
             )
-            self.cancel("Job no longer assigned to this pilot")
+            self.cancel(Minor.NO_LONGER_ASSIGNED)
             return ()
         except PilotError as exc:
             log.warning("job %s: heartbeat failed: %s", self.job.job_id, exc)
             return ()
         if "Kill" in commands:
             log.info("job %s: kill requested by the server", self.job.job_id)
-            self.cancel("Killed by user")
+            self.cancel(Minor.KILLED_BY_USER)
         return commands
 
 

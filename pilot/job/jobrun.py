@@ -164,10 +164,10 @@ def job_limits(
     )
 
 
-def application_notes(result: execute.ExecutionResult, cap_bytes: int) -> list[str]:
+def application_notes(result: execute.ExecutionResult, max_stdout_bytes: int) -> list[str]:
     notes = []
     for stream in result.truncated:
-        notes.append(f"{stream} truncated at {cap_bytes / (1 << 20):g} MB")
+        notes.append(f"{stream} truncated at {max_stdout_bytes / (1 << 20):g} MB")
     if result.leftovers:
         notes.append(f"{result.leftovers} leftover process(es) killed")
     notes.extend(f"{why} (not saved)" for why in result.unsaved)
@@ -285,7 +285,7 @@ class JobRunner:
         supervision = execute.Supervision(
             sample_interval=settings.sample_interval,
             grace=settings.grace,
-            max_stream_bytes=settings.max_stdout_bytes,
+            max_stdout_bytes=settings.max_stdout_bytes,
             limits=job_limits(desc, settings, self.cores, self.memory_mb, slot_left),
             cgroup=settings.cgroup,
         )
