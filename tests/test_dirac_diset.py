@@ -55,10 +55,10 @@ from pilot.errors import (
 from pilot.grid import credentials
 from pilot.grid.resolve import Credentials, resolve
 from pilot.job import jdl
-from tests.dirac_server import harness
-from tests.dirac_server.certs import make_pki
-from tests.dirac_server.fixture import unavailable
-from tests.pki import LoopbackTlsServer
+from testbed.dirac_server import harness
+from testbed.dirac_server.certs import make_pki
+from testbed.dirac_server.fixture import unavailable
+from testbed.pki import LoopbackTlsServer
 
 MATCHER = "WorkloadManagement/Matcher"
 

@@ -5,11 +5,13 @@
 3. No module imports another module's private (``_name``) names, nor reaches into them
    through an imported module (a package's own ``_module`` files are its business).
 4. Each stage subpackage of ``pilot`` imports only what its docstring allows.
+5. Benchmarks (and the test bed they share with the tests) import nothing from ``tests/``.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CODE = ("pilot", "checks", "server_stub", "bench")
+CODE = ("pilot", "checks", "server_stub", "bench", "testbed")
 REGISTRATION = "pilot.cli"  # the one module of pilot that may import checks
 
 # What each part of pilot may import from pilot (prefixes; "pilot" alone is the package's
@@ -67,10 +69,17 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
+def _parsed() -> tuple[tuple[str, Path, ast.Module], ...]:
+    return tuple(
+        (module_name(path), path, ast.parse(path.read_text(), str(path)))
+        for top in CODE
+        for path in sorted((REPO / top).rglob("*.py"))
+    )
+
+
 def sources() -> Iterator[tuple[str, Path, ast.Module]]:
-    for top in CODE:
-        for path in sorted((REPO / top).rglob("*.py")):
-            yield module_name(path), path, ast.parse(path.read_text(), str(path))
+    yield from _parsed()
 
 
 def imports(module: str, path: Path, tree: ast.Module) -> Iterator[Import]:
@@ -87,8 +96,13 @@ def imports(module: str, path: Path, tree: ast.Module) -> Iterator[Import]:
             yield Import(module, target, tuple(a.name for a in node.names), node.lineno)
 
 
+@functools.cache
+def _all_imports() -> tuple[Import, ...]:
+    return tuple(imp for module, path, tree in sources() for imp in imports(module, path, tree))
+
+
 def all_imports() -> list[Import]:
-    return [imp for module, path, tree in sources() for imp in imports(module, path, tree)]
+    return list(_all_imports())
 
 
 MODULES = {module for module, _, _ in sources()}
@@ -117,6 +131,15 @@ def test_checks_import_only_the_api_from_pilot() -> None:
         if within(i.module, "checks")
         for t in targets(i)
         if within(t, "pilot") and t != "pilot.api"
+    ]
+    assert bad == []
+
+
+def test_benchmarks_import_nothing_from_the_tests() -> None:
+    bad = [
+        f"{i.module}:{i.line} imports {i.target}"
+        for i in all_imports()
+        if (within(i.module, "bench") or within(i.module, "testbed")) and within(i.target, "tests")
     ]
     assert bad == []
 

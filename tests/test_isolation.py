@@ -11,6 +11,7 @@ import pytest
 
 from pilot.errors import CheckFailed
 from pilot.job import isolation
+from testbed.pki import build_pki, issue_proxy, proxy_pem
 from tests.conftest import FAST, Stub, pilot_env, run_pilot
 from tests.payloads.support import (
     MARK_ENV,
@@ -20,7 +21,6 @@ from tests.payloads.support import (
     nobody_dir,
     start_pilot,
 )
-from tests.pki import build_pki, issue_proxy, proxy_pem
 
 
 def write_proxy(path: Path) -> Path:

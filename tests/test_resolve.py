@@ -11,8 +11,8 @@ import pytest
 
 from pilot.errors import CredentialError, ExitCode
 from pilot.grid.resolve import NO_CREDENTIALS, hidden_paths, resolve
+from testbed.pki import build_pki, issue_proxy, now, proxy_pem
 from tests.conftest import FAST, Stub, pilot_env, run_pilot
-from tests.pki import build_pki, issue_proxy, now, proxy_pem
 
 
 def _proxy(tmp_path: Path, *, expired: bool = False) -> Path:

@@ -18,8 +18,8 @@ from pilot.grid import credentials
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
+from testbed.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
 from tests.conftest import FAST, Stub, pilot_env, run_pilot, secret
-from tests.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
 
 PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 PILOT_TOKEN = secret("pilot-secret-1234")
