@@ -1,4 +1,6 @@
-"""``pilot``: argv -> PilotConfig -> exit code. The only place that exits or sets up logging.
+"""``pilot``: argv -> PilotConfig -> exit code. The only place that exits or sets up logging,
+and the composition root: it resolves the credentials once, makes the backend
+(:mod:`pilot.backends.factory`) and registers the built-in checks (package ``checks``).
 
 pilot run [--server URL] [--site S] [--ce C] [--vo V] [--work-dir DIR] ...
 pilot check [--json] [--server URL]

@@ -585,3 +585,23 @@ def test_per_check_timeouts_come_from_the_checks_tables(tmp_path: Path) -> None:
     assert agent.check_settings(config).timeouts == {"hang.sh": 0.5}
     with pytest.raises(UsageError, match=r"hang\.sh"):
         agent.check_settings(PilotConfig(checks={"hang.sh": {"timeout": "soon"}}))
+
+
+def test_node_facts_are_read_from_the_declared_checks_and_keys() -> None:
+    from pilot.api import NodeFacts
+
+    def result(name: str, **facts: object) -> CheckResult:
+        return CheckResult(name, False, Status.PASSED, "", 0.0, facts)
+
+    results = [
+        result("cpu", benchmark=12.5),
+        result("software", platform="Linux_x86_64_glibc-2.36"),
+        result("disk", free_mb=2048),
+        result("gpu", count=2),
+        result("myvo", benchmark=99.0),  # not a declared source: ignored
+    ]
+    assert NodeFacts.from_results(results) == NodeFacts(12.5, "Linux_x86_64_glibc-2.36", 2048, 2)
+    assert NodeFacts.from_results([]) == NodeFacts()
+    odd = [result("cpu", benchmark="fast"), result("gpu", count=True), result("disk", free_mb=None)]
+    assert NodeFacts.from_results(odd) == NodeFacts()  # malformed facts fall back to defaults
+    assert set(NodeFacts.SOURCES) == {"cpu_power", "platform", "free_disk_mb", "gpus"}
