@@ -52,6 +52,7 @@ bench: venv
 	$(BIN)/python bench/job_overhead.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/supervision.py
+	$(BIN)/python bench/matcher.py
 	$(MAKE) binary
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/dirac_first_match.py

@@ -21,7 +21,7 @@ from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError
 from pilot.grid.resolve import NO_CREDENTIALS, Credentials
-from pilot.job import execute, isolation, jdl, jobrun, proctable
+from pilot.job import delegation, execute, isolation, jdl, jobrun, proctable
 from pilot.node import batch, checking, resources
 from pilot.node.slot import Slot
 
@@ -233,6 +233,14 @@ def job_settings(
         hidden_paths=creds.hidden_paths,
         fetch_url=stub.fetch_url,
         cgroup=cgroup,
+        delegation=delegation_policy(config),
+    )
+
+
+def delegation_policy(config: PilotConfig) -> delegation.DelegationPolicy:
+    """The payload-proxy settings, checked (UsageError names the setting to fix)."""
+    return delegation.DelegationPolicy(
+        mode=config.payload_proxy, max_lifetime=config.payload_proxy_max_hours * 3600
     )
 
 
@@ -459,6 +467,7 @@ def run(
     pass."""
     stamp = new_stamp()
     registered = False
+    delegation_policy(config)  # a bad setting stops the pilot before it registers
     execute.become_subreaper()
     try:
         checks = checking.discover(check_settings(config, builtins))

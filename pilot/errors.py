@@ -11,6 +11,7 @@ the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
     │   └── AuthError           401/403 from the matcher
     ├── CheckFailed             a required environment check failed
     ├── CredentialError         missing, unreadable or expired proxy/token
+    │   └── NoStoredProxy       a job's owner has no proxy to delegate from
     ├── SandboxError            input sandbox could not be fetched or was rejected
     │   └── DiskFullError       no space left while staging
     └── Signalled               stopped by a signal
@@ -74,6 +75,10 @@ class CheckFailed(PilotError):
 
 class CredentialError(PilotError):
     exit_code = ExitCode.CREDENTIALS
+
+
+class NoStoredProxy(CredentialError):
+    """The server holds no (valid) proxy of the job's owner: nothing to delegate."""
 
 
 class SandboxError(PilotError):

@@ -19,13 +19,21 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pilot.backends.base import Backend, InputKind, Inputs, MatchedJob, classify
-from pilot.errors import PilotError, SandboxError
+from pilot.errors import DiskFullError, PilotError, SandboxError
 from pilot.job import archive, outpack
 from pilot.job.jdl import JobDescription
 
 log = logging.getLogger(__name__)
 
 OUTPUT_ARCHIVE = "output-sandbox.tar.gz"
+# minor statuses of input failures, as DIRAC's JobWrapper words them
+LFN_SANDBOX_FAILED = "Failed Downloading InputSandbox LFN(s)"
+INPUT_DATA_FAILED = "Input Data Not Available"
+URL_FAILED = "Cannot fetch input"
+
+
+class OutputDataError(SandboxError):
+    """OutputData could not be stored: the job must not end Done."""
 
 
 @dataclass(frozen=True)
@@ -83,13 +91,14 @@ def stage_in(
     for entry in desc.input_sandbox:  # in the job's order
         kind = classify(entry)
         if kind is InputKind.LFN:
-            names.append(_fetch_one(backend, job, "LFN:" + entry[4:], job_dir, fetch_url))
+            lfn = "LFN:" + entry[4:]
+            names.append(_fetch_one(backend, job, lfn, job_dir, fetch_url, LFN_SANDBOX_FAILED))
         elif kind is InputKind.URL:
-            names.append(_fetch_one(backend, job, entry, job_dir, fetch_url))
+            names.append(_fetch_one(backend, job, entry, job_dir, fetch_url, URL_FAILED))
     for lfn in desc.input_data:
         if lfn:
-            entry = lfn if ":" in lfn else f"LFN:{lfn}"
-            names.append(_fetch_one(backend, job, entry, job_dir, fetch_url))
+            entry = "LFN:" + lfn[4:] if classify(lfn) is InputKind.LFN else f"LFN:{lfn}"
+            names.append(_fetch_one(backend, job, entry, job_dir, fetch_url, INPUT_DATA_FAILED))
     if names:
         log.info("job %s: inputs staged (%d files)", job.job_id, len(names))
     return names
@@ -101,6 +110,7 @@ def _fetch_one(
     entry: str,
     job_dir: Path,
     fetch_url: Callable[[str, Path], None],
+    failure: str,
 ) -> str:
     name = _base_name(entry)
     target = _place(job_dir, name)
@@ -109,10 +119,12 @@ def _fetch_one(
             fetch_url(entry, target)
         else:
             backend.fetch_lfn(job, entry, target)
-    except SandboxError:
+    except DiskFullError:
         raise
     except PilotError as exc:
-        raise SandboxError(f"Cannot fetch input {entry}: {exc}") from exc
+        text = str(exc)
+        detail = text if entry.removeprefix("LFN:") in text else f"{entry}: {text}"
+        raise SandboxError(f"{failure}: {detail}") from exc
     return name
 
 
@@ -141,16 +153,33 @@ def stage_out(
     desc: JobDescription,
     job_dir: Path,
     max_bytes: int,
+    with_data: bool = True,
+    before_data: Callable[[], None] | None = None,
 ) -> StageOutResult:
     """Pack the output sandbox (StdOut/StdErr first when over the limit) and upload it,
-    then store the OutputData files."""
+    then store the OutputData files (only for a payload that succeeded, as DIRAC does:
+    ``with_data``; ``before_data`` is called first). OutputDataError when an OutputData
+    file could not be stored."""
+
+    def data() -> tuple[str, ...]:
+        if not with_data or not desc.output_data:
+            return ()
+        if before_data is not None:
+            before_data()
+        return store_output_data(backend, job, desc, job_dir)
+
     if not desc.output_sandbox:
-        return StageOutResult(False, (), (), (), 0, store_output_data(backend, job, desc, job_dir))
+        return StageOutResult(False, (), (), (), 0, data())
     out = job_dir.parent / f".{job_dir.name}.{OUTPUT_ARCHIVE}"
     priority = [n for n in (desc.std_output, desc.std_error) if n]
     try:
         packed = outpack.pack_output(
-            job_dir, desc.output_sandbox, out, max_bytes=max_bytes, priority=priority
+            job_dir,
+            desc.output_sandbox,
+            out,
+            max_bytes=max_bytes,
+            priority=priority,
+            flatten=bool(getattr(backend, "jobwrapper_rules", False)),
         )
         backend.store_output_sandbox(job, out)
     finally:
@@ -161,7 +190,7 @@ def stage_out(
         len(packed.included),
         packed.size,
     )
-    stored = store_output_data(backend, job, desc, job_dir)
+    stored = data()
     return StageOutResult(
         True, packed.included, packed.missing, packed.dropped, packed.size, stored
     )
@@ -173,18 +202,43 @@ def output_lfn(desc: JobDescription, job_id: str, name: str) -> str:
     return f"LFN:/{base}/{name}"
 
 
+def _output_files(job_dir: Path, pattern: str) -> list[tuple[Path, str | None]]:
+    """Local files of one OutputData entry: ``LFN:/a/b/name`` is ``name`` stored as that
+    LFN; anything else is a glob in the job directory, named by the backend's rule."""
+    if pattern[:4].upper() == "LFN:":
+        name = posixpath.basename(pattern[4:])
+        path = job_dir / name
+        if not name or not path.is_file() or path.is_symlink():
+            return []
+        return [(path, "LFN:" + pattern[4:])]
+    if pattern.startswith("/") or ".." in Path(pattern).parts:
+        raise OutputDataError(f"OutputData {pattern}: not a path inside the job directory")
+    found = sorted(p for p in job_dir.glob(pattern) if p.is_file() and not p.is_symlink())
+    return [(p, None) for p in found]
+
+
 def store_output_data(
     backend: Backend, job: MatchedJob, desc: JobDescription, job_dir: Path
 ) -> tuple[str, ...]:
     stored = []
+    naming = getattr(backend, "output_lfn", None)  # a backend with its own LFN convention
     for pattern in desc.output_data:
-        name = pattern[4:] if pattern.startswith("LFN:") else pattern
-        matches = sorted(p for p in job_dir.glob(name) if p.is_file() and not p.is_symlink())
+        matches = _output_files(job_dir, pattern)
         if not matches:
-            raise SandboxError(f"OutputData {pattern} not found")
-        for path in matches:
-            lfn = output_lfn(desc, job.job_id, path.name)
-            backend.store_lfn(job, lfn, path)
+            raise OutputDataError(f"OutputData {pattern} not found")
+        for path, given in matches:
+            if given is not None:
+                lfn = given
+            elif naming is not None:
+                lfn = str(naming(job, desc, path.name))
+            else:
+                lfn = output_lfn(desc, job.job_id, path.name)
+            try:
+                backend.store_lfn(job, lfn, path)
+            except DiskFullError:
+                raise
+            except PilotError as exc:
+                raise OutputDataError(f"Failed to upload output data: {exc}") from exc
             stored.append(lfn)
     if stored:
         log.info("job %s: output data stored: %s", job.job_id, ", ".join(stored))
