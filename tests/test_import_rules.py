@@ -30,7 +30,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "pilot.proc": BASE,
     "pilot.cgroups": BASE,
     "pilot.config": BASE,
-    "pilot.grid": (*BASE, "pilot.config"),
+    "pilot.grid": BASE,
     "pilot.node": (*BASE, "pilot.config", "pilot.proc", "pilot.cgroups", "pilot.api"),
     "pilot.api": (*BASE, "pilot.proc", "pilot.cgroups", "pilot.grid", "pilot.node.batch"),
     "pilot.job": (
