@@ -38,7 +38,7 @@ system-deps:
 
 lint: venv
 	$(BIN)/mypy --strict $(CODE)
-	$(BIN)/ruff check $(CODE) tests bench examples
+	$(BIN)/ruff check $(CODE) tests testbed bench examples
 	$(BIN)/ruff format --check $(CODE)
 
 unit: venv

@@ -19,7 +19,9 @@ the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
+from pathlib import Path
 
 
 class ExitCode(IntEnum):
@@ -89,3 +91,19 @@ class DiskFullError(SandboxError):
 
 class Signalled(PilotError):
     exit_code = ExitCode.SIGNALLED
+
+
+# The one mapping of "the disk is full" (errno names, no numbers) to DiskFullError.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError meaning no space (or no quota) is left."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def write_error(exc: OSError, dest: Path) -> SandboxError:
+    """What a failed write of ``dest`` (a download, an unpacked file) is for the pilot."""
+    if is_disk_full(exc):
+        return DiskFullError(f"no space left writing {dest}")
+    return SandboxError(f"cannot write {dest}: {exc}")

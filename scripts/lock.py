@@ -6,7 +6,7 @@ Each lock pins exact versions with hashes for one installation:
   plus requirements/tools.in);
 - ``binary.lock``: the bullseye build tree of ``make binary``, the same versions as dev.lock;
 - ``staticx.lock``: the non-root ``build.py --method staticx`` build, binary.lock plus staticx;
-- ``dirac.lock``: the test DIRAC server's venv (tests/dirac_server).
+- ``dirac.lock``: the test DIRAC server's venv (testbed/dirac_server).
 
 Nothing else resolves versions: a release elsewhere changes nothing until this is run, the
 suite passes on the new locks and they are committed.

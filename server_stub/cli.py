@@ -32,7 +32,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.local import REMOTE_PREFIXES, local_inputs
+from pilot.backends.base import InputKind, classify
+from pilot.backends.local import local_inputs
 from pilot.errors import ExitCode, PilotError, UsageError
 from pilot.grid import credentials
 from pilot.job import jdl, outpack
@@ -334,7 +335,8 @@ def submit_file(client: UserClient, path: Path) -> list[int]:
             outpack.pack_files(files, packed)
             sha = client.put_sandbox(packed)
         key = next(k for k in attrs if k.lower() == "inputsandbox")
-        attrs[key] = [*(e for e in entries if e.startswith(REMOTE_PREFIXES)), f"SB:{sha}"]
+        remote = (e for e in entries if classify(e) is not InputKind.LOCAL)
+        attrs[key] = [*remote, f"SB:{sha}"]
     return client.submit(jdl.dumps(attrs))
 
 

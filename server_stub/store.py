@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.base import FINAL_STATUSES, JobStatus
+from pilot.backends.base import FINAL_STATUSES, JobStatus, Minor
 from pilot.job import jdl
 from server_stub import matching
 from server_stub.taskqueues import TaskQueues
@@ -200,7 +200,7 @@ class Store:
                         text,
                         owner,
                         JobStatus.WAITING,
-                        "Pilot Agent Submission",
+                        Minor.PILOT_AGENT_SUBMISSION,
                         priority,
                         requirements,
                         now,
@@ -217,12 +217,12 @@ class Store:
                     entry
                     for job_id in ids
                     for entry in (
-                        (job_id, now, JobStatus.RECEIVED, "Job accepted", "", "JobManager"),
+                        (job_id, now, JobStatus.RECEIVED, Minor.JOB_ACCEPTED, "", "JobManager"),
                         (
                             job_id,
                             now,
                             JobStatus.WAITING,
-                            "Pilot Agent Submission",
+                            Minor.PILOT_AGENT_SUBMISSION,
                             "",
                             "Optimizer",
                         ),
@@ -329,7 +329,7 @@ class Store:
             " site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
             (
                 JobStatus.MATCHED,
-                "Assigned",
+                Minor.MATCHED,
                 "",
                 now,
                 pilot,
@@ -341,7 +341,7 @@ class Store:
         )
         db.execute(
             "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, now, JobStatus.MATCHED, "Assigned", "", "Matcher"),
+            (job_id, now, JobStatus.MATCHED, Minor.MATCHED, "", "Matcher"),
         )
         self._pending.append((job_id, None, ""))  # leaves its task queue on commit
         return Claim(job_id, jdl_text, token)
@@ -432,11 +432,11 @@ class Store:
             if status in FINAL_STATUSES:
                 raise StoreError(f"job {job_id} is already {status}", 409)
             if status in (JobStatus.RECEIVED, JobStatus.WAITING, JobStatus.STALLED):
-                self._record(db, job_id, JobStatus.KILLED, "Killed by user", None, "JobManager")
+                self._record(db, job_id, JobStatus.KILLED, Minor.KILLED_BY_USER, None, "JobManager")
                 return "Killed"
             db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
-            self._record(db, job_id, None, "Kill requested", None, "JobManager")
-            return "Kill requested"
+            self._record(db, job_id, None, Minor.KILL_REQUESTED, None, "JobManager")
+            return Minor.KILL_REQUESTED
 
     def delete(self, job_id: int) -> None:
         with self._tx() as db:
@@ -445,7 +445,7 @@ class Store:
                 raise StoreError(f"no job {job_id}", 404)
             if row["status"] in (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING):
                 db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
-            self._record(db, job_id, JobStatus.DELETED, "Deleted by user", None, "JobManager")
+            self._record(db, job_id, JobStatus.DELETED, Minor.DELETED_BY_USER, None, "JobManager")
             db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
 
     # -- stalled jobs -------------------------------------------------------------------
@@ -467,7 +467,7 @@ class Store:
                     db,
                     job_id,
                     JobStatus.STALLED,
-                    "Job stalled: pilot not running",
+                    Minor.STALLED_NO_PILOT,
                     "",
                     "StalledJobAgent",
                 )
@@ -477,13 +477,13 @@ class Store:
                         " WHERE id = ?",
                         (job_id,),
                     )
-                    self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
+                    self._record(db, job_id, JobStatus.WAITING, Minor.RESCHEDULED, "", "JobManager")
                 else:
                     self._record(
                         db,
                         job_id,
                         JobStatus.FAILED,
-                        "Maximum of reschedulings reached",
+                        Minor.MAX_RESCHEDULES,
                         None,
                         "JobManager",
                     )

@@ -17,7 +17,7 @@ import pytest
 
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
-from tests.dirac_server.fixture import dirac_server  # noqa: F401 (session fixture)
+from testbed.dirac_server.fixture import dirac_server  # noqa: F401 (session fixture)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent

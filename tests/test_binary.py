@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import pki as P
+from testbed import pki as P
 from tests.conftest import REPO, Stub
 from tests.pluginpath import plugin_dir
 

@@ -20,8 +20,8 @@ from pilot.backends.dirac import cscfg, data
 from pilot.backends.dirac.backend import DiracBackend
 from pilot.errors import NoStoredProxy
 from pilot.grid import credentials
+from testbed.dirac_server.fixture import DiracServer
 from tests.conftest import run_pilot
-from tests.dirac_server.fixture import DiracServer
 from tests.test_binary import pilot_binary  # noqa: F401 (session fixture: builds dist/pilot)
 from tests.test_dirac_backend import unique_tag
 from tests.test_dirac_pilot import env_for, pilot_config, wait_for

@@ -42,13 +42,23 @@ from pilot.backends.dirac.diset import (
     parse_url,
     s_ok,
 )
+from pilot.backends.factory import make_backend
 from pilot.config import PilotConfig
-from pilot.errors import AuthError, CredentialError, ExitCode, SandboxError, UsageError
+from pilot.errors import (
+    AuthError,
+    CredentialError,
+    ExitCode,
+    PilotError,
+    SandboxError,
+    UsageError,
+)
 from pilot.grid import credentials
-from tests.dirac_server import harness
-from tests.dirac_server.certs import make_pki
-from tests.dirac_server.fixture import unavailable
-from tests.pki import LoopbackTlsServer
+from pilot.grid.resolve import Credentials, resolve
+from pilot.job import jdl
+from testbed.dirac_server import harness
+from testbed.dirac_server.certs import make_pki
+from testbed.dirac_server.fixture import unavailable
+from testbed.pki import LoopbackTlsServer
 
 MATCHER = "WorkloadManagement/Matcher"
 
@@ -663,7 +673,8 @@ def test_input_sandbox_download(
 ) -> None:
     fake, _, backend = wms
     fake.files[f"{backend.sandbox_store.url}/SandBox/t/abc.tar.bz2"] = b"tarball"
-    assert backend.fetch_input_sandbox(JOB, tmp_path) == [tmp_path / "abc.tar.bz2"]
+    inputs = jdl.load(JOB.jdl).inputs
+    assert backend.fetch_input_sandbox(JOB, inputs, tmp_path) == [tmp_path / "abc.tar.bz2"]
     assert (tmp_path / "abc.tar.bz2").read_bytes() == b"tarball"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.tar.bz2"]
 
@@ -683,7 +694,7 @@ def test_input_sandbox_refusals(
     backend = wms[2]
     job = MatchedJob("8", f'[Executable = "x"; InputSandbox = {{{entries}}};]')
     with pytest.raises(SandboxError, match=match):
-        backend.fetch_input_sandbox(job, tmp_path)
+        backend.fetch_input_sandbox(job, jdl.load(job.jdl).inputs, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -734,14 +745,13 @@ def test_settings_from_config(tmp_path: Path) -> None:
     cfg = PilotConfig(
         server="dips://wms.example",
         vo="vo",
-        proxy=proxy,
-        ca_dir=ca_dir,
         dirac={
             "SandboxStore": "dips://sb.example:1234/WorkloadManagement/SandboxStore",
             "timeout": 9,
         },
     )
-    settings = settings_from_config(cfg)
+    creds = Credentials(proxy_path=proxy, ca_dir=ca_dir)
+    settings = settings_from_config(cfg, creds)
     assert settings.matcher_url == "dips://wms.example:9170/WorkloadManagement/Matcher"
     assert (
         settings.job_state_update_url == "dips://wms.example:9136/WorkloadManagement/JobStateUpdate"
@@ -754,17 +764,22 @@ def test_settings_from_config(tmp_path: Path) -> None:
         9.0,
     )
     matcher = "dips://m.example:1/WorkloadManagement/Matcher"
-    explicit = PilotConfig(server=matcher, proxy=proxy, ca_dir=ca_dir)
-    assert settings_from_config(explicit).matcher_url == matcher
+    explicit = PilotConfig(server=matcher)
+    assert settings_from_config(explicit, creds).matcher_url == matcher
+    bundle = Credentials(proxy_path=proxy, ca_file=tmp_path / "ca.pem")
+    only_file = settings_from_config(explicit, bundle)
+    assert (only_file.ca_dir, only_file.ca_file) == (None, tmp_path / "ca.pem")
 
 
-def test_settings_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_errors(tmp_path: Path) -> None:
+    creds = Credentials(proxy_path=tmp_path / "x509up", ca_dir=tmp_path)
     with pytest.raises(UsageError, match="dips://"):
-        settings_from_config(PilotConfig(server="https://stub.example"))
-    monkeypatch.delenv("X509_USER_PROXY", raising=False)
-    monkeypatch.setattr(credentials, "find_proxy", lambda: None)
+        settings_from_config(PilotConfig(server="https://stub.example"), creds)
     with pytest.raises(CredentialError, match="proxy"):
-        settings_from_config(PilotConfig(server="dips://h", ca_dir=tmp_path))
+        settings_from_config(PilotConfig(server="dips://h"), Credentials(ca_dir=tmp_path))
+    no_ca = Credentials(proxy_path=tmp_path / "x509up")
+    with pytest.raises(CredentialError, match="--ca-file"):
+        settings_from_config(PilotConfig(server="dips://h"), no_ca)
     with pytest.raises(UsageError, match="job_state_update_url"):
         DiracSettings(
             matcher_url="dips://h:1/A/B",
@@ -773,6 +788,37 @@ def test_settings_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             proxy=tmp_path,
             ca_dir=tmp_path,
         )
+
+
+def test_ca_file_alone_verifies_the_dirac_server(tls: Tls, tmp_path: Path) -> None:
+    """--ca-file (a CA bundle, no hash directory) is what the DIRAC backend trusts."""
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_bytes(b"".join(p.read_bytes() for p in sorted(tls.ca_dir.glob("*.0"))))
+    fake = FakeWms({"requestJob": s_ok({"JobID": 9, "JDL": "[]", "Owner": "u", "Group": "g"})})
+    with FakeDiset(tls.server, fake) as server:
+        cfg = PilotConfig(server=server.url(), dirac={"timeout": 5})
+        creds = resolve(tls.proxy, ca_file=bundle, env={})
+        assert creds.ca_dir is None and creds.ca_file == bundle
+        backend = make_backend(cfg, creds)
+        try:
+            job = backend.match({"Site": "S"})
+        finally:
+            backend.close()
+    assert job is not None and job.job_id == "9"
+    assert not server.errors
+    subject = [rdn[0][1] for rdn in server.peers[0]["subject"]]
+    assert subject[:3] == ["DIRACTest", "users", "testuser"]  # the proxy was the client cert
+    make_pki(tmp_path / "other")
+    untrusted = tmp_path / "other-ca.pem"
+    untrusted.write_bytes(b"".join(p.read_bytes() for p in (tmp_path / "other").glob("*/*.0")))
+    with FakeDiset(tls.server, fake) as server:
+        cfg = PilotConfig(server=server.url(), dirac={"timeout": 5})
+        backend = make_backend(cfg, resolve(tls.proxy, ca_file=untrusted, env={}))
+        try:
+            with pytest.raises(PilotError, match="certificate verify failed"):
+                backend.match({"Site": "S"})
+        finally:
+            backend.close()
 
 
 # --- the real-server harness: what happens where it cannot run ------------------------------

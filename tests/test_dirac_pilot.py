@@ -10,38 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, pilot_env, run_pilot
-from tests.dirac_server.fixture import DiracServer
+from testbed.dirac_server.fixture import DiracServer
+from testbed.dirac_server.jobs import (
+    env_for,
+    pilot_config,
+    submit,
+    unique_tag,
+    wait_for,
+)
+from tests.conftest import BIN, run_pilot
 from tests.test_binary import pilot_binary  # noqa: F401 (session fixture: builds dist/pilot)
-from tests.test_dirac_backend import cli_status, submit, unique_tag
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
-
-
-def pilot_config(
-    server: DiracServer,
-    tmp: Path,
-    tag: str,
-    idle_timeout: float = 3,
-    disable: tuple[str, ...] = ("cpu",),
-) -> Path:
-    conf = tmp / f"pilot-{tag}.toml"
-    disabled = ", ".join(f'"{name}"' for name in disable)
-    conf.write_text(
-        f'site = "{server.site}"\nce = "{server.ce}"\nqueue = "{server.queue}"\n'
-        f'vo = "{server.vo}"\ntags = ["{tag}"]\nrequired_tags = ["{tag}"]\n'
-        f"idle_timeout = {idle_timeout}\nheartbeat_interval = 1\nsample_interval = 0.5\n"
-        f"disable_check = [{disabled}]\n"
-        "[dirac]\n"
-        f'matcher = "{server.urls["matcher"]}"\n'
-        f'jobstateupdate = "{server.urls["jobstateupdate"]}"\n'
-        f'sandboxstore = "{server.urls["sandboxstore"]}"\n'
-    )
-    return conf
-
-
-def env_for(server: DiracServer) -> dict[str, str]:
-    return pilot_env(X509_USER_PROXY=str(server.proxy), X509_CERT_DIR=str(server.ca_dir))
 
 
 def run_dirac_pilot(server: DiracServer, tmp: Path, tag: str) -> subprocess.CompletedProcess[str]:
@@ -50,17 +30,6 @@ def run_dirac_pilot(server: DiracServer, tmp: Path, tag: str) -> subprocess.Comp
     done = run_pilot(argv, cwd=tmp, env=env_for(server), timeout=300)
     assert done.returncode == 0, done.stderr
     return done
-
-
-def wait_for(server: DiracServer, job_id: str, word: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    line = ""
-    while time.monotonic() < deadline:
-        line = cli_status(server, job_id)
-        if f"Status={word};" in line:
-            return line
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} never reached {word}: {line}")
 
 
 def test_pilot_runs_a_dirac_job_end_to_end(dirac_server: DiracServer, tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from pilot.job import delegation
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
+from testbed.pki import Pki, issue_proxy, issue_user, now, pki_fixture, proxy_pem  # noqa: F401
 from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot
-from tests.pki import Pki, issue_proxy, issue_user, now, pki_fixture, proxy_pem  # noqa: F401
 
 OWNER_DN = "/O=DIRACTest/OU=users/CN=testuser"
 

@@ -11,21 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.base import OWNER_PROXY, MatchedJob, StatusUpdate
+from pilot.backends.base import OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
 from pilot.errors import NoStoredProxy, SandboxError
 from pilot.job import archive, jdl, outpack
 
 log = logging.getLogger(__name__)
 
-REMOTE_PREFIXES = ("SB:", "LFN:", "lfn:", "https://", "http://")
-
 
 def local_inputs(jdl_path: Path, entries: tuple[str, ...]) -> list[tuple[Path, str]]:
     """Local ``InputSandbox`` files, relative to the JDL file or absolute, with base names."""
     files = []
-    for name in entries:
-        if name.startswith(REMOTE_PREFIXES):
-            continue
+    for name in Inputs.of(entries).local:
         path = Path(name) if Path(name).is_absolute() else jdl_path.parent / name
         if not path.is_file():
             raise SandboxError(f"input sandbox file {name} not found (looked at {path})")
@@ -76,13 +72,12 @@ class LocalBackend:
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         return ()
 
-    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
-        desc = jdl.load(job.jdl)
-        remote = [e for e in desc.input_sandbox if e.startswith(REMOTE_PREFIXES)]
+    def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
+        remote = [*inputs.sandboxes, *inputs.lfns, *inputs.urls]
         if remote:
             raise SandboxError(f"local mode cannot fetch {remote[0]}: no server")
         packed = dest_dir / "local-inputs.tar.gz"
-        outpack.pack_files(local_inputs(self.jdl_path, desc.input_sandbox), packed)
+        outpack.pack_files(local_inputs(self.jdl_path, inputs.local), packed)
         return [packed]
 
     def store_output_sandbox(self, job: MatchedJob, packed: Path) -> None:

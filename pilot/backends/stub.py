@@ -21,17 +21,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from pilot.backends.base import FINAL_STATUSES, OWNER_PROXY, MatchedJob, StatusUpdate
+from pilot.backends.base import FINAL_STATUSES, OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
-    DiskFullError,
     NoStoredProxy,
     PilotError,
     SandboxError,
     ServerError,
     ServerUnreachable,
+    write_error,
 )
-from pilot.job import jdl
 
 if TYPE_CHECKING:
     import tenacity
@@ -258,7 +257,7 @@ def _write_and_hash(chunks: Iterator[bytes], dest: Path, progress: _Progress) ->
         pending.put(None)
         thread.join()
     if failure:
-        raise _disk_error(failure[0], dest) from failure[0]
+        raise write_error(failure[0], dest) from failure[0]
     return digest.hexdigest()
 
 
@@ -292,12 +291,6 @@ def _read_chunks(source: Path, size: int, what: str) -> Iterator[bytes]:
             progress.add(len(chunk))
             yield chunk
     progress.done()
-
-
-def _disk_error(exc: OSError, dest: Path) -> SandboxError:
-    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-        return DiskFullError(f"no space left writing {dest}")
-    return SandboxError(f"cannot write {dest}: {exc}")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -336,6 +329,12 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
     log.warning("server call failed (%s); retry %d in %.1f s", exc, state.attempt_number, wait)
+
+
+def fetch_url(url: str, dest: Path) -> None:
+    """A plain download: no bearer token, no client certificate goes to a foreign host."""
+    with HttpClient(url, retry=RetryPolicy(attempts=4, deadline=300.0)) as plain:
+        plain.download(url, dest)
 
 
 class StubBackend:
@@ -392,11 +391,9 @@ class StubBackend:
         )
         return tuple(str(c["command"]) for c in answer or () if str(c.get("job_id")) == job.job_id)
 
-    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
+    def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
         paths = []
-        for entry in jdl.load(job.jdl).input_sandbox:
-            if not entry.startswith("SB:"):
-                continue  # LFNs and URLs are fetched by pilot.job.sandbox
+        for entry in inputs.sandboxes:
             sha = entry[3:]
             if not _SHA256.fullmatch(sha):
                 raise SandboxError(f"Input sandbox rejected: bad sandbox reference {entry[:80]!r}")

@@ -12,14 +12,15 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
 from pilot.errors import NoStoredProxy, PilotError, SandboxError
-from pilot.job import archive, delegation, execute, isolation, jdl, sandbox, watchdog
+from pilot.job import archive, delegation, execute, heartbeat, isolation, jdl, sandbox
 from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
+from pilot.job.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ _BATCH_STOP_SIGNALS = frozenset(
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR")
 WALL_TIME_KEYS = ("WallTime", "MaxWallTime", "WallClockTime")
 STAGE_OUT_RESERVE_S = 60.0  # kept back from the slot's end for stage-out and the report
+
+
+def no_url_fetcher(url: str, dest: Path) -> None:
+    raise SandboxError(f"Cannot fetch input {url}: this pilot has no URL fetcher")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class JobSettings:
     isolation: Isolation = NO_ISOLATION
     hidden_paths: tuple[Path, ...] = ()  # the pilot's credentials, masked in the sandbox
     cgroup: CgroupParent | None = None
+    # downloads an http(s):// input without the pilot's credentials (given by the agent)
+    fetch_url: Callable[[str, Path], None] = field(default=no_url_fetcher)
     # the payload's delegated proxy
     delegation: delegation.DelegationPolicy = field(
         default_factory=lambda: delegation.DelegationPolicy()
@@ -146,7 +153,7 @@ def job_limits(
     cores: int,
     memory_mb: int | None,
     slot_left: float | None,
-) -> watchdog.Limits:
+) -> Limits:
     """What this job may use: its JDL's requests, its share of the slot, the pilot's caps."""
     wall, wall_source = _seconds(desc, WALL_TIME_KEYS), ""
     if wall is not None:
@@ -157,7 +164,7 @@ def job_limits(
             wall, wall_source = slot_wall, "batch slot ends"
     cpu = _seconds(desc, ("CPUTime", "MaxCPUTime"))
     source = f"MaxRAM {memory_mb} MB" if desc.max_ram_mb else f"slot share {memory_mb} MB"
-    return watchdog.Limits(
+    return Limits(
         wall_seconds=wall,
         wall_source=wall_source,
         cpu_normalised=cpu * cores if cpu is not None else None,
@@ -172,10 +179,10 @@ def job_limits(
     )
 
 
-def application_notes(result: execute.ExecutionResult, cap_bytes: int) -> list[str]:
+def application_notes(result: execute.ExecutionResult, max_stdout_bytes: int) -> list[str]:
     notes = []
     for stream in result.truncated:
-        notes.append(f"{stream} truncated at {cap_bytes / (1 << 20):g} MB")
+        notes.append(f"{stream} truncated at {max_stdout_bytes / (1 << 20):g} MB")
     if result.leftovers:
         notes.append(f"{result.leftovers} leftover process(es) killed")
     notes.extend(f"{why} (not saved)" for why in result.unsaved)
@@ -194,9 +201,11 @@ class JobRunner:
         memory_mb: int | None = None,
         slot_deadline: float | None = None,
         match_seconds: float | None = None,
+        desc: jdl.JobDescription | None = None,
     ) -> None:
         self.backend = backend
         self.job = job
+        self.desc = desc  # parsed once, by whoever matched the job (else here)
         self.settings = settings
         self.cores = cores
         self.memory_mb = memory_mb
@@ -208,7 +217,7 @@ class JobRunner:
         self.notes: list[str] = []  # for the final application status
         if match_seconds is not None:
             self.timing["match"] = match_seconds
-        self.monitor = watchdog.Monitor(settings.work_dir)
+        self.monitor = heartbeat.Monitor(settings.work_dir)
 
     def status(
         self, status: JobStatus | None, minor: str | None, app: str | None = None, **extra: object
@@ -225,21 +234,21 @@ class JobRunner:
         job_id = self.job.job_id
         job_dir = self.settings.work_dir / f"job-{job_id}"
         try:
-            desc = jdl.load(self.job.jdl)
+            desc = self.desc if self.desc is not None else jdl.load(self.job.jdl)
         except jdl.JDLError as exc:
             return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
-        heartbeat = watchdog.Heartbeat(
+        beat = heartbeat.Heartbeat(
             self.backend,
             self.job,
             self.monitor,
             self.settings.heartbeat_interval,
             self.cancel.set,
         )
-        heartbeat.start()
+        beat.start()
         try:
             return self._run(desc, job_dir)
         finally:
-            heartbeat.stop()
+            beat.stop()
             if not self.settings.keep_job_dir:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
@@ -292,7 +301,14 @@ class JobRunner:
         self.status(JobStatus.RUNNING, Minor.DOWNLOADING_IS)
         start = time.monotonic()
         try:
-            sandbox.stage_in(self.backend, self.job, desc, job_dir, self.settings.unpack_limits)
+            sandbox.stage_in(
+                self.backend,
+                self.job,
+                desc,
+                job_dir,
+                self.settings.unpack_limits,
+                self.settings.fetch_url,
+            )
         except SandboxError as exc:
             return self._finish(JobStatus.FAILED, str(exc), None)
         self.timing["stage_in"] = time.monotonic() - start
@@ -351,7 +367,7 @@ class JobRunner:
         note = "; ".join(n for n in notes if n)
         if data_failure is not None:  # the payload worked, its data is not where it belongs
             return self._finish(JobStatus.FAILED, data_failure, 0, note)
-        return self._conclude(result, note)
+        return self.conclude(result, note)
 
     def _best_effort(self, status: JobStatus, minor: str) -> None:
         """An intermediate status: not worth failing (or losing data) for."""
@@ -376,7 +392,7 @@ class JobRunner:
         supervision = execute.Supervision(
             sample_interval=settings.sample_interval,
             grace=settings.grace,
-            max_stream_bytes=settings.max_stdout_bytes,
+            max_stdout_bytes=settings.max_stdout_bytes,
             limits=job_limits(desc, settings, self.cores, self.memory_mb, slot_left),
             cgroup=settings.cgroup,
         )
@@ -420,7 +436,7 @@ class JobRunner:
         )
         return result
 
-    def _conclude(self, result: execute.ExecutionResult, note: str) -> JobOutcome:
+    def conclude(self, result: execute.ExecutionResult, note: str) -> JobOutcome:
         if result.ending is not None:
             status = (
                 JobStatus.KILLED

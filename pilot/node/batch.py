@@ -24,10 +24,10 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TypeVar
 
-from pilot import proc
+from pilot import cgroups, proc
 from pilot.node.batch_systems import BatchSystem, Probe, Sourced, SystemReport, identify
 from pilot.proc import CommandResult
 
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", int, float)
 
 MB = 1024 * 1024
-_UNLIMITED_BYTES = 1 << 60  # cgroup v1 prints 9223372036854771712 for "no limit"
 _MJF_JOB_KEYS = (
     "allocated_cpu",
     "wall_limit_secs",
@@ -115,119 +114,25 @@ class CgroupLimits:
         return Sourced(self.memory_bytes.value // MB, self.memory_bytes.source)
 
 
-def _read_small(path: Path, limit: int = 4096) -> str | None:
-    """The stripped text of a small pseudo-file, or ``None`` if it cannot be read."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(limit).strip()
-    except OSError:
-        return None
-
-
-def _parse_self_cgroup(text: str) -> tuple[str | None, dict[str, tuple[str, str]]]:
-    """The v2 path and, for v1, controller -> (hierarchy's controller list, path)."""
-    unified: str | None = None
-    v1: dict[str, tuple[str, str]] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and not controllers:
-            unified = path
-        for controller in controllers.split(","):
-            if controller:
-                v1[controller] = (controllers, path)
-    return unified, v1
-
-
-def _ancestors(base: Path, cgroup_path: str) -> list[Path]:
-    """``base/<cgroup_path>`` and each parent up to ``base`` that exist, leaf first.
-
-    A path escaping the namespace (``/../..``) cannot be followed: only ``base`` is used.
-    """
-    parts = PurePosixPath(cgroup_path).parts[1:]
-    if ".." in parts:
-        parts = ()
-    dirs = (base.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1))
-    return [d for d in dirs if d.is_dir()]
-
-
-def _lowest_in(dirs: Iterable[Path], read: Callable[[Path], float | None]) -> float | None:
-    values = [v for v in map(read, dirs) if v is not None]
-    return min(values) if values else None
-
-
-def _v2_memory(d: Path) -> float | None:
-    text = _read_small(d / "memory.max")
-    return float(text) if text and text.isdigit() else None  # "max": unlimited
-
-
-def _v1_memory(d: Path) -> float | None:
-    text = _read_small(d / "memory.limit_in_bytes")
-    if not text or not text.isdigit() or int(text) >= _UNLIMITED_BYTES:
-        return None
-    return float(text)
-
-
-def _v2_cpu(d: Path) -> float | None:
-    fields = (_read_small(d / "cpu.max") or "").split()
-    if len(fields) != 2 or not fields[0].isdigit() or not fields[1].isdigit():
-        return None  # "max 100000": unlimited
-    return int(fields[0]) / int(fields[1]) if int(fields[1]) > 0 else None
-
-
-def _v1_cpu(d: Path) -> float | None:
-    quota = _read_small(d / "cpu.cfs_quota_us") or ""
-    period = _read_small(d / "cpu.cfs_period_us") or ""
-    if not quota.isdigit() or not period.isdigit() or int(period) == 0:
-        return None  # quota -1: unlimited
-    return int(quota) / int(period)
-
-
-def _v1_base(root: Path, controller: str, hierarchy: str) -> Path | None:
-    for name in (hierarchy, controller):  # "cpu,cpuacct" is often also linked as "cpu"
-        if (root / name).is_dir():
-            return root / name
-    return None
-
-
 def read_cgroup_limits(root: Path, self_cgroup: Path) -> CgroupLimits:
     """Limits from ``self_cgroup`` (``/proc/self/cgroup``) under the mount ``root``."""
-    text = _read_small(self_cgroup, 65536)
-    if text is None:
+    found = cgroups.read_limits(root, self_cgroup)
+    if found.version is None:
         return CgroupLimits()
-    unified, v1 = _parse_self_cgroup(text)
-    if (root / "cgroup.controllers").is_file() and unified is not None:
-        dirs = _ancestors(root, unified)
-        memory = _lowest_in(dirs, _v2_memory)
-        cpus = _lowest_in(dirs, _v2_cpu)
-        return CgroupLimits(
-            "v2",
-            unified,
-            Sourced(cpus, "cgroup v2 cpu.max") if cpus is not None else None,
-            Sourced(int(memory), "cgroup v2 memory.max") if memory is not None else None,
-        )
-    if not v1:
-        return CgroupLimits()
-    memory_dirs = _v1_dirs(root, v1, "memory")
-    cpu_dirs = _v1_dirs(root, v1, "cpu")
-    memory = _lowest_in(memory_dirs, _v1_memory)
-    cpus = _lowest_in(cpu_dirs, _v1_cpu)
-    return CgroupLimits(
-        "v1",
-        (v1.get("memory") or v1.get("cpu") or ("", "/"))[1],
-        Sourced(cpus, "cgroup v1 cpu.cfs_quota_us") if cpus is not None else None,
-        Sourced(int(memory), "cgroup v1 memory.limit_in_bytes") if memory is not None else None,
+    cpu_file, memory_file = (
+        ("cpu.max", "memory.max")
+        if found.version == "v2"
+        else ("cpu.cfs_quota_us", "memory.limit_in_bytes")
     )
-
-
-def _v1_dirs(root: Path, v1: Mapping[str, tuple[str, str]], controller: str) -> list[Path]:
-    if controller not in v1:
-        return []
-    hierarchy, path = v1[controller]
-    base = _v1_base(root, controller, hierarchy)
-    return _ancestors(base, path) if base is not None else []
+    where = f"cgroup {found.version}"
+    return CgroupLimits(
+        found.version,
+        found.path,
+        Sourced(found.cpus, f"{where} {cpu_file}") if found.cpus is not None else None,
+        Sourced(found.memory_bytes, f"{where} {memory_file}")
+        if found.memory_bytes is not None
+        else None,
+    )
 
 
 # --------------------------------------------------------------------------- Machine/Job Features
@@ -250,7 +155,7 @@ def read_mjf(env: Mapping[str, str]) -> dict[str, str]:
                 log.info("%s=%s is not a local directory; ignored", var, location)
             continue
         for key in keys:
-            text = _read_small(Path(location) / key)
+            text = cgroups.read_small(Path(location) / key)
             if text:
                 values[f"{prefix}.{key}"] = text
     return values

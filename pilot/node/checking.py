@@ -2,7 +2,8 @@
 
 Three kinds of check, all seen through the :class:`pilot.api.Check` protocol:
 
-- built-ins: the static tuple :data:`checks.BUILTIN_CHECKS`;
+- built-ins: the checks registered in :attr:`CheckSettings.builtins` (the CLI passes the
+  ``checks`` package's list; this module imports no check);
 - VO plugins: the entry-point group ``pilot.checks``; an entry point names a class
   (instantiated with no arguments) or an instance, validated when loaded. A plugin
   that fails to import or to validate becomes a FAILED result named after its entry
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from checks import BUILTIN_CHECKS
 from pilot import proc
 from pilot.api import Check, CheckContext, CheckOutcome, CheckResult, Status
 from pilot.errors import UsageError
@@ -56,6 +56,7 @@ class CheckSettings:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [checks.<name>]
     entry_points: bool = True
     plugin_path: tuple[Path, ...] = ()  # searched for entry points before sys.path
+    builtins: tuple[Check, ...] = ()  # registered by the caller, run before any plugin
 
     def __post_init__(self) -> None:
         for name, value in {"default": self.default_timeout, **self.timeouts}.items():
@@ -170,7 +171,7 @@ class LoadFailure:
 
 def discover(settings: CheckSettings) -> list[Check]:
     """Built-ins, then entry-point plugins, then executables; load failures included."""
-    found: list[Check] = list(BUILTIN_CHECKS)
+    found: list[Check] = list(settings.builtins)
     if settings.entry_points:
         found.extend(_add_plugin_path(settings.plugin_path))
         try:
