@@ -45,6 +45,7 @@ def slot(cores: int = 8, memory: int | None = 16000) -> resources.ResourceDescri
         ("MinNumberOfProcessors = 2; MaxNumberOfProcessors = 6;", 8, 6, 12000),
         ("WholeNode = true;", 8, 8, 16000),
         ("NumberOfProcessors = 2; MaxRAM = 100;", 8, 2, 100),
+        ("NumberOfProcessors = 2; MaxRAM = 0;", 8, 2, 4000),  # 0 is no request, not 0 MB
     ],
 )
 def test_allocation_gives_each_job_what_it_asks_for(
