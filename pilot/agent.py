@@ -183,7 +183,12 @@ class Benchmark:
             self._after.wait(BENCHMARK_DELAY_MAX_S)
         ctx = CheckContext(self.config.resolved_work_dir(), self.info, credentials=self.creds)
         settings = check_settings(self.config)
-        self.results = checking.run(ctx, settings, self.checks).results
+        # Only these checks' results: the run also reports every other check the
+        # configuration requires as "required check not found", which would replace
+        # their first-pass results (and drop their facts and tags) in take().
+        names = {check.name for check in self.checks}
+        results = checking.run(ctx, settings, self.checks).results
+        self.results = tuple(r for r in results if r.name in names)
         self._wake.set()
 
     def take(self) -> tuple[checking.CheckReport, resources.ResourceDescription] | None:
