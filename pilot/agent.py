@@ -274,10 +274,13 @@ class Agent:
         stop: Stop,
         settings: jobrun.JobSettings | None = None,
         benchmark: Benchmark | None = None,
+        *,
+        described_at: float | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
-        self.slot = Slot(desc)
+        # the slot's time runs from when ``desc`` was measured (default: now)
+        self.slot = Slot(desc, started=described_at)
         self.benchmark = benchmark
         self.stamp = stamp
         self.stop = stop
@@ -478,6 +481,7 @@ def run(
         checks = checking.discover(check_settings(config, builtins))
         later = finishing_later(config, checks)
         info, report, desc = inspect_node(config, stamp, creds, checks=checks, first_pass=later)
+        described_at = time.monotonic()  # registering may take long: the slot's time runs
         benchmark = None
         if later and finish_later:
             benchmark = Benchmark(config, info, report, stamp, stop.wake, later, creds)
@@ -498,7 +502,9 @@ def run(
                 stop.wait(config.failure_sleep)
             raise CheckFailed(f"node not fit: required check(s) failed: {names}")
         settings = job_settings(config, desc, chosen, isolation.probe_cgroup(), creds)
-        summary = Agent(config, backend, desc, stamp, stop, settings, benchmark).run()
+        summary = Agent(
+            config, backend, desc, stamp, stop, settings, benchmark, described_at=described_at
+        ).run()
         log.info(
             "pilot %s done: %d job(s), stopped because %s",
             stamp,
