@@ -183,7 +183,12 @@ class Benchmark:
             self._after.wait(BENCHMARK_DELAY_MAX_S)
         ctx = CheckContext(self.config.resolved_work_dir(), self.info, credentials=self.creds)
         settings = check_settings(self.config)
-        self.results = checking.run(ctx, settings, self.checks).results
+        # Only these checks' results: the run also reports every other check the
+        # configuration requires as "required check not found", which would replace
+        # their first-pass results (and drop their facts and tags) in take().
+        names = {check.name for check in self.checks}
+        results = checking.run(ctx, settings, self.checks).results
+        self.results = tuple(r for r in results if r.name in names)
         self._wake.set()
 
     def take(self) -> tuple[checking.CheckReport, resources.ResourceDescription] | None:
@@ -269,10 +274,13 @@ class Agent:
         stop: Stop,
         settings: jobrun.JobSettings | None = None,
         benchmark: Benchmark | None = None,
+        *,
+        described_at: float | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
-        self.slot = Slot(desc)
+        # the slot's time runs from when ``desc`` was measured (default: now)
+        self.slot = Slot(desc, started=described_at)
         self.benchmark = benchmark
         self.stamp = stamp
         self.stop = stop
@@ -473,6 +481,7 @@ def run(
         checks = checking.discover(check_settings(config, builtins))
         later = finishing_later(config, checks)
         info, report, desc = inspect_node(config, stamp, creds, checks=checks, first_pass=later)
+        described_at = time.monotonic()  # registering may take long: the slot's time runs
         benchmark = None
         if later and finish_later:
             benchmark = Benchmark(config, info, report, stamp, stop.wake, later, creds)
@@ -493,7 +502,9 @@ def run(
                 stop.wait(config.failure_sleep)
             raise CheckFailed(f"node not fit: required check(s) failed: {names}")
         settings = job_settings(config, desc, chosen, isolation.probe_cgroup(), creds)
-        summary = Agent(config, backend, desc, stamp, stop, settings, benchmark).run()
+        summary = Agent(
+            config, backend, desc, stamp, stop, settings, benchmark, described_at=described_at
+        ).run()
         log.info(
             "pilot %s done: %d job(s), stopped because %s",
             stamp,

@@ -21,6 +21,7 @@ timeout, :func:`read_cgroup_limits`, and the credential helpers below::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -173,7 +174,9 @@ class NodeFacts:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite number of zero or more (no bool, NaN, infinity or negative count)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value >= 0
 
 
 # --- credential helpers for checks ----------------------------------------------------------

@@ -39,15 +39,12 @@ from pilot.errors import (
     is_disk_full,
 )
 from pilot.grid.resolve import Credentials, resolve
-from pilot.job import jdl
+from pilot.job import jdl, jobrun
 from pilot.node import checking
 
 log = logging.getLogger("pilot")
 
-# What batch systems send before they end a slot: SIGTERM (Slurm, PBS, LSF, HTCondor),
-# SIGINT, SIGUSR1 (Grid Engine's soft limit s_rt), SIGUSR2 (Grid Engine's
-# qsub -notify, before its SIGKILL), SIGXCPU (CPU-time limits).
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+STOP_SIGNALS = tuple(sig.name for sig in jobrun.STOP_SIGNALS)  # what batch systems send
 RUN_OPTIONS = tuple(name for name, f in config.FIELDS.items() if f.metadata["cli"])
 
 

@@ -119,3 +119,29 @@ def test_any_check_with_first_pass_options_finishes_after_the_first_match(
         assert agent.finishing_later(disabled, [plain, check]) == ()
     finally:
         FakeCpu.name = "cpu"
+
+
+def test_finishing_later_leaves_the_other_checks_results_alone(tmp_path: Path) -> None:
+    """The full pass runs only the deferred checks: a check required by the configuration
+    is not in that run, and must not come back from it as "required check not found"."""
+
+    class Disk:
+        name, required, timeout = "disk", False, None
+
+        def run(self, ctx: CheckContext) -> CheckOutcome:
+            return CheckOutcome(Status.PASSED, "room", facts={"free_mb": 5000}, tags=("SSD",))
+
+    config = PilotConfig(work_dir=tmp_path, require_check=["disk"])
+    checks = [Disk(), FakeCpu()]
+    _, report, _ = agent.inspect_node(config, "stamp", checks=checks, first_pass=[checks[1]])
+    assert report.ok
+    wake = threading.Event()
+    bench = agent.Benchmark(config, batch.detect(), report, "stamp", wake, [checks[1]])
+    bench.start()
+    assert wake.wait(10)
+    taken = bench.take()
+    assert taken is not None
+    merged, desc = taken
+    assert merged.ok and [r.name for r in merged.results] == ["disk", "cpu"]
+    assert merged.facts("disk") == {"free_mb": 5000} and "SSD" in desc.tags
+    assert desc.disk_space_mb == 5000 and desc.pilot_benchmark == 12.5

@@ -217,6 +217,8 @@ def test_required_check_that_does_not_exist_fails(ctx: CheckContext) -> None:
         (None, "returned NoneType, not a CheckOutcome"),
         (CheckOutcome(Status.PASSED, facts={"when": object()}), "not JSON-serialisable"),
         (CheckOutcome(Status.PASSED, tags=("ok", 3)), "tags must be non-empty strings"),  # type: ignore[arg-type]
+        (CheckOutcome(Status.PASSED, facts={"free_mb": float("nan")}), "not JSON-serialisable"),
+        (CheckOutcome(Status.PASSED, facts={"x": [float("inf")]}), "not JSON-serialisable"),
     ],
 )
 def test_invalid_outcome_is_failed(ctx: CheckContext, value: object, expected: str) -> None:
@@ -605,3 +607,25 @@ def test_node_facts_are_read_from_the_declared_checks_and_keys() -> None:
     odd = [result("cpu", benchmark="fast"), result("gpu", count=True), result("disk", free_mb=None)]
     assert NodeFacts.from_results(odd) == NodeFacts()  # malformed facts fall back to defaults
     assert set(NodeFacts.SOURCES) == {"cpu_power", "platform", "free_disk_mb", "gpus"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), -4])
+def test_node_facts_out_of_range_fall_back_to_defaults(value: float) -> None:
+    """A NaN, infinite or negative figure is malformed too (int() of NaN would raise)."""
+    from pilot.api import NodeFacts
+
+    results = [
+        CheckResult("cpu", False, Status.PASSED, "", 0.0, {"benchmark": value}),
+        CheckResult("disk", False, Status.PASSED, "", 0.0, {"free_mb": value}),
+        CheckResult("gpu", False, Status.PASSED, "", 0.0, {"count": value}),
+    ]
+    assert NodeFacts.from_results(results) == NodeFacts()
+
+
+def test_exec_check_printing_nan_facts_fails(ctx: CheckContext, tmp_path: Path) -> None:
+    """Python's json reads NaN; the check's facts would then go to the matcher as non-JSON."""
+    script = tmp_path / "nan-facts"
+    script.write_text('#!/bin/sh\necho \'{"facts": {"free_mb": NaN}}\'\n')
+    script.chmod(0o755)
+    result = checking.run(ctx, ONLY_GIVEN, checking.exec_checks(tmp_path)).results[0]
+    assert result.status is Status.FAILED and "not JSON-serialisable" in result.message

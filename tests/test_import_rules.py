@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,3 +225,12 @@ def test_each_stage_imports_only_what_it_may(owner: str) -> None:
 
 def test_every_pilot_module_has_a_rule() -> None:
     assert [m for m in MODULES if within(m, "pilot") and m != "pilot" and not _rule_for(m)] == []
+
+
+def test_starting_the_pilot_imports_no_x509_parsing() -> None:
+    """``cryptography`` (~30 ms of a ~100 ms start) is paid only by a pilot that reads a
+    proxy or delegates one to a payload, never just for importing the CLI."""
+    code = "import sys, pilot.cli; print([m for m in sys.modules if m.startswith('cryptography')])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -45,6 +45,7 @@ def slot(cores: int = 8, memory: int | None = 16000) -> resources.ResourceDescri
         ("MinNumberOfProcessors = 2; MaxNumberOfProcessors = 6;", 8, 6, 12000),
         ("WholeNode = true;", 8, 8, 16000),
         ("NumberOfProcessors = 2; MaxRAM = 100;", 8, 2, 100),
+        ("NumberOfProcessors = 2; MaxRAM = 0;", 8, 2, 4000),  # 0 is no request, not 0 MB
     ],
 )
 def test_allocation_gives_each_job_what_it_asks_for(
@@ -126,3 +127,30 @@ def test_max_concurrent_caps_the_jobs_at_once(stub: Stub, tmp_path: Path) -> Non
     timing = stub.client.job(jobs[-1])["timing"]
     assert set(timing) >= {"match", "stage_in", "payload", "stage_out"}
     assert timing["payload"] >= 1.0 and timing["match"] < 30
+
+
+def test_the_slot_runs_down_from_when_its_time_was_read(tmp_path: Path) -> None:
+    """Time spent registering (a server retrying for a minute, say) is time the slot no
+    longer has: the first offer must not count it as still left."""
+    from typing import Any
+
+    from pilot import agent
+    from pilot.backends.local import LocalBackend
+    from pilot.config import PilotConfig
+
+    class SlowRegistration(LocalBackend):
+        offered: list[int] = []
+
+        def register(self, stamp: str, info: Any) -> None:
+            time.sleep(2.0)
+            super().register(stamp, info)
+
+        def match(self, resources: Any) -> Any:
+            self.offered.append(resources["WallClockTimeLeft"])
+            return super().match(resources)
+
+    (tmp_path / "job.jdl").write_text('Executable = "/bin/true";')
+    backend = SlowRegistration.from_file(tmp_path / "job.jdl", tmp_path / "out")
+    config = PilotConfig(work_dir=tmp_path / "work", idle_timeout=0.0)
+    agent.run(config, backend, agent.Stop(), finish_later=False)
+    assert backend.offered and backend.offered[0] <= resources.UNLIMITED_WALL_S - 2

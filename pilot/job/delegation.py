@@ -21,11 +21,13 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pilot.backends.base import OWNER_PROXY, MatchedJob
 from pilot.errors import CredentialError, NoStoredProxy, PilotError, UsageError
-from pilot.grid import credentials
+
+if TYPE_CHECKING:
+    from pilot.grid import credentials
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class PayloadProxy:
         """Ask for a new proxy and (re)write the file; CredentialError/ServerError on failure."""
         if self.job.extra.get(OWNER_PROXY) is False:
             raise NoStoredProxy("the server holds no proxy of this job's owner")
+        from pilot.grid import credentials  # X.509 (cryptography) only for a job that delegates
+
         key, request = credentials.new_proxy_request()
         chain = self.backend.delegate_proxy(
             self.job, request.decode(), self.lifetime, self.policy.mode == "limited"

@@ -438,8 +438,7 @@ class _Supervisor:
 
     def _live(self, cheap: bool = False) -> list[proctable.ProcStat]:
         """The job's live processes; ``cheap`` walks from the pilot, else reads all /proc."""
-        pids = [self.tree.pilot, *(pid for pid, _ in self.tree.seen)]
-        return self.tree.live(proctable.walk(pids) if cheap else proctable.scan())
+        return self.tree.live(self.tree.nearby() if cheap else proctable.scan())
 
     def _signal_all(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

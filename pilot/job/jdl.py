@@ -613,7 +613,7 @@ class JobDescription:
             max_processors=high,
             whole_node=whole_node,
             number_of_gpus=gpus,
-            max_ram_mb=_int(attrs, "MaxRAM"),
+            max_ram_mb=_int(attrs, "MaxRAM") or None,  # 0: not given (DIRAC's convention)
             job_name=_text(attrs, "JobName"),
             job_type=_text(attrs, "JobType"),
             vo=_text(attrs, "VirtualOrganization"),

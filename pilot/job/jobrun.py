@@ -24,10 +24,12 @@ from pilot.job.limits import Limits
 
 log = logging.getLogger(__name__)
 
-# What a batch system sends a whole job tree before it ends a slot (the pilot stops on them).
-_BATCH_STOP_SIGNALS = frozenset(
-    {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU}
-)
+# What batch systems send (often to the whole job tree) before they end a slot: SIGTERM
+# (Slurm, PBS, LSF, HTCondor), SIGINT, SIGUSR1 (Grid Engine's soft limit s_rt), SIGUSR2
+# (Grid Engine's qsub -notify, before its SIGKILL), SIGXCPU (CPU-time limits). The pilot
+# stops on each (pilot.cli installs the handlers); a payload killed by one is reported
+# with the pilot's reason.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
 
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR")
 WALL_TIME_KEYS = ("WallTime", "MaxWallTime", "WallClockTime")
@@ -448,7 +450,7 @@ class JobRunner:
             # A batch system's kill (scancel) signals the whole process tree: the payload
             # may die before the pilot's own handler has cancelled the job. Give the
             # pilot a moment to say why before calling it a failure.
-            if result.signal in _BATCH_STOP_SIGNALS and self.cancel.wait(2.0):
+            if result.signal in STOP_SIGNALS and self.cancel.wait(2.0):
                 return self._finish(JobStatus.KILLED, self.cancel.reason, None, note)
             return self._finish(
                 JobStatus.FAILED, f"Payload killed by signal {result.signal}", None, note

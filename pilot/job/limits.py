@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pilot.job.proctable import ProcessTree, ProcStat, reap_strays, walk
+from pilot.job.proctable import ProcessTree, ProcStat, reap_strays
 
 MB = 1 << 20
 DISK_WALK_BUDGET = 0.02  # at most this fraction of wall time spent measuring the job dir
@@ -91,10 +91,10 @@ class Sampler:
         self.next_walk = 0.0
 
     def sample(self) -> tuple[Usage, list[ProcStat]]:
-        table = self._table()
+        table = self.tree.nearby()
         members = self.tree.members(table)
         if self.tree.reap(members):
-            members = self.tree.members(self._table())
+            members = self.tree.members(self.tree.nearby())
         reap_strays(table)
         live = [s for s in members if not s.zombie]
         now = time.monotonic()
@@ -112,10 +112,6 @@ class Sampler:
             free_mb=free_mb(self.job_dir),
         )
         return usage, live
-
-    def _table(self) -> dict[int, ProcStat]:
-        """The pilot's descendants and the job's processes adopted elsewhere."""
-        return walk([self.tree.pilot, *(pid for pid, _ in self.tree.seen)])
 
 
 def memory_exceeded(limits: Limits) -> str:

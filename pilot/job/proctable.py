@@ -212,6 +212,11 @@ class ProcessTree:
     def live(self, table: Mapping[int, ProcStat]) -> list[ProcStat]:
         return [s for s in self.members(table) if not s.zombie]
 
+    def nearby(self) -> dict[int, ProcStat]:
+        """A cheap table for :meth:`members`: the pilot's descendants and this job's
+        processes adopted elsewhere (:func:`walk`; a kill decision wants :func:`scan`)."""
+        return walk([self.pilot, *(pid for pid, _ in self.seen)])
+
     def cpu(self, members: Iterable[ProcStat]) -> float:
         """CPU seconds of the whole job so far (never decreases)."""
         total = self.reaped_cpu + sum(s.cpu + s.cpu_children for s in members)

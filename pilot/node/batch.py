@@ -31,7 +31,7 @@ from pilot import cgroups, proc
 from pilot.node.batch_systems import BatchSystem, Probe, Sourced, SystemReport, identify
 from pilot.proc import CommandResult
 
-__all__ = ["BatchInfo", "BatchSystem", "CgroupLimits", "detect", "read_cgroup_limits", "read_mjf"]
+__all__ = ["BatchInfo", "BatchSystem", "detect", "read_mjf"]
 
 log = logging.getLogger(__name__)
 
@@ -91,48 +91,20 @@ class BatchInfo:
 # --------------------------------------------------------------------------- cgroups
 
 
-@dataclass(frozen=True)
-class CgroupLimits:
-    """CPU and memory limits of this process's cgroup (lowest along its ancestors)."""
+def _cgroup_candidates(found: cgroups.Limits) -> tuple[Sourced[int] | None, Sourced[int] | None]:
+    """(whole cores, memory MB) that the cgroup's limits allow, with the file they came from.
 
-    version: str | None = None  # "v1" (including hybrid) or "v2"; None: no cgroup info
-    path: str | None = None
-    cpus: Sourced[float] | None = None  # quota / period, may be fractional
-    memory_bytes: Sourced[int] | None = None
-
-    @property
-    def cores(self) -> Sourced[int] | None:
-        """Whole cores the CPU quota allows (rounded down, at least one)."""
-        if self.cpus is None:
-            return None
-        return Sourced(max(1, math.floor(self.cpus.value + 1e-9)), self.cpus.source)
-
-    @property
-    def memory_mb(self) -> Sourced[int] | None:
-        if self.memory_bytes is None:
-            return None
-        return Sourced(self.memory_bytes.value // MB, self.memory_bytes.source)
-
-
-def read_cgroup_limits(root: Path, self_cgroup: Path) -> CgroupLimits:
-    """Limits from ``self_cgroup`` (``/proc/self/cgroup``) under the mount ``root``."""
-    found = cgroups.read_limits(root, self_cgroup)
-    if found.version is None:
-        return CgroupLimits()
-    cpu_file, memory_file = (
-        ("cpu.max", "memory.max")
-        if found.version == "v2"
-        else ("cpu.cfs_quota_us", "memory.limit_in_bytes")
-    )
+    A fractional CPU quota is rounded down, to at least one core."""
+    v2 = found.version == "v2"
     where = f"cgroup {found.version}"
-    return CgroupLimits(
-        found.version,
-        found.path,
-        Sourced(found.cpus, f"{where} {cpu_file}") if found.cpus is not None else None,
-        Sourced(found.memory_bytes, f"{where} {memory_file}")
-        if found.memory_bytes is not None
-        else None,
-    )
+    cores = memory = None
+    if found.cpus is not None:
+        source = f"{where} {'cpu.max' if v2 else 'cpu.cfs_quota_us'}"
+        cores = Sourced(max(1, math.floor(found.cpus + 1e-9)), source)
+    if found.memory_bytes is not None:
+        source = f"{where} {'memory.max' if v2 else 'memory.limit_in_bytes'}"
+        memory = Sourced(found.memory_bytes // MB, source)
+    return cores, memory
 
 
 # --------------------------------------------------------------------------- Machine/Job Features
@@ -235,13 +207,14 @@ def detect(
         report = SystemReport("local", None, "no batch-system variables")
     mjf = read_mjf(environ)
     mjf_cores, mjf_memory, mjf_deadlines = _mjf_candidates(mjf, now())
-    cgroup = read_cgroup_limits(cgroup_root, proc_self_cgroup)
+    cgroup = cgroups.read_limits(cgroup_root, proc_self_cgroup)
+    cgroup_cores, cgroup_memory = _cgroup_candidates(cgroup)
     cpus = Sourced((affinity or usable_cpus)(), "sched_getaffinity")
-    cores = _lowest([report.cores, *mjf_cores, cpus, cgroup.cores]) or cpus
+    cores = _lowest([report.cores, *mjf_cores, cpus, cgroup_cores]) or cpus
     base_memory = report.memory_mb
     if report.system == "local":
         base_memory = Sourced((total_memory_mb or physical_memory_mb)(), "total RAM (sysconf)")
-    memory = _lowest([base_memory, *mjf_memory, cgroup.memory_mb])
+    memory = _lowest([base_memory, *mjf_memory, cgroup_memory])
     deadline = _lowest([report.deadline, *mjf_deadlines])
     wall_now, stamp = now(), time.monotonic()
     info = BatchInfo(
@@ -278,13 +251,13 @@ def _sources(
     }
 
 
-def _extra(report: SystemReport, mjf: Mapping[str, str], cgroup: CgroupLimits) -> dict[str, str]:
+def _extra(report: SystemReport, mjf: Mapping[str, str], cgroup: cgroups.Limits) -> dict[str, str]:
     extra = dict(report.extra)
     extra.update({f"mjf.{key}": value for key, value in mjf.items()})
     if cgroup.version is not None:
         extra["cgroup"] = f"{cgroup.version}:{cgroup.path or '/'}"
     if cgroup.cpus is not None:
-        extra["cgroup_cpu_quota"] = f"{cgroup.cpus.value:.2f}"
+        extra["cgroup_cpu_quota"] = f"{cgroup.cpus:.2f}"
     extra["hostname"] = socket.gethostname()
     extra["pid"] = str(os.getpid())
     return extra

@@ -435,7 +435,8 @@ def _validated(outcome: object) -> CheckOutcome:
         raise ValueError(f"run() returned {type(outcome).__name__}, not a CheckOutcome")
     status = Status(outcome.status)
     try:
-        facts = json.loads(json.dumps(dict(outcome.facts)))
+        # allow_nan=False: NaN and Infinity are not JSON; they would reach the matcher
+        facts = json.loads(json.dumps(dict(outcome.facts), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"facts are not JSON-serialisable: {exc}") from exc
     tags = tuple(outcome.tags)
