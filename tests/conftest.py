@@ -69,12 +69,18 @@ def pilot_env(**extra: str) -> dict[str, str]:
 
 
 def run_pilot(
-    args: Sequence[str], *, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    program: Path = BIN / "pilot",
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``pilot`` console script as a real process; its output is kept
-    in ``cwd/pilot-runs.log`` for the log scan."""
+    """Run the installed ``pilot`` console script (or ``program``, such as the one-file
+    binary) as a real process; its output is kept in ``cwd/pilot-runs.log`` for the log
+    scan."""
     done = subprocess.run(
-        [str(BIN / "pilot"), *args],
+        [str(program), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
