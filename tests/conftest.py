@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -60,6 +61,14 @@ def stub(tmp_path: Path) -> Iterator[Stub]:
     yield handle
     handle.client.close()
     handle.server.stop()
+
+
+def unavailable(reason: str) -> NoReturn:
+    """What a machine lacks for a test: fail under CI (``CI=true``, which must provide it),
+    skip elsewhere; both say why."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 def pilot_env(**extra: str) -> dict[str, str]:

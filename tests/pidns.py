@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import psutil
-import pytest
+
+from tests.conftest import unavailable
 
 NSINIT = Path(__file__).resolve().parent / "slurm" / "nsinit.py"
 
@@ -145,10 +146,7 @@ def running_cluster(kind: str, start: Callable[[], C]) -> Iterator[C]:
     try:
         cluster = start()
     except ClusterError as exc:
-        reason = f"cannot start a {kind} test cluster: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"cannot start a {kind} test cluster: {exc}")
     try:
         yield cluster
     finally:

@@ -4,7 +4,6 @@ the file in the job directory (0600), its lifetime, renewal, and jobs without a 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -22,7 +21,7 @@ from pilot.grid import credentials, voms
 from pilot.job import delegation
 from server_stub.app import AuthPolicy
 from testbed.pki import Pki, issue_proxy, issue_user, now, pki_fixture, proxy_pem  # noqa: F401
-from tests.conftest import BIN, FAST, Stub, run_pilot
+from tests.conftest import BIN, FAST, Stub, run_pilot, unavailable
 from tests.test_security import _https_stub
 from tests.test_security import _pilot_env as _env
 
@@ -45,10 +44,7 @@ openssl verify -allow_proxy_certs -CAfile ca.pem -untrusted "$X509_USER_PROXY" \
 def needs_openssl() -> None:
     """The payloads inspect their proxy with the openssl command (Debian package openssl)."""
     if shutil.which("openssl") is None:
-        message = "needs the openssl command (apt-get install openssl)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable("needs the openssl command (apt-get install openssl)")
 
 
 def _spki(public_key: object) -> bytes:
