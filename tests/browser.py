@@ -56,7 +56,12 @@ def chromium_driver() -> Iterator[Any]:
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    try:
+        service = Service(executable_path=str(CHROMEDRIVER))
+        driver = webdriver.Chrome(options=options, service=service)
+    except BaseException:  # chromedriver and chromium of other versions, or no display
+        shutil.rmtree(profile, ignore_errors=True)
+        raise
     driver.set_page_load_timeout(30)
     try:
         yield driver
