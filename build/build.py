@@ -199,6 +199,7 @@ def ensure_build_python(root: Path, work: Path) -> None:
     stamp = root / rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
     if not REINSTALL and stamp.is_file() and stamp.read_text() == wanted:
         return
+    stamp.unlink(missing_ok=True)  # an install killed half-way must not pass for done
     work.mkdir(parents=True, exist_ok=True)
     requirements = work / "requirements.txt"
     requirements.write_text(wanted)

@@ -102,3 +102,22 @@ def test_the_real_locks_pin_what_the_builds_need(build: ModuleType) -> None:
         "pyinstaller",
     }
     build.read_lock(build.STATICX_LOCK, "pyinstaller", "staticx")
+
+
+def test_an_interrupted_reinstall_does_not_pass_for_done(
+    build: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--reinstall (or any install) killed half-way: the next build installs again."""
+    root = tmp_path / "root"
+    stamp = root / build.rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text(build.BINARY_LOCK.read_text())
+    monkeypatch.setattr(build, "REINSTALL", True)
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # as good as -9 for what is on disk afterwards
+
+    monkeypatch.setattr(build, "download_wheels", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build.ensure_build_python(root, tmp_path / "work")
+    assert not stamp.exists()
