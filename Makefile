@@ -25,10 +25,11 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml tests/plugins/sample_vo
 
 venv: $(VENV)/.installed
 
-# Refresh every lock file from its ranges (pyproject.toml, requirements/*.in): the only way
-# the versions that make venv, make binary and the DIRAC test server install change.
+# Re-resolve every lock file from its ranges (pyproject.toml, requirements/*.in), keeping
+# the locked versions where they still fit; UPGRADE=1 takes the newest in range. The only
+# way the versions that make venv, make binary and the DIRAC test server install change.
 lock: venv
-	$(BIN)/python scripts/lock.py
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
 
 demo: venv
 	$(BIN)/python examples/demo.py

@@ -18,22 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.conftest import REPO
+from tests.conftest import REPO, unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 logging.getLogger("selenium").setLevel(logging.INFO)  # not every WebDriver call
 logging.getLogger("urllib3").setLevel(logging.INFO)
 ARTIFACTS = Path(os.environ.get("PILOT_TEST_ARTIFACTS") or REPO / "test-artifacts")
-
-
-def unavailable(reason: str) -> None:
-    """Fail under CI (the machine must provide it), skip elsewhere; both say why."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def chromium_driver() -> Iterator[Any]:
@@ -65,7 +56,12 @@ def chromium_driver() -> Iterator[Any]:
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    try:
+        service = Service(executable_path=str(CHROMEDRIVER))
+        driver = webdriver.Chrome(options=options, service=service)
+    except BaseException:  # chromedriver and chromium of other versions, or no display
+        shutil.rmtree(profile, ignore_errors=True)
+        raise
     driver.set_page_load_timeout(30)
     try:
         yield driver

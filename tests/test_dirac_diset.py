@@ -578,20 +578,28 @@ class FakeWms:
             upload.receive(chan, args)
 
 
+def fake_settings(tls: Tls, server: FakeDiset, **extra: Any) -> DiracSettings:
+    """The backend's settings for the WorkloadManagement services of ``server``."""
+    return DiracSettings(
+        matcher_url=server.url("WorkloadManagement/Matcher"),
+        job_state_update_url=server.url("WorkloadManagement/JobStateUpdate"),
+        sandbox_store_url=server.url("WorkloadManagement/SandboxStore"),
+        proxy=tls.proxy,
+        ca_dir=tls.ca_dir,
+        timeout=5,
+        **extra,
+    )
+
+
 @pytest.fixture
 def wms(tls: Tls) -> Iterator[tuple[FakeWms, FakeDiset, DiracBackend]]:
     fake = FakeWms()
     with FakeDiset(tls.server, fake) as server:
-        base = f"dips://localhost:{server.port}/WorkloadManagement"
-        settings = DiracSettings(
-            matcher_url=f"{base}/Matcher",
-            job_state_update_url=f"{base}/JobStateUpdate",
-            sandbox_store_url=f"{base}/SandboxStore",
-            pilot_manager_url=f"{base}/PilotManager",
-            proxy=tls.proxy,
-            ca_dir=tls.ca_dir,
+        settings = fake_settings(
+            tls,
+            server,
+            pilot_manager_url=server.url("WorkloadManagement/PilotManager"),
             vo="testvo",
-            timeout=5,
         )
         yield fake, server, DiracBackend(settings, ssl_context=tls.client)
         assert not server.errors
@@ -874,16 +882,11 @@ def test_proxy_manager_refusal_fails_only_that_job(
 
     fake = FakeWms({"getCompressedData": s_ok(zlib.compress(CS_TEXT.encode())), "getProxy": reply})
     with FakeDiset(tls.server, fake) as server:
-        base = f"dips://localhost:{server.port}"
-        settings = DiracSettings(
-            matcher_url=f"{base}/WorkloadManagement/Matcher",
-            job_state_update_url=f"{base}/WorkloadManagement/JobStateUpdate",
-            sandbox_store_url=f"{base}/WorkloadManagement/SandboxStore",
-            proxy_manager_url=f"{base}/Framework/ProxyManager",
-            configuration_url=f"{base}/Configuration/Server",
-            proxy=tls.proxy,
-            ca_dir=tls.ca_dir,
-            timeout=5,
+        settings = fake_settings(
+            tls,
+            server,
+            proxy_manager_url=server.url("Framework/ProxyManager"),
+            configuration_url=server.url("Configuration/Server"),
         )
         backend = DiracBackend(settings, ssl_context=tls.client)
         job = MatchedJob("9", '[Executable = "/bin/true";]', extra={"Owner": "u", "Group": "g"})

@@ -24,10 +24,19 @@ from tests.test_binary import pilot_binary  # noqa: F401 (session fixture: build
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 
-def run_dirac_pilot(server: DiracServer, tmp: Path, tag: str) -> subprocess.CompletedProcess[str]:
-    conf = pilot_config(server, tmp, tag)
+def run_with_config(
+    server: DiracServer, conf: Path, tmp: Path, program: Path = BIN / "pilot"
+) -> subprocess.CompletedProcess[str]:
+    """``program run`` (the package's pilot, or the one-file binary) with ``conf`` against
+    the test server's Matcher, in ``tmp``; returns when the pilot has exited."""
     argv = ["run", "--config", str(conf), "--server", server.urls["matcher"]]
-    done = run_pilot(argv, cwd=tmp, env=env_for(server), timeout=300)
+    return run_pilot(argv, cwd=tmp, env=env_for(server), timeout=300, program=program)
+
+
+def run_dirac_pilot(
+    server: DiracServer, tmp: Path, tag: str, program: Path = BIN / "pilot"
+) -> subprocess.CompletedProcess[str]:
+    done = run_with_config(server, pilot_config(server, tmp, tag), tmp, program)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -115,16 +124,7 @@ def test_one_file_binary_runs_a_dirac_job(
     tag = unique_tag()
     job_id = submit(dirac_server, tmp_path / "submit", tag, {"input.txt": "binary\n"})
     wait_for(dirac_server, job_id, "Waiting")
-    conf = pilot_config(dirac_server, tmp_path, tag)
-    done = subprocess.run(
-        [str(pilot_binary), "run", "--config", str(conf), "--server", dirac_server.urls["matcher"]],
-        cwd=tmp_path,
-        env=env_for(dirac_server),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    run_dirac_pilot(dirac_server, tmp_path, tag, pilot_binary)
     wait_for(dirac_server, job_id, "Done")
     out = tmp_path / "out"
     got = dirac_server.dirac("wms-job-get-output", "-D", str(out), job_id)

@@ -302,3 +302,21 @@ def test_sign_in_with_a_user_token(driver: Any, tmp_path: Path) -> None:
         eventually(lambda: "/login" in driver.current_url, 10, "signed out")
     finally:
         stub.server.stop()
+
+
+def test_a_browser_that_does_not_start_leaves_no_profile_behind(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """chromedriver refusing the installed chromium (versions apart) is an error, and the
+    profile directory made for it is removed."""
+    from selenium import webdriver
+    from selenium.common.exceptions import SessionNotCreatedException
+
+    def refuse(**kwargs: Any) -> None:
+        raise SessionNotCreatedException("This version of ChromeDriver only supports ...")
+
+    monkeypatch.setattr(webdriver, "Chrome", refuse)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with pytest.raises(SessionNotCreatedException):
+        next(chromium_driver())
+    assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,6 @@ the file in the job directory (0600), its lifetime, renewal, and jobs without a 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -21,10 +20,10 @@ from pilot.errors import CredentialError, NoStoredProxy
 from pilot.grid import credentials, voms
 from pilot.job import delegation
 from server_stub.app import AuthPolicy
-from server_stub.server import ServerSettings, StubServer
-from server_stub.userclient import UserClient
 from testbed.pki import Pki, issue_proxy, issue_user, now, pki_fixture, proxy_pem  # noqa: F401
-from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot
+from tests.conftest import BIN, FAST, Stub, run_pilot, unavailable
+from tests.test_security import _https_stub
+from tests.test_security import _pilot_env as _env
 
 OWNER_DN = "/O=DIRACTest/OU=users/CN=testuser"
 
@@ -45,10 +44,7 @@ openssl verify -allow_proxy_certs -CAfile ca.pem -untrusted "$X509_USER_PROXY" \
 def needs_openssl() -> None:
     """The payloads inspect their proxy with the openssl command (Debian package openssl)."""
     if shutil.which("openssl") is None:
-        message = "needs the openssl command (apt-get install openssl)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable("needs the openssl command (apt-get install openssl)")
 
 
 def _spki(public_key: object) -> bytes:
@@ -60,23 +56,10 @@ def _spki(public_key: object) -> bytes:
 @pytest.fixture
 def proxy_stub(tmp_path: Path, pki: Pki) -> Iterator[Stub]:
     """An HTTPS stub that requires client certificates; the user talks to it with a proxy."""
-    tmp = tmp_path / "stub"
-    ctx = credentials.server_ssl_context(
-        pki.hostcert, pki.hostkey, ca_file=pki.ca_file, require_client_cert=True
-    )
-    server = StubServer(
-        ServerSettings(
-            db=tmp / "stub.db", sandbox_dir=tmp / "sb", ssl_context=ctx, auth=AuthPolicy()
-        )
-    )
-    server.start()
-    user_proxy = issue_proxy(pki.user, not_after=now() + timedelta(hours=12))
-    user_file = pki.proxy_file(f"user-{tmp_path.name}", proxy_pem(user_proxy, [pki.user.cert]))
-    client_ctx = credentials.ssl_context(credentials.load_proxy(user_file), ca_file=pki.ca_file)
-    stub = Stub(server.url, server, UserClient(server.url, verify=client_ctx), tmp)
+    stub = _https_stub(tmp_path / "stub", pki, require_cert=True, auth=AuthPolicy())
     yield stub
     stub.client.close()
-    server.stop()
+    stub.server.stop()
 
 
 def _pilot_identity(pki: Pki, tmp_path: Path) -> Path:
@@ -84,15 +67,6 @@ def _pilot_identity(pki: Pki, tmp_path: Path) -> Path:
     pilot_user = issue_user(pki.ca, cn="pilot-agent")
     proxy = issue_proxy(pilot_user, not_after=now() + timedelta(hours=12))
     return pki.proxy_file(f"pilot-{tmp_path.name}", proxy_pem(proxy, [pilot_user.cert]))
-
-
-def _env(pki: Pki, **extra: str) -> dict[str, str]:
-    env = pilot_env(X509_CERT_FILE=str(pki.ca_file))
-    for var in ("X509_USER_PROXY", "BEARER_TOKEN", "BEARER_TOKEN_FILE", "X509_CERT_DIR"):
-        env.pop(var, None)
-    env["XDG_RUNTIME_DIR"] = str(pki.root / "no-runtime")
-    env.update(extra)
-    return env
 
 
 def _proxy_upload(stub: Stub, pki: Pki, *args: str) -> subprocess.CompletedProcess[str]:
