@@ -23,8 +23,8 @@ from server_stub.app import AuthPolicy, StubApp
 from server_stub.monitor import CSP
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import MONITOR_SORTS, Store, StoreError
-from tests.conftest import BIN, Stub, pilot_env, secret, start_stub
 from testbed.pki import Pki, pki_fixture  # noqa: F401 (session fixture)
+from tests.conftest import BIN, Stub, pilot_env, secret, start_stub
 from tests.test_security import _https_stub, _proxy_file
 
 HOSTILE = "<img src=x onerror=alert(1)>"
