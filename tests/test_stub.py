@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,22 @@ def test_cli_serve_refuses_bad_pool_settings() -> None:
         done = _cli("serve", option, value)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert f"argument {option}: '{value}': give a positive" in done.stderr
+
+
+def test_cli_serve_refuses_nonsense_settings(tmp_path: Path) -> None:
+    """NaN passed every '> 0' check; a negative --stalled-after stalled every running
+    job at each reap; a port out of range or a directory as --db gave a traceback."""
+    for option, value, told in (
+        ("--keepalive-timeout", "nan", "give a positive"),
+        ("--reap-interval", "nan", "give a positive"),
+        ("--stalled-after", "-5", "give a positive"),
+        ("--max-parametric", "0", "give a positive"),
+        ("--max-reschedules", "-1", "give a non-negative"),
+        ("--port", "70000", "give a port from 0 to 65535"),
+    ):
+        done = _cli("serve", option, value)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"argument {option}: '{value}': {told}" in done.stderr
+    done = _cli("serve", "--db", str(tmp_path))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"cannot use the database {tmp_path}" in done.stderr
