@@ -142,10 +142,13 @@ class Store:
             try:
                 yield db
                 db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._pending.clear()
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and _unwritable(exc):
+                    log.error("cannot write the database %s: %s", self.path, exc)
+                    raise StoreError(f"the stub cannot write its database: {exc}", 503) from exc
                 raise
             pending, self._pending = self._pending, []
             for job_id, priority, requirements in pending:
@@ -709,6 +712,12 @@ CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
 CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
 """
 _LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
+
+
+def _unwritable(exc: sqlite3.OperationalError) -> bool:
+    """The database cannot be written just now (disk full, I/O error, read-only)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    return code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY)
 
 
 def job_name(attrs: Mapping[str, jdl.Value]) -> str:
