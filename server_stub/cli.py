@@ -40,6 +40,7 @@ from pilot.grid import credentials
 from pilot.job import jdl, outpack
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
+from server_stub.store import StoreError
 from server_stub.userclient import UserClient
 
 log = logging.getLogger("server_stub")
@@ -255,7 +256,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         server = StubServer(settings)
-    except sqlite3.Error as exc:  # a directory, no permission, disk full...
+    except (sqlite3.Error, StoreError) as exc:  # a directory, disk full, in use...
         raise UsageError(f"cannot use the database {settings.db}: {exc}") from None
     server.start()
     if args.url_file:

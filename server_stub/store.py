@@ -4,13 +4,16 @@ One database file in WAL mode, one connection per thread; writers take turns on 
 of the store (no thread waits in SQLite's busy handler). Waiting jobs are also indexed
 in memory by task queue (:mod:`server_stub.taskqueues`), which is how a match request
 finds its job; the index changes only under that lock, after a commit, and is rebuilt
-from the database when a store opens, so one process owns a database file. Claiming
+from the database when a store opens, so one process owns a database file (a lock on
+``<database>.lock`` keeps a second one out: it would match from an index that never
+learns of the first one's jobs, and the other way round). Claiming
 stays a single ``UPDATE ... WHERE status = 'Waiting'`` inside an immediate transaction,
 so two pilots never get the same job.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -22,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pilot.backends.base import FINAL_STATUSES, JobStatus, Minor
 from pilot.job import jdl
@@ -112,6 +115,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner = _own(path)
         self._local = threading.local()
         self._write = threading.Lock()
         self._pending: list[tuple[int, int | None, str]] = []  # index changes of this tx
@@ -712,6 +716,22 @@ CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
 CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
 """
 _LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
+
+
+def _own(path: Path) -> BinaryIO:
+    """Lock ``<path>.lock`` for this process (held while the file stays open). A POSIX
+    lock: the same process may open a database again (a test reopening its store)."""
+    lock = open(path.parent / (path.name + ".lock"), "ab")  # noqa: SIM115 (kept open)
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise StoreError(
+            f"{path} is in use by another process (a pilot-stub serve?):"
+            " a stub database has one process at a time",
+            409,
+        ) from None
+    return lock
 
 
 def _unwritable(exc: sqlite3.OperationalError) -> bool:
