@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import queue
+import re
 import select
 import selectors
 import socket
@@ -52,6 +53,8 @@ MAX_HEADERS = 100
 RECV = 256 << 10
 DRAIN_LIMIT = 1 << 20  # unread request body a connection is kept after
 
+
+_FIELD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
 
 _date_cache: tuple[int, str] = (0, "")
 
@@ -601,6 +604,9 @@ class HTTPServer:
         ) -> Any:
             if exc_info is not None and started and started[2]:
                 raise exc_info[1].with_traceback(exc_info[2])
+            for name, value in headers:
+                if not _FIELD.fullmatch(name) or "\r" in value or "\n" in value:
+                    raise ValueError(f"bad response header {name!r}: {value!r}")
             started[:] = [status, headers, False]
             return write
 

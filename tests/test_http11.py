@@ -307,3 +307,25 @@ def test_a_tls_client_that_never_finishes_its_handshake_holds_no_worker(
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_line_break_in_a_response_header_is_never_sent() -> None:
+    """Response splitting: the server refuses a header value with CR or LF (the
+    connection is closed) rather than let it start a header or a response of its own."""
+
+    def splitting(environ: dict[str, object], start_response) -> list[bytes]:  # type: ignore[no-untyped-def]
+        start_response("303 See Other", [("Location", "/\r\nSet-Cookie: planted=1")])
+        return [b""]
+
+    httpd = HTTPServer(("127.0.0.1", 0), splitting, workers=1)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(httpd.server_address, timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while data := sock.recv(65536):
+                received += data
+            assert b"planted" not in received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
