@@ -500,10 +500,12 @@ def _query(**values: str) -> str:
 
 
 def _local(target: str) -> str:
-    """Only a path on this server may be a redirect target."""
+    """Only a path on this server may be a redirect target; anything but printable ASCII
+    in it is %-escaped (a tab would let "/<tab>/evil.example" leave the site, since
+    browsers drop tabs from URLs, and a line break would end the Location header)."""
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
-    return target
+    return quote(target, safe="/?#[]@!$&'()*+,;=:%~")
 
 
 def _redirect(location: str, headers: list[tuple[str, str]] | None = None) -> Answer:
