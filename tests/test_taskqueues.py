@@ -316,3 +316,28 @@ with store._tx() as db:
     assert len(store.queues) == 2
     claims = [store.match({"Site": "A.site"}, "p", dry_run=False) for _ in range(3)]
     assert [c.job_id if c else None for c in claims] == [2, 3, None]
+
+
+@pytest.mark.parametrize(
+    "nonsense",
+    [
+        {"CPUTime": float("nan")},
+        {"CPUTime": "NaN"},
+        {"CPUTime": float("-inf")},
+        {"NumberOfProcessors": float("-inf")},
+        {"NumberOfProcessors": "nan"},
+        {"MaxRAM": float("-inf")},
+    ],
+)
+def test_a_number_that_is_no_number_counts_as_not_given(
+    tmp_path: Path, nonsense: dict[str, Any]
+) -> None:
+    """NaN and infinities in a pilot's description (JSON from Python may carry them):
+    the task queues decide as the job-by-job matcher does, and nothing raises; like a
+    value that is not a number at all, they count as not given."""
+    store = Store(tmp_path / "s.db")
+    _submit(store, "CPUTime = 100; MaxRAM = 100;", 2)
+    resources = {"Site": "A.site", **nonsense}
+    assert store.match(resources, "p", dry_run=True) is not None
+    assert reference(tmp_path / "s.db", resources) == 1
+    assert store.near_misses(resources) == []
