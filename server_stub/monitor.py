@@ -422,6 +422,17 @@ class Monitor:
 
     # -- request checks -------------------------------------------------------------------
 
+    def refuse_cross_site(self, environ: Environ) -> None:
+        """For the API: a request from a web page (browsers name its origin) must come
+        from this server's own pages, which are opened by address on plain HTTP. Else
+        any site a user visits could submit or kill jobs on an open loopback stub."""
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is None:  # not sent by a browser (pilots, pilot-stub, scripts)
+            return
+        self._check_host(environ)
+        if origin != _origin(environ):
+            raise Refused(403, "cross-site request refused (Origin is not this server)")
+
     def _check_host(self, environ: Environ) -> None:
         """On plain HTTP only an address or localhost may be named (DNS rebinding)."""
         if _https(environ):
@@ -440,7 +451,7 @@ class Monitor:
 
     def _checked_form(self, environ: Environ, visitor: Visitor) -> dict[str, str]:
         """The form of a same-origin POST that carries the session's CSRF token."""
-        expected = f"{'https' if _https(environ) else 'http'}://{environ.get('HTTP_HOST', '')}"
+        expected = _origin(environ)
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:
             if origin != expected:
@@ -523,6 +534,11 @@ def _chunks(fh: BinaryIO) -> Iterator[bytes]:
 
 def _version(main: Safe) -> str:
     return hashlib.sha256(main.encode()).hexdigest()[:20]
+
+
+def _origin(environ: Environ) -> str:
+    """This server's origin as the client named it."""
+    return f"{'https' if _https(environ) else 'http'}://{environ.get('HTTP_HOST', '')}"
 
 
 def _https(environ: Environ) -> bool:

@@ -519,3 +519,27 @@ def test_the_sign_in_redirect_stays_on_the_site_and_in_its_header(tmp_path: Path
     finally:
         stub.client.close()
         stub.server.stop()
+
+
+def test_the_api_refuses_requests_from_other_sites(stub: Stub) -> None:
+    """A page on any site can make a browser POST text/plain to a loopback stub (no
+    preflight): on an open stub that submitted and killed jobs. Browsers name the page's
+    origin; the API takes only its own (by address, against DNS rebinding) or none."""
+    (job,) = stub.submit('Executable = "/bin/true";')
+    port = stub.url.rsplit(":", 1)[1]
+    payload = '"Executable = \\"/bin/sh\\"; Arguments = \\"-c id\\";"'
+    evil = {"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://evil.example"}
+    rebound = {"Origin": f"http://rebound.example:{port}", "Host": f"rebound.example:{port}"}
+    with httpx.Client(base_url=stub.url) as web:
+        refused = [
+            web.post("/api/jobs/jdl", content=payload, headers=evil),
+            web.post(f"/api/jobs/{job}/kill", headers=evil),
+            web.post("/api/jobs/jdl", content=payload, headers=rebound),
+            web.get("/api/jobs", headers=rebound),
+        ]
+        assert [r.status_code for r in refused] == [403] * 4
+        assert "cross-site request refused" in refused[0].text
+        assert [j["job_id"] for j in stub.client.jobs()] == [job]
+        assert stub.status(job) == "Waiting"
+        own = web.post("/api/jobs/jdl", content=payload, headers={"Origin": stub.url})
+        assert own.status_code == 200  # the server's own pages may
