@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, BinaryIO
 
 from pilot.job import jdl
-from server_stub.monitor import Monitor
+from server_stub.monitor import Monitor, Refused
 from server_stub.proxies import ProxyStore
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store, StoreError
@@ -51,6 +51,7 @@ _REASONS = {
     411: "Length Required",
     413: "Payload Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -177,7 +178,10 @@ class StubApp:
             return self.monitor(environ, start_response)
         request = _request(environ)
         try:
+            self.monitor.refuse_cross_site(environ)
             response = self.dispatch(request)
+        except Refused as exc:
+            response = Response(exc.status, {"detail": str(exc)})
         except StoreError as exc:
             response = Response(exc.status, {"detail": str(exc)})
         except jdl.JDLError as exc:

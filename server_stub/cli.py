@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from pilot.grid import credentials
 from pilot.job import jdl, outpack
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
+from server_stub.store import StoreError
 from server_stub.userclient import UserClient
 
 log = logging.getLogger("server_stub")
@@ -54,20 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the stub")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=0)
+    serve.add_argument("--port", type=_port, default=0)
     serve.add_argument("--db", type=Path, help="SQLite file (default: a temporary one)")
     serve.add_argument("--sandbox-dir", type=Path, help="default: beside the database")
     serve.add_argument("--url-file", type=Path, help="also write the base URL here")
-    serve.add_argument("--max-sandbox-mb", type=int, default=10240)
-    serve.add_argument("--max-parametric", type=int, default=1000)
+    serve.add_argument("--max-sandbox-mb", type=_positive(int), default=10240)
+    serve.add_argument("--max-parametric", type=_positive(int), default=1000)
     serve.add_argument(
         "--stalled-after",
-        type=float,
+        type=_positive(float),
         default=900.0,
         help="seconds without heartbeat before a job is Stalled",
     )
-    serve.add_argument("--reap-interval", type=float, default=30.0)
-    serve.add_argument("--max-reschedules", type=int, default=3)
+    serve.add_argument("--reap-interval", type=_positive(float), default=30.0)
+    serve.add_argument("--max-reschedules", type=_positive(int, zero=True), default=3)
     serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
     serve.add_argument(
         "--workers", type=_positive(int), default=16, help="threads serving requests"
@@ -140,17 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+def _positive(kind: type[int] | type[float], zero: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: a number above 0 (or from 0 with ``zero``); never NaN."""
+    what = f"{'non-negative' if zero else 'positive'} {kind.__name__}"
+
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
-            value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: give a positive {kind.__name__}")
+            value = -1
+        if not (value >= 0 if zero else value > 0):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"{text!r}: give a {what}")
         return value
 
     return parse
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a port from 0 to 65535")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +254,10 @@ def serve(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
         auth=auth,
     )
-    server = StubServer(settings)
+    try:
+        server = StubServer(settings)
+    except (sqlite3.Error, StoreError) as exc:  # a directory, disk full, in use...
+        raise UsageError(f"cannot use the database {settings.db}: {exc}") from None
     server.start()
     if args.url_file:
         args.url_file.write_text(server.url + "\n")

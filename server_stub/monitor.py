@@ -83,6 +83,7 @@ _REASONS = {
     409: "Conflict",
     413: "Payload Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -421,6 +422,17 @@ class Monitor:
 
     # -- request checks -------------------------------------------------------------------
 
+    def refuse_cross_site(self, environ: Environ) -> None:
+        """For the API: a request from a web page (browsers name its origin) must come
+        from this server's own pages, which are opened by address on plain HTTP. Else
+        any site a user visits could submit or kill jobs on an open loopback stub."""
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is None:  # not sent by a browser (pilots, pilot-stub, scripts)
+            return
+        self._check_host(environ)
+        if origin != _origin(environ):
+            raise Refused(403, "cross-site request refused (Origin is not this server)")
+
     def _check_host(self, environ: Environ) -> None:
         """On plain HTTP only an address or localhost may be named (DNS rebinding)."""
         if _https(environ):
@@ -439,7 +451,7 @@ class Monitor:
 
     def _checked_form(self, environ: Environ, visitor: Visitor) -> dict[str, str]:
         """The form of a same-origin POST that carries the session's CSRF token."""
-        expected = f"{'https' if _https(environ) else 'http'}://{environ.get('HTTP_HOST', '')}"
+        expected = _origin(environ)
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:
             if origin != expected:
@@ -499,10 +511,12 @@ def _query(**values: str) -> str:
 
 
 def _local(target: str) -> str:
-    """Only a path on this server may be a redirect target."""
+    """Only a path on this server may be a redirect target; anything but printable ASCII
+    in it is %-escaped (a tab would let "/<tab>/evil.example" leave the site, since
+    browsers drop tabs from URLs, and a line break would end the Location header)."""
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
-    return target
+    return quote(target, safe="/?#[]@!$&'()*+,;=:%~")
 
 
 def _redirect(location: str, headers: list[tuple[str, str]] | None = None) -> Answer:
@@ -520,6 +534,11 @@ def _chunks(fh: BinaryIO) -> Iterator[bytes]:
 
 def _version(main: Safe) -> str:
     return hashlib.sha256(main.encode()).hexdigest()[:20]
+
+
+def _origin(environ: Environ) -> str:
+    """This server's origin as the client named it."""
+    return f"{'https' if _https(environ) else 'http'}://{environ.get('HTTP_HOST', '')}"
 
 
 def _https(environ: Environ) -> bool:

@@ -4,13 +4,16 @@ One database file in WAL mode, one connection per thread; writers take turns on 
 of the store (no thread waits in SQLite's busy handler). Waiting jobs are also indexed
 in memory by task queue (:mod:`server_stub.taskqueues`), which is how a match request
 finds its job; the index changes only under that lock, after a commit, and is rebuilt
-from the database when a store opens, so one process owns a database file. Claiming
+from the database when a store opens, so one process owns a database file (a lock on
+``<database>.lock`` keeps a second one out: it would match from an index that never
+learns of the first one's jobs, and the other way round). Claiming
 stays a single ``UPDATE ... WHERE status = 'Waiting'`` inside an immediate transaction,
 so two pilots never get the same job.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -22,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pilot.backends.base import FINAL_STATUSES, JobStatus, Minor
 from pilot.job import jdl
@@ -112,6 +115,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner = _own(path)
         self._local = threading.local()
         self._write = threading.Lock()
         self._pending: list[tuple[int, int | None, str]] = []  # index changes of this tx
@@ -142,10 +146,13 @@ class Store:
             try:
                 yield db
                 db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._pending.clear()
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and _unwritable(exc):
+                    log.error("cannot write the database %s: %s", self.path, exc)
+                    raise StoreError(f"the stub cannot write its database: {exc}", 503) from exc
                 raise
             pending, self._pending = self._pending, []
             for job_id, priority, requirements in pending:
@@ -709,6 +716,28 @@ CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
 CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
 """
 _LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
+
+
+def _own(path: Path) -> BinaryIO:
+    """Lock ``<path>.lock`` for this process (held while the file stays open). A POSIX
+    lock: the same process may open a database again (a test reopening its store)."""
+    lock = open(path.parent / (path.name + ".lock"), "ab")  # noqa: SIM115 (kept open)
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise StoreError(
+            f"{path} is in use by another process (a pilot-stub serve?):"
+            " a stub database has one process at a time",
+            409,
+        ) from None
+    return lock
+
+
+def _unwritable(exc: sqlite3.OperationalError) -> bool:
+    """The database cannot be written just now (disk full, I/O error, read-only)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    return code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY)
 
 
 def job_name(attrs: Mapping[str, jdl.Value]) -> str:

@@ -494,3 +494,52 @@ def test_a_database_from_before_the_monitor_is_upgraded(tmp_path: Path) -> None:
     assert total == 1 and rows[0]["job_name"] == ""
     new = store.submit({"Executable": "/bin/true", "JobName": "after"}, None)
     assert store.job(new)["job_name"] == "after"
+
+
+def test_the_sign_in_redirect_stays_on_the_site_and_in_its_header(tmp_path: Path) -> None:
+    """``next`` comes from a link anyone can make: a tab (dropped by browsers, so that
+    "/<tab>/evil.example" is "//evil.example") or a line break (a header of the
+    attacker's own) must not survive into the Location header."""
+    user = secret("monitor-user-token-8")
+    stub = start_stub(tmp_path / "stub", auth=AuthPolicy(frozenset(), frozenset({user})))
+    try:
+        for target, location in (
+            ("/\t/evil.example/", "/%09/evil.example/"),
+            ("/\r\nSet-Cookie: planted=1", "/%0D%0ASet-Cookie:%20planted=1"),
+            ("/jobs/1?name=\u65e5", "/jobs/1?name=%E6%97%A5"),
+            ("/?status=Done&sort=id", "/?status=Done&sort=id"),
+        ):
+            with browser(stub) as web:
+                token = csrf_of(web.get("/login").text)
+                done = post_form(
+                    web, "/login", {"csrf": token, "token": user, "next": target}, Origin=stub.url
+                )
+                assert done.status_code == 303 and done.headers["location"] == location
+                assert "planted" not in str(done.headers.get_list("set-cookie"))
+    finally:
+        stub.client.close()
+        stub.server.stop()
+
+
+def test_the_api_refuses_requests_from_other_sites(stub: Stub) -> None:
+    """A page on any site can make a browser POST text/plain to a loopback stub (no
+    preflight): on an open stub that submitted and killed jobs. Browsers name the page's
+    origin; the API takes only its own (by address, against DNS rebinding) or none."""
+    (job,) = stub.submit('Executable = "/bin/true";')
+    port = stub.url.rsplit(":", 1)[1]
+    payload = '"Executable = \\"/bin/sh\\"; Arguments = \\"-c id\\";"'
+    evil = {"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://evil.example"}
+    rebound = {"Origin": f"http://rebound.example:{port}", "Host": f"rebound.example:{port}"}
+    with httpx.Client(base_url=stub.url) as web:
+        refused = [
+            web.post("/api/jobs/jdl", content=payload, headers=evil),
+            web.post(f"/api/jobs/{job}/kill", headers=evil),
+            web.post("/api/jobs/jdl", content=payload, headers=rebound),
+            web.get("/api/jobs", headers=rebound),
+        ]
+        assert [r.status_code for r in refused] == [403] * 4
+        assert "cross-site request refused" in refused[0].text
+        assert [j["job_id"] for j in stub.client.jobs()] == [job]
+        assert stub.status(job) == "Waiting"
+        own = web.post("/api/jobs/jdl", content=payload, headers={"Origin": stub.url})
+        assert own.status_code == 200  # the server's own pages may

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from pilot.errors import AuthError, ServerError
+from server_stub.store import Store, StoreError
 from tests.conftest import BIN, Stub, start_stub
 
 RES = {"Site": "S", "CPUTime": 10**6, "NumberOfProcessors": 1}
@@ -187,3 +189,42 @@ def test_cli_serve_refuses_bad_pool_settings() -> None:
         done = _cli("serve", option, value)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert f"argument {option}: '{value}': give a positive" in done.stderr
+
+
+def test_cli_serve_refuses_nonsense_settings(tmp_path: Path) -> None:
+    """NaN passed every '> 0' check; a negative --stalled-after stalled every running
+    job at each reap; a port out of range or a directory as --db gave a traceback."""
+    for option, value, told in (
+        ("--keepalive-timeout", "nan", "give a positive"),
+        ("--reap-interval", "nan", "give a positive"),
+        ("--stalled-after", "-5", "give a positive"),
+        ("--max-parametric", "0", "give a positive"),
+        ("--max-reschedules", "-1", "give a non-negative"),
+        ("--port", "70000", "give a port from 0 to 65535"),
+    ):
+        done = _cli("serve", option, value)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"argument {option}: '{value}': {told}" in done.stderr
+    done = _cli("serve", "--db", str(tmp_path))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"cannot use the database {tmp_path}" in done.stderr
+
+
+def test_a_second_stub_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    """Each stub process matches from its own in-memory index of the waiting jobs: a
+    second one on the same database would never see the first one's new jobs."""
+    db = tmp_path / "db.sqlite"
+    proc = subprocess.Popen(
+        [str(BIN / "pilot-stub"), "serve", "--db", str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("http://")
+        second = _cli("serve", "--db", str(db))
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"{db} is in use by another process" in second.stderr
+        with pytest.raises(StoreError, match="in use by another process"):
+            Store(db)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert Store(db).jobs() == []  # free again once it stopped
