@@ -284,6 +284,30 @@ def test_a_long_job_gets_its_proxy_renewed_before_it_expires(pki: Pki, tmp_path:
     assert not holder.path.exists()
 
 
+@pytest.mark.parametrize(
+    ("owner_left", "fraction", "calls"),
+    [
+        (30, 0.25, 1),  # the owner's proxy ends in 30 s: renew with a quarter of that left
+        (8, 0.9, 2),  # renewing gains nothing: back off instead of asking every second
+    ],
+)
+def test_renewal_is_paced_by_what_the_server_gave(
+    pki: Pki, tmp_path: Path, owner_left: int, fraction: float, calls: int
+) -> None:
+    """A job asks for an hour but the owner's stored proxy ends sooner: the renewal thread
+    must not call the server (and make a key) every second until it expires."""
+    proxy = issue_proxy(pki.user, not_after=now() + timedelta(seconds=owner_left))
+    signer = _Signer(credentials.proxy_from_pem(proxy_pem(proxy, [pki.user.cert])))
+    policy = delegation.DelegationPolicy(renew_fraction=fraction)
+    holder = delegation.PayloadProxy(signer, MatchedJob("9", "[]"), tmp_path, 3600, policy)
+    holder.start_renewal(holder.obtain())
+    try:
+        time.sleep(3.5)
+    finally:
+        holder.remove()
+    assert signer.calls == calls
+
+
 def test_no_stored_proxy_is_its_own_error(tmp_path: Path) -> None:
     holder = delegation.PayloadProxy(
         _Signer(None), MatchedJob("8", "[]"), tmp_path, 600, delegation.DelegationPolicy()

@@ -48,7 +48,7 @@ class DelegationPolicy:
     margin: float = 3600.0  # added to the job's wall time
     max_lifetime: float = 48 * 3600.0  # cap on one proxy's lifetime; longer jobs renew
     default_wall: float = 24 * 3600.0  # a job with no wall-time limit at all
-    renew_fraction: float = 0.25  # renew when this fraction of the lifetime is left
+    renew_fraction: float = 0.25  # renew when this fraction of a proxy's lifetime is left
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -123,18 +123,31 @@ class PayloadProxy:
         self._thread.start()
 
     def _renew_loop(self, proxy: credentials.Proxy) -> None:
+        # The share is of what the server gave, which may be less than we asked for (its
+        # own cap, or the owner's stored proxy ending first).
+        span = proxy.time_left().total_seconds()
         while True:
             left = proxy.time_left().total_seconds()
-            wait = max(1.0, left - self.lifetime * self.policy.renew_fraction)
+            wait = max(1.0, left - span * self.policy.renew_fraction)
             if self._stop.wait(wait):
                 return
             try:
-                proxy = self.obtain()
+                fresh = self.obtain()
             except PilotError as exc:
                 # The old proxy stays until it expires; try again in a while.
                 log.warning("job %s: payload proxy not renewed: %s", self.job.job_id, exc)
-                if self._stop.wait(min(300.0, max(5.0, left / 4))):
-                    return
+            else:
+                extended = fresh.not_after > proxy.not_after
+                proxy, span = fresh, fresh.time_left().total_seconds()  # what the file holds
+                if extended:
+                    continue
+                # The owner's stored proxy ends first: asking again at once gains nothing
+                # until the owner stores a new one.
+                log.info(
+                    "job %s: payload proxy not extended: the owner's ends first", self.job.job_id
+                )
+            if self._stop.wait(min(300.0, max(5.0, left / 4))):
+                return
 
     def remove(self) -> None:
         """Stop renewing and delete the file (before the output sandbox is packed)."""
