@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -306,6 +307,39 @@ def test_renewal_is_paced_by_what_the_server_gave(
     finally:
         holder.remove()
     assert signer.calls == calls
+
+
+class _SlowSigner(_Signer):
+    """Its second answer (the first renewal) comes only when the test releases it."""
+
+    def __init__(self, issuer: credentials.Proxy) -> None:
+        super().__init__(issuer, lifetime=4)
+        self.asked, self.release = threading.Event(), threading.Event()
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        if self.calls == 1:
+            self.asked.set()
+            self.release.wait(30)
+        return super().delegate_proxy(job, request_pem, lifetime, limited)
+
+
+def test_a_renewal_answered_after_remove_writes_no_file(pki: Pki, tmp_path: Path) -> None:
+    """The server answers a renewal after the payload ended (remove() stopped waiting for
+    it): the proxy must not reappear in the job directory, where stage-out could pack it."""
+    signer = _SlowSigner(_owner_proxy(pki))
+    policy = delegation.DelegationPolicy(renew_fraction=0.9)
+    holder = delegation.PayloadProxy(signer, MatchedJob("10", "[]"), tmp_path, 4, policy)
+    holder.join_timeout = 0.1
+    holder.start_renewal(holder.obtain())
+    assert signer.asked.wait(30)
+    holder.remove()
+    assert not holder.path.exists()
+    signer.release.set()
+    assert holder._thread is not None
+    holder._thread.join(30)
+    assert signer.calls == 2 and not holder.path.exists()
 
 
 def test_no_stored_proxy_is_its_own_error(tmp_path: Path) -> None:

@@ -72,6 +72,8 @@ def required(jdl_value: object) -> bool:
 class PayloadProxy:
     """One job's delegated proxy file: obtained, renewed in the background, removed."""
 
+    join_timeout = 30.0  # seconds remove() waits for a renewal under way
+
     def __init__(
         self,
         backend: Delegator,
@@ -87,6 +89,7 @@ class PayloadProxy:
         self.policy = policy
         self.identity: str | None = None
         self._stop = threading.Event()
+        self._file_lock = threading.Lock()  # a renewal never writes after remove()
         self._thread: threading.Thread | None = None
 
     def obtain(self) -> credentials.Proxy:
@@ -103,7 +106,10 @@ class PayloadProxy:
             raise CredentialError(
                 f"renewed proxy is for {proxy.identity_slash}, not the job's owner"
             )
-        credentials.write_proxy(self.path, pem)
+        with self._file_lock:
+            if self._stop.is_set():  # removed while the server answered: write nothing
+                return proxy
+            credentials.write_proxy(self.path, pem)
         self.identity = proxy.identity
         log.info(
             "job %s: payload proxy of %s, %s left",
@@ -153,5 +159,6 @@ class PayloadProxy:
         """Stop renewing and delete the file (before the output sandbox is packed)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.path.unlink(missing_ok=True)
+            self._thread.join(timeout=self.join_timeout)
+        with self._file_lock:
+            self.path.unlink(missing_ok=True)
