@@ -35,7 +35,7 @@ from typing import Any
 
 from pilot.backends.dirac import cscfg
 from pilot.backends.dirac.diset import DisetClient, DisetError
-from pilot.errors import DiskFullError, SandboxError, ServerUnreachable
+from pilot.errors import SandboxError, ServerUnreachable, write_error
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,17 @@ def adler32(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             value = zlib.adler32(chunk, value)
     return f"{value & 0xFFFFFFFF:08x}"
+
+
+def size_of(value: Any) -> int | None:
+    """A file size as DIRAC sends it (an int, or digits in a string); None for nonsense."""
+    if isinstance(value, bool):
+        return None
+    try:
+        size = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return size if size >= 0 else None
 
 
 def same_checksum(a: object, b: object) -> bool:
@@ -149,13 +160,16 @@ class DataManager:
         metadata = self._catalog("getFileMetadata", [path], path)
         if not isinstance(replicas, dict) or not replicas:
             raise DataError(f"{path}: no replica")
+        if not isinstance(metadata, dict):
+            raise DataError(f"{path}: file catalogue getFileMetadata: unexpected answer")
+        want_size = metadata.get("Size")
+        if want_size is not None and size_of(want_size) is None:
+            raise DataError(f"{path}: the file catalogue gives no usable size ({want_size!r:.40})")
         errors = []
         for name in replicas:
-            try:
+            try:  # a local write error is raised as it is: another replica would not help
                 self._download_from(self._se(name), path, dest, metadata)
                 return str(name)
-            except DiskFullError:
-                raise
             except (DataError, DisetError) as exc:
                 log.warning("replica of %s at %s unusable: %s", path, name, exc)
                 errors.append(f"{name}: {exc}")
@@ -169,11 +183,9 @@ class DataManager:
             size = self._client(se.url).receive_file(se.file_id(lfn), part, token="CheckSum")
         except OSError as exc:
             part.unlink(missing_ok=True)
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise DiskFullError(f"no space left writing {dest}") from exc
-            raise DataError(f"cannot write {dest}: {exc.strerror}") from exc
+            raise write_error(exc, dest) from exc
         want_size, want_sum = metadata.get("Size"), metadata.get("Checksum")
-        if want_size is not None and int(want_size) != size:
+        if want_size is not None and size_of(want_size) != size:
             part.unlink(missing_ok=True)
             raise DataError(f"{size} bytes arrived, the catalogue says {want_size}")
         got = adler32(part) if want_sum else ""
@@ -190,16 +202,19 @@ class DataManager:
         path = check_lfn(lfn)
         se = self._se(se_name)
         file_id = se.file_id(path)
-        size = source.stat().st_size
-        checksum = adler32(source)
+        try:
+            size = source.stat().st_size
+            checksum = adler32(source)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read {source}: {exc.strerror}") from exc
         storage = self._client(se.url)
         try:
             storage.send_file(file_id, source, token="CheckSum")
             stored = storage.call("getMetadata", file_id)
-        except DisetError as exc:
+        except (DisetError, OSError) as exc:
             self._remove(storage, file_id)
             raise DataError(f"{path}: upload to {se.name} failed: {exc}") from exc
-        if not isinstance(stored, dict) or int(stored.get("Size", -1)) != size:
+        if not isinstance(stored, dict) or size_of(stored.get("Size")) != size:
             self._remove(storage, file_id)
             raise DataError(f"{path}: {se.name} holds a copy of another size: {stored!r:.100}")
         if not same_checksum(stored.get("Checksum"), checksum):

@@ -1,0 +1,139 @@
+"""DIRAC data management against a scripted File Catalog and storage element: what the
+pilot does when an answer is lost, a server says nonsense, or the local disk is full
+(the real services are exercised in test_dirac_data.py)."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, cast
+
+import pytest
+
+from pilot.backends.dirac import data
+from pilot.backends.dirac.diset import DisetClient
+from pilot.errors import DiskFullError, SandboxError
+
+LFN = "/testvo/user/t/testuser/out/result.txt"
+SE_URL = "dips://se.example:9148/DataManagement/StorageElement"
+
+
+class Service:
+    """A DISET service whose methods are Python callables; it records every call."""
+
+    def __init__(self, **methods: Callable[..., Any]) -> None:
+        self.methods = methods
+        self.calls: list[str] = []
+        self.files: dict[str, bytes] = {}
+
+    def call(self, method: str, *args: Any) -> Any:
+        self.calls.append(method)
+        return self.methods[method](*args)
+
+    def send_file(self, file_id: str, source: Path, token: str = "") -> None:
+        self.calls.append("send_file")
+        self.files[file_id] = source.read_bytes()
+
+    def receive_file(self, file_id: str, sink: Path | IO[bytes], token: str = "") -> int:
+        self.calls.append("receive_file")
+        return cast(int, self.methods["receive_file"](file_id, sink))
+
+
+def manager(catalog: Service, se: Service) -> data.DataManager:
+    element = data.StorageElement("SE-LOCAL", SE_URL)
+    return data.DataManager(
+        cast(DisetClient, catalog), {"SE-LOCAL": element}, lambda url: cast(DisetClient, se)
+    )
+
+
+def storage_element() -> Service:
+    se = Service(remove=lambda file_id, _: None)
+    se.methods["getMetadata"] = lambda file_id: {
+        "Size": len(se.files[file_id]),
+        "Checksum": adler32_of(se.files[file_id]),
+    }
+    return se
+
+
+def adler32_of(content: bytes) -> str:
+    import zlib
+
+    return f"{zlib.adler32(content) & 0xFFFFFFFF:08x}"
+
+
+def output(tmp_path: Path) -> Path:
+    source = tmp_path / "result.txt"
+    source.write_bytes(b"result of the payload\n")
+    return source
+
+
+def test_add_file_refused_removes_the_copy(tmp_path: Path) -> None:
+    catalog = Service(addFile=lambda entries: {"Successful": {}, "Failed": {LFN: "denied"}})
+    se = storage_element()
+    with pytest.raises(data.DataError, match="denied"):
+        manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert se.calls[-1] == "remove" and "getFileMetadata" not in catalog.calls
+
+
+def test_an_output_file_that_cannot_be_read_is_a_data_error(tmp_path: Path) -> None:
+    catalog, se = Service(), storage_element()
+    with pytest.raises(data.DataError, match="cannot read"):
+        manager(catalog, se).upload(tmp_path / "vanished.txt", LFN, "SE-LOCAL")
+    assert se.calls == [] and catalog.calls == []
+
+
+@pytest.mark.parametrize("size", ["12x", None, -1, float("nan"), True, [3]])
+def test_nonsense_sizes_from_the_storage_element_are_data_errors(tmp_path: Path, size: Any) -> None:
+    se = storage_element()
+    se.methods["getMetadata"] = lambda file_id: {"Size": size, "Checksum": "0"}
+    with pytest.raises(data.DataError, match="another size"):
+        manager(Service(), se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert se.calls[-1] == "remove"
+
+
+def replicas_of(metadata: Any) -> Service:
+    return Service(
+        getReplicas=lambda lfns, _: {"Successful": {LFN: {"SE-LOCAL": ""}}},
+        getFileMetadata=lambda lfns: {"Successful": {LFN: metadata}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"Size": "lots", "Checksum": "1"}, "no usable size"),
+        ({"Size": float("inf")}, "no usable size"),
+        ("not a dict", "unexpected answer"),
+    ],
+)
+def test_nonsense_catalogue_metadata_is_a_data_error(
+    tmp_path: Path, metadata: Any, match: str
+) -> None:
+    se = Service(receive_file=lambda file_id, sink: 0)
+    with pytest.raises(data.DataError, match=match):
+        manager(replicas_of(metadata), se).download(LFN, tmp_path / "in.txt")
+    assert "receive_file" not in se.calls
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(errno.ENOSPC, DiskFullError), (errno.EACCES, SandboxError)]
+)
+def test_a_local_write_error_stops_at_once(
+    tmp_path: Path, code: int, error: type[SandboxError]
+) -> None:
+    """No space (or no permission) in the job directory: another replica would not help,
+    and the disk-full error keeps its own exit code."""
+
+    def receive(file_id: str, sink: Path) -> int:
+        raise OSError(code, "write failed", str(sink))
+
+    se = Service(receive_file=receive)
+    catalog = replicas_of({"Size": 3})
+    catalog.methods["getReplicas"] = lambda lfns, _: {
+        "Successful": {LFN: {"SE-LOCAL": "", "SE-OTHER": ""}}
+    }
+    with pytest.raises(error) as info:
+        manager(catalog, se).download(LFN, tmp_path / "in.txt")
+    assert not isinstance(info.value, data.DataError) and se.calls == ["receive_file"]
+    assert not (tmp_path / "in.txt.part").exists()
