@@ -12,7 +12,7 @@ from typing import IO, Any, cast
 import pytest
 
 from pilot.backends.dirac import data
-from pilot.backends.dirac.diset import DisetClient
+from pilot.backends.dirac.diset import DisetClient, DisetUnreachable
 from pilot.errors import DiskFullError, SandboxError
 
 LFN = "/testvo/user/t/testuser/out/result.txt"
@@ -62,10 +62,55 @@ def adler32_of(content: bytes) -> str:
     return f"{zlib.adler32(content) & 0xFFFFFFFF:08x}"
 
 
+def lost_reply(*args: Any) -> Any:
+    raise DisetUnreachable("FileCatalog: timed out waiting for the reply")
+
+
 def output(tmp_path: Path) -> Path:
     source = tmp_path / "result.txt"
     source.write_bytes(b"result of the payload\n")
     return source
+
+
+def test_add_file_answer_lost_but_registered_is_a_success(tmp_path: Path) -> None:
+    """The catalogue registered the file and its answer was lost: the copy at the SE is
+    what the entry points to, so it must stay, and the upload counts as done."""
+    source = output(tmp_path)
+    registered: dict[str, Any] = {}
+
+    def add_file(entries: dict[str, Any]) -> Any:
+        registered.update(entries)
+        raise DisetUnreachable("FileCatalog: receiving the reply failed")
+
+    catalog = Service(
+        addFile=add_file,
+        getFileMetadata=lambda lfns: {"Successful": {lfn: registered[lfn] for lfn in lfns}},
+    )
+    se = storage_element()
+    entry = manager(catalog, se).upload(source, "LFN:" + LFN, "SE-LOCAL")
+    assert entry["Size"] == source.stat().st_size
+    assert "remove" not in se.calls and se.files[SE_URL + LFN] == source.read_bytes()
+
+
+def test_add_file_answer_lost_and_not_registered_removes_the_copy(tmp_path: Path) -> None:
+    catalog = Service(
+        addFile=lost_reply,
+        getFileMetadata=lambda lfns: {"Successful": {}, "Failed": {LFN: "No such file"}},
+    )
+    se = storage_element()
+    with pytest.raises(data.DataError, match="timed out"):
+        manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert se.calls[-1] == "remove"
+
+
+def test_add_file_answer_lost_and_catalogue_gone_keeps_the_copy(tmp_path: Path) -> None:
+    """Unknown whether it is registered: an entry without its copy would be worse than a
+    copy nobody knows of (a rerun writes the same file id again)."""
+    catalog = Service(addFile=lost_reply, getFileMetadata=lost_reply)
+    se = storage_element()
+    with pytest.raises(data.DataError, match="the copy at SE-LOCAL is kept"):
+        manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert "remove" not in se.calls
 
 
 def test_add_file_refused_removes_the_copy(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ Output (``OutputData``), in the order DIRAC's own ``dirac-dms-add-file`` does it
     StorageElement FileTransfer/FromClient [<SE URL><lfn>, "CheckSum", size]
     StorageElement.getMetadata(<SE URL><lfn>)  -> Size and Checksum computed by the SE: compared
     FileCatalog.addFile({lfn: {PFN, Size, SE, Checksum, ChecksumType, GUID}})
-    a copy whose checksum differs, or that the catalogue refuses, is removed from the SE again
+    a copy whose checksum differs, or that the catalogue refuses, is removed from the SE again;
+    when addFile's answer is lost, the catalogue is asked whether it registered the file
 
 Storage elements are ``DIP`` endpoints (``dips://host:port/DataManagement/StorageElement``).
 Where they are comes from ``[dirac.storage_elements]`` (name = URL) when given, else from
@@ -230,9 +231,15 @@ class DataManager:
         }
         try:
             self._catalog("addFile", {path: entry}, path)
-        except DataError:
-            self._remove(storage, file_id)  # no copy nobody knows of
-            raise
+        except DataError as exc:
+            lost = isinstance(exc.__cause__, ServerUnreachable)  # registered or not?
+            registered = self._registered(path, entry) if lost else False
+            if registered is None:  # a copy nobody knows of beats an entry without a copy
+                raise DataError(f"{exc}; the copy at {se.name} is kept") from exc
+            if not registered:
+                self._remove(storage, file_id)  # no copy nobody knows of
+                raise
+            log.warning("%s: registered although the catalogue's answer was lost", path)
         log.info(
             "output data %s: %d bytes at %s, registered (Adler-32 %s)",
             path,
@@ -241,6 +248,21 @@ class DataManager:
             checksum,
         )
         return entry
+
+    def _registered(self, path: str, entry: Mapping[str, Any]) -> bool | None:
+        """Whether the catalogue holds ``entry`` for ``path`` (None: it cannot tell)."""
+        try:
+            reply = self.catalog.call("getFileMetadata", [path])
+        except DisetError:
+            return None
+        if not isinstance(reply, dict):
+            return None
+        found = (reply.get("Successful") or {}).get(path)
+        if isinstance(found, dict):
+            return size_of(found.get("Size")) == entry["Size"] and same_checksum(
+                found.get("Checksum"), entry["Checksum"]
+            )
+        return False if path in (reply.get("Failed") or {}) else None
 
     @staticmethod
     def _remove(storage: DisetClient, file_id: str) -> None:
