@@ -21,6 +21,7 @@ from pilot.backends.base import MatchedJob
 from pilot.errors import CredentialError, NoStoredProxy
 from pilot.grid import credentials, voms
 from pilot.job import delegation
+from server_stub import cli as stub_cli
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
@@ -198,6 +199,16 @@ def test_proxy_upload_refuses_someone_elses_proxy(
     assert proxy_stub.server.store.proxy_of("/O=DIRACTest/OU=users/CN=someone-else") is None
     bad = _proxy_upload(proxy_stub, pki, "--valid", "-3")
     assert bad.returncode == 2 and "--valid -3" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("hours", ["nan", "inf", "0", "-3", "9000"])
+def test_proxy_upload_refuses_a_lifetime_out_of_range(
+    pki: Pki, hours: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any file is read or server called, naming the option."""
+    argv = ["--server", "http://127.0.0.1:9", "proxy-upload", "--valid", hours]
+    code = stub_cli.main([*argv, "--cert", str(pki.usercert), "--key", str(pki.userkey)])
+    assert code == 2 and f"--valid {float(hours):g}" in capsys.readouterr().err
 
 
 def test_a_job_token_gets_only_its_own_jobs_proxy(proxy_stub: Stub, pki: Pki) -> None:
