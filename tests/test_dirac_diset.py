@@ -790,6 +790,18 @@ def test_settings_errors(tmp_path: Path) -> None:
         )
 
 
+def test_proxy_manager_without_configuration_server_stops_the_pilot(tmp_path: Path) -> None:
+    """Without the Registry no owner DN is known, so every job would fail its delegation:
+    refused at start-up instead of failing each job the pilot matches."""
+    creds = Credentials(proxy_path=tmp_path / "x509up", ca_dir=tmp_path)
+    pm = "dips://wms.example:9152/Framework/ProxyManager"
+    with pytest.raises(UsageError, match="proxymanager needs"):
+        settings_from_config(PilotConfig(server="dips://h", dirac={"proxymanager": pm}), creds)
+    both = {"proxy_manager": pm, "configuration": "dips://cs.example:9135/Configuration/Server"}
+    settings = settings_from_config(PilotConfig(server="dips://h", dirac=both), creds)
+    assert settings.proxy_manager_url == pm
+
+
 def test_ca_file_alone_verifies_the_dirac_server(tls: Tls, tmp_path: Path) -> None:
     """--ca-file (a CA bundle, no hash directory) is what the DIRAC backend trusts."""
     bundle = tmp_path / "ca-bundle.pem"

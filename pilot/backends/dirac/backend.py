@@ -122,6 +122,12 @@ class DiracSettings:
             raise UsageError(f"dirac timeout must be positive, not {self.timeout}")
         for se_name, url in self.storage_elements.items():
             _check_url(f"storage_elements.{se_name}", url)
+        if self.proxy_manager_url is not None and self.configuration_url is None:
+            # else every job would fail asking for its owner's DN: a pilot eating all jobs
+            raise UsageError(
+                "[dirac] proxymanager needs [dirac] configuration: the job owner's DN"
+                " comes from the Registry that DIRAC's Configuration Server serves"
+            )
         if self.ca_dir is None and self.ca_file is None:
             raise CredentialError(
                 "DIRAC backend needs CAs: --ca-dir or X509_CERT_DIR, or --ca-file or X509_CERT_FILE"
