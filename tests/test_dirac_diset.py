@@ -857,6 +857,15 @@ def test_unavailable_server_fails_in_ci_and_skips_elsewhere(
 
 # --- payload proxies through the ProxyManager (fake) ---------------------------------------
 
+
+@pytest.mark.parametrize("reply", ["\u20ac", None, {"a": 1}, 1 << 40, b"junk"])
+def test_configuration_that_is_not_compressed_bytes_is_a_cfg_error(reply: Any) -> None:
+    from pilot.backends.dirac import cscfg
+
+    with pytest.raises(cscfg.CfgError):
+        cscfg.from_compressed(reply)
+
+
 CS_TEXT = "Registry\n{\n  Users\n  {\n    u\n    {\n      DN = /O=DIRACTest/CN=u\n    }\n  }\n}\n"
 
 
