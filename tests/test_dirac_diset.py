@@ -707,6 +707,36 @@ def test_lfn_needs_a_catalogue_configured(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_output_data_goes_to_the_first_output_se_that_works_without_reparsing(
+    wms: tuple[FakeWms, FakeDiset, DiracBackend],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's OutputSE comes with the call: the backend does not parse the JDL again."""
+    from pilot.backends.dirac import data
+
+    _, _, backend = wms
+    tried: list[str] = []
+
+    class Manager:
+        def upload(self, source: Path, lfn: str, se_name: str) -> None:
+            tried.append(se_name)
+            if se_name == "SE-DOWN":
+                raise data.DataError(f"{lfn}: {se_name} unreachable")
+
+    def no_parse(text: str) -> None:
+        raise AssertionError("the JDL was parsed again")
+
+    monkeypatch.setattr(backend, "data_manager", Manager)
+    monkeypatch.setattr(jdl, "load", no_parse)
+    source = tmp_path / "result.txt"
+    source.write_text("r")
+    backend.store_lfn(JOB, "LFN:/testvo/r.txt", source, "SE-DOWN, SE-UP")
+    assert tried == ["SE-DOWN", "SE-UP"]
+    with pytest.raises(data.DataError, match="no OutputSE"):
+        backend.store_lfn(JOB, "LFN:/testvo/r.txt", source)
+
+
 def test_output_sandbox_upload(
     wms: tuple[FakeWms, FakeDiset, DiracBackend], tmp_path: Path
 ) -> None:

@@ -275,9 +275,10 @@ class DiracBackend:
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         self.data_manager().download(lfn, dest)
 
-    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
-        desc = jdl.load(job.jdl)
-        se_names = [n.strip() for n in (desc.output_se or "").split(",") if n.strip()]
+    def store_lfn(
+        self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
+    ) -> None:
+        se_names = [n.strip() for n in (output_se or "").split(",") if n.strip()]
         if not se_names and self.settings.output_se:
             se_names = [self.settings.output_se]
         if not se_names:
