@@ -47,6 +47,15 @@ def manager(catalog: Service, se: Service) -> data.DataManager:
     )
 
 
+def absent(lfns: list[str]) -> Any:
+    return {"Successful": {}, "Failed": {lfn: "No such file or directory" for lfn in lfns}}
+
+
+def catalogue(**methods: Callable[..., Any]) -> Service:
+    """A File Catalog where every LFN is absent unless ``methods`` say otherwise."""
+    return Service(**{"getFileMetadata": absent, **methods})
+
+
 def storage_element() -> Service:
     se = Service(remove=lambda file_id, _: None)
     se.methods["getMetadata"] = lambda file_id: {
@@ -82,10 +91,12 @@ def test_add_file_answer_lost_but_registered_is_a_success(tmp_path: Path) -> Non
         registered.update(entries)
         raise DisetUnreachable("FileCatalog: receiving the reply failed")
 
-    catalog = Service(
-        addFile=add_file,
-        getFileMetadata=lambda lfns: {"Successful": {lfn: registered[lfn] for lfn in lfns}},
-    )
+    def metadata(lfns: list[str]) -> Any:
+        if not registered:
+            return absent(lfns)
+        return {"Successful": {lfn: registered[lfn] for lfn in lfns}}
+
+    catalog = catalogue(addFile=add_file, getFileMetadata=metadata)
     se = storage_element()
     entry = manager(catalog, se).upload(source, "LFN:" + LFN, "SE-LOCAL")
     assert entry["Size"] == source.stat().st_size
@@ -93,10 +104,7 @@ def test_add_file_answer_lost_but_registered_is_a_success(tmp_path: Path) -> Non
 
 
 def test_add_file_answer_lost_and_not_registered_removes_the_copy(tmp_path: Path) -> None:
-    catalog = Service(
-        addFile=lost_reply,
-        getFileMetadata=lambda lfns: {"Successful": {}, "Failed": {LFN: "No such file"}},
-    )
+    catalog = catalogue(addFile=lost_reply)
     se = storage_element()
     with pytest.raises(data.DataError, match="timed out"):
         manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
@@ -113,16 +121,32 @@ def test_add_file_answer_lost_and_catalogue_gone_keeps_the_copy(tmp_path: Path) 
     assert "remove" not in se.calls
 
 
+def test_an_lfn_registered_by_an_earlier_run_is_not_uploaded_again(tmp_path: Path) -> None:
+    """A rerun of a job whose pilot was killed after addFile: the same content is done;
+    other content is refused before the copy the entry points to is overwritten."""
+    source = output(tmp_path)
+    mine = {"Size": source.stat().st_size, "Checksum": adler32_of(source.read_bytes())}
+    for held, error in [(mine, None), ({**mine, "Checksum": "1"}, "other content")]:
+        catalog = catalogue(getFileMetadata=lambda lfns, held=held: {"Successful": {LFN: held}})
+        se = storage_element()
+        if error is None:
+            manager(catalog, se).upload(source, LFN, "SE-LOCAL")
+        else:
+            with pytest.raises(data.DataError, match=error):
+                manager(catalog, se).upload(source, LFN, "SE-LOCAL")
+        assert se.calls == [] and catalog.calls == ["getFileMetadata"]
+
+
 def test_add_file_refused_removes_the_copy(tmp_path: Path) -> None:
-    catalog = Service(addFile=lambda entries: {"Successful": {}, "Failed": {LFN: "denied"}})
+    catalog = catalogue(addFile=lambda entries: {"Successful": {}, "Failed": {LFN: "denied"}})
     se = storage_element()
     with pytest.raises(data.DataError, match="denied"):
         manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
-    assert se.calls[-1] == "remove" and "getFileMetadata" not in catalog.calls
+    assert se.calls[-1] == "remove" and catalog.calls == ["getFileMetadata", "addFile"]
 
 
 def test_an_output_file_that_cannot_be_read_is_a_data_error(tmp_path: Path) -> None:
-    catalog, se = Service(), storage_element()
+    catalog, se = catalogue(), storage_element()
     with pytest.raises(data.DataError, match="cannot read"):
         manager(catalog, se).upload(tmp_path / "vanished.txt", LFN, "SE-LOCAL")
     assert se.calls == [] and catalog.calls == []
@@ -133,7 +157,7 @@ def test_nonsense_sizes_from_the_storage_element_are_data_errors(tmp_path: Path,
     se = storage_element()
     se.methods["getMetadata"] = lambda file_id: {"Size": size, "Checksum": "0"}
     with pytest.raises(data.DataError, match="another size"):
-        manager(Service(), se).upload(output(tmp_path), LFN, "SE-LOCAL")
+        manager(catalogue(), se).upload(output(tmp_path), LFN, "SE-LOCAL")
     assert se.calls[-1] == "remove"
 
 

@@ -14,7 +14,9 @@ Output (``OutputData``), in the order DIRAC's own ``dirac-dms-add-file`` does it
     StorageElement.getMetadata(<SE URL><lfn>)  -> Size and Checksum computed by the SE: compared
     FileCatalog.addFile({lfn: {PFN, Size, SE, Checksum, ChecksumType, GUID}})
     a copy whose checksum differs, or that the catalogue refuses, is removed from the SE again;
-    when addFile's answer is lost, the catalogue is asked whether it registered the file
+    when addFile's answer is lost, the catalogue is asked whether it registered the file.
+    An LFN already registered (a rerun of a job killed after addFile) is not uploaded again:
+    the same size and checksum is done, other content is refused before the SE is touched
 
 Storage elements are ``DIP`` endpoints (``dips://host:port/DataManagement/StorageElement``).
 Where they are comes from ``[dirac.storage_elements]`` (name = URL) when given, else from
@@ -32,7 +34,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pilot.backends.dirac import cscfg
 from pilot.backends.dirac.diset import DisetClient, DisetError
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _LFN_PART = re.compile(r"[A-Za-z0-9_.+=@,:~%-]+")
+
+
+Registration = Literal["absent", "same", "other"]  # an LFN in the catalogue vs our file
 
 
 class DataError(SandboxError):
@@ -208,6 +213,12 @@ class DataManager:
             checksum = adler32(source)
         except OSError as exc:
             raise DataError(f"{path}: cannot read {source}: {exc.strerror}") from exc
+        before = self._lookup(path, size, checksum)  # a rerun of a job killed after addFile
+        if before == "same":
+            log.info("output data %s: already registered with the same content", path)
+            return {"Size": size, "Checksum": checksum, "ChecksumType": "Adler32"}
+        if before == "other":  # its copy has our file id: uploading would overwrite it
+            raise DataError(f"{path}: already in the file catalogue with other content")
         storage = self._client(se.url)
         try:
             storage.send_file(file_id, source, token="CheckSum")
@@ -233,12 +244,12 @@ class DataManager:
             self._catalog("addFile", {path: entry}, path)
         except DataError as exc:
             lost = isinstance(exc.__cause__, ServerUnreachable)  # registered or not?
-            registered = self._registered(path, entry) if lost else False
-            if registered is None:  # a copy nobody knows of beats an entry without a copy
-                raise DataError(f"{exc}; the copy at {se.name} is kept") from exc
-            if not registered:
+            after = self._lookup(path, size, checksum) if lost else "absent"
+            if after == "absent":
                 self._remove(storage, file_id)  # no copy nobody knows of
                 raise
+            if after != "same":  # a copy nobody knows of beats an entry without a copy
+                raise DataError(f"{exc}; the copy at {se.name} is kept") from exc
             log.warning("%s: registered although the catalogue's answer was lost", path)
         log.info(
             "output data %s: %d bytes at %s, registered (Adler-32 %s)",
@@ -249,8 +260,8 @@ class DataManager:
         )
         return entry
 
-    def _registered(self, path: str, entry: Mapping[str, Any]) -> bool | None:
-        """Whether the catalogue holds ``entry`` for ``path`` (None: it cannot tell)."""
+    def _lookup(self, path: str, size: int, checksum: str) -> Registration | None:
+        """What the catalogue holds at ``path`` compared with our file (None: cannot tell)."""
         try:
             reply = self.catalog.call("getFileMetadata", [path])
         except DisetError:
@@ -259,10 +270,9 @@ class DataManager:
             return None
         found = (reply.get("Successful") or {}).get(path)
         if isinstance(found, dict):
-            return size_of(found.get("Size")) == entry["Size"] and same_checksum(
-                found.get("Checksum"), entry["Checksum"]
-            )
-        return False if path in (reply.get("Failed") or {}) else None
+            same = size_of(found.get("Size")) == size
+            return "same" if same and same_checksum(found.get("Checksum"), checksum) else "other"
+        return "absent" if path in (reply.get("Failed") or {}) else None
 
     @staticmethod
     def _remove(storage: DisetClient, file_id: str) -> None:
