@@ -276,7 +276,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def upload_issuer(args: argparse.Namespace) -> credentials.Proxy:
     """What signs the uploaded proxy: --proxy, else the user certificate and key."""
-    if args.valid <= 0 or args.valid > 24 * 366:
+    if not 0 < args.valid <= 24 * 366:  # NaN too
         raise UsageError(f"--valid {args.valid:g}: give a number of hours between 0 and 8784")
     if args.proxy and not (args.cert or args.key):
         proxy = credentials.load_proxy(args.proxy)

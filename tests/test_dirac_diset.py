@@ -715,6 +715,36 @@ def test_lfn_needs_a_catalogue_configured(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_output_data_goes_to_the_first_output_se_that_works_without_reparsing(
+    wms: tuple[FakeWms, FakeDiset, DiracBackend],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's OutputSE comes with the call: the backend does not parse the JDL again."""
+    from pilot.backends.dirac import data
+
+    _, _, backend = wms
+    tried: list[str] = []
+
+    class Manager:
+        def upload(self, source: Path, lfn: str, se_name: str) -> None:
+            tried.append(se_name)
+            if se_name == "SE-DOWN":
+                raise data.DataError(f"{lfn}: {se_name} unreachable")
+
+    def no_parse(text: str) -> None:
+        raise AssertionError("the JDL was parsed again")
+
+    monkeypatch.setattr(backend, "data_manager", Manager)
+    monkeypatch.setattr(jdl, "load", no_parse)
+    source = tmp_path / "result.txt"
+    source.write_text("r")
+    backend.store_lfn(JOB, "LFN:/testvo/r.txt", source, "SE-DOWN, SE-UP")
+    assert tried == ["SE-DOWN", "SE-UP"]
+    with pytest.raises(data.DataError, match="no OutputSE"):
+        backend.store_lfn(JOB, "LFN:/testvo/r.txt", source)
+
+
 def test_output_sandbox_upload(
     wms: tuple[FakeWms, FakeDiset, DiracBackend], tmp_path: Path
 ) -> None:
@@ -798,6 +828,18 @@ def test_settings_errors(tmp_path: Path) -> None:
         )
 
 
+def test_proxy_manager_without_configuration_server_stops_the_pilot(tmp_path: Path) -> None:
+    """Without the Registry no owner DN is known, so every job would fail its delegation:
+    refused at start-up instead of failing each job the pilot matches."""
+    creds = Credentials(proxy_path=tmp_path / "x509up", ca_dir=tmp_path)
+    pm = "dips://wms.example:9152/Framework/ProxyManager"
+    with pytest.raises(UsageError, match="proxymanager needs"):
+        settings_from_config(PilotConfig(server="dips://h", dirac={"proxymanager": pm}), creds)
+    both = {"proxy_manager": pm, "configuration": "dips://cs.example:9135/Configuration/Server"}
+    settings = settings_from_config(PilotConfig(server="dips://h", dirac=both), creds)
+    assert settings.proxy_manager_url == pm
+
+
 def test_ca_file_alone_verifies_the_dirac_server(tls: Tls, tmp_path: Path) -> None:
     """--ca-file (a CA bundle, no hash directory) is what the DIRAC backend trusts."""
     bundle = tmp_path / "ca-bundle.pem"
@@ -852,6 +894,15 @@ def test_unavailable_server_fails_in_ci_and_skips_elsewhere(
 
 
 # --- payload proxies through the ProxyManager (fake) ---------------------------------------
+
+
+@pytest.mark.parametrize("reply", ["\u20ac", None, {"a": 1}, 1 << 40, b"junk"])
+def test_configuration_that_is_not_compressed_bytes_is_a_cfg_error(reply: Any) -> None:
+    from pilot.backends.dirac import cscfg
+
+    with pytest.raises(cscfg.CfgError):
+        cscfg.from_compressed(reply)
+
 
 CS_TEXT = "Registry\n{\n  Users\n  {\n    u\n    {\n      DN = /O=DIRACTest/CN=u\n    }\n  }\n}\n"
 

@@ -79,6 +79,19 @@ def test_unreadable_and_expired_proxies_are_credential_errors(tmp_path: Path) ->
         resolve(_proxy(tmp_path / "e", expired=True), env={})
 
 
+@pytest.mark.parametrize("named_by", ["config", "environment"])
+def test_a_directory_named_as_the_proxy_is_a_credential_error(
+    named_by: str, tmp_path: Path
+) -> None:
+    """A typo'd path that happens to be a directory (or ``--proxy ""``, which is ``.``)."""
+    with pytest.raises(CredentialError, match=str(tmp_path)) as info:
+        if named_by == "config":
+            resolve(tmp_path, env={})
+        else:
+            resolve(env={"X509_USER_PROXY": str(tmp_path)})
+    assert info.value.exit_code == ExitCode.CREDENTIALS
+
+
 def test_located_only_neither_reads_nor_fails(tmp_path: Path) -> None:
     missing = tmp_path / "absent"
     creds = resolve(env={"X509_USER_PROXY": str(missing)}, load=False)

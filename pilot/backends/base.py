@@ -159,8 +159,11 @@ class Backend(Protocol):
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         """Download the catalogue file ``lfn`` (``LFN:/...``) to ``dest``, checksum verified."""
 
-    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
-        """Upload ``source`` and register it in the catalogue as ``lfn``."""
+    def store_lfn(
+        self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
+    ) -> None:
+        """Upload ``source`` and register it in the catalogue as ``lfn``; ``output_se`` is
+        the job's ``OutputSE`` (comma-separated storage names, for backends that have them)."""
 
     def delegate_proxy(
         self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool

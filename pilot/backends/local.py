@@ -93,7 +93,9 @@ class LocalBackend:
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         raise SandboxError(f"local mode has no file catalogue to fetch {lfn} from")
 
-    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+    def store_lfn(
+        self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
+    ) -> None:
         target = self.output_dir / job.job_id / "OutputData" / lfn.removeprefix("LFN:").lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)

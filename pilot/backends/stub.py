@@ -416,7 +416,9 @@ class StubBackend:
         entry = self.http.json("GET", f"/api/files/{lfn}")
         self.http.download(f"/api/sandboxes/{entry['sha256']}", dest, entry["sha256"])
 
-    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+    def store_lfn(
+        self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
+    ) -> None:
         sha = sha256_file(source)
         self.http.upload(f"/api/sandboxes/{sha}", source)
         body = {"sha256": sha, "size": source.stat().st_size}

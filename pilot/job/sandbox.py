@@ -234,7 +234,7 @@ def store_output_data(
             else:
                 lfn = output_lfn(desc, job.job_id, path.name)
             try:
-                backend.store_lfn(job, lfn, path)
+                backend.store_lfn(job, lfn, path, desc.output_se)
             except DiskFullError:
                 raise
             except PilotError as exc:

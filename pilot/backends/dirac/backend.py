@@ -122,6 +122,12 @@ class DiracSettings:
             raise UsageError(f"dirac timeout must be positive, not {self.timeout}")
         for se_name, url in self.storage_elements.items():
             _check_url(f"storage_elements.{se_name}", url)
+        if self.proxy_manager_url is not None and self.configuration_url is None:
+            # else every job would fail asking for its owner's DN: a pilot eating all jobs
+            raise UsageError(
+                "[dirac] proxymanager needs [dirac] configuration: the job owner's DN"
+                " comes from the Registry that DIRAC's Configuration Server serves"
+            )
         if self.ca_dir is None and self.ca_file is None:
             raise CredentialError(
                 "DIRAC backend needs CAs: --ca-dir or X509_CERT_DIR, or --ca-file or X509_CERT_FILE"
@@ -269,9 +275,10 @@ class DiracBackend:
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         self.data_manager().download(lfn, dest)
 
-    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
-        desc = jdl.load(job.jdl)
-        se_names = [n.strip() for n in (desc.output_se or "").split(",") if n.strip()]
+    def store_lfn(
+        self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
+    ) -> None:
+        se_names = [n.strip() for n in (output_se or "").split(",") if n.strip()]
         if not se_names and self.settings.output_se:
             se_names = [self.settings.output_se]
         if not se_names:
