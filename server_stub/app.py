@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Any, BinaryIO
 
 from pilot.job import jdl
@@ -36,23 +37,6 @@ class Response:
     stream: BinaryIO | None = None
     length: int | None = None
     content_type: str = "application/json"
-
-
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    411: "Length Required",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 
 
 @dataclass(frozen=True)
@@ -390,7 +374,7 @@ def _request(environ: Environ) -> Request:
 
 
 def _send(response: Response, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    status = f"{response.status} {_REASONS.get(response.status, 'Status')}"
+    status = f"{response.status} {HTTPStatus(response.status).phrase}"
     if response.stream is not None:
         headers = [("Content-Type", response.content_type)]
         if response.length is not None:

@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -71,20 +72,6 @@ MAX_SESSIONS = 1000
 MAX_FORM_BYTES = 4096
 KILLABLE = frozenset(set(JobStatus) - FINAL_STATUSES)
 RESULTS = ("Killed", "Kill requested", "Rescheduled")  # what a redirect may announce
-_REASONS = {
-    200: "OK",
-    204: "No Content",
-    303: "See Other",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 
 
 @dataclass(frozen=True)
@@ -164,7 +151,7 @@ class Monitor:
             answer.body = body
         else:
             headers.append(("Content-Length", str(answer.length)))
-        start_response(f"{answer.status} {_REASONS.get(answer.status, 'Status')}", headers)
+        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers)
         return answer.body
 
     def _handle(self, environ: Environ) -> Answer:
