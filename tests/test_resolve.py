@@ -59,6 +59,21 @@ def test_environment_fills_what_is_not_configured(tmp_path: Path) -> None:
     assert creds.token is not None and creds.token.value == "tok"
 
 
+def test_a_stale_proxy_only_found_at_the_default_location_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody named it (no --proxy, no X509_USER_PROXY): an expired /tmp/x509up_u<uid> left
+    by an earlier login does not stop the pilot, but it stays hidden from payloads."""
+    stale = _proxy(tmp_path / "e", expired=True)
+    monkeypatch.setattr("pilot.grid.gridenv.find_proxy", lambda env: stale)
+    found = resolve(env={})
+    assert found.proxy is None and found.proxy_path is None
+    assert stale.resolve() in found.hidden_paths
+    assert "not using" in caplog.text and "expired" in caplog.text
+    with pytest.raises(CredentialError, match="expired"):  # named, it is still exit 31
+        resolve(env={"X509_USER_PROXY": str(stale)})
+
+
 @pytest.mark.parametrize("named_by", ["config", "environment"])
 def test_a_named_missing_proxy_is_a_credential_error(named_by: str, tmp_path: Path) -> None:
     missing = tmp_path / "absent"

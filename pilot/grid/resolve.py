@@ -5,7 +5,7 @@ uses; the backends, the credentials check and payload isolation all receive its 
 instead of looking again. A proxy that is named (``--proxy``, ``PILOT_PROXY`` or
 ``X509_USER_PROXY``) but missing, unreadable, malformed or expired is a
 :class:`~pilot.errors.CredentialError` (exit 31) here, before any server is called, whatever
-the backend. ``cryptography`` is imported only when there is a proxy to load.
+the backend; one only found at the default location is then skipped with a warning. ``cryptography`` is imported only when there is a proxy to load.
 """
 
 from __future__ import annotations
@@ -68,7 +68,20 @@ def resolve(
     path = proxy if proxy is not None else gridenv.find_proxy(env)
     if ca_dir is None and ca_file is None:
         ca_dir, ca_file = gridenv.ca_locations(env)
-    loaded = _load(path) if load and path is not None else None
+    named = proxy is not None or bool(env.get("X509_USER_PROXY", "").strip())
+    loaded = None
+    if load and path is not None:
+        try:
+            loaded = _load(path)
+        except CredentialError as exc:
+            if named:
+                raise
+            # only found at the default location: somebody's stale proxy is no reason to stop
+            # (a server that needs a certificate will say so); it stays hidden from payloads
+            log.warning("not using %s: %s", path, exc)
+    hidden = hidden_paths(env, path)
+    if loaded is None and not named:
+        path = None
     token = gridenv.find_token(env) if load else None
     return Credentials(
         proxy_path=path,
@@ -76,7 +89,7 @@ def resolve(
         ca_dir=ca_dir,
         ca_file=ca_file,
         token=token,
-        hidden_paths=hidden_paths(env, path),
+        hidden_paths=hidden,
     )
 
 
