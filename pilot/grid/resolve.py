@@ -5,7 +5,8 @@ uses; the backends, the credentials check and payload isolation all receive its 
 instead of looking again. A proxy that is named (``--proxy``, ``PILOT_PROXY`` or
 ``X509_USER_PROXY``) but missing, unreadable, malformed or expired is a
 :class:`~pilot.errors.CredentialError` (exit 31) here, before any server is called, whatever
-the backend; one only found at the default location is then skipped with a warning. ``cryptography`` is imported only when there is a proxy to load.
+the backend; one only found at the default location is then skipped with a warning.
+``cryptography`` is imported only when there is a proxy to load.
 """
 
 from __future__ import annotations
