@@ -236,10 +236,22 @@ def job_settings(
         benchmark=desc.pilot_benchmark,
         isolation=chosen,
         hidden_paths=creds.hidden_paths,
+        base_env=payload_base_env(creds),
         fetch_url=stub.fetch_url,
         cgroup=cgroup,
         delegation=delegation_policy(config),
     )
+
+
+def payload_base_env(creds: Credentials) -> dict[str, str]:
+    """The pilot's environment with the CAs it trusts (``--ca-dir``/``--ca-file`` included),
+    so that a payload holding a delegated proxy checks storage servers on the same CAs."""
+    env = dict(os.environ)
+    if creds.ca_dir is not None:
+        env["X509_CERT_DIR"] = str(creds.ca_dir)
+    if creds.ca_file is not None:
+        env["X509_CERT_FILE"] = str(creds.ca_file)
+    return env
 
 
 def delegation_policy(config: PilotConfig) -> delegation.DelegationPolicy:

@@ -170,3 +170,19 @@ def test_check_still_reports_a_missing_named_proxy(tmp_path: Path) -> None:
     assert '"name": "credentials"' in done.stdout, done.stderr
     assert f"no X.509 proxy at {tmp_path / 'absent'}" in done.stdout
     assert os.path.basename(str(tmp_path / "absent")) in done.stderr  # and says why
+
+
+def test_the_payload_checks_servers_on_the_cas_the_pilot_was_given(tmp_path: Path) -> None:
+    """--ca-dir/--ca-file reach the payload (which may hold a delegated proxy) as
+    X509_CERT_DIR/X509_CERT_FILE, over whatever the pilot's environment said."""
+    from pilot.agent import payload_base_env
+    from pilot.job import jdl, jobrun
+
+    creds = resolve(None, tmp_path / "cas", tmp_path / "bundle.pem", env={}, load=False)
+    settings = jobrun.JobSettings(
+        work_dir=tmp_path, pilot_reference="p", site="S", base_env=payload_base_env(creds)
+    )
+    desc = jdl.JobDescription.from_attrs(jdl.parse('[Executable = "true";]'))
+    env = jobrun.payload_env(desc, "1", settings, tmp_path / "job", 1)
+    assert env["X509_CERT_DIR"] == str(tmp_path / "cas")
+    assert env["X509_CERT_FILE"] == str(tmp_path / "bundle.pem")

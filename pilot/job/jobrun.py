@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 # with the pilot's reason.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
 
-BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR")
+BASE_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR", "X509_CERT_FILE"
+)  # fmt: skip
 WALL_TIME_KEYS = ("WallTime", "MaxWallTime", "WallClockTime")
 STAGE_OUT_RESERVE_S = 60.0  # kept back from the slot's end for stage-out and the report
 
