@@ -60,7 +60,9 @@ def test_tree_follows_descendants_and_counts_their_usage(tmp_path: Path) -> None
     script = (
         "import subprocess, sys, time\n"
         f"kids = [subprocess.Popen([sys.executable, {str(PAYLOADS / 'sleeper.py')!r}, "
-        f"{mark!r}]) for _ in range(3)]\n"
+        f"{mark!r}], stdout=subprocess.PIPE) for _ in range(3)]\n"
+        # each child says so once its interpreter is up (else its RSS may still be tiny)
+        "[kid.stdout.readline() for kid in kids]\n"
         "print('ready', flush=True)\ntime.sleep(60)\n"
     )
     main = subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
