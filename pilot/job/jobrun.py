@@ -222,6 +222,7 @@ class JobRunner:
         if match_seconds is not None:
             self.timing["match"] = match_seconds
         self.monitor = heartbeat.Monitor(settings.work_dir)
+        self.beat: heartbeat.Heartbeat | None = None
 
     def status(
         self, status: JobStatus | None, minor: str | None, app: str | None = None, **extra: object
@@ -241,18 +242,20 @@ class JobRunner:
             desc = self.desc if self.desc is not None else jdl.load(self.job.jdl)
         except jdl.JDLError as exc:
             return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
-        beat = heartbeat.Heartbeat(
+        # started once the job is reported Running, stopped before its final status: a beat
+        # on either side of those could put the job back to Running (DIRAC's heartbeat does
+        # that to a Matched job, and its read-then-write may land after a later update)
+        self.beat = heartbeat.Heartbeat(
             self.backend,
             self.job,
             self.monitor,
             self.settings.heartbeat_interval,
             self.cancel.set,
         )
-        beat.start()
         try:
             return self._run(desc, job_dir)
         finally:
-            beat.stop()
+            self.beat.stop()
             if not self.settings.keep_job_dir:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
@@ -303,6 +306,8 @@ class JobRunner:
 
     def _stage_and_run(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome:
         self.status(JobStatus.RUNNING, Minor.DOWNLOADING_IS)
+        if self.beat is not None:
+            self.beat.start()
         start = time.monotonic()
         try:
             sandbox.stage_in(
@@ -474,6 +479,8 @@ class JobRunner:
         if note:
             app = f"{app}; {note}"
         log.info("job %s: %s (%s)", self.job.job_id, status, minor)
+        if self.beat is not None:
+            self.beat.stop()
         try:
             self.status(status, minor, app, Timing=dict(self.timing))
         except PilotError as exc:
