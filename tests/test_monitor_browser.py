@@ -298,8 +298,11 @@ def test_sign_in_with_a_user_token(driver: Any, tmp_path: Path) -> None:
         eventually(lambda: driver.current_url.endswith("/pilots"), 10, "back where asked")
         assert "Signed in as user-token" in text(driver, "header")
         driver.find_element(*by("header button")).click()  # sign out
-        driver.get(stub.url + "/")
+        # Wait for the sign-out's own redirect before loading anything else: a page
+        # loaded while the POST is in flight cancels it (seen once in CI).
         eventually(lambda: "/login" in driver.current_url, 10, "signed out")
+        driver.get(stub.url + "/pilots")
+        eventually(lambda: "/login" in driver.current_url, 10, "still signed out")
     finally:
         stub.server.stop()
 
