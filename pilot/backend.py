@@ -7,7 +7,7 @@ matcher stub's REST API and :mod:`pilot.dirac` for DIRAC's DISET services.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -79,6 +79,10 @@ class Backend(Protocol):
 
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         """Send the job's vital signs; returns the server's commands (e.g. ``"Kill"``)."""
+
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """Pending commands ``(job_id, command)`` for these jobs, asked cheaply and often
+        (empty where the server has no such call: commands then come with heartbeats)."""
 
     def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
         """Download the job's input sandbox archives into ``dest_dir``; returns their paths."""

@@ -249,7 +249,9 @@ def make_backend(cfg: config.PilotConfig) -> Backend:
         settings = settings_from_config(cfg)
         return DiracBackend(settings, credentials.ssl_context(proxy, settings.ca_dir))
     verify, token = client_credentials(cfg)
-    return StubBackend(HttpClient(cfg.server, verify=verify, bearer=token))
+    return StubBackend(
+        HttpClient(cfg.server, verify=verify, bearer=token, timeout=cfg.server_timeout)
+    )
 
 
 def load_proxy(cfg: config.PilotConfig) -> Proxy | None:

@@ -45,6 +45,14 @@ class PilotConfig:
     cores: int | None = _f(None, "int", "override the detected number of cores")
     memory_mb: int | None = _f(None, "int", "override the detected memory (MB)")
     cpu_margin: float = _f(0.1, "float", "fraction of CPU time kept back when matching")
+    # the server: per-call timeout, and how long undelivered reports are retried
+    server_timeout: float = _f(30.0, "float", "timeout of one server call (s)")
+    retry_for: float | None = _f(
+        None, "float", "retry undelivered reports this long (s; default: until the slot ends)"
+    )
+    command_interval: float = _f(
+        20.0, "float", "seconds between polls for commands (Kill) for running jobs"
+    )
     # checks
     checks_dir: Path | None = _f(None, "path", "directory of executable checks")
     plugin_path: list[str] = _f([], "list", "directory of check plugins (pip install --target)")

@@ -189,6 +189,7 @@ class JobRunner:
         self.cancel = execute.Cancel()
         self.timing: dict[str, float] = {}
         self.launched = threading.Event()  # set when the payload starts, or will not
+        self.keep_job_dir = False  # kept when its output could not be delivered
         if match_seconds is not None:
             self.timing["match"] = match_seconds
         self.monitor = watchdog.Monitor(settings.work_dir)
@@ -223,7 +224,7 @@ class JobRunner:
             return self._run(desc, job_dir)
         finally:
             heartbeat.stop()
-            if not self.settings.keep_job_dir:
+            if not self.settings.keep_job_dir and not self.keep_job_dir:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
     def _run(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome:
@@ -242,16 +243,24 @@ class JobRunner:
         self.status(JobStatus.COMPLETING, Minor.UPLOADING_OS)
         start = time.monotonic()
         notes = application_notes(result, self.settings.max_stdout_bytes)
+        upload_failure = None
         try:
             staged = sandbox.stage_out(
                 self.backend, self.job, desc, job_dir, self.settings.max_output_bytes
             )
             notes.append(staged.note())
-        except PilotError as exc:
-            log.error("job %s: output sandbox upload failed: %s", self.job.job_id, exc)
-            notes.append(f"output sandbox upload failed: {exc}")
+        except PilotError as exc:  # after the outbox's retries: the output is not stored
+            upload_failure = f"Output sandbox upload failed: {exc}"
+            self.keep_job_dir = True
+            log.error(
+                "job %s: output sandbox upload failed: %s; job directory kept: %s",
+                self.job.job_id,
+                exc,
+                job_dir,
+            )
+            notes.append(f"job directory kept: {job_dir}")
         self.timing["stage_out"] = time.monotonic() - start
-        return self._conclude(result, "; ".join(n for n in notes if n))
+        return self._conclude(result, "; ".join(n for n in notes if n), upload_failure)
 
     def spec(self, desc: jdl.JobDescription, job_dir: Path) -> execute.ExecutionSpec:
         """How this job's payload runs: argv (in its sandbox), environment, limits."""
@@ -306,30 +315,38 @@ class JobRunner:
         )
         return result
 
-    def _conclude(self, result: execute.ExecutionResult, note: str) -> JobOutcome:
+    def _conclude(
+        self, result: execute.ExecutionResult, note: str, upload_failure: str | None = None
+    ) -> JobOutcome:
+        status, minor, code = self._judge(result)
+        if upload_failure is not None and status is JobStatus.DONE:
+            # Done means the output is stored: a job whose output could not be is Failed.
+            status, minor = JobStatus.FAILED, upload_failure
+        return self._finish(status, minor, code, note)
+
+    def _judge(self, result: execute.ExecutionResult) -> tuple[JobStatus, str, int | None]:
+        """The job's final status, minor status and exit code from its payload's end."""
         if result.ending is not None:
             status = (
                 JobStatus.KILLED
                 if result.ending.kind is execute.EndKind.CANCELLED
                 else JobStatus.FAILED
             )
-            return self._finish(status, result.ending.minor, result.exit_code, note)
+            return status, result.ending.minor, result.exit_code
         if result.signal is not None:
             # A batch system's kill (scancel) signals the whole process tree: the payload
             # may die before the pilot's own handler has cancelled the job. Give the
             # pilot a moment to say why before calling it a failure.
             if result.signal in _BATCH_STOP_SIGNALS and self.cancel.wait(2.0):
-                return self._finish(JobStatus.KILLED, self.cancel.reason, None, note)
-            return self._finish(
-                JobStatus.FAILED, f"Payload killed by signal {result.signal}", None, note
-            )
+                return JobStatus.KILLED, self.cancel.reason, None
+            return JobStatus.FAILED, f"Payload killed by signal {result.signal}", None
         if result.exit_code != 0:
             minor = f"Payload failed with exit code {result.exit_code}"
-            return self._finish(JobStatus.FAILED, minor, result.exit_code, note)
+            return JobStatus.FAILED, minor, result.exit_code
         if result.unsaved:  # the payload worked but what it printed is lost
             minor = "Payload output not saved: " + "; ".join(result.unsaved)
-            return self._finish(JobStatus.FAILED, minor, 0, note)
-        return self._finish(JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0, note)
+            return JobStatus.FAILED, minor, 0
+        return JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0
 
     def _finish(
         self, status: JobStatus, minor: str, code: int | None, note: str = ""
