@@ -304,6 +304,9 @@ def _work_dir(cfg: config.PilotConfig) -> config.PilotConfig:
 
 
 def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
+    from pilot import guardian
+
+    guardian.start()  # first: it forks, and no thread may run yet
     cfg = _work_dir(cfg)
     stop = agent.Stop()
     install_signal_handlers(stop)

@@ -32,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
-from pilot import isolation, watchdog
+from pilot import guardian, isolation, watchdog
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,7 @@ def run(
             cgroup.remove()
         raise
     watchdog.register_main(proc.pid)
+    guardian.job_started(mark, proc.pid)  # its session: the payload leads a new one
     if cgroup is not None:
         cgroup.add(proc.pid)
     pump.start()
@@ -301,6 +302,7 @@ def run(
     finally:
         supervisor.close()
         watchdog.unregister_main(proc.pid)
+        guardian.job_ended(mark)
 
 
 def _launch(spec: ExecutionSpec, mark: str, pump: OutputPump) -> subprocess.Popen[bytes]:
@@ -342,6 +344,7 @@ class _Supervisor:
         self.monitor = monitor
         self.cgroup = cgroup
         self.start = time.monotonic()
+        self.mark = mark
         self.tree = watchdog.ProcessTree(proc.pid, mark)
         self.sampler = watchdog.Sampler(self.tree, spec.cwd, self.start)
         self.checker = watchdog.LimitChecker(self.sup.limits)
@@ -399,6 +402,7 @@ class _Supervisor:
 
     def _sample(self) -> str | None:
         usage, _live = self.sampler.sample()
+        guardian.job_seen(self.mark, self.tree.seen)
         self.peak_rss = max(self.peak_rss, usage.rss_mb)
         if self.monitor is not None:
             self.monitor.publish(usage)

@@ -45,7 +45,7 @@ from pilot.errors import AuthError, PilotError, ServerError, ServerUnreachable
 log = logging.getLogger(__name__)
 
 MIN_WAIT_S = 0.5
-MAX_WAIT_S = 30.0
+MAX_WAIT_S = 15.0
 WARN_EVERY_S = 60.0  # while an entry is retried, one warning per this many seconds
 
 
