@@ -204,6 +204,7 @@ class Outbox:
 
     def _attempt(self, job: MatchedJob, batch: Sequence[_Entry]) -> PilotError | None:
         what = _describe(batch)
+        first = batch[0]
         wait = self.budget.min_wait
         first_failure: float | None = None
         warned = 0.0
@@ -215,19 +216,23 @@ class Outbox:
                 if first_failure is None:
                     first_failure = now
                 deadline = self.budget.deadline(first_failure)
+                # An upload's failure goes to its waiting caller, which reports it.
+                level = logging.ERROR if first.kind == "status" else logging.WARNING
                 if not retryable(exc):
-                    log.error("job %s: %s refused: %s", job.job_id, what, exc)
+                    log.log(level, "job %s: %s refused: %s", job.job_id, what, exc)
                     return exc
                 if self._stop.is_set() or now + wait > deadline:
-                    log.error(
+                    log.log(
+                        level,
                         "job %s: %s not delivered after %.0f s: %s",
                         job.job_id,
                         what,
                         now - first_failure,
                         exc,
                     )
-                    with self._cond:
-                        self.given_up += len(batch)
+                    if first.kind == "status":
+                        with self._cond:
+                            self.given_up += len(batch)
                     return exc
                 if now - warned >= WARN_EVERY_S:
                     warned = now
@@ -376,7 +381,7 @@ class OutboxBackend:
         return self.inner.fetch_input_sandbox(job, dest_dir)
 
     def store_output_sandbox(self, job: MatchedJob, archive: Path) -> None:
-        kept = self.outbox.directory / f"job-{job.job_id}.output{''.join(archive.suffixes)}"
+        kept = self.outbox.directory / archive.name.lstrip(".")
         try:  # the journal must point at a file that outlives the caller's copy
             kept.unlink(missing_ok=True)
             os.link(archive, kept)
