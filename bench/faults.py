@@ -88,7 +88,8 @@ def one_run(folder: Path, faults: bool) -> tuple[float, str, list[int | None], s
             pilot.wait()
             codes.append(None)
     verdict = judge(client, folder / "stub.db", jobs, log)
-    errors = sum(len(error_lines((folder / f"p{i}" / "pilot.log").read_text())) for i in range(PILOTS))
+    logs = [(folder / f"p{i}" / "pilot.log").read_text() for i in range(PILOTS)]
+    errors = sum(len(error_lines(text)) for text in logs)
     proxy.stop()
     client.close()
     stub.terminate()

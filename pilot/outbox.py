@@ -91,6 +91,7 @@ class _JobQueue:
         self.next_seq = next_seq
         self.worker: threading.Thread | None = None
         self.final_posted = False
+        self.owed = False  # an entry was given up on: the journal must stay
         self.file: IO[str] | None = None
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -163,7 +164,7 @@ class Outbox:
             with self._cond:
                 if not queue.pending:
                     queue.worker = None
-                    if queue.final_posted:  # the job is over and everything is delivered
+                    if queue.final_posted and not queue.owed:  # over, everything delivered
                         queue.close()
                         with contextlib.suppress(OSError):
                             queue.path.unlink()
@@ -177,14 +178,18 @@ class Outbox:
                             break
                         batch.append(more)
             error = self._attempt(queue.job, batch)
+            owed = error is not None and retryable(error)  # given up: still owed
             with self._cond:
                 for entry in batch:
                     queue.pending.popleft()
                     entry.error = error
-                    ack: dict[str, Any] = {"ack": entry.seq}
-                    if error is not None:
-                        ack["failed"] = str(error)
-                    self._journal(queue, ack)
+                    if owed:
+                        queue.owed = True  # no acknowledgement: a later pilot sends it
+                    else:
+                        ack: dict[str, Any] = {"ack": entry.seq}
+                        if error is not None:
+                            ack["refused"] = str(error)
+                        self._journal(queue, ack)
                     entry.done.set()
 
     def _send(self, job: MatchedJob, batch: Sequence[_Entry]) -> None:
