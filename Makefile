@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CODE   := pilot checks server_stub
 
-.PHONY: venv demo test lint unit system-deps bench binary clean
+.PHONY: venv demo test lint unit system-deps bench binary clean lock
 
 # Caches shared by every checkout on this machine: the bullseye build root and test root
 # file system (build/rootfs.py) and the test DIRAC server's virtualenv. They are made once
@@ -12,13 +12,23 @@ CODE   := pilot checks server_stub
 export PILOT_BUILD_CACHE ?= $(HOME)/.cache/pilot-agent/build
 export PILOT_DIRAC_VENV ?= $(HOME)/.cache/pilot-agent/dirac-venv
 
-$(VENV)/.installed: pyproject.toml tests/plugins/sample_vo_plugin/pyproject.toml
+# Exactly the tested versions: requirements/dev.lock (hashes checked, nothing resolved here),
+# then the project and the test plugin on top without dependencies or build isolation.
+$(VENV)/.installed: requirements/dev.lock pyproject.toml tests/plugins/sample_vo_plugin/pyproject.toml
+	@echo "venv: installing the locked dependencies into $(VENV) (requirements/dev.lock)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev,build]' -e tests/plugins/sample_vo_plugin
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation \
+		-e . -e tests/plugins/sample_vo_plugin
 	$(BIN)/python -m compileall -q pilot checks server_stub  # fast start even where bytecode is not written
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Refresh every lock file from its ranges (pyproject.toml, requirements/*.in): the only way
+# the versions that make venv, make binary and the DIRAC test server install change.
+lock: venv
+	$(BIN)/python scripts/lock.py
 
 demo: venv
 	$(BIN)/python examples/demo.py

@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from pilot.client import HttpClient, RetryPolicy
+from pilot.backends.stub import HttpClient, RetryPolicy
 url, src, dest, sha = sys.argv[1:5]
 print("ready", flush=True)
 sys.stdin.readline()

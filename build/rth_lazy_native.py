@@ -6,7 +6,7 @@
 # at start), and this finder inflates it next to where PyInstaller would have put it, the
 # first time it is imported. It lands inside the unpack directory, which the bootloader
 # removes at exit as usual. When the pilot is going to read a proxy (the --proxy option, or
-# what pilot.gridenv.find_proxy finds), the unpacking starts at once in
+# what pilot.grid.gridenv.find_proxy finds), the unpacking starts at once in
 # a thread: zlib and the writes release the GIL, so it overlaps the pilot's own start-up on
 # a second core instead of delaying the credentials check.
 # ruff: noqa
@@ -66,7 +66,7 @@ def proxy_expected():
     if any(arg == "--proxy" or arg.startswith("--proxy=") for arg in sys.argv):
         return True
     try:
-        from pilot.gridenv import find_proxy  # the pilot's own discovery, no X.509 parsing
+        from pilot.grid.gridenv import find_proxy  # the pilot's own discovery, no X.509 parsing
     except Exception:
         return False
     return find_proxy() is not None

@@ -1,7 +1,7 @@
 """The built-in environment checks, one module each; VO plugins use the same API.
 
 ``BUILTIN_CHECKS`` is the static set the pilot always knows about; third-party checks
-come from the ``pilot.checks`` entry-point group (see :mod:`pilot.checking`).
+come from the ``pilot.checks`` entry-point group (see :mod:`pilot.node.checking`).
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from checks._util import option_bool
-from pilot import gridenv
 from pilot.api import CheckContext, CheckOutcome, Status
 from pilot.errors import CredentialError
+from pilot.grid import gridenv
 
 if TYPE_CHECKING:
-    from pilot.credentials import Proxy
+    from pilot.grid.credentials import Proxy
 
 NAME = "credentials"
 
@@ -63,7 +63,7 @@ class CredentialsCheck:
             where = f"at {path}" if path is not None else "(X509_USER_PROXY unset)"
             return CheckOutcome(status, f"no X.509 proxy {where}", facts)
         min_left = timedelta(seconds=float(ctx.option(NAME, "min_time_left", 600)))
-        from pilot import credentials  # X.509 parsing only when there is a proxy to read
+        from pilot.grid import credentials  # X.509 parsing only when there is a proxy to read
 
         try:
             proxy = credentials.load_proxy(path)

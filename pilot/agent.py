@@ -15,22 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from checks.cpu import CpuCheck
-from pilot import (
-    __version__,
-    batch,
-    checking,
-    execute,
-    isolation,
-    jdl,
-    jobrun,
-    outbox,
-    resources,
-    watchdog,
-)
+from pilot import __version__
 from pilot.api import CheckContext, CheckResult
-from pilot.backend import Backend, JobStatus, MatchedJob
+from pilot.backends import outbox
+from pilot.backends.base import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError, Undelivered
+from pilot.job import execute, isolation, jdl, jobrun, watchdog
+from pilot.node import batch, checking, resources
 
 log = logging.getLogger(__name__)
 

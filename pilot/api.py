@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pilot.batch import BatchInfo
+from pilot.node.batch import BatchInfo
 
 __all__ = ["Check", "CheckContext", "CheckOutcome", "CheckResult", "Status"]
 

@@ -25,13 +25,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pilot import __version__, agent, checking, config, gridenv, jdl
-from pilot.backend import Backend, JobStatus
-from pilot.client import HttpClient, StubBackend
+from pilot import __version__, agent, config
+from pilot.backends.base import Backend, JobStatus
+from pilot.backends.stub import HttpClient, StubBackend
 from pilot.errors import CredentialError, ExitCode, PilotError, Signalled, UsageError
+from pilot.grid import gridenv
+from pilot.job import jdl
+from pilot.node import checking
 
 if TYPE_CHECKING:
-    from pilot.credentials import Proxy
+    from pilot.grid.credentials import Proxy
 
 log = logging.getLogger("pilot")
 
@@ -242,8 +245,8 @@ def make_backend(cfg: config.PilotConfig) -> Backend:
     if kind == "auto":
         kind = "dirac" if cfg.server.startswith("dips://") else "stub"
     if kind == "dirac":
-        from pilot import credentials
-        from pilot.dirac.backend import DiracBackend, settings_from_config
+        from pilot.backends.dirac.backend import DiracBackend, settings_from_config
+        from pilot.grid import credentials
 
         proxy = load_proxy(cfg)  # an expired proxy stops the pilot here, before any call
         settings = settings_from_config(cfg)
@@ -259,7 +262,7 @@ def load_proxy(cfg: config.PilotConfig) -> Proxy | None:
     path = cfg.proxy or gridenv.find_proxy()
     if path is None or (cfg.proxy is None and not path.exists()):
         return None
-    from pilot import credentials  # X.509 parsing is only paid for by pilots with a proxy
+    from pilot.grid import credentials  # X.509 parsing is only paid for by pilots with a proxy
 
     proxy = credentials.load_proxy(path)
     credentials.validate(proxy)
@@ -274,7 +277,7 @@ def client_credentials(cfg: config.PilotConfig) -> tuple[ssl.SSLContext | bool, 
     token = gridenv.find_token()
     verify: ssl.SSLContext | bool = False  # plain HTTP (loopback): no TLS set-up to pay for
     if cfg.server and cfg.server.startswith("https://"):
-        from pilot import credentials
+        from pilot.grid import credentials
 
         ca_dir, ca_file = cfg.ca_dir, cfg.ca_file
         if ca_dir is None and ca_file is None:
@@ -304,7 +307,7 @@ def _work_dir(cfg: config.PilotConfig) -> config.PilotConfig:
 
 
 def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
-    from pilot import guardian
+    from pilot.job import guardian
 
     guardian.start()  # first: it forks, and no thread may run yet
     cfg = _work_dir(cfg)
@@ -371,7 +374,7 @@ def format_dry_run(answer: dict[str, Any]) -> str:
 
 
 def cmd_local(cfg: config.PilotConfig, jdl_file: Path, output_dir: Path, buffer: LogBuffer) -> int:
-    from pilot.local import LocalBackend  # pilot run does not need it
+    from pilot.backends.local import LocalBackend  # pilot run does not need it
 
     backend = LocalBackend.from_file(jdl_file, output_dir)
     cfg = dataclasses.replace(

@@ -5,7 +5,7 @@ the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
 
     PilotError
     ├── UsageError              bad command line or configuration
-    ├── JDLError                malformed or invalid job description (pilot.jdl)
+    ├── JDLError                malformed or invalid job description (pilot.job.jdl)
     ├── ServerError             the matcher answered with an error
     │   ├── ServerUnreachable   transport failure after all retries
     │   ├── AuthError           401/403 from the matcher

@@ -3,7 +3,7 @@
 Argv lists only, never a shell. Each command runs in its own session so that a
 timeout kills its whole process group; a process stuck in the kernel (a hung CVMFS
 mount) is abandoned after the kill rather than waited for, so no caller ever hangs.
-Payloads do not go through here: they are run by :mod:`pilot.execute`.
+Payloads do not go through here: they are run by :mod:`pilot.job.execute`.
 """
 
 from __future__ import annotations

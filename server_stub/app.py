@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, BinaryIO
 
-from pilot import jdl
+from pilot.job import jdl
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store, StoreError
 

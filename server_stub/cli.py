@@ -30,9 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pilot import credentials, jdl, outpack
+from pilot.backends.local import REMOTE_PREFIXES, local_inputs
 from pilot.errors import ExitCode, PilotError, UsageError
-from pilot.local import REMOTE_PREFIXES, local_inputs
+from pilot.grid import credentials
+from pilot.job import jdl, outpack
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pilot.jdl import JobDescription
+from pilot.job.jdl import JobDescription
 
 _PROCESSOR_TAG = re.compile(r"^\d+Processors$")
 

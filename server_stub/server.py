@@ -13,8 +13,8 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from pilot import credentials
 from pilot.errors import CredentialError
+from pilot.grid import credentials
 from server_stub.app import AuthPolicy, StubApp
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pilot import jdl
-from pilot.backend import FINAL_STATUSES, JobStatus
+from pilot.backends.base import FINAL_STATUSES, JobStatus
+from pilot.job import jdl
 from server_stub import matching
 
 SCHEMA = """

@@ -1,4 +1,4 @@
-"""What a user (or the demo, or a test) does with the stub, over ``pilot.client.HttpClient``."""
+"""What a user (or the demo, or a test) does with the stub, over its ``HttpClient``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pilot import archive
-from pilot.client import HttpClient, RetryPolicy, sha256_file
+from pilot.backends.stub import HttpClient, RetryPolicy, sha256_file
+from pilot.job import archive
 
 
 class UserClient(HttpClient):

@@ -2,7 +2,7 @@
 proxies (RFC 3820 and legacy Globus), and hand-built VOMS attribute certificates.
 
 Nothing here is committed key material: every key is generated when the tests run.
-Proxies are built here independently of :func:`pilot.credentials.make_proxy`, so that
+Proxies are built here independently of :func:`pilot.grid.credentials.make_proxy`, so that
 the loader is tested against certificates it did not make itself.
 
 Fixtures: ``pki`` (session scope): a CA with an OpenSSL hash-link directory, a user
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pilot.credentials import identity_from_peer_chain, peer_der_chain
+from pilot.grid.credentials import identity_from_peer_chain, peer_der_chain
 
 PROXY_CERT_INFO_OID = "1.3.6.1.5.5.7.1.14"
 INHERIT_ALL_OID = "1.3.6.1.5.5.7.21.1"
@@ -43,7 +43,7 @@ USER_DN_RFC4514 = "CN=testuser,OU=users,O=DIRACTest"
 CA_DN_SLASH = "/O=DIRACTest/CN=DIRACTest CA"
 
 
-# --- a tiny DER writer (the reader under test lives in pilot.voms) -------------------
+# --- a tiny DER writer (the reader under test lives in pilot.grid.voms) -------------------
 
 
 def der(tag: int, content: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""pilot.archive: hostile input sandboxes are refused without a byte written outside the
+"""pilot.job.archive: hostile input sandboxes are refused without a byte written outside the
 job directory; benign archives of every format unpack; the output sandbox is packed.
 
 Hostile archives are generated here (tarfile.TarInfo headers, zipfile plus byte
@@ -25,15 +25,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilot.archive import (
+from pilot.errors import ExitCode, SandboxError
+from pilot.job.archive import (
     ArchiveFormat,
     SandboxRejected,
     UnpackLimits,
     detect_format,
     safe_unpack,
 )
-from pilot.errors import ExitCode, SandboxError
-from pilot.outpack import PackResult, pack_files, pack_output
+from pilot.job.outpack import PackResult, pack_files, pack_output
 
 MiB = 1 << 20
 DEFAULT = UnpackLimits()

@@ -18,9 +18,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pilot import batch, proc
-from pilot.batch import BatchInfo
-from pilot.batch_systems import (
+from pilot import proc
+from pilot.node import batch
+from pilot.node.batch import BatchInfo
+from pilot.node.batch_systems import (
     parse_duration,
     parse_scontrol_job,
     pbs_size_mb,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pilot import agent, batch, checking
+from pilot import agent
 from pilot.api import CheckContext, CheckOutcome, CheckResult, Status
 from pilot.config import PilotConfig
+from pilot.node import batch, checking
 from tests.conftest import Stub, run_pilot
 
 

@@ -84,6 +84,18 @@ def pilot_binary() -> Path:
     return ensure_binary()
 
 
+def test_build_from_an_empty_work_folder(tmp_path: Path) -> None:
+    """What a fresh machine does: no build folder, no stamp of installed packages (the
+    bullseye tree itself is reused). Nothing may assume a folder or stamp of an earlier run."""
+    _require_build_tools()
+    work, output = tmp_path / "new" / "work", tmp_path / "out" / "pilot"
+    build_binary("--work-dir", str(work), "--output", str(output), "--force", "--reinstall")
+    lock = (REPO / "requirements" / "binary.lock").read_text()
+    assert (work / "requirements.txt").read_text() == lock
+    done = subprocess.run([str(output), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
+
+
 @pytest.fixture(scope="session")
 def minbase() -> Path:
     """The pristine bullseye minbase tree (debootstrap, cached under build/cache)."""

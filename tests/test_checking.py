@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from pilot import checking
 from pilot.api import CheckContext, CheckOutcome, CheckResult, Status
-from pilot.batch import BatchInfo
-from pilot.checking import CheckReport, CheckSettings
-from pilot.entrypoints import EntryPoint
 from pilot.errors import UsageError
+from pilot.node import checking
+from pilot.node.batch import BatchInfo
+from pilot.node.checking import CheckReport, CheckSettings
+from pilot.node.entrypoints import EntryPoint
 
 DATA = Path(__file__).parent / "data" / "checks.d"
 REPO = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def test_results_keep_order_and_carry_outcome(ctx: CheckContext) -> None:
 def test_exception_becomes_failed_with_its_message(
     ctx: CheckContext, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="pilot.checking"):
+    with caplog.at_level(logging.DEBUG, logger="pilot.node.checking"):
         report = checking.run(ctx, ONLY_GIVEN, [Raises(), Fixed("after")])
     result = report.result("raises")
     assert result is not None and result.status is Status.FAILED
@@ -145,9 +145,9 @@ def test_hung_check_does_not_block_interpreter_exit(tmp_path: Path) -> None:
         f"""
         import time
         from pathlib import Path
-        from pilot import checking
+        from pilot.node import checking
         from pilot.api import CheckContext
-        from pilot.batch import BatchInfo
+        from pilot.node.batch import BatchInfo
 
         class Hang:
             name, required, timeout = "hang", True, 0.3
@@ -330,7 +330,7 @@ def test_executable_checks(ctx: CheckContext, caplog: pytest.LogCaptureFixture) 
     )
     checks = checking.exec_checks(DATA)
     start = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="pilot.checking"):
+    with caplog.at_level(logging.WARNING, logger="pilot.node.checking"):
         report = checking.run(ctx, settings, checks)
     assert time.monotonic() - start < 1.0 + 1.0
     got = {r.name: r for r in report.results}

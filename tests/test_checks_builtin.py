@@ -31,10 +31,10 @@ from checks.gpu import GpuCheck
 from checks.load import LoadCheck
 from checks.memory import MemoryCheck
 from checks.software import SoftwareCheck, dirac_platform, parse_os_release
-from pilot import checking
 from pilot.api import CheckContext, CheckOutcome, Status
-from pilot.batch import BatchInfo
-from pilot.checking import CheckSettings
+from pilot.node import checking
+from pilot.node.batch import BatchInfo
+from pilot.node.checking import CheckSettings
 
 MB = 1024 * 1024
 V2_FLAGS = "fpu cx8 cmov mmx fxsr sse sse2 syscall lm cx16 lahf_lm popcnt pni sse4_1 sse4_2 ssse3"

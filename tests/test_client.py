@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pilot.client import HttpClient, RetryPolicy
+from pilot.backends.stub import HttpClient, RetryPolicy
 from pilot.errors import AuthError, ServerError, ServerUnreachable
 
 FAST = RetryPolicy(attempts=4, max_wait=0.01, deadline=30.0)
@@ -38,7 +38,7 @@ def client(
 
 def test_5xx_then_success_is_retried_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     http, seen = client(iter([503, 500, 200]))
-    with caplog.at_level(logging.WARNING, logger="pilot.client"):
+    with caplog.at_level(logging.WARNING, logger="pilot.backends.stub"):
         assert http.json("GET", "/api/x") == {"n": 3}
     assert len(seen) == 3
     retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
@@ -110,7 +110,7 @@ def _run(code: str) -> str:
 def test_tenacity_is_imported_only_when_a_call_fails() -> None:
     code = """
 import sys, httpx
-from pilot.client import HttpClient, RetryPolicy
+from pilot.backends.stub import HttpClient, RetryPolicy
 answers = iter([{first}, 200])
 transport = httpx.MockTransport(lambda request: httpx.Response(next(answers)))
 http = HttpClient("http://stub.test", retry=RetryPolicy(max_wait=0.01), transport=transport)

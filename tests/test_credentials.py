@@ -1,4 +1,4 @@
-"""Unit tests of pilot.credentials and pilot.voms against a PKI generated at test time.
+"""Unit tests of pilot.grid.credentials and pilot.grid.voms against a PKI generated at test time.
 
 The proxies loaded here are built by tests/pki.py, independently of make_proxy; the
 real grid tools are exercised in test_credentials_interop.py.
@@ -14,7 +14,9 @@ import logging
 import re
 import secrets
 import ssl
+import subprocess
 import threading
+import warnings
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,8 +29,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pilot import credentials, voms
-from pilot.credentials import (
+from pilot.errors import CredentialError, ExitCode
+from pilot.grid import credentials, voms
+from pilot.grid.credentials import (
     Proxy,
     Token,
     ca_locations,
@@ -43,7 +46,6 @@ from pilot.credentials import (
     validate,
     write_proxy,
 )
-from pilot.errors import CredentialError, ExitCode
 from tests import pki as P
 from tests.pki import Issued, MtlsServer, Pki, pki_fixture, tls_ask  # noqa: F401
 
@@ -132,7 +134,7 @@ def test_group_readable_proxy_warns_and_strict_refuses(
 ) -> None:
     path, _ = _proxy_file(pki, tmp_path)
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="pilot.credentials"):
+    with caplog.at_level(logging.WARNING, logger="pilot.grid.credentials"):
         load_proxy(path)
     assert f"{path} holds a private key but has mode 0644" in caplog.text
     with pytest.raises(CredentialError, match="must not be readable by group or others"):
@@ -169,6 +171,35 @@ def test_key_that_does_not_match(pki: Pki, tmp_path: Path) -> None:
     pem = proxy.cert_pem() + pki.host.key_pem() + pki.user.cert_pem()
     with pytest.raises(CredentialError, match="does not match its certificate"):
         load_proxy(P.write_private(tmp_path / "p", pem))
+
+
+def test_key_that_cannot_sign_a_proxy_is_refused(pki: Pki, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    key = x25519.X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path = P.write_private(tmp_path / "p", P.issue_proxy(pki.user).cert_pem() + key)
+    with pytest.raises(CredentialError, match=r"is a X25519PrivateKey: a proxy needs an RSA"):
+        load_proxy(path)
+
+
+def test_dsa_key_is_refused_without_touching_deprecated_types(pki: Pki, tmp_path: Path) -> None:
+    """DSA is refused by name: the pilot never imports cryptography's (deprecated) DSA types."""
+    made = subprocess.run(
+        ["openssl", "genpkey", "-genparam", "-algorithm", "DSA",
+         "-pkeyopt", "dsa_paramgen_bits:1024"],
+        capture_output=True, check=True,
+    )
+    params = P.write_private(tmp_path / "dsa.param", made.stdout)
+    key = subprocess.run(
+        ["openssl", "genpkey", "-paramfile", str(params)], capture_output=True, check=True
+    ).stdout
+    path = P.write_private(tmp_path / "p", P.issue_proxy(pki.user).cert_pem() + key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no deprecation warning reaches the user
+        with pytest.raises(CredentialError, match=r"is a DSAPrivateKey: a proxy needs an RSA"):
+            load_proxy(path)
 
 
 def test_encrypted_key_is_refused(pki: Pki, tmp_path: Path) -> None:
@@ -320,7 +351,7 @@ def test_unreadable_voms_extension_is_ignored_with_a_warning(
 ) -> None:
     bad = P.der_seq(P.der_seq(P.der_int(5)))
     path, _ = _proxy_file(pki, tmp_path, extensions=((P.VOMS_EXT_OID, False, bad),))
-    with caplog.at_level(logging.WARNING, logger="pilot.credentials"):
+    with caplog.at_level(logging.WARNING, logger="pilot.grid.credentials"):
         assert load_proxy(path).voms is None
     assert "ignoring unreadable VOMS attributes" in caplog.text
 

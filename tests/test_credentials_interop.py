@@ -1,4 +1,4 @@
-"""pilot.credentials against the real grid tools: Globus (grid-proxy-init/-info), VOMS
+"""pilot.grid.credentials against the real grid tools: Globus (grid-proxy-init/-info), VOMS
 (voms-proxy-fake/-info) and OpenSSL, all on a CA generated at test time.
 
 Each test skips, naming the tool and its Debian package, when that tool is missing
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from pilot import proc
-from pilot.credentials import (
+from pilot.errors import CredentialError
+from pilot.grid.credentials import (
     load_proxy,
     make_proxy,
     server_ssl_context,
@@ -24,7 +25,6 @@ from pilot.credentials import (
     validate,
     write_proxy,
 )
-from pilot.errors import CredentialError
 from tests import pki as P
 from tests.pki import MtlsServer, Pki, pki_fixture, tls_ask  # noqa: F401
 

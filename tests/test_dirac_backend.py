@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from pilot.backend import JobStatus, MatchedJob, Minor, StatusUpdate
-from pilot.dirac.backend import DiracBackend
-from pilot.dirac.diset import DisetClient
+from pilot.backends.base import JobStatus, MatchedJob, Minor, StatusUpdate
+from pilot.backends.dirac.backend import DiracBackend
+from pilot.backends.dirac.diset import DisetClient
 from tests.dirac_server.fixture import DiracServer
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
@@ -255,7 +255,7 @@ def test_register_marks_a_known_pilot_running(
 FRESH_PROCESS = """
 import json, sys, time
 t0 = time.monotonic()
-from pilot.dirac.backend import DiracBackend, DiracSettings
+from pilot.backends.dirac.backend import DiracBackend, DiracSettings
 t1 = time.monotonic()
 backend = DiracBackend(DiracSettings(**json.loads(sys.argv[1])))
 t2 = time.monotonic()

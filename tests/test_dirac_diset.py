@@ -25,11 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pilot import credentials
-from pilot.backend import JobStatus, MatchedJob, StatusUpdate
-from pilot.config import PilotConfig
-from pilot.dirac.backend import DiracBackend, DiracSettings, settings_from_config
-from pilot.dirac.diset import (
+from pilot.backends.base import JobStatus, MatchedJob, StatusUpdate
+from pilot.backends.dirac.backend import DiracBackend, DiracSettings, settings_from_config
+from pilot.backends.dirac.diset import (
     CHUNK_SIZE,
     Channel,
     DisetAuthError,
@@ -44,7 +42,9 @@ from pilot.dirac.diset import (
     parse_url,
     s_ok,
 )
+from pilot.config import PilotConfig
 from pilot.errors import AuthError, CredentialError, ExitCode, SandboxError, UsageError
+from pilot.grid import credentials
 from tests.dirac_server import harness
 from tests.dirac_server.certs import make_pki
 from tests.dirac_server.fixture import unavailable

@@ -1,4 +1,4 @@
-"""pilot.entrypoints: the same entry points as importlib.metadata, for less."""
+"""pilot.node.entrypoints: the same entry points as importlib.metadata, for less."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pilot import entrypoints
+from pilot.node import entrypoints
 
 
 @pytest.mark.parametrize("group", ["pilot.checks", "console_scripts", "pytest11"])

@@ -1,4 +1,4 @@
-"""pilot.execute on its own: real payload processes, no server.
+"""pilot.job.execute on its own: real payload processes, no server.
 
 Most tests run the payload from the test process itself. Those that need the pilot to
 be the child subreaper (daemons re-parenting to it) run a small driver in a child
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pilot import execute, jobrun, watchdog
-from pilot.backend import JobStatus, MatchedJob, StatusUpdate
+from pilot.backends.base import JobStatus, MatchedJob, StatusUpdate
+from pilot.job import execute, jobrun, watchdog
 from tests.payloads.support import (
     MARK_ENV,
     PAYLOADS,
@@ -216,7 +216,8 @@ DRIVER = textwrap.dedent(
     import json, sys, threading, time
     from pathlib import Path
     import psutil
-    from pilot import execute, proc, watchdog
+    from pilot.job import execute, watchdog
+    from pilot import proc
 
     assert execute.become_subreaper()
     watchdog.STALE_ZOMBIE_S = 0.3  # the setsid intermediate dies unseen: reaped when stale

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pilot import isolation
 from pilot.errors import CheckFailed
+from pilot.job import isolation
 from tests.conftest import FAST, Stub, pilot_env, run_pilot
 from tests.payloads.support import (
     MARK_ENV,

@@ -1,15 +1,14 @@
-"""pilot.jdl: the shared JDL corpus, every grammar feature and error, parametric
+"""pilot.job.jdl: the JDL corpus, every grammar feature and error, parametric
 expansion, serialisation and the JobDescription semantics.
 
-The corpus lives outside the repository: ``$PILOT_JDL_CORPUS`` or else
-``<repo>/../shared/jdl-corpus`` (CI clones shared/ beside the repo). Without it the
-corpus tests fail with a message saying so; they never skip.
+The corpus lives in ``tests/data/jdl-corpus`` (files, MANIFEST.tsv with the expected
+attributes, NOTES.md on where they come from). Without it the corpus tests fail with a
+message saying so; they never skip.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -18,17 +17,19 @@ from typing import Any
 
 import pytest
 
-from pilot import jdl
 from pilot.errors import ExitCode, PilotError
-from pilot.jdl import Expression, JDLError, JobDescription
+from pilot.job import jdl
+from pilot.job.jdl import Expression, JDLError, JobDescription
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = "<absent>"
 
 
+CORPUS_DIR = REPO / "tests" / "data" / "jdl-corpus"
+
+
 def corpus_dir() -> Path:
-    env = os.environ.get("PILOT_JDL_CORPUS")
-    return Path(env) if env else REPO.parent / "shared" / "jdl-corpus"
+    return CORPUS_DIR
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,7 @@ def params(rows: list[Row]) -> list[Any]:
 def need(row: Row | None) -> Row:
     if row is None:
         pytest.fail(
-            f"JDL corpus not found at {corpus_dir()}: set PILOT_JDL_CORPUS or clone "
-            "shared/ next to the repository"
+            f"JDL corpus not found at {corpus_dir()}: the checkout is incomplete"
         )
     return row
 
@@ -75,7 +75,7 @@ def need(row: Row | None) -> Row:
 def corpus_bytes(name: str) -> bytes:
     path = corpus_dir() / name
     if not path.is_file():
-        pytest.fail(f"corpus file {path} is missing (PILOT_JDL_CORPUS={corpus_dir()})")
+        pytest.fail(f"corpus file {path} is missing")
     return path.read_bytes()
 
 
@@ -99,8 +99,7 @@ def same(a: Any, b: Any) -> bool:
 
 def test_corpus_is_present_and_complete() -> None:
     assert (corpus_dir() / "MANIFEST.tsv").is_file(), (
-        f"JDL corpus not found at {corpus_dir()}: set PILOT_JDL_CORPUS or clone shared/ "
-        "next to the repository"
+        f"JDL corpus not found at {corpus_dir()}: the checkout is incomplete"
     )
     listed = {row.file for row in ROWS}
     on_disk = {path.name for path in corpus_dir().glob("*.jdl")}

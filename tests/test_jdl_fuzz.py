@@ -1,4 +1,4 @@
-"""Property tests for pilot.jdl.
+"""Property tests for pilot.job.jdl.
 
 1. Whatever the input (random text, random JDL tokens, mutated corpus files, random
    bytes, deep nesting), parse/expand/from_attrs either succeed or raise JDLError,
@@ -6,13 +6,12 @@
    ``parse(dumps(x)) == x`` and ``json.dumps(to_jsonable(x))``.
 2. ``parse(dumps(a)) == a`` for generated attribute dicts.
 
-The corpus seeds come from ``$PILOT_JDL_CORPUS`` or ``<repo>/../shared/jdl-corpus``.
+The corpus seeds come from ``tests/data/jdl-corpus``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilot import jdl
-from pilot.jdl import Expression, JDLError, JobDescription
+from pilot.job import jdl
+from pilot.job.jdl import Expression, JDLError, JobDescription
 from tests.test_jdl import same
 
 
 def corpus_texts() -> list[str]:
-    env = os.environ.get("PILOT_JDL_CORPUS")
-    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared/jdl-corpus"
+    root = Path(__file__).resolve().parent / "data" / "jdl-corpus"
     return sorted(path.read_text(encoding="utf-8") for path in root.glob("*.jdl"))
 
 
@@ -117,7 +115,7 @@ def check_one(data: str | bytes) -> str:
 
 
 def test_corpus_seeds_are_present() -> None:
-    assert len(CORPUS) >= 50, "JDL corpus not found: set PILOT_JDL_CORPUS or clone shared/"
+    assert len(CORPUS) >= 50, "JDL corpus not found under tests/data/jdl-corpus"
     outcomes = {check_one(text) for text in CORPUS}
     assert outcomes >= {"ok", "parse-error", "expand-error", "model-error"}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pilot import jdl
+from pilot.job import jdl
 from server_stub.store import Store
 
 BASE = {

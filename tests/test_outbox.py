@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pilot.backend import JobStatus, MatchedJob, StatusUpdate
+from pilot.backends.base import JobStatus, MatchedJob, StatusUpdate
+from pilot.backends.outbox import Outbox, OutboxBackend, RetryBudget
 from pilot.errors import AuthError, ServerError, ServerUnreachable
-from pilot.outbox import Outbox, OutboxBackend, RetryBudget
 
 FAST = RetryBudget(retry_for=5.0, min_wait=0.01, max_wait=0.02)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pilot import credentials
 from pilot.errors import AuthError
+from pilot.grid import credentials
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pilot import agent, jdl, resources
-from pilot.backend import MatchedJob
+from pilot import agent
+from pilot.backends.base import MatchedJob
+from pilot.backends.local import LocalBackend
 from pilot.config import PilotConfig
-from pilot.local import LocalBackend
+from pilot.job import jdl
+from pilot.node import resources
 from tests.conftest import FAST, Stub, run_pilot
 from tests.payloads.support import new_mark, payload_jdl
 

@@ -1,4 +1,4 @@
-"""pilot.watchdog: the process table, limits, stall detection, heartbeats and kill commands."""
+"""pilot.job.watchdog: the process table, limits, stall detection, heartbeats and kill commands."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from pilot import watchdog
-from pilot.backend import MatchedJob
+from pilot.backends.base import MatchedJob
 from pilot.errors import AuthError, ServerUnreachable
+from pilot.job import watchdog
 from tests.conftest import FAST, Stub
 from tests.payloads.support import (
     PAYLOADS,

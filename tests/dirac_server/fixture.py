@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from pilot import proc
-from pilot.dirac.backend import DiracSettings
+from pilot.backends.dirac.backend import DiracSettings
 
 from .certs import HOST_DN, USER_DN
 from .harness import (

@@ -2,8 +2,9 @@
 
 Set-up (cached, idempotent)::
 
-    <repo>/build/cache/dirac-venv   DIRAC[server]==9.1.22 from PyPI in its own venv (never the
-                                    pilot's .venv); Debian's gfal2 binding is linked in because
+    $PILOT_DIRAC_VENV               requirements/dirac.lock (DIRAC[server]==9.1.22) in its own
+                                    venv (never the pilot's .venv); Debian's gfal2 binding is
+                                    linked in because
                                     gfal2-python does not build against Debian 12's gfal2
     $PILOT_DIRAC_STATE (default: a new temp dir)
         etc/dirac.cfg               written at each start (free loopback ports)
@@ -23,6 +24,7 @@ Also a command line: ``python -m tests.dirac_server up|down|env``.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 DIRAC_VERSION = "9.1.22"
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+LOCK = REPO / "requirements" / "dirac.lock"  # what the DIRAC venv is made from
 STATE_ENV = "PILOT_DIRAC_STATE"
 VENV_ENV = "PILOT_DIRAC_VENV"
 DEFAULT_VENV = REPO / "build" / "cache" / "dirac-venv"
@@ -198,16 +201,21 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _lock_digest() -> str:
+    """Short digest of the lock file: a venv made from other pins is made again."""
+    return hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]
+
+
 def ensure_venv(venv: Path) -> None:
     """Create the DIRAC server venv once (pip install from PyPI, ~2 min); cached after that."""
-    marker = venv / f".dirac-{DIRAC_VERSION}-ok"
+    marker = venv / f".dirac-{DIRAC_VERSION}-{_lock_digest()}-ok"
     if marker.exists():
         return
     with _locked(venv.parent / f"{venv.name}.lock"):
         if marker.exists():
             return
         _build_venv(venv)
-        marker.write_text(f"DIRAC[server]=={DIRAC_VERSION}\n")
+        marker.write_text(LOCK.read_text())
 
 
 def _build_venv(venv: Path) -> None:
@@ -221,9 +229,12 @@ def _build_venv(venv: Path) -> None:
     _link_gfal2(venv)
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PYTHONPATH")}
     env["PIP_CONFIG_FILE"] = os.devnull
-    pip = [str(venv / "bin" / "pip"), "install", "-q", f"DIRAC[server]=={DIRAC_VERSION}"]
-    log.info("installing DIRAC[server]==%s into %s (a few minutes)", DIRAC_VERSION, venv)
-    _checked(pip, "pip install DIRAC[server]", timeout=1800, env=env)
+    # Exactly the locked versions (make lock refreshes them); no dependency resolution here.
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--require-hashes", "--no-deps",
+           "-r", str(LOCK)]
+    log.info("installing DIRAC[server]==%s into %s from %s (a few minutes)",
+             DIRAC_VERSION, venv, LOCK.relative_to(REPO))
+    _checked(pip, f"pip install -r {LOCK.name}", timeout=1800, env=env)
 
 
 def _link_gfal2(venv: Path) -> None:

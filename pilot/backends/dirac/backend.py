@@ -1,0 +1,438 @@
+"""The agent's :class:`pilot.backends.base.Backend` on DIRAC's WMS services, over DISET.
+
+=====================  ============================================================
+Backend call           DIRAC service call
+=====================  ============================================================
+register               PilotManager.setPilotStatus(ref, "Running", CE, reason, site,
+                       queue) when a PilotManager URL is set (pilots may call only
+                       that method; it updates a reference a SiteDirector created)
+match                  Matcher.requestJob(resourceDescription); Errno 1510 = no match
+set_status             JobStateUpdate.setJobStatusBulk(job, {time: {Status, ...}}),
+                       setJobApplicationStatus for an application status alone;
+                       ``extra`` goes to setJobParameters (best effort)
+heartbeat              JobStateUpdate.sendHeartBeat(job, dynamic, {}) -> {command: arg}
+fetch_input_sandbox    SandboxStore FileTransfer/ToClient of each ``SB:<SE>|<path>``
+store_output_sandbox   SandboxStore FileTransfer/FromClient ``[<md5>.tar.*, {"Job:<id>":
+                       "Output"}]`` (what DIRAC's SandboxStoreClient sends)
+upload_pilot_log       nothing: DIRAC's pilot logging service is HTTPS-only
+=====================  ============================================================
+
+Sandbox ``SB:`` entries are always fetched from the configured SandboxStore: DIRAC's
+sandbox SE is that very service (its DIP endpoint). Access to a user's sandbox follows
+DIRAC's rules for the pilot's identity (owner, JobSharing group, or JobAdministrator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from pilot import __version__
+from pilot.backends.base import MatchedJob, StatusUpdate
+from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
+from pilot.config import PilotConfig
+from pilot.errors import CredentialError, DiskFullError, SandboxError, ServerUnreachable, UsageError
+from pilot.grid import credentials
+from pilot.job import jdl
+
+log = logging.getLogger(__name__)
+
+EWMSNOMATCH = 1510  # DIRAC's DErrno: "No match found"
+EWMSPLTVER = 1511  # "Pilot version does not match"
+NO_MATCH_TEXT = "No match found"
+WMS = "WorkloadManagement"
+DEFAULT_PORTS = {
+    "Matcher": 9170,
+    "JobStateUpdate": 9136,
+    "SandboxStore": 9196,
+    "JobMonitoring": 9130,
+    "PilotManager": 9171,
+}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiracSettings:
+    """Where the DIRAC services are and who the pilot is (``dips://host:port/System/Name``)."""
+
+    matcher_url: str
+    job_state_update_url: str
+    sandbox_store_url: str
+    proxy: Path
+    ca_dir: Path
+    job_monitoring_url: str | None = None  # only for DiracBackend.job_status (tools, tests)
+    pilot_manager_url: str | None = None  # enables register(): PilotManager.setPilotStatus
+    setup: str | None = None  # DIRAC setups are gone since v9: "None" goes on the wire
+    vo: str | None = None
+    source: str = "JobAgent"  # status source: DIRAC takes "Job*" updates as signs of life
+    release_version: str | None = None  # sent as ReleaseVersion when the resources lack it
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("matcher_url", "job_state_update_url", "sandbox_store_url"):
+            _check_url(name, getattr(self, name))
+        for name in ("job_monitoring_url", "pilot_manager_url"):
+            if getattr(self, name) is not None:
+                _check_url(name, getattr(self, name))
+        if self.timeout <= 0:
+            raise UsageError(f"dirac timeout must be positive, not {self.timeout}")
+
+
+def _check_url(name: str, url: str) -> None:
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise UsageError(f"{name}: {exc}") from None
+
+
+def make_ssl_context(settings: DiracSettings) -> ssl.SSLContext:
+    """TLS client context: the proxy (RFC 3820 chain) as credential, CAs from ``ca_dir``."""
+    return credentials.ssl_context(credentials.load_proxy(settings.proxy), settings.ca_dir)
+
+
+class DiracBackend:
+    """:class:`pilot.backends.base.Backend` for DIRAC 9 DISET services. Thread-safe."""
+
+    name = "dirac"
+
+    def __init__(self, settings: DiracSettings, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        ctx = ssl_context if ssl_context is not None else make_ssl_context(settings)
+        self.matcher = self._client(settings.matcher_url, ctx)
+        self.job_state = self._client(settings.job_state_update_url, ctx)
+        self.sandbox_store = self._client(settings.sandbox_store_url, ctx)
+        self.job_monitoring = self._optional(settings.job_monitoring_url, ctx)
+        self.pilot_manager = self._optional(settings.pilot_manager_url, ctx)
+        self._pilot_info_reported = False
+
+    def _client(self, url: str, ctx: ssl.SSLContext) -> DisetClient:
+        s = self.settings
+        return DisetClient(url, ctx, s.timeout, setup=s.setup, vo=s.vo)
+
+    def _optional(self, url: str | None, ctx: ssl.SSLContext) -> DisetClient | None:
+        return None if url is None else self._client(url, ctx)
+
+    # --- pilot --------------------------------------------------------------------------
+
+    def register(self, stamp: str, info: Mapping[str, Any]) -> None:
+        """Mark the pilot Running in PilotAgentsDB when DIRAC knows its reference."""
+        if self.pilot_manager is None:
+            log.debug("no PilotManager URL: pilot %s is not reported to DIRAC", stamp)
+            return
+        resources = info.get("resources") or {}
+        reference = str(resources.get("PilotReference") or stamp)
+        site = info.get("site") or resources.get("Site")
+        ce = info.get("ce") or resources.get("GridCE")
+        reason = f"pilot-agent {__version__} started"
+        args = (reference, "Running", ce, reason, site, resources.get("CEQueue"))
+        try:
+            updated = self.pilot_manager.call("setPilotStatus", *args)
+        except DisetError as exc:
+            log.warning("could not report pilot %s to DIRAC: %s", reference, exc)
+            return
+        if updated:
+            log.info("pilot %s reported Running to DIRAC (site %s, CE %s)", reference, site, ce)
+        else:
+            log.info("pilot reference %s is not in DIRAC's PilotAgentsDB: not recorded", reference)
+
+    def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
+        raise SandboxError(f"{lfn}: LFN inputs need DIRAC's data management, not supported")
+
+    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+        raise SandboxError(f"{lfn}: OutputData needs DIRAC's data management, not supported")
+
+    def upload_pilot_log(self, stamp: str, text: str) -> None:
+        log.debug(
+            "pilot %s: no DISET service takes pilot logs; %d chars kept local", stamp, len(text)
+        )
+
+    def close(self) -> None:
+        """Nothing held open: every DISET call has its own connection."""
+
+    # --- matching -----------------------------------------------------------------------
+
+    def match(self, resources: Mapping[str, Any]) -> MatchedJob | None:
+        description = self.resource_description(resources)
+        try:
+            reply = self.matcher.call("requestJob", description)
+        except DisetError as exc:
+            if exc.errno == EWMSNOMATCH or (exc.errno == 0 and NO_MATCH_TEXT in str(exc)):
+                log.debug("no job matched at %s", description.get("Site"))
+                return None
+            raise
+        if not isinstance(reply, dict) or "JobID" not in reply or "JDL" not in reply:
+            raise DisetProtocolError(f"Matcher.requestJob: no JobID/JDL in {reply!r:.200}")
+        self._pilot_info_reported = bool(reply.get("PilotInfoReportedFlag"))
+        extra = {k: v for k, v in reply.items() if k not in ("JobID", "JDL")}
+        job = MatchedJob(str(reply["JobID"]), str(reply["JDL"]), extra=MappingProxyType(extra))
+        log.info(
+            "matched DIRAC job %s (owner %s, group %s)",
+            job.job_id,
+            extra.get("Owner"),
+            extra.get("Group"),
+        )
+        return job
+
+    def resource_description(self, resources: Mapping[str, Any]) -> dict[str, Any]:
+        """``resources`` (DIRAC names) as sent to the Matcher, with the pilot's defaults."""
+        description = {str(k): _wire(v) for k, v in resources.items() if v is not None}
+        if self.settings.vo:
+            description.setdefault("VirtualOrganization", self.settings.vo)
+        if self.settings.release_version:
+            description.setdefault("ReleaseVersion", self.settings.release_version)
+        if self._pilot_info_reported:
+            description["PilotInfoReportedFlag"] = True
+        return description
+
+    # --- job state ----------------------------------------------------------------------
+
+    def set_status(self, job: MatchedJob, update: StatusUpdate) -> None:
+        fields: dict[str, str] = {}
+        if update.status is not None:
+            fields["Status"] = str(update.status)
+        if update.minor:
+            fields["MinorStatus"] = update.minor
+        if update.application:
+            fields["ApplicationStatus"] = update.application
+        job_id = _job_id(job)
+        if list(fields) == ["ApplicationStatus"]:
+            self.job_state.call(
+                "setJobApplicationStatus", job_id, update.application, self.settings.source
+            )
+        elif fields:
+            fields["Source"] = self.settings.source
+            self.job_state.call("setJobStatusBulk", job_id, {dirac_time(update.timestamp): fields})
+        if update.extra:
+            self._set_parameters(job_id, update.extra)
+
+    def _set_parameters(self, job_id: int | str, extra: Mapping[str, Any]) -> None:
+        """Job parameters (DIRAC keeps them in OpenSearch): best effort, never fatal."""
+        pairs = [[name, value] for name, value in _flatten(extra)]
+        try:
+            self.job_state.call("setJobParameters", job_id, pairs)
+        except DisetError as exc:
+            log.warning("job %s: parameters %s not stored: %s", job_id, [p[0] for p in pairs], exc)
+
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        return []  # DIRAC sends its commands with heartbeats
+
+    def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
+        """sendHeartBeat; DIRAC answers pending commands (``{"Kill": ""}``) once each.
+
+        Note: DIRAC sets the job Running again on every heartbeat (even a Killed one).
+        """
+        dynamic = {str(k): _scalar(v) for k, v in metrics.items() if v is not None}
+        reply = self.job_state.call("sendHeartBeat", _job_id(job), dynamic, {})
+        commands = tuple(str(c) for c in reply) if isinstance(reply, dict) else ()
+        if commands:
+            log.info("job %s: DIRAC commands %s", job.job_id, ", ".join(commands))
+        return commands
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        """JobMonitoring.getJobsStatus: ``{"Status": ..., "MinorStatus": ...}`` (tools)."""
+        if self.job_monitoring is None:
+            raise UsageError("job_status needs a JobMonitoring URL in the DIRAC settings")
+        reply = self.job_monitoring.call("getJobsStatus", [int(job_id)])
+        status: dict[str, Any] = reply.get(job_id) or reply.get(int(job_id)) or {}
+        return status
+
+    # --- sandboxes ----------------------------------------------------------------------
+
+    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
+        """Download each ``SB:`` entry into ``dest_dir``; plain names are inside those."""
+        entries = jdl.load(job.jdl).input_sandbox
+        lfns = [e for e in entries if e[:4].upper() == "LFN:"]
+        if lfns:
+            raise SandboxError(
+                f"LFN input sandbox not supported by this backend: {', '.join(lfns)}"
+            )
+        paths = []
+        for entry in entries:
+            if not entry.startswith("SB:"):
+                log.debug("job %s: %s travels inside the sandbox archive", job.job_id, entry)
+                continue
+            se_name, path = split_sandbox_url(entry)
+            dest = dest_dir / _archive_name(path)
+            log.debug(
+                "job %s: fetching %s from %s (SE %s)",
+                job.job_id,
+                path,
+                self.sandbox_store.url,
+                se_name,
+            )
+            self._download(path, dest, entry)
+            paths.append(dest)
+        return paths
+
+    def _download(self, path: str, dest: Path, entry: str) -> None:
+        part = dest.with_name(dest.name + ".part")
+        try:
+            size = self.sandbox_store.receive_file(self.sandbox_store.url + path, part)
+            part.replace(dest)
+        except ServerUnreachable:
+            raise
+        except DisetError as exc:
+            raise SandboxError(f"input sandbox {entry}: {exc}") from exc
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                raise DiskFullError(f"no space left writing {dest}") from exc
+            raise SandboxError(f"cannot write {dest}: {exc}") from exc
+        log.info("input sandbox %s: %d bytes", dest.name, size)
+
+    def store_output_sandbox(self, job: MatchedJob, archive: Path) -> None:
+        """Upload ``archive`` (``*.tar``, ``*.tar.gz``, ...) as the job's Output sandbox."""
+        extension = _tar_extension(archive)
+        file_id = [f"{_md5(archive)}.{extension}", {f"Job:{job.job_id}": "Output"}]
+        try:
+            location = self.sandbox_store.send_file(file_id, archive)
+        except ServerUnreachable:
+            raise
+        except DisetError as exc:
+            raise SandboxError(f"output sandbox of job {job.job_id}: {exc}") from exc
+        except OSError as exc:
+            raise SandboxError(f"cannot read {archive}: {exc}") from exc
+        log.info("job %s: output sandbox stored as %s", job.job_id, location)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def dirac_time(timestamp: float) -> str:
+    """A status time stamp as DIRAC writes them: naive UTC ``YYYY-mm-dd HH:MM:SS.ffffff``."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def split_sandbox_url(entry: str) -> tuple[str, str]:
+    """``SB:<SE name>|<path>`` -> (SE name, path)."""
+    se_name, bar, path = entry[3:].partition("|")
+    if not entry.startswith("SB:") or not bar or not se_name or not path.startswith("/"):
+        raise SandboxError(f"malformed sandbox location {entry!r} (want SB:<SE>|/<path>)")
+    return se_name, path
+
+
+def _archive_name(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    if not _SAFE_NAME.fullmatch(name):
+        raise SandboxError(f"refusing sandbox file name {name!r}")
+    return name
+
+
+def _tar_extension(archive: Path) -> str:
+    position = archive.name.find(".tar")
+    extension = archive.name[position + 1 :] if position >= 0 else ""
+    if not extension or not extension.replace(".", "").isalnum():
+        raise SandboxError(f"output sandbox {archive.name} is not a .tar[.gz|.bz2|.xz] archive")
+    return extension
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise SandboxError(f"cannot read {path}: {exc}") from exc
+    return digest.hexdigest()
+
+
+def _job_id(job: MatchedJob) -> int | str:
+    return int(job.job_id) if job.job_id.isdigit() else job.job_id
+
+
+def _wire(value: Any) -> Any:
+    """A resource value in a JSON/DISET-friendly shape."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted(_wire(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [_wire(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _wire(v) for k, v in value.items()}
+    return value
+
+
+def _scalar(value: Any) -> Any:
+    """Heartbeat values land in an SQL column: numbers and strings only."""
+    value = _wire(value)
+    if isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value, default=str)
+
+
+def _flatten(extra: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for key, value in extra.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            pairs.extend(_flatten(value, f"{name}."))
+        else:
+            pairs.append((name, str(_wire(value))))
+    return pairs
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def settings_from_config(cfg: PilotConfig) -> DiracSettings:
+    """``--server dips://host[:port/WorkloadManagement/Matcher]`` plus the ``[dirac]`` table.
+
+    Table keys (any case, ``_`` ignored): ``matcher``, ``jobstateupdate``, ``sandboxstore``,
+    ``jobmonitoring``, ``pilotmanager`` (URLs), ``setup``, ``release_version``, ``source``,
+    ``timeout``. Matcher, JobStateUpdate and SandboxStore without a URL are taken on the
+    server's host at DIRAC's default ports; the optional JobMonitoring and PilotManager
+    only when given. Proxy and CA directory: config, else X509_USER_PROXY / X509_CERT_DIR.
+    """
+    table = {str(k).lower().replace("_", ""): v for k, v in cfg.dirac.items()}
+    server = urlsplit(cfg.server or "")
+    if server.scheme != "dips" or not server.hostname:
+        raise UsageError(f"DIRAC backend needs a dips:// server URL, not {cfg.server!r}")
+    has_path = server.path.strip("/") != ""
+
+    def url(service: str) -> str:
+        if table.get(service.lower()):
+            return str(table[service.lower()])
+        if service == "Matcher" and has_path:
+            return str(cfg.server)
+        return f"dips://{server.hostname}:{DEFAULT_PORTS[service]}/{WMS}/{service}"
+
+    proxy = cfg.proxy or credentials.find_proxy()
+    ca_dir = cfg.ca_dir or credentials.ca_locations()[0]
+    if proxy is None:
+        raise CredentialError("DIRAC backend needs an X.509 proxy: --proxy or X509_USER_PROXY")
+    if ca_dir is None:
+        raise CredentialError("DIRAC backend needs a CA directory: --ca-dir or X509_CERT_DIR")
+    return DiracSettings(
+        matcher_url=url("Matcher"),
+        job_state_update_url=url("JobStateUpdate"),
+        sandbox_store_url=url("SandboxStore"),
+        job_monitoring_url=_opt_str(table.get("jobmonitoring")),
+        pilot_manager_url=_opt_str(table.get("pilotmanager")),
+        proxy=Path(proxy),
+        ca_dir=Path(ca_dir),
+        setup=_opt_str(table.get("setup")),
+        vo=cfg.vo,
+        source=str(table.get("source") or "JobAgent"),
+        release_version=_opt_str(table.get("releaseversion")),
+        timeout=float(table.get("timeout") or 60.0),
+    )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)

@@ -1,7 +1,0 @@
-"""DIRAC backend: the pilot speaks DIRAC's DISET protocol (``dips://``) itself.
-
-:mod:`pilot.dirac.diset` is the transport (framing, JSON encoding, TLS with the pilot's
-proxy, RPC and file transfers); :mod:`pilot.dirac.backend` maps the agent's
-:class:`pilot.backend.Backend` calls onto the WMS services (Matcher, JobStateUpdate,
-SandboxStore, PilotManager). DIRAC itself is never imported.
-"""

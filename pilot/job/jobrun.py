@@ -1,0 +1,362 @@
+"""One matched job from start to final status: stage in, execute, stage out, report.
+
+Shared by ``pilot run`` (a server backend) and ``pilot local`` (the local backend), so a
+job run locally goes through exactly the code a job on a worker node does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
+from pilot.errors import PilotError, SandboxError
+from pilot.job import archive, execute, isolation, jdl, sandbox, watchdog
+from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
+
+log = logging.getLogger(__name__)
+
+# What a batch system sends a whole job tree before it ends a slot (the pilot stops on them).
+_BATCH_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGXCPU})
+
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR")
+WALL_TIME_KEYS = ("WallTime", "MaxWallTime", "WallClockTime")
+STAGE_OUT_RESERVE_S = 60.0  # kept back from the slot's end for stage-out and the report
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    work_dir: Path
+    pilot_reference: str
+    site: str
+    grace: float = 30.0
+    max_output_bytes: int = 100 << 20
+    unpack_limits: archive.UnpackLimits = field(default_factory=archive.UnpackLimits)
+    keep_job_dir: bool = False
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    # the watchdog
+    sample_interval: float = 5.0
+    heartbeat_interval: float = 300.0
+    stalled_window: float | None = 1800.0
+    stalled_cpu_fraction: float = 0.05
+    max_stdout_bytes: int = 50 << 20
+    max_job_disk_mb: int | None = None
+    min_free_disk_mb: int | None = 100
+    max_processes: int | None = None
+    benchmark: float = 1.0  # the node's CPU power, to normalise CPU seconds
+    # isolation
+    isolation: Isolation = NO_ISOLATION
+    hidden_paths: tuple[Path, ...] = ()  # the pilot's credentials, masked in the sandbox
+    cgroup: CgroupParent | None = None
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: str
+    status: JobStatus
+    minor: str
+    exit_code: int | None
+    timing: Mapping[str, float]
+
+
+def payload_env(
+    desc: jdl.JobDescription, job_id: str, settings: JobSettings, job_dir: Path, cores: int
+) -> dict[str, str]:
+    """The payload's environment: a few basics from the pilot's, our job facts, the JDL's."""
+    env = {k: settings.base_env[k] for k in BASE_ENV if k in settings.base_env}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(
+        {
+            "HOME": env.get("HOME", str(job_dir)),
+            "TMPDIR": str(job_dir / "tmp"),
+            "PILOT_JOB_ID": job_id,
+            "DIRACJOBID": job_id,
+            "JOBID": job_id,
+            "PILOT_REFERENCE": settings.pilot_reference,
+            "PILOT_SITE": settings.site,
+            "DIRACSITE": settings.site,
+            "PILOT_JOB_DIR": str(job_dir),
+            "NUMBER_OF_PROCESSORS": str(cores),
+            "OMP_NUM_THREADS": str(cores),
+        }
+    )
+    env.update(desc.execution_environment)
+    return env
+
+
+def payload_argv(desc: jdl.JobDescription, job_dir: Path) -> tuple[str, ...]:
+    """``Executable`` + ``Arguments``; an executable shipped in the sandbox gets its exec bit."""
+    exe = desc.executable
+    shipped = job_dir / exe
+    if (
+        not os.path.isabs(exe)
+        and shipped.is_file()
+        and shipped.resolve().is_relative_to(job_dir.resolve())
+    ):
+        shipped.chmod(shipped.stat().st_mode | 0o100)
+        exe = str(shipped)
+    return (exe, *desc.arguments)
+
+
+def stream_path(job_dir: Path, name: str | None, default: str) -> Path:
+    """Where StdOutput/StdError go: inside the job directory, whatever the JDL says."""
+    path = job_dir / (name or default)
+    if not path.resolve().is_relative_to(job_dir.resolve()):
+        log.warning("output file %r is outside the job directory: using its base name", name)
+        base = Path(name or default).name
+        path = job_dir / (base if base not in ("", ".", "..") else default)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _seconds(desc: jdl.JobDescription, keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = jdl.get(desc.attrs, key)
+        number = jdl.as_number(value) if value is not None else None
+        if number is not None and number > 0:
+            return float(number)
+    return None
+
+
+def job_limits(
+    desc: jdl.JobDescription,
+    settings: JobSettings,
+    cores: int,
+    memory_mb: int | None,
+    slot_left: float | None,
+) -> watchdog.Limits:
+    """What this job may use: its JDL's requests, its share of the slot, the pilot's caps."""
+    wall, wall_source = _seconds(desc, WALL_TIME_KEYS), ""
+    if wall is not None:
+        wall_source = f"WallTime {wall:.0f} s"
+    if slot_left is not None:
+        slot_wall = max(1.0, slot_left - settings.grace - STAGE_OUT_RESERVE_S)
+        if wall is None or slot_wall < wall:
+            wall, wall_source = slot_wall, "batch slot ends"
+    cpu = _seconds(desc, ("CPUTime", "MaxCPUTime"))
+    source = f"MaxRAM {memory_mb} MB" if desc.max_ram_mb else f"slot share {memory_mb} MB"
+    return watchdog.Limits(
+        wall_seconds=wall,
+        wall_source=wall_source,
+        cpu_normalised=cpu * cores if cpu is not None else None,
+        benchmark=settings.benchmark,
+        memory_mb=memory_mb,
+        memory_source=source,
+        disk_mb=settings.max_job_disk_mb,
+        min_free_disk_mb=settings.min_free_disk_mb,
+        max_processes=settings.max_processes,
+        stalled_window=settings.stalled_window,
+        stalled_cpu_fraction=settings.stalled_cpu_fraction,
+    )
+
+
+def application_notes(result: execute.ExecutionResult, cap_bytes: int) -> list[str]:
+    notes = []
+    for stream in result.truncated:
+        notes.append(f"{stream} truncated at {cap_bytes / (1 << 20):g} MB")
+    if result.leftovers:
+        notes.append(f"{result.leftovers} leftover process(es) killed")
+    notes.extend(f"{why} (not saved)" for why in result.unsaved)
+    return notes
+
+
+class JobRunner:
+    """Runs one job; ``cancel`` (a kill command, a signal to the pilot) stops the payload."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        job: MatchedJob,
+        settings: JobSettings,
+        cores: int,
+        memory_mb: int | None = None,
+        slot_deadline: float | None = None,
+        match_seconds: float | None = None,
+    ) -> None:
+        self.backend = backend
+        self.job = job
+        self.settings = settings
+        self.cores = cores
+        self.memory_mb = memory_mb
+        self.slot_deadline = slot_deadline  # time.monotonic() when the batch slot ends
+        self.cancel = execute.Cancel()
+        self.timing: dict[str, float] = {}
+        self.launched = threading.Event()  # set when the payload starts, or will not
+        self.keep_job_dir = False  # kept when its output could not be delivered
+        if match_seconds is not None:
+            self.timing["match"] = match_seconds
+        self.monitor = watchdog.Monitor(settings.work_dir)
+
+    def status(
+        self, status: JobStatus | None, minor: str | None, app: str | None = None, **extra: object
+    ) -> None:
+        self.backend.set_status(self.job, StatusUpdate(status, minor, app, extra=extra))
+
+    def run(self) -> JobOutcome:
+        try:
+            return self._parse_and_run()
+        finally:
+            self.launched.set()  # however the job ended: it launches nothing (more)
+
+    def _parse_and_run(self) -> JobOutcome:
+        job_id = self.job.job_id
+        job_dir = self.settings.work_dir / f"job-{job_id}"
+        try:
+            desc = jdl.load(self.job.jdl)
+        except jdl.JDLError as exc:
+            return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
+        heartbeat = watchdog.Heartbeat(
+            self.backend,
+            self.job,
+            self.monitor,
+            self.settings.heartbeat_interval,
+            self.cancel.set,
+        )
+        heartbeat.start()
+        try:
+            return self._run(desc, job_dir)
+        finally:
+            heartbeat.stop()
+            if not self.settings.keep_job_dir and not self.keep_job_dir:
+                shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _run(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "tmp").mkdir(exist_ok=True)
+        self.status(JobStatus.RUNNING, Minor.DOWNLOADING_IS)
+        start = time.monotonic()
+        try:
+            sandbox.stage_in(self.backend, self.job, desc, job_dir, self.settings.unpack_limits)
+        except SandboxError as exc:
+            return self._finish(JobStatus.FAILED, str(exc), None)
+        self.timing["stage_in"] = time.monotonic() - start
+        if self.cancel.is_set():
+            return self._finish(JobStatus.KILLED, self.cancel.reason, None)
+        result = self._execute(desc, job_dir)
+        self.status(JobStatus.COMPLETING, Minor.UPLOADING_OS)
+        start = time.monotonic()
+        notes = application_notes(result, self.settings.max_stdout_bytes)
+        upload_failure = None
+        try:
+            staged = sandbox.stage_out(
+                self.backend, self.job, desc, job_dir, self.settings.max_output_bytes
+            )
+            notes.append(staged.note())
+        except PilotError as exc:  # after the outbox's retries: the output is not stored
+            upload_failure = f"Output sandbox upload failed: {exc}"
+            self.keep_job_dir = True
+            log.error(
+                "job %s: output sandbox upload failed: %s; job directory kept: %s",
+                self.job.job_id,
+                exc,
+                job_dir,
+            )
+            notes.append(f"job directory kept: {job_dir}")
+        self.timing["stage_out"] = time.monotonic() - start
+        return self._conclude(result, "; ".join(n for n in notes if n), upload_failure)
+
+    def spec(self, desc: jdl.JobDescription, job_dir: Path) -> execute.ExecutionSpec:
+        """How this job's payload runs: argv (in its sandbox), environment, limits."""
+        settings = self.settings
+        argv = isolation.wrap(
+            settings.isolation,
+            payload_argv(desc, job_dir),
+            job_dir,
+            settings.work_dir,
+            settings.hidden_paths,
+        )
+        slot_left = None
+        if self.slot_deadline is not None:
+            slot_left = self.slot_deadline - time.monotonic()
+        supervision = execute.Supervision(
+            sample_interval=settings.sample_interval,
+            grace=settings.grace,
+            max_stream_bytes=settings.max_stdout_bytes,
+            limits=job_limits(desc, settings, self.cores, self.memory_mb, slot_left),
+            cgroup=settings.cgroup,
+        )
+        return execute.ExecutionSpec(
+            argv=argv,
+            cwd=job_dir,
+            env=payload_env(desc, self.job.job_id, settings, job_dir, self.cores),
+            stdout=stream_path(job_dir, desc.std_output, ".stdout"),
+            stderr=stream_path(job_dir, desc.std_error or desc.std_output, ".stderr"),
+            cores=self.cores,
+            supervision=supervision,
+        )
+
+    def _execute(self, desc: jdl.JobDescription, job_dir: Path) -> execute.ExecutionResult:
+        spec = self.spec(desc, job_dir)
+        self.status(JobStatus.RUNNING, Minor.APPLICATION, "Running")
+        log.info("job %s: running %s", self.job.job_id, " ".join(payload_argv(desc, job_dir)))
+        self.launched.set()  # a few ms early: nothing of the pilot's is left to do first
+        try:
+            result = execute.run(spec, self.cancel, self.monitor)
+        except execute.LaunchError as exc:
+            result = execute.ExecutionResult(127, None, 0.0, 0.0)
+            log.error("job %s: %s", self.job.job_id, exc)
+        self.timing["payload"] = result.wall_time
+        self.timing["payload_cpu"] = result.cpu_time
+        log.info(
+            "job %s: payload ended (exit %s, signal %s, %.2f s, %.2f s CPU%s)",
+            self.job.job_id,
+            result.exit_code,
+            result.signal,
+            result.wall_time,
+            result.cpu_time,
+            f", {result.ending.minor}" if result.ending else "",
+        )
+        return result
+
+    def _conclude(
+        self, result: execute.ExecutionResult, note: str, upload_failure: str | None = None
+    ) -> JobOutcome:
+        status, minor, code = self._judge(result)
+        if upload_failure is not None and status is JobStatus.DONE:
+            # Done means the output is stored: a job whose output could not be is Failed.
+            status, minor = JobStatus.FAILED, upload_failure
+        return self._finish(status, minor, code, note)
+
+    def _judge(self, result: execute.ExecutionResult) -> tuple[JobStatus, str, int | None]:
+        """The job's final status, minor status and exit code from its payload's end."""
+        if result.ending is not None:
+            status = (
+                JobStatus.KILLED
+                if result.ending.kind is execute.EndKind.CANCELLED
+                else JobStatus.FAILED
+            )
+            return status, result.ending.minor, result.exit_code
+        if result.signal is not None:
+            # A batch system's kill (scancel) signals the whole process tree: the payload
+            # may die before the pilot's own handler has cancelled the job. Give the
+            # pilot a moment to say why before calling it a failure.
+            if result.signal in _BATCH_STOP_SIGNALS and self.cancel.wait(2.0):
+                return JobStatus.KILLED, self.cancel.reason, None
+            return JobStatus.FAILED, f"Payload killed by signal {result.signal}", None
+        if result.exit_code != 0:
+            minor = f"Payload failed with exit code {result.exit_code}"
+            return JobStatus.FAILED, minor, result.exit_code
+        if result.unsaved:  # the payload worked but what it printed is lost
+            minor = "Payload output not saved: " + "; ".join(result.unsaved)
+            return JobStatus.FAILED, minor, 0
+        return JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0
+
+    def _finish(
+        self, status: JobStatus, minor: str, code: int | None, note: str = ""
+    ) -> JobOutcome:
+        app = f"exit code {code}" if code is not None else status.value
+        if note:
+            app = f"{app}; {note}"
+        log.info("job %s: %s (%s)", self.job.job_id, status, minor)
+        try:
+            self.status(status, minor, app, Timing=dict(self.timing))
+        except PilotError as exc:
+            log.error("job %s: could not report final status %s: %s", self.job.job_id, status, exc)
+        return JobOutcome(self.job.job_id, status, minor, code, dict(self.timing))
