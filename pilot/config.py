@@ -98,6 +98,13 @@ _CHOICES = {
 }
 
 
+_RANGES = {  # lowest and highest value allowed (inclusive)
+    "server_timeout": (0.1, 3600.0),
+    "retry_for": (0.0, 30 * 86400.0),
+    "command_interval": (1.0, 3600.0),
+}
+
+
 def env_name(name: str) -> str:
     return "PILOT_" + name.upper()
 
@@ -115,6 +122,13 @@ def convert(name: str, value: Any) -> Any:
         raise UsageError(f"{name}: cannot use {value!r} ({exc})") from None
     if name in _CHOICES and result not in _CHOICES[name]:
         raise UsageError(f"{name}: {result!r} is not one of {', '.join(_CHOICES[name])}")
+    if (
+        name in _RANGES
+        and result is not None
+        and not _RANGES[name][0] <= result <= _RANGES[name][1]
+    ):
+        low, high = _RANGES[name]
+        raise UsageError(f"{name}: {result:g} is outside {low:g}..{high:g} (seconds)")
     return result
 
 

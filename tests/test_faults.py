@@ -37,6 +37,7 @@ from tests.payloads.support import (
     start_pilot,
     wait_for,
 )
+from tests.test_isolation import needs_bwrap
 
 QUICK = ["--disable-check", "cpu", "--check-timeout", "10"]
 
@@ -256,20 +257,24 @@ def test_kill_acts_within_thirty_seconds_by_default(stub: Stub, tmp_path: Path) 
 
 
 def _kill9_leaves_no_payload(
-    stub: Stub, work: Path, log: Path, argv0: list[str], env: dict[str, str] | None
+    stub: Stub,
+    work: Path,
+    log: Path,
+    argv0: list[str],
+    env: dict[str, str] | None,
+    *extra: str,
 ) -> None:
     mark = new_mark("kill9")
-    python = SYSTEM_PYTHON if argv0 else PYTHON
-    jdl = recorder_jdl(log, 120, python=python).replace(
-        f"rec {log} 120", f"{mark} {log} 120 daemon"
-    )
+    python = SYSTEM_PYTHON if argv0 or extra else PYTHON
+    jdl = recorder_jdl(log, 120, python=python)
+    jdl = jdl.replace(f"rec {log} 120", f"{mark} {log} 120 daemon")
     (job,) = stub.submit(jdl)
-    launcher = start_pilot(stub, work, "--idle-timeout", "1", *QUICK, env=env, argv0=argv0)
+    args = ["--idle-timeout", "1", *QUICK, *extra]
+    launcher = start_pilot(stub, work, *args, env=env, argv0=argv0)
     try:
-        assert wait_for(lambda: executions(log)[str(job)] == 1, 60), (
-            work / "pilot.log"
-        ).read_text()
-        assert wait_for(lambda: len(marked_processes(mark)) >= 3, 10)  # main, child, daemon
+        assert wait_for(lambda: all_running(stub, [job]), 60), (work / "pilot.log").read_text()
+        # main, its child, the daemon (and bwrap's processes when isolated)
+        assert wait_for(lambda: len(marked_processes(mark)) >= 3, 10)
         time.sleep(0.5)
         os.kill(pilot_process(launcher), signal.SIGKILL)
         launcher.wait(10)
@@ -297,3 +302,14 @@ def test_kill9_of_an_unprivileged_pilot_leaves_no_payload_process(stub: Stub) ->
         assert (work / "w").stat().st_uid == pwd_nobody()  # the pilot really was nobody
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_kill9_of_a_pilot_with_bubblewrap_leaves_no_payload_process(
+    stub: Stub, tmp_path: Path
+) -> None:
+    """With --isolation bwrap the payload's PID namespace dies with bwrap as well."""
+    needs_bwrap()
+    # the sandbox's /tmp is private: the payload writes its log in its job directory
+    _kill9_leaves_no_payload(
+        stub, tmp_path / "p0", Path("executions.log"), [], None, "--isolation", "bwrap"
+    )

@@ -132,3 +132,19 @@ def test_a_server_error_is_retried(tmp_path: Path) -> None:
     statuses(OutboxBackend(inner, outbox))  # type: ignore[arg-type]
     assert outbox.drain(10) == 0
     assert len(inner.sent) == 3 and inner.failures == 0  # both failures met, then delivered
+
+
+def test_retry_settings_are_checked_where_they_enter() -> None:
+    import pytest
+
+    from pilot import config
+    from pilot.errors import UsageError
+
+    cfg, _ = config.load({"retry_for": "90", "server_timeout": "5"}, env={})
+    assert (cfg.retry_for, cfg.server_timeout, cfg.command_interval) == (90.0, 5.0, 20.0)
+    assert config.load({}, env={})[0].retry_for is None  # until the slot ends
+    for name, bad in (("server_timeout", "0"), ("retry_for", "-1"), ("command_interval", "0.1")):
+        with pytest.raises(UsageError, match=f"^{name}: .* is outside"):
+            config.load({name: bad}, env={})
+    with pytest.raises(UsageError, match="^retry_for: cannot use 'soon'"):
+        config.load({}, env={"PILOT_RETRY_FOR": "soon"})
