@@ -146,5 +146,5 @@ def test_retry_settings_are_checked_where_they_enter() -> None:
     for name, bad in (("server_timeout", "0"), ("retry_for", "-1"), ("command_interval", "0.1")):
         with pytest.raises(UsageError, match=f"^{name}: .* is outside"):
             config.load({name: bad}, env={})
-    with pytest.raises(UsageError, match="^retry_for: cannot use 'soon'"):
+    with pytest.raises(UsageError, match=r"^retry_for: cannot use 'soon'"):
         config.load({}, env={"PILOT_RETRY_FOR": "soon"})
