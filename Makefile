@@ -52,6 +52,8 @@ bench: venv
 	$(BIN)/python bench/job_overhead.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/supervision.py
+	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/kill_poll.py
 	$(MAKE) binary
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/dirac_first_match.py

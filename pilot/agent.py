@@ -430,6 +430,8 @@ class Agent:
         while self.running:
             if self.stop.is_set():
                 self.cancel_all(self.stop.reason or "Killed by pilot")
+                if isinstance(self.backend, outbox.OutboxBackend):  # reports: grace time only
+                    self.backend.outbox.hurry(self.config.grace)
             self.changed.wait(0.5)
             self.changed.clear()
             self._reap()

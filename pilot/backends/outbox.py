@@ -118,6 +118,7 @@ class Outbox:
         self._cond = threading.Condition()
         self._queues: dict[str, _JobQueue] = {}
         self._stop = threading.Event()  # cut retries short (the pilot must exit now)
+        self._cap: float | None = None  # no retry past this (the pilot was told to stop)
         self.given_up = 0  # entries that could not be delivered in their budget
 
     # -- posting ------------------------------------------------------------------------
@@ -221,6 +222,8 @@ class Outbox:
                 if first_failure is None:
                     first_failure = now
                 deadline = self.budget.deadline(first_failure)
+                if self._cap is not None:
+                    deadline = min(deadline, self._cap)
                 # An upload's failure goes to its waiting caller, which reports it.
                 level = logging.ERROR if first.kind == "status" else logging.WARNING
                 if not retryable(exc):
@@ -261,6 +264,12 @@ class Outbox:
             return None
 
     # -- the end ------------------------------------------------------------------------
+
+    def hurry(self, seconds: float) -> None:
+        """The pilot must stop (a signal): retry nothing past ``seconds`` from now."""
+        with self._cond:
+            if self._cap is None:
+                self._cap = time.monotonic() + seconds
 
     def pending(self) -> int:
         with self._cond:
