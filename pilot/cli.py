@@ -309,8 +309,9 @@ def _work_dir(cfg: config.PilotConfig) -> config.PilotConfig:
 def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
     from pilot.job import guardian
 
-    guardian.start()  # first: it forks, and no thread may run yet
     cfg = _work_dir(cfg)
+    assert cfg.work_dir is not None
+    guardian.start(cfg.work_dir / "guardian.log")  # it forks: before any thread starts
     stop = agent.Stop()
     install_signal_handlers(stop)
     backend = make_backend(cfg)

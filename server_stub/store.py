@@ -95,6 +95,13 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def request_token(request_id: str, job_id: int) -> str:
+    """The job token of a job claimed by match request ``request_id`` (a random secret of
+    the pilot's): a retry of the request gets the same token, and the stub still stores
+    only the token's hash."""
+    return hashlib.sha256(f"job-token:{job_id}:{request_id}".encode()).hexdigest()
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -235,7 +242,7 @@ class Store:
                     continue
                 if dry_run:
                     return Claim(int(row["id"]), row["jdl"], "")
-                claim = self._claim(db, int(row["id"]), row["jdl"], pilot, resources)
+                claim = self._claim(db, int(row["id"]), row["jdl"], pilot, resources, request_id)
                 if request_id:
                     self._remember_request(db, request_id, pilot, claim.job_id)
                 return claim
@@ -249,14 +256,18 @@ class Store:
         if seen is None:
             return None
         job_id = int(seen["job_id"])
-        row = db.execute("SELECT status, pilot, jdl FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or row["status"] != JobStatus.MATCHED or row["pilot"] != seen["pilot"]:
+        row = db.execute(
+            "SELECT status, pilot, jdl, token_hash FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        token = request_token(request_id, job_id)
+        if (
+            row is None
+            or row["status"] != JobStatus.MATCHED
+            or seen["pilot"] != pilot
+            or row["token_hash"] != hash_token(token)
+        ):
             raise StoreError(f"match request already answered with job {job_id}", 409)
-        if seen["pilot"] != pilot:
-            raise StoreError("match request id belongs to another pilot", 409)
-        token = secrets.token_urlsafe(32)
-        db.execute("UPDATE jobs SET token_hash = ? WHERE id = ?", (hash_token(token), job_id))
-        return Claim(job_id, str(row["jdl"]), token)
+        return Claim(job_id, str(row["jdl"]), token)  # the same answer, the same token
 
     def _remember_request(
         self, db: sqlite3.Connection, request_id: str, pilot: str, job_id: int
@@ -275,8 +286,9 @@ class Store:
         jdl_text: str,
         pilot: str,
         resources: Mapping[str, Any],
+        request_id: str | None = None,
     ) -> Claim:
-        token = secrets.token_urlsafe(32)
+        token = request_token(request_id, job_id) if request_id else secrets.token_urlsafe(32)
         db.execute(
             "UPDATE jobs SET pilot = ?, site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
             (pilot, resources.get("Site"), hash_token(token), time.time(), job_id),

@@ -189,10 +189,11 @@ def test_repeated_updates_record_once_and_final_repeat_succeeds(stub: Stub) -> N
         assert (
             http.post("/api/jobs/match", json={**body, "request_id": "s" * 32}).status_code == 204
         )
-        stale = {"X-Job-Token": first["token"]}
-        token = {"X-Job-Token": again["token"]}  # the replay's token replaced the first one
+        assert again["token"] == first["token"]  # the same answer: the pilot holds one token
+        token = {"X-Job-Token": again["token"]}
         running = {str(job): {f"{now + 1}": {"Status": "Running", "MinorStatus": "Application"}}}
-        assert http.patch("/api/jobs/status", json=running, headers=stale).status_code == 403
+        stranger = {"X-Job-Token": "not-the-token"}
+        assert http.patch("/api/jobs/status", json=running, headers=stranger).status_code == 403
         for _ in range(2):
             assert http.patch("/api/jobs/status", json=running, headers=token).status_code == 200
         final = {str(job): {f"{now + 2}": {"Status": "Done", "MinorStatus": "Execution Complete"}}}
@@ -279,7 +280,12 @@ def _kill9_leaves_no_payload(
         os.kill(pilot_process(launcher), signal.SIGKILL)
         launcher.wait(10)
         gone = wait_for(lambda: not marked_processes(mark), 5)
-        assert gone, describe(marked_processes(mark))
+        report = work / "w" / "guardian.log"
+        # written after its last round
+        wait_for(lambda: report.exists() and "killed" in report.read_text(), 5)
+        said = report.read_text() if report.exists() else "(no guardian.log)"
+        assert gone, (describe(marked_processes(mark)), said)
+        assert "process(es) of 1 job(s) killed" in said
     finally:
         if launcher.poll() is None:
             launcher.kill()

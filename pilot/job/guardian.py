@@ -32,6 +32,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from pilot.job import watchdog
 
@@ -52,8 +53,9 @@ class _ParentGone(Exception):
     pass
 
 
-def start() -> int | None:
-    """Fork the guardian (once, before any thread starts); its pid, or None."""
+def start(report: Path | None = None) -> int | None:
+    """Fork the guardian (once, before any thread starts); its pid, or None. After the
+    pilot's death it appends what it did to ``report``."""
     global _pipe
     if _pipe is not None:
         return None
@@ -72,14 +74,17 @@ def start() -> int | None:
     if pid == 0:  # the guardian: never returns
         code = 0
         try:
-            _guard(read_fd, write_fd, parent)
-        except BaseException:
+            _guard(read_fd, write_fd, parent, report)
+        except BaseException as exc:
             code = 1
+            if report is not None:
+                with contextlib.suppress(OSError), report.open("a") as out:
+                    out.write(f"guardian failed: {exc!r}\n")
         finally:
             os._exit(code)
     os.close(read_fd)
     _pipe = write_fd
-    log.debug("guardian %d watches over the payloads", pid)
+    log.info("guardian %d: payloads end with the pilot", pid)
     return pid
 
 
@@ -122,7 +127,7 @@ def job_ended(mark: str) -> None:
 # -- the guardian process --------------------------------------------------------------
 
 
-def _guard(read_fd: int, write_fd: int, parent: int) -> None:
+def _guard(read_fd: int, write_fd: int, parent: int, report: Path | None) -> None:
     os.close(write_fd)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -163,8 +168,15 @@ def _guard(read_fd: int, write_fd: int, parent: int) -> None:
             buffered += data
     for line in buffered.split(b"\n"):
         _apply(line.decode(errors="replace").split(), jobs, seen)
-    if jobs:
-        end_jobs(jobs, seen)
+    if not jobs:
+        return
+    killed = end_jobs(jobs, seen)
+    if report is not None:
+        with contextlib.suppress(OSError), report.open("a") as out:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            out.write(
+                f"{stamp} pilot {parent} gone: {killed} process(es) of {len(jobs)} job(s) killed\n"
+            )
 
 
 def _apply(words: list[str], jobs: dict[str, int], seen: dict[str, set[tuple[int, int]]]) -> None:
