@@ -35,17 +35,34 @@ BENCHMARK_DELAY_MAX_S = 30.0
 
 
 class Stop:
-    """Set (by a signal handler, say) to make the pilot stop; carries the reason."""
+    """Set (by a signal handler, say) to make the pilot stop; carries the reason.
+
+    Only the first call counts: batch systems send a stop signal more than once (Grid
+    Engine signals the job's process group and then every process of the job, so the
+    pilot gets each signal twice within milliseconds, and a later different one must not
+    change the reason its jobs are reported with)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.wake = threading.Event()  # also set on every change the loop should look at
         self.reason = ""
+        self._lock = threading.Lock()
 
-    def set(self, reason: str) -> None:
-        self.reason = reason
-        self.event.set()
+    def set(self, reason: str) -> bool:
+        """Stop with ``reason``; False (and nothing changes) if already stopped."""
+        # Never block: a second signal can run this handler again inside the first one
+        # (both in the main thread), and whoever holds the lock is already stopping.
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self.event.is_set():
+                return False
+            self.reason = reason
+            self.event.set()
+        finally:
+            self._lock.release()
         self.wake.set()
+        return True
 
     def is_set(self) -> bool:
         return self.event.is_set()

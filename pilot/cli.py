@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pilot")
 
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGXCPU")
+# What batch systems send before they end a slot: SIGTERM (Slurm, PBS, LSF, HTCondor),
+# SIGINT, SIGUSR1 (Grid Engine's soft limit s_rt), SIGUSR2 (Grid Engine's
+# qsub -notify, before its SIGKILL), SIGXCPU (CPU-time limits).
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
 RUN_OPTIONS = tuple(name for name, f in config.FIELDS.items() if f.metadata["cli"])
 
 
@@ -287,11 +290,15 @@ def client_credentials(cfg: config.PilotConfig) -> tuple[ssl.SSLContext | bool, 
 
 
 def install_signal_handlers(stop: agent.Stop) -> None:
+    """Every stop signal, however often it comes, stops the pilot once (the first one
+    names the reason); later ones are only counted in the log at debug level."""
+
     def handler(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if not stop.is_set():
+        if stop.set(f"pilot received {name}"):
             log.warning("received %s: stopping (running jobs get SIGTERM, then SIGKILL)", name)
-        stop.set(f"pilot received {name}")
+        else:
+            log.debug("received %s again: already stopping (%s)", name, stop.reason)
 
     for name in STOP_SIGNALS:
         signal.signal(getattr(signal, name), handler)

@@ -38,7 +38,7 @@ class ExitCode(IntEnum):
     SANDBOX = 40  # sandbox could not be staged (download, checksum, rejected)
     DISK_FULL = 41  # no space left on the work directory
     JOB_FAILED = 50  # local mode: the payload failed
-    SIGNALLED = 60  # pilot stopped by SIGTERM/SIGINT/SIGUSR1/SIGXCPU
+    SIGNALLED = 60  # pilot stopped by SIGTERM/SIGINT/SIGUSR1/SIGUSR2/SIGXCPU
     DRAINED = 61  # pilot stopped taking work because of the drain file
 
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that parts of the test suite need (Slurm, munge,
-# grid proxy tools, bubblewrap, debootstrap, curl). Runs apt-get only as root and
+# Grid Engine, grid proxy tools, bubblewrap, debootstrap, curl). Runs apt-get only as root and
 # only when something is missing; elsewhere it says what is missing and the tests
 # that need it skip with a message naming it.
 set -u
 pkgs=(slurm-wlm munge globus-proxy-utils voms-clients bubblewrap debootstrap curl openssl
       mariadb-server mariadb-client swig libmariadb-dev libssl-dev pkg-config gcc
-      python3.11-venv python3-gfal2)
+      python3.11-venv python3-gfal2
+      gridengine-master gridengine-exec gridengine-client mailutils)
+# mailutils: satisfies Grid Engine's mailx dependency without a mail daemon
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +20,16 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "system-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# Grid Engine's packages ask for a cell and a master host: answer them beforehand (the
+# tests start their own private qmaster and execd, see tests/sge/cluster.py).
+if printf '%s\n' "${missing[@]}" | grep -q '^gridengine'; then
+    host=$(hostname)
+    for p in gridengine-common gridengine-client gridengine-master gridengine-exec; do
+        printf '%s shared/gridengineconfig boolean true\n' "$p"
+        printf '%s shared/gridenginecell string default\n' "$p"
+        printf '%s shared/gridenginemaster string %s\n' "$p" "$host"
+    done | debconf-set-selections
+fi
 # Debian starts services on install; our tests run their own private instances,
 # so forbid starting any service while installing (policy-rc.d exit 101).
 policy=/usr/sbin/policy-rc.d

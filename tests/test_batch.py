@@ -24,6 +24,7 @@ from pilot.node.batch import BatchInfo
 from pilot.node.batch_systems import (
     parse_duration,
     parse_scontrol_job,
+    parse_sge_xml_start,
     pbs_size_mb,
 )
 from pilot.proc import CommandResult
@@ -408,32 +409,86 @@ def test_lsf_array_element_is_queried_with_its_index(no_cgroup: dict[str, object
 
 
 # --------------------------------------------------------------------------- SGE
+# sge/: a -notify, -pe smp 2, h_rt=600 job recorded on the live test cluster
+# (tests/sge/cluster.py, Grid Engine 8.1.9) by a script run as the job: its environment,
+# qstat -j, qstat -j -xml, qconf -sq of its queue; it started at SGE_START.
+# sge/plain/: a plain h_rt=600 job of the same Grid Engine (job 7, started SGE_PLAIN_START).
+# qstat_j_ocs.txt is the Open Cluster Scheduler layout (start_time in the text view),
+# written from that product's source, not recorded.
 
 SGE = DATA / "sge"
+SGE_START = 1796555506.0
+SGE_PLAIN_START = 1796553970.0
 
 
-def test_sge_recorded_job(no_cgroup: dict[str, object]) -> None:
+def test_sge_recorded_job_learns_its_start_from_the_xml_view(no_cgroup: dict[str, object]) -> None:
     fake = FakeRun(SGE)
-    info = detect_at(JOB_START + 12000, load_env("sge"), fake, **no_cgroup)
-    assert (info.system, info.job_id, info.cores) == ("sge", "777001", 8)
-    assert info.wall_time_left == 171900 - 12000  # s_rt (the earlier limit) - wallclock
-    assert info.sources["wall_time_left"] == "qstat s_rt - usage wallclock"
+    info = detect_at(SGE_START + 1, load_env("sge"), fake, **no_cgroup)
+    assert (info.system, info.job_id, info.reference) == ("sge", "1", "sge:1")
+    assert (info.cores, info.sources["cores"]) == (2, "NSLOTS")  # -pe smp 2
+    assert info.wall_time_left == 600 - 1
+    assert info.sources["wall_time_left"] == "qstat -xml JAT_start_time + h_rt"
     assert info.sources["system"] == "JOB_ID+SGE_ROOT"
-    assert fake.calls == [(("qstat", "-j", "777001"), 5.0)]
+    assert (info.extra["queue"], info.extra["pe"]) == ("all.q", "smp")
+    # the text view has neither a start time nor a wallclock usage: the XML view is asked
+    assert [argv for argv, _ in fake.calls] == [("qstat", "-j", "1"), ("qstat", "-j", "1", "-xml")]
+
+
+def test_sge_plain_job_recorded_elsewhere(no_cgroup: dict[str, object]) -> None:
+    env = {**load_env("sge"), "JOB_ID": "7", "NSLOTS": "1", "PE": "", "PE_HOSTFILE": ""}
+    info = detect_at(SGE_PLAIN_START + 250, env, FakeRun(SGE / "plain"), **no_cgroup)
+    assert (info.job_id, info.cores, info.wall_time_left) == ("7", 1, 600 - 250)
+
+
+def test_sge_without_xml_counts_from_now(no_cgroup: dict[str, object]) -> None:
+    fake = FakeRun(SGE, **{"qstat -j 1 -xml": None})
+    info = detect_at(SGE_START + 30, load_env("sge"), fake, **no_cgroup)
+    assert info.wall_time_left == 600
+    assert info.sources["wall_time_left"] == "qstat h_rt (start unknown: from now)"
+
+
+def test_sge_xml_that_does_not_parse_counts_from_now(no_cgroup: dict[str, object]) -> None:
+    xml = (SGE / "qstat_j_xml.txt").read_text()
+    fake = FakeRun(SGE, **{"qstat -j 1 -xml": xml[: len(xml) // 2]})
+    info = detect_at(SGE_START + 30, load_env("sge"), fake, **no_cgroup)
+    assert info.sources["wall_time_left"] == "qstat h_rt (start unknown: from now)"
+
+
+def test_sge_queue_limit_when_the_job_asks_for_none(no_cgroup: dict[str, object]) -> None:
+    text = (SGE / "qstat_j.txt").read_text().replace("hard resource_list:         h_rt=600\n", "")
+    queue = (SGE / "qconf_sq.txt").read_text()
+    assert "h_rt                  INFINITY" in queue  # as recorded: no queue limit either
+    fake = FakeRun(SGE, **{"qstat -j 1": text})
+    info = detect_at(SGE_START + 30, load_env("sge"), fake, **no_cgroup)
+    assert info.wall_time_left is None
+    assert ("qconf", "-sq", "all.q") in [argv for argv, _ in fake.calls]
+    fake.set("qconf -sq all.q", queue.replace("h_rt                  INFINITY", "h_rt 01:00:00"))
+    info = detect_at(SGE_START + 30, load_env("sge"), fake, **no_cgroup)
+    assert info.wall_time_left == 3600 - 30
+    assert info.sources["wall_time_left"] == "qstat -xml JAT_start_time + queue h_rt"
+
+
+def test_sge_soft_limit_counts_when_earlier(no_cgroup: dict[str, object]) -> None:
+    text = (SGE / "qstat_j.txt").read_text().replace("h_rt=600", "s_rt=500,h_rt=600")
+    fake = FakeRun(SGE, **{"qstat -j 1": text})
+    info = detect_at(SGE_START + 100, load_env("sge"), fake, **no_cgroup)
+    assert info.wall_time_left == 400
+    assert info.sources["wall_time_left"] == "qstat -xml JAT_start_time + s_rt"
 
 
 def test_sge_open_cluster_scheduler_layout(utc: None, no_cgroup: dict[str, object]) -> None:
+    env = {**load_env("sge"), "JOB_ID": "777001"}
     fake = FakeRun(**{"qstat -j 777001": (SGE / "qstat_j_ocs.txt").read_text()})
-    info = detect_at(JOB_START + 500, load_env("sge"), fake, **no_cgroup)
+    info = detect_at(JOB_START + 500, env, fake, **no_cgroup)
     assert info.wall_time_left == 48 * 3600 - 500
     assert info.sources["wall_time_left"] == "qstat start_time + h_rt"
 
 
 def test_sge_array_task_and_unknown_start(no_cgroup: dict[str, object]) -> None:
     env = {**load_env("sge"), "SGE_TASK_ID": "3"}
-    fake = FakeRun(**{"qstat -j 777001": "job_number: 777001\nhard resource_list: h_rt=3600\n"})
+    fake = FakeRun(**{"qstat -j 1": "job_number: 1\nhard resource_list: h_rt=3600\n"})
     info = detect_at(JOB_START, env, fake, **no_cgroup)
-    assert info.job_id == "777001.3"
+    assert info.job_id == "1.3"
     assert info.wall_time_left == 3600
     assert info.sources["wall_time_left"] == "qstat h_rt (start unknown: from now)"
 
@@ -450,12 +505,33 @@ scheduling info:            (Collecting of scheduler job information is turned o
 
 
 def test_sge_array_job_uses_its_own_task_usage(no_cgroup: dict[str, object]) -> None:
+    """Per-task lines (layout written from the source, as no array job was recorded)."""
     env = {**load_env("sge"), "JOB_ID": "777002", "SGE_TASK_ID": "3"}
     fake = FakeRun(**{"qstat -j 777002": SGE_ARRAY_QSTAT})
     info = detect_at(JOB_START, env, fake, **no_cgroup)
     assert info.wall_time_left == 7200 - 600
     env["SGE_TASK_ID"] = "2"
     assert detect_at(JOB_START, env, fake, **no_cgroup).wall_time_left == 7200 - 3000
+
+
+def test_sge_xml_start_of_the_right_task() -> None:
+    xml = (SGE / "qstat_j_xml.txt").read_text()
+    task = "<JAT_task_number>1</JAT_task_number>"
+    start = f"<JAT_start_time>{int(SGE_START)}</JAT_start_time>"
+    assert task in xml and start in xml
+    two = xml.replace(
+        "</JB_ja_tasks>",
+        "<ulong_sublist><JAT_task_number>2</JAT_task_number>"
+        "<JAT_start_time>1796559999</JAT_start_time></ulong_sublist></JB_ja_tasks>",
+    )
+    assert parse_sge_xml_start(two, "2") == 1796559999
+    assert parse_sge_xml_start(two, None) == SGE_START
+    assert (
+        parse_sge_xml_start(xml.replace(start, "<JAT_start_time>0</JAT_start_time>"), None) is None
+    )
+    millis = xml.replace(start, f"<JAT_start_time>{int(SGE_START)}000</JAT_start_time>")
+    assert parse_sge_xml_start(millis, None) == SGE_START
+    assert parse_sge_xml_start("<a><b>", None) is None
 
 
 def test_job_id_without_sge_root_is_not_sge(no_cgroup: dict[str, object]) -> None:

@@ -24,7 +24,9 @@ from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
 log = logging.getLogger(__name__)
 
 # What a batch system sends a whole job tree before it ends a slot (the pilot stops on them).
-_BATCH_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGXCPU})
+_BATCH_STOP_SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU}
+)
 
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR")
 WALL_TIME_KEYS = ("WallTime", "MaxWallTime", "WallClockTime")

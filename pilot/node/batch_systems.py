@@ -501,8 +501,10 @@ def detect_sge(probe: Probe) -> SystemReport | None:
     task = task_text if task_text.isdigit() else None
     cores = first_env_int(env, ("NSLOTS",))
     out = probe.output(["qstat", "-j", job_id])
-    deadline = _sge_deadline(probe, parse_sge_job(out), task) if out is not None else None
-    extra = _pick_env(env, {"queue": "QUEUE", "cell": "SGE_CELL"})
+    deadline = None
+    if out is not None:
+        deadline = _sge_deadline(probe, job_id, parse_sge_job(out), task)
+    extra = _pick_env(env, {"queue": "QUEUE", "cell": "SGE_CELL", "pe": "PE"})
     ref = f"{job_id}.{task}" if task else job_id
     return SystemReport("sge", ref, "JOB_ID+SGE_ROOT", cores, None, deadline, extra=extra)
 
@@ -514,18 +516,64 @@ def _sge_task_value(attrs: Mapping[str, str], name: str, task: str | None) -> st
     return next((v for k, v in attrs.items() if k.startswith(f"{name} ")), "")
 
 
-def _sge_deadline(
-    probe: Probe, attrs: Mapping[str, str], task: str | None
-) -> Sourced[float] | None:
+def _sge_limit(probe: Probe, attrs: Mapping[str, str]) -> tuple[float, str] | None:
+    """The job's wall-clock limit in seconds and its name, else its queue's (``qconf -sq``)."""
     limits = _sge_list(attrs.get("hard resource_list") or attrs.get("hard_resource_list") or "")
+    where = ""
+    if not any(name in limits for name in ("h_rt", "s_rt")):
+        queue = probe.env.get("QUEUE")
+        out = probe.output(["qconf", "-sq", queue]) if queue else None
+        limits = parse_sge_queue(out) if out is not None else {}
+        where = "queue "
     candidates = [
-        (seconds, name)
+        (seconds, f"{where}{name}")
         for name in ("h_rt", "s_rt")  # s_rt sends SIGUSR1 first: the earlier one counts
         if (seconds := parse_duration(limits.get(name, ""))) is not None
     ]
-    if not candidates:
+    return min(candidates) if candidates else None
+
+
+def parse_sge_queue(text: str) -> dict[str, str]:
+    """``qconf -sq QUEUE``: ``name value`` lines (``INFINITY`` for no limit)."""
+    pairs = (line.split(None, 1) for line in text.splitlines() if not line.startswith("#"))
+    return {p[0]: p[1].strip() for p in pairs if len(p) == 2}
+
+
+def parse_sge_xml_start(text: str, task: str | None) -> float | None:
+    """Epoch start time of ``task`` (else of the first task) in ``qstat -j ID -xml``.
+
+    Grid Engine 8.1 prints ``JAT_start_time`` as epoch seconds in this detailed view; an
+    ISO date (the job-list view) is read in local time and milliseconds are scaled down.
+    """
+    from xml.etree import ElementTree  # only Grid Engine pilots pay for it
+
+    try:
+        tree = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        log.info("qstat -xml output does not parse: %s", exc)
         return None
-    limit, name = min(candidates)
+    starts: dict[str | None, str] = {}
+    for node in tree.iter():
+        start = node.findtext("JAT_start_time")
+        if start:
+            number = (node.findtext("JAT_task_number") or "").strip()
+            starts.setdefault(number or None, start.strip())
+    if not starts:
+        return None
+    raw = starts.get(task) or next(iter(starts.values()))
+    if raw.isdigit():
+        value = float(raw)
+        return value / 1000 if value > 1e11 else (value or None)
+    return parse_local_time(raw.replace("T", " "), ["%Y-%m-%d %H:%M:%S"])
+
+
+def _sge_deadline(
+    probe: Probe, job_id: str, attrs: Mapping[str, str], task: str | None
+) -> Sourced[float] | None:
+    found = _sge_limit(probe, attrs)
+    if found is None:
+        return None
+    limit, name = found
     used = parse_duration(_sge_list(_sge_task_value(attrs, "usage", task)).get("wallclock", ""))
     if used is not None:
         return _deadline_from_left(probe, limit - used, f"qstat {name} - usage wallclock")
@@ -533,6 +581,11 @@ def _sge_deadline(
     start = parse_local_time(start_text, _SGE_TIME_FORMATS)
     if start is not None:
         return Sourced(start + limit, f"qstat start_time + {name}")
+    # Grid Engine 8.1's text view has no start time; its XML view has
+    out = probe.output(["qstat", "-j", job_id, "-xml"])
+    start = parse_sge_xml_start(out, task) if out is not None else None
+    if start is not None:
+        return Sourced(start + limit, f"qstat -xml JAT_start_time + {name}")
     # detection runs as the pilot starts, so "limit from now" is close and errs little
     return _deadline_from_left(probe, limit, f"qstat {name} (start unknown: from now)")
 

@@ -1,10 +1,12 @@
-"""PID 1 of the test cluster's own PID namespace: starts the daemons, reaps, tears down.
+"""PID 1 of a test cluster's own PID namespace: starts the daemons, reaps, tears down.
 
-Started by :mod:`tests.slurm.cluster` as
+Used by the Slurm (:mod:`tests.slurm.cluster`) and Grid Engine (:mod:`tests.sge.cluster`)
+test clusters. Started as
 ``unshare --pid --fork --mount-proc --kill-child=SIGTERM python nsinit.py SPEC.json``.
-Every process of the cluster (munged, slurmctld, slurmd, each slurmstepd and each job)
-lives in this namespace, and orphans (slurmstepd daemonizes) are re-parented to this
-process, which reaps them. On SIGTERM it sends SIGTERM to every other process of the
+Every process of the cluster (munged, slurmctld, slurmd, each slurmstepd and each job;
+sge_qmaster, sge_execd, each shepherd and each job) lives in this namespace, and orphans
+(slurmstepd and the Grid Engine daemons daemonize) are re-parented to this process, which
+reaps them. On SIGTERM it sends SIGTERM to every other process of the
 namespace, SIGKILL after a grace period, and exits; when it exits the kernel kills
 whatever is left in the namespace, so nothing of the cluster can outlive it.
 
