@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 # a real-time signal: no batch system sends those (they use TERM, INT, USR1, USR2, XCPU)
-PARENT_DEATH_SIGNAL = signal.Signals(signal.SIGRTMIN + 3)
+PARENT_DEATH_SIGNAL = int(signal.SIGRTMIN) + 3
 KILL_ROUNDS = 20
 ROUND_PAUSE_S = 0.1
 _IGNORED = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGHUP", "SIGPIPE")
