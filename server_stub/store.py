@@ -227,7 +227,7 @@ class Store:
         """Claim the best waiting job for ``resources`` (highest priority, then oldest).
 
         A ``request_id`` seen before answers with the job it claimed then (its reply was
-        lost), under a fresh token, as long as that job is still only Matched."""
+        lost), with the same token, as long as that job is still only Matched."""
         with self._tx() as db:
             if request_id and not dry_run:
                 again = self._replay(db, request_id, pilot)
