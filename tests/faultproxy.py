@@ -176,6 +176,11 @@ class FaultProxy:
         with self._lock:
             self._lost.append((request_prefix, count))
 
+    def keep_replies(self) -> None:
+        """Stop losing replies."""
+        with self._lock:
+            self._lost.clear()
+
     # -- internals ------------------------------------------------------------------------
 
     def _wants_lost_reply(self, data: bytes) -> bool:

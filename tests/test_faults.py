@@ -234,6 +234,37 @@ def test_output_upload_that_fails_for_good_fails_the_job_and_keeps_its_directory
     assert "Done" not in [s for s, _ in minor_statuses(stub, job)]
 
 
+def test_undelivered_reports_exit_23_and_the_next_pilot_sends_them(
+    faulty: tuple[Stub, FaultProxy], tmp_path: Path
+) -> None:
+    """Every status reply is lost: the stub records the updates, the pilot cannot know,
+    gives up after --retry-for, exits 23 and leaves its journal; a pilot started later on
+    the same work directory sends it again: repeats, recorded once, accepted although
+    the final status revoked the job token."""
+    stub, proxy = faulty
+    log = tmp_path / "executions.log"
+    (job,) = stub.submit(recorder_jdl(log, 0.2))
+    proxy.drop_replies(b"PATCH /api/jobs/status", 10**6)
+    seen = through(stub, proxy)
+    first = start_pilot(seen, tmp_path / "p0", "--retry-for", "0", "--idle-timeout", "1", *QUICK)
+    code = finish([first], 60)
+    journal = tmp_path / "p0" / "w" / "outbox" / f"job-{job}.jsonl"
+    assert code == [23], logs(tmp_path)[-3000:]
+    assert journal.exists()
+    assert "job report(s) not delivered" in (tmp_path / "p0" / "pilot.log").read_text()
+    assert stub.status(job) == "Done"  # it did arrive; only the replies were lost
+    proxy.keep_replies()
+    # a later pilot on the same work directory (p0/w)
+    again = start_pilot(seen, tmp_path / "p0", "--idle-timeout", "1", *QUICK)
+    assert finish([again], 60) == [0], (tmp_path / "p0" / "pilot.log").read_text()[-3000:]
+    assert not journal.exists()
+    verdict = judge(stub.client, stub.server.settings.db, [job], log)
+    assert verdict.perfect, verdict
+    history = minor_statuses(stub, job)
+    assert history.count(("Done", "Execution Complete")) == 1
+    assert history.count(("Running", "Application")) == 1
+
+
 @pytest.mark.slow
 def test_kill_acts_within_thirty_seconds_by_default(stub: Stub, tmp_path: Path) -> None:
     """Default --heartbeat-interval (300 s) and --command-interval (20 s)."""
