@@ -317,8 +317,7 @@ def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
     from pilot.job import guardian
 
     cfg = _work_dir(cfg)
-    assert cfg.work_dir is not None
-    guardian.start(cfg.work_dir / "guardian.log")  # it forks: before any thread starts
+    guardian.start(cfg.resolved_work_dir() / "guardian.log")  # it forks: before any thread
     stop = agent.Stop()
     install_signal_handlers(stop)
     backend = make_backend(cfg)
