@@ -42,6 +42,7 @@ PR_SET_PDEATHSIG = 1
 # a real-time signal: no batch system sends those (they use TERM, INT, USR1, USR2, XCPU)
 PARENT_DEATH_SIGNAL = int(signal.SIGRTMIN) + 3
 KILL_ROUNDS = 20
+THREADS_WAIT_S = 2.0  # how long start() waits for threads started before it to end
 ROUND_PAUSE_S = 0.1
 _IGNORED = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGHUP", "SIGPIPE")
 
@@ -60,8 +61,15 @@ def start(report: Path | None = None) -> int | None:
     global _pipe
     if _pipe is not None:
         return None
+    deadline = time.monotonic() + THREADS_WAIT_S
+    for thread in threading.enumerate():  # e.g. the binary's early unpacking of a library
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
     if threading.active_count() > 1:
-        log.debug("guardian not started: threads already run (a fork would be unsafe)")
+        log.warning(
+            "no guardian: threads already run (a fork would be unsafe); payloads may"
+            " outlive a pilot killed with kill -9"
+        )
         return None
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
