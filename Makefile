@@ -54,6 +54,7 @@ bench: venv
 	$(BIN)/python bench/supervision.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/kill_poll.py
+	$(BIN)/python bench/matcher.py
 	$(MAKE) binary
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/dirac_first_match.py

@@ -21,7 +21,7 @@ from pilot.backends import outbox
 from pilot.backends.base import Backend, JobStatus, MatchedJob
 from pilot.config import PilotConfig
 from pilot.errors import CheckFailed, PilotError, Undelivered
-from pilot.job import execute, isolation, jdl, jobrun, watchdog
+from pilot.job import delegation, execute, isolation, jdl, jobrun, watchdog
 from pilot.node import batch, checking, resources
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,14 @@ def job_settings(
         isolation=chosen,
         hidden_paths=isolation.credential_paths(os.environ, config.proxy),
         cgroup=cgroup,
+        delegation=delegation_policy(config),
+    )
+
+
+def delegation_policy(config: PilotConfig) -> delegation.DelegationPolicy:
+    """The payload-proxy settings, checked (UsageError names the setting to fix)."""
+    return delegation.DelegationPolicy(
+        mode=config.payload_proxy, max_lifetime=config.payload_proxy_max_hours * 3600
     )
 
 
@@ -509,6 +517,7 @@ def run(
     """Inspect the node, register, and run jobs until idle; the pilot's whole life."""
     stamp = new_stamp()
     registered = False
+    delegation_policy(config)  # a bad setting stops the pilot before it registers
     execute.become_subreaper()
     reports: outbox.Outbox | None = None
     try:

@@ -376,7 +376,9 @@ def format_dry_run(answer: dict[str, Any]) -> str:
         return f"would be matched: job {match['job_id']}"
     lines = ["no waiting job would be matched"]
     for miss in answer.get("near_misses", []):
-        lines.append(f"  job {miss['job_id']}: " + "; ".join(miss["reasons"]))
+        waiting = miss.get("waiting")  # jobs of the same task queue (the stub says)
+        more = f" and {waiting - 1} like it" if isinstance(waiting, int) and waiting > 1 else ""
+        lines.append(f"  job {miss['job_id']}{more}: " + "; ".join(miss["reasons"]))
     return "\n".join(lines)
 
 

@@ -79,6 +79,8 @@ class PilotConfig:
     proxy: Path | None = _f(None, "path", "X.509 proxy (default: X509_USER_PROXY)")
     ca_dir: Path | None = _f(None, "path", "CA directory (default: X509_CERT_DIR)")
     ca_file: Path | None = _f(None, "path", "CA bundle for the server certificate")
+    payload_proxy: str = _f("full", "str", "delegated proxy for each payload: full | limited | off")
+    payload_proxy_max_hours: float = _f(48.0, "float", "cap on one payload proxy's lifetime (h)")
     # logging
     log_format: str = _f("text", "str", "text | json")
     log_level: str = _f("INFO", "str", "DEBUG | INFO | WARNING | ERROR")
@@ -94,6 +96,7 @@ _CHOICES = {
     "backend": ("auto", "stub", "dirac"),
     "isolation": ("auto", "bwrap", "apptainer", "none"),
     "log_format": ("text", "json"),
+    "payload_proxy": ("full", "limited", "off"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
 }
 

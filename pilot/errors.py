@@ -12,6 +12,7 @@ the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
     │   └── Undelivered         job reports left in the outbox at exit
     ├── CheckFailed             a required environment check failed
     ├── CredentialError         missing, unreadable or expired proxy/token
+    │   └── NoStoredProxy       a job's owner has no proxy to delegate from
     ├── SandboxError            input sandbox could not be fetched or was rejected
     │   └── DiskFullError       no space left while staging
     └── Signalled               stopped by a signal
@@ -78,6 +79,10 @@ class CheckFailed(PilotError):
 
 class CredentialError(PilotError):
     exit_code = ExitCode.CREDENTIALS
+
+
+class NoStoredProxy(CredentialError):
+    """The server holds no (valid) proxy of the job's owner: nothing to delegate."""
 
 
 class SandboxError(PilotError):

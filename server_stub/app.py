@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, BinaryIO
 
 from pilot.job import jdl
+from server_stub.proxies import ProxyStore
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store, StoreError
 
@@ -133,6 +134,7 @@ class StubApp:
         self.sandboxes = sandboxes
         self.max_parametric = max_parametric
         self.auth = auth or AuthPolicy()
+        self.proxies = ProxyStore(store)
         self.routes: list[tuple[str, re.Pattern[str], Handler, Role]] = [
             ("POST", re.compile(r"/api/jobs/jdl"), self.submit, Role.USER),
             ("GET", re.compile(r"/api/jobs"), self.list_jobs, Role.USER),
@@ -158,6 +160,10 @@ class StubApp:
             ("GET", re.compile(r"/api/pilots"), self.list_pilots, Role.USER),
             ("PUT", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.put_pilot_log, Role.PILOT),
             ("GET", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.get_pilot_log, Role.USER),
+            ("POST", re.compile(r"/api/jobs/(\d+)/proxy"), self.delegate_proxy, Role.PILOT),
+            ("POST", re.compile(r"/api/proxies/request"), self.proxy_request, Role.USER),
+            ("PUT", re.compile(r"/api/proxies/request/([\w-]+)"), self.proxy_upload, Role.USER),
+            ("GET", re.compile(r"/api/proxies"), self.proxy_info, Role.USER),
             ("PUT", re.compile(r"/api/files/(LFN:.+)"), self.put_file, Role.ANY),
             ("GET", re.compile(r"/api/files/(LFN:.+)"), self.get_file, Role.ANY),
         ]
@@ -202,10 +208,8 @@ class StubApp:
         expanded = []
         for text in texts:
             expanded.extend(jdl.expand(jdl.parse(text), self.max_parametric))
-        for attrs in expanded:  # validate all before storing any
-            jdl.JobDescription.from_attrs(attrs)
         owner = request.identity or request.headers.get("x-user")
-        ids = [self.store.submit(attrs, owner) for attrs in expanded]
+        ids = self.store.submit_many(expanded, owner)  # all validated before any is stored
         return Response(200, [{"JobID": i, "Status": "Waiting"} for i in ids])
 
     def list_jobs(self, request: Request) -> Response:
@@ -247,7 +251,9 @@ class StubApp:
         if claim is None:
             return Response(204)
         log.info("job %d matched to pilot %s", claim.job_id, pilot)
-        return Response(200, {"job_id": claim.job_id, "jdl": claim.jdl, "token": claim.token})
+        answer = {"job_id": claim.job_id, "jdl": claim.jdl, "token": claim.token}
+        answer["owner_proxy"] = self.proxies.available(claim.job_id)
+        return Response(200, answer)
 
     def set_status(self, request: Request) -> Response:
         body = _object(request.json())
@@ -336,6 +342,31 @@ class StubApp:
 
     def get_pilot_log(self, request: Request, stamp: str) -> Response:
         return Response(200, {"stamp": stamp, "log": self.store.pilot_log(stamp)})
+
+    def delegate_proxy(self, request: Request, job_id: str) -> Response:
+        jid = int(job_id)
+        self.store.check_token(jid, request.job_token)
+        body = _object(request.json())
+        wanted = body.get("lifetime")
+        if not isinstance(wanted, int | float) or isinstance(wanted, bool):
+            raise StoreError("lifetime must be a number of seconds")
+        answer = self.proxies.delegate(
+            jid, str(body.get("request", "")), float(wanted), bool(body.get("limited", False))
+        )
+        return Response(200, answer)
+
+    def proxy_request(self, request: Request) -> Response:
+        return Response(200, self.proxies.new_upload())
+
+    def proxy_upload(self, request: Request, request_id: str) -> Response:
+        body = _object(request.json())
+        answer = self.proxies.complete_upload(
+            request_id, str(body.get("chain", "")), request.identity
+        )
+        return Response(200, answer)
+
+    def proxy_info(self, request: Request) -> Response:
+        return Response(200, self.proxies.info(request.identity or request.headers.get("x-user")))
 
     def put_file(self, request: Request, lfn: str) -> Response:
         body = _object(request.json())

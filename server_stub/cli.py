@@ -9,6 +9,7 @@
     pilot-stub jobs [--status S] [--json]
     pilot-stub pilots [--json] [--log STAMP]
     pilot-stub put-file LFN PATH
+    pilot-stub proxy-upload [--cert FILE --key FILE] [--valid HOURS]
 
 Errors are one line on stderr and a non-zero exit (see ``ExitCode``), never a traceback.
 """
@@ -16,6 +17,7 @@ Errors are one line on stderr and a non-zero exit (see ``ExitCode``), never a tr
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -25,8 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reap-interval", type=float, default=30.0)
     serve.add_argument("--max-reschedules", type=int, default=3)
     serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
+    serve.add_argument(
+        "--workers", type=_positive(int), default=16, help="threads serving requests"
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=1000,
+        help="open client connections; beyond, the idlest is closed or new ones wait",
+    )
+    serve.add_argument(
+        "--keepalive-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds an idle client connection is kept open",
+    )
     tls = serve.add_argument_group("security")
     tls.add_argument("--cert", type=Path, help="server certificate (PEM; key inside or --key)")
     tls.add_argument("--key", type=Path, help="server private key")
@@ -104,7 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
     put = sub.add_parser("put-file", help="store a file in the catalogue under an LFN")
     put.add_argument("lfn")
     put.add_argument("path", type=Path)
+    upload = sub.add_parser(
+        "proxy-upload",
+        help="store a proxy of yours on the stub, for your jobs' payloads",
+        description="Sign a proxy for a key the stub makes (no private key is sent) with"
+        " your certificate (--cert/--key, X509_USER_CERT/KEY, ~/.globus) or, with --proxy,"
+        " with that proxy. Pilots get proxies delegated from it for each of your jobs.",
+    )
+    upload.add_argument("--cert", type=Path, help="user certificate (PEM)")
+    upload.add_argument("--key", type=Path, help="user private key (PEM, may be encrypted)")
+    upload.add_argument(
+        "--valid", type=float, default=168.0, metavar="HOURS", help="lifetime (default 168)"
+    )
     return parser
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a positive {kind.__name__}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if not args.server:
             raise UsageError("no server: give --server URL or set PILOT_SERVER")
-        with user_client(args) as client:
-            return run_client_command(client, args)
+        issuer = upload_issuer(args) if args.command == "proxy-upload" else None
+        with user_client(args, issuer) as client:
+            return run_client_command(client, args, issuer)
     except PilotError as exc:
         print(f"pilot-stub: {exc}", file=sys.stderr)
         return int(exc.exit_code)
@@ -133,14 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.SIGNALLED)
 
 
-def user_client(args: argparse.Namespace) -> UserClient:
+def user_client(args: argparse.Namespace, issuer: credentials.Proxy | None = None) -> UserClient:
     token = args.token
     if token is None:
         found = credentials.find_token()
         token = found.value if found is not None else None
     verify: ssl.SSLContext | bool = True
     if args.server.startswith("https://"):
-        proxy = credentials.load_proxy(args.proxy) if args.proxy else None
+        proxy = credentials.load_proxy(args.proxy) if args.proxy else issuer
         verify = credentials.ssl_context(
             proxy, getattr(args, "ca_dir", None), getattr(args, "ca_file", None)
         )
@@ -186,6 +229,9 @@ def serve(args: argparse.Namespace) -> int:
         reap_interval=args.reap_interval,
         max_reschedules=args.max_reschedules,
         insecure=args.insecure,
+        workers=args.workers,
+        max_connections=args.max_connections,
+        keepalive_timeout=args.keepalive_timeout,
         ssl_context=ssl_context,
         auth=auth,
     )
@@ -206,7 +252,31 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_client_command(client: UserClient, args: argparse.Namespace) -> int:
+def upload_issuer(args: argparse.Namespace) -> credentials.Proxy:
+    """What signs the uploaded proxy: --proxy, else the user certificate and key."""
+    if args.valid <= 0 or args.valid > 24 * 366:
+        raise UsageError(f"--valid {args.valid:g}: give a number of hours between 0 and 8784")
+    if args.proxy and not (args.cert or args.key):
+        proxy = credentials.load_proxy(args.proxy)
+        credentials.validate(proxy)
+        return proxy
+    home = Path.home() / ".globus"
+    cert = args.cert or Path(os.environ.get("X509_USER_CERT") or home / "usercert.pem")
+    key = args.key or Path(os.environ.get("X509_USER_KEY") or home / "userkey.pem")
+    passphrase = None
+    if credentials.key_is_encrypted(key):
+        if sys.stdin.isatty():
+            passphrase = getpass.getpass(f"Passphrase for {key}: ").encode()
+        else:
+            passphrase = sys.stdin.readline().rstrip("\n").encode()
+    user = credentials.issuer_as_proxy(credentials.load_user_credential(cert, key, passphrase))
+    credentials.validate(user)
+    return user
+
+
+def run_client_command(
+    client: UserClient, args: argparse.Namespace, issuer: credentials.Proxy | None = None
+) -> int:
     command = args.command
     if command == "submit":
         for path in args.jdl:
@@ -239,6 +309,10 @@ def run_client_command(client: UserClient, args: argparse.Namespace) -> int:
     elif command == "put-file":
         sha = client.put_file(args.lfn, args.path)
         print(f"{args.lfn} {sha}")
+    elif command == "proxy-upload" and issuer is not None:
+        stored = client.proxy_upload(issuer, timedelta(hours=args.valid))
+        until = datetime.fromtimestamp(stored["not_after"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"proxy of {stored['identity']} stored, valid until {until} UTC")
     return 0
 
 

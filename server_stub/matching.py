@@ -48,6 +48,11 @@ def _number(value: Any) -> float | None:
         return None
 
 
+def cpu_time_left(res: Mapping[str, Any]) -> float | None:
+    """The CPU time a resource description offers; None: no limit given."""
+    return _number(res.get("CPUTime"))
+
+
 def mismatches(req: Mapping[str, Any], res: Mapping[str, Any]) -> list[str]:
     """Reasons why a job with requirements ``req`` cannot run on resource ``res``."""
     reasons: list[str] = []
@@ -58,7 +63,7 @@ def mismatches(req: Mapping[str, Any], res: Mapping[str, Any]) -> list[str]:
         reasons.append(f"site {site} banned")
     _list_mismatch(reasons, "platform", req["platforms"], res.get("Platform"))
     _list_mismatch(reasons, "CE", req["grid_ces"], res.get("GridCE"))
-    cpu_left = _number(res.get("CPUTime"))
+    cpu_left = cpu_time_left(res)
     if cpu_left is not None and req["cpu_time"] > cpu_left:
         reasons.append(f"CPUTime {req['cpu_time']} > {int(cpu_left)} left")
     procs = _number(res.get("NumberOfProcessors"))

@@ -1,21 +1,18 @@
-"""Threaded HTTP(S) server for the stub, plus its background stalled-job reaper."""
+"""The stub's HTTP(S) server (:mod:`server_stub.http11`), plus its stalled-job reaper."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from pilot.errors import CredentialError
 from pilot.grid import credentials
 from server_stub.app import AuthPolicy, StubApp
+from server_stub.http11 import HTTPServer
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store
 
@@ -36,17 +33,9 @@ class ServerSettings:
     ssl_context: ssl.SSLContext | None = None
     insecure: bool = False  # allow plain HTTP on a non-loopback address
     auth: AuthPolicy = field(default_factory=lambda: AuthPolicy())
-
-
-class _Handler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def get_environ(self) -> dict[str, Any]:
-        environ = super().get_environ()
-        if isinstance(self.connection, ssl.SSLSocket):
-            environ["stub.peer_identity"] = _peer_identity(self.connection)
-        return environ
+    workers: int = 16  # threads serving requests
+    max_connections: int = 1000  # open client connections (kept alive or busy)
+    keepalive_timeout: float = 30.0  # seconds an idle connection is kept
 
 
 def _peer_identity(conn: ssl.SSLSocket) -> str | None:
@@ -57,12 +46,6 @@ def _peer_identity(conn: ssl.SSLSocket) -> str | None:
     except (CredentialError, ssl.SSLError, ValueError) as exc:
         log.warning("unusable client certificate chain: %s", exc)
         return None
-
-
-class ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
 
 
 class StubServer:
@@ -78,21 +61,22 @@ class StubServer:
             settings.max_parametric,
             settings.auth,
         )
-        if ":" in settings.host:
-            ThreadingServer.address_family = socket.AF_INET6
-        self.httpd = make_server(settings.host, settings.port, app, ThreadingServer, _Handler)
-        if settings.ssl_context is not None:
-            # The handshake happens in each request's thread, not in the accept loop.
-            self.httpd.socket = settings.ssl_context.wrap_socket(
-                self.httpd.socket, server_side=True, do_handshake_on_connect=False
-            )
+        # TLS handshakes happen in the worker threads, not in the accepting loop.
+        self.httpd = HTTPServer(
+            (settings.host, settings.port),
+            app,
+            ssl_context=settings.ssl_context,
+            peer_identity=_peer_identity,
+            workers=settings.workers,
+            max_connections=settings.max_connections,
+            keepalive_timeout=settings.keepalive_timeout,
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        host = host.decode() if isinstance(host, bytes) else host
+        host, port = self.httpd.server_address
         scheme = "https" if self.settings.ssl_context is not None else "http"
         shown = f"[{host}]" if ":" in str(host) else str(host)
         return f"{scheme}://{shown}:{port}"

@@ -1,19 +1,24 @@
 """SQLite persistence of the matcher stub: jobs, status history, pilots, sandboxes.
 
-One database file in WAL mode, one connection per thread. Claiming a job is a single
-``UPDATE ... WHERE status = 'Waiting'`` inside an immediate transaction, so two pilots
-never get the same job.
+One database file in WAL mode, one connection per thread; writers take turns on a lock
+of the store (no thread waits in SQLite's busy handler). Waiting jobs are also indexed
+in memory by task queue (:mod:`server_stub.taskqueues`), which is how a match request
+finds its job; the index changes only under that lock, after a commit, and is rebuilt
+from the database when a store opens, so one process owns a database file. Claiming
+stays a single ``UPDATE ... WHERE status = 'Waiting'`` inside an immediate transaction,
+so two pilots never get the same job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,9 @@ from typing import Any
 from pilot.backends.base import FINAL_STATUSES, JobStatus
 from pilot.job import jdl
 from server_stub import matching
+from server_stub.taskqueues import TaskQueues
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,6 +68,17 @@ CREATE TABLE IF NOT EXISTS pilots (
     registered REAL NOT NULL,
     info TEXT NOT NULL,
     log TEXT
+);
+CREATE TABLE IF NOT EXISTS proxies (
+    owner TEXT PRIMARY KEY,
+    pem BLOB NOT NULL,
+    not_after REAL NOT NULL,
+    uploaded REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS proxy_requests (
+    id TEXT PRIMARY KEY,
+    key_pem BLOB NOT NULL,
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS files (
     lfn TEXT PRIMARY KEY,
@@ -107,8 +126,17 @@ class Store:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._conn().executescript(SCHEMA)
-        _add_column(self._conn(), "jobs", "spent_token_hash", "TEXT")
+        self._write = threading.Lock()
+        self._pending: list[tuple[int, int | None, str]] = []  # index changes of this tx
+        self.queues = TaskQueues()
+        db = self._conn()
+        db.executescript(SCHEMA)
+        _add_column(db, "jobs", "spent_token_hash", "TEXT")
+        for row in db.execute(
+            "SELECT id, priority, requirements FROM jobs WHERE status = ? ORDER BY id",
+            (JobStatus.WAITING,),
+        ):
+            self.queues.add(int(row["id"]), int(row["priority"]), row["requirements"])
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -123,37 +151,98 @@ class Store:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._write:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                self._pending.clear()
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            pending, self._pending = self._pending, []
+            for job_id, priority, requirements in pending:
+                if priority is None:
+                    self.queues.remove(job_id)
+                else:
+                    self.queues.add(job_id, priority, requirements)
+
+    def _track(self, job_id: int, old: str, new: str, row: sqlite3.Row) -> None:
+        """Keep the task-queue index in step with a status change (applied on commit)."""
+        if old == new or JobStatus.WAITING not in (old, new):
+            return
+        if new == JobStatus.WAITING:
+            self._pending.append((job_id, int(row["priority"]), row["requirements"]))
+        else:
+            self._pending.append((job_id, None, ""))
 
     # -- jobs ---------------------------------------------------------------------------
 
     def submit(self, attrs: Mapping[str, jdl.Value], owner: str | None) -> int:
-        desc = jdl.JobDescription.from_attrs(attrs)
+        return self.submit_many([attrs], owner)[0]
+
+    def submit_many(self, jobs: Sequence[Mapping[str, jdl.Value]], owner: str | None) -> list[int]:
+        """Store expanded jobs, all or none (each is validated before any is stored)."""
+        rows = []
+        shapes: dict[tuple[Any, ...], str] = {}  # parametric jobs mostly share one
+        previous: Mapping[str, jdl.Value] = {}
+        priority, req_text = 0, ""
+        for attrs in jobs:
+            free = _free_text_change(previous, attrs)
+            if free is not None:
+                # Only free-text attributes differ from the job before (a parametric
+                # Arguments, say): validate just those; priority and requirements stay.
+                jdl.JobDescription.from_attrs({"Executable": "x", **free})
+            else:
+                desc = jdl.JobDescription.from_attrs(attrs)
+                req = matching.requirements(desc)
+                key = tuple(tuple(v) if isinstance(v, list) else v for v in req.values())
+                if (text := shapes.get(key)) is None:
+                    text = shapes[key] = json.dumps(req)
+                priority, req_text = desc.priority, text
+            rows.append((jdl.dumps(attrs), priority, req_text))
+            previous = attrs
         now = time.time()
+        ids: list[int] = []
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO jobs (jdl, owner, status, priority, requirements, submitted, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            for text, priority, requirements in rows:
+                cur = db.execute(
+                    "INSERT INTO jobs (jdl, owner, status, minor, priority, requirements,"
+                    " submitted, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        text,
+                        owner,
+                        JobStatus.WAITING,
+                        "Pilot Agent Submission",
+                        priority,
+                        requirements,
+                        now,
+                        now,
+                    ),
+                )
+                job_id = int(cur.lastrowid or 0)
+                ids.append(job_id)
+                self._pending.append((job_id, priority, requirements))
+            db.executemany(
+                "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
                 (
-                    jdl.dumps(attrs),
-                    owner,
-                    JobStatus.RECEIVED,
-                    desc.priority,
-                    json.dumps(matching.requirements(desc)),
-                    now,
-                    now,
+                    entry
+                    for job_id in ids
+                    for entry in (
+                        (job_id, now, JobStatus.RECEIVED, "Job accepted", "", "JobManager"),
+                        (
+                            job_id,
+                            now,
+                            JobStatus.WAITING,
+                            "Pilot Agent Submission",
+                            "",
+                            "Optimizer",
+                        ),
+                    )
                 ),
             )
-            job_id = int(cur.lastrowid or 0)
-            self._record(db, job_id, JobStatus.RECEIVED, "Job accepted", "", "JobManager", now)
-            self._record(db, job_id, JobStatus.WAITING, "Pilot Agent Submission", "", "Optimizer")
-        return job_id
+        return ids
 
     def _record(
         self,
@@ -167,8 +256,10 @@ class Store:
     ) -> None:
         ts = time.time() if ts is None else ts
         row = db.execute(
-            "SELECT status, minor, application FROM jobs WHERE id = ?", (job_id,)
+            "SELECT status, minor, application, priority, requirements FROM jobs WHERE id = ?",
+            (job_id,),
         ).fetchone()
+        self._track(job_id, row["status"], row["status"] if status is None else status, row)
         status = row["status"] if status is None else status
         minor = row["minor"] if minor is None else minor
         application = row["application"] if application is None else application
@@ -224,7 +315,8 @@ class Store:
         dry_run: bool,
         request_id: str | None = None,
     ) -> Claim | None:
-        """Claim the best waiting job for ``resources`` (highest priority, then oldest).
+        """Claim the best waiting job for ``resources`` (highest priority, then oldest),
+        found through the task queues (see :mod:`server_stub.taskqueues`).
 
         A ``request_id`` seen before answers with the job it claimed then (its reply was
         lost), with the same token, as long as that job is still only Matched."""
@@ -233,18 +325,20 @@ class Store:
                 again = self._replay(db, request_id, pilot)
                 if again is not None:
                     return again
-            for row in db.execute(
-                "SELECT id, jdl, requirements FROM jobs WHERE status = ?"
-                " ORDER BY priority DESC, id",
-                (JobStatus.WAITING,),
-            ):
-                if matching.mismatches(json.loads(row["requirements"]), resources):
+            while (job_id := self.queues.best(resources)) is not None:
+                row = db.execute(
+                    "SELECT jdl FROM jobs WHERE id = ? AND status = ?",
+                    (job_id, JobStatus.WAITING),
+                ).fetchone()
+                if row is None:  # changed behind the index's back: forget it, look again
+                    log.warning("job %d in a task queue but not Waiting", job_id)
+                    self.queues.remove(job_id)
                     continue
                 if dry_run:
-                    return Claim(int(row["id"]), row["jdl"], "")
-                claim = self._claim(db, int(row["id"]), row["jdl"], pilot, resources, request_id)
+                    return Claim(job_id, row["jdl"], "")
+                claim = self._claim(db, job_id, row["jdl"], pilot, resources, request_id)
                 if request_id:
-                    self._remember_request(db, request_id, pilot, claim.job_id)
+                    self._remember_request(db, request_id, pilot, job_id)
                 return claim
         return None
 
@@ -289,27 +383,44 @@ class Store:
         request_id: str | None = None,
     ) -> Claim:
         token = request_token(request_id, job_id) if request_id else secrets.token_urlsafe(32)
+        now = time.time()
+        # What _record does, in one UPDATE: the job is known to be Waiting (the hot path).
         db.execute(
-            "UPDATE jobs SET pilot = ?, site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
-            (pilot, resources.get("Site"), hash_token(token), time.time(), job_id),
+            "UPDATE jobs SET status = ?, minor = ?, application = ?, updated = ?, pilot = ?,"
+            " site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
+            (
+                JobStatus.MATCHED,
+                "Assigned",
+                "",
+                now,
+                pilot,
+                resources.get("Site"),
+                hash_token(token),
+                now,
+                job_id,
+            ),
         )
-        self._record(db, job_id, JobStatus.MATCHED, "Assigned", "", "Matcher")
+        db.execute(
+            "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, now, JobStatus.MATCHED, "Assigned", "", "Matcher"),
+        )
+        self._pending.append((job_id, None, ""))  # leaves its task queue on commit
         return Claim(job_id, jdl_text, token)
 
     def near_misses(self, resources: Mapping[str, Any], limit: int = 5) -> list[dict[str, Any]]:
-        """Why the first ``limit`` waiting jobs (in matching order) do not match."""
-        out = []
-        rows = self._conn().execute(
-            "SELECT id, requirements FROM jobs WHERE status = ? ORDER BY priority DESC, id",
-            (JobStatus.WAITING,),
-        )
-        for row in rows:
-            reasons = matching.mismatches(json.loads(row["requirements"]), resources)
-            if reasons:
-                out.append({"job_id": row["id"], "reasons": reasons})
-            if len(out) >= limit:
-                break
-        return out
+        """Why the first ``limit`` task queues (in matching order) that do not fit
+        ``resources`` do not: each with its oldest waiting job and how many wait in it."""
+        with self._write:
+            misses = self.queues.misses(resources, limit)
+        return [
+            {
+                "job_id": job_id,
+                "reasons": matching.mismatches(queue.requirements, resources),
+                "task_queue": queue.tq_id,
+                "waiting": queue.waiting,
+            }
+            for queue, job_id in misses
+        ]
 
     # -- updates from pilots ------------------------------------------------------------
 
@@ -524,6 +635,79 @@ class Store:
         if row is None:
             raise StoreError(f"no file {lfn}", 404)
         return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
+
+    # -- stored proxies (delegation) --------------------------------------------------------
+
+    def add_proxy_request(self, request_id: str, key_pem: bytes, max_age: float) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM proxy_requests WHERE created < ?", (now - max_age,))
+            db.execute("INSERT INTO proxy_requests VALUES (?, ?, ?)", (request_id, key_pem, now))
+
+    def take_proxy_request(self, request_id: str, max_age: float) -> bytes:
+        """The key of a pending upload request, removed (each request is used once)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT key_pem, created FROM proxy_requests WHERE id = ?", (request_id,)
+            ).fetchone()
+            db.execute("DELETE FROM proxy_requests WHERE id = ?", (request_id,))
+        if row is None or row["created"] < time.time() - max_age:
+            raise StoreError(f"no pending proxy upload {request_id} (expired?)", 404)
+        return bytes(row["key_pem"])
+
+    def put_proxy(self, owner: str, pem: bytes, not_after: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO proxies VALUES (?, ?, ?, ?) ON CONFLICT(owner) DO UPDATE"
+                " SET pem = excluded.pem, not_after = excluded.not_after,"
+                " uploaded = excluded.uploaded",
+                (owner, pem, not_after, time.time()),
+            )
+
+    def proxy_of(self, owner: str) -> tuple[bytes, float] | None:
+        row = (
+            self._conn()
+            .execute("SELECT pem, not_after FROM proxies WHERE owner = ?", (owner,))
+            .fetchone()
+        )
+        return None if row is None else (bytes(row["pem"]), float(row["not_after"]))
+
+
+# Attributes that JobDescription reads on their own (no other attribute depends on them)
+# and that neither matching nor the priority looks at.
+_FREE_TEXT = frozenset({"arguments", "jobname", "stdoutput", "stderror"})
+
+
+def _free_text_change(
+    before: Mapping[str, jdl.Value], attrs: Mapping[str, jdl.Value]
+) -> dict[str, jdl.Value] | None:
+    """The attributes of ``attrs`` that differ from ``before`` when ``before`` was valid
+    and only free-text ones differ (same names in the same order); else None."""
+    if not before or len(before) != len(attrs):
+        return None
+    changed: set[str] = set()
+    for (name, value), (name_before, value_before) in zip(
+        attrs.items(), before.items(), strict=True
+    ):
+        if name != name_before:
+            return None
+        if not _same(value, value_before):
+            if (folded := name.casefold()) not in _FREE_TEXT:
+                return None
+            changed.add(folded)
+    # every spelling of a changed name, in order: the last one written is the one read
+    return {name: value for name, value in attrs.items() if name.casefold() in changed}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (``True == 1``, but not for JDL)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def _add_column(db: sqlite3.Connection, table: str, column: str, kind: str) -> None:

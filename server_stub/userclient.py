@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pilot.backends.stub import HttpClient, RetryPolicy, sha256_file
+from pilot.grid import credentials
 from pilot.job import archive
 
 
@@ -60,6 +62,17 @@ class UserClient(HttpClient):
 
     def pilot_log(self, stamp: str) -> str:
         return str(self.json("GET", f"/api/pilots/{stamp}/log")["log"])
+
+    def proxy_upload(
+        self, issuer: credentials.Proxy | credentials.Issuer, lifetime: timedelta
+    ) -> dict[str, Any]:
+        """Store a proxy of ``issuer`` on the stub: the stub makes the key, we sign for it."""
+        pending = self.json("POST", "/api/proxies/request")
+        chain = credentials.sign_proxy_request(issuer, str(pending["request"]).encode(), lifetime)
+        answer: dict[str, Any] = self.json(
+            "PUT", f"/api/proxies/request/{pending['id']}", json={"chain": chain.decode()}
+        )
+        return answer
 
     def put_file(self, lfn: str, path: Path) -> str:
         sha = self.put_sandbox(path)

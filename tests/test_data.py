@@ -82,6 +82,30 @@ def test_missing_lfn_fails_the_job_with_reason(stub: Stub, tmp_path: Path) -> No
     assert info["status"] == "Failed" and "LFN:/vo/none.txt" in info["minor_status"]
 
 
+def test_output_data_that_cannot_be_stored_fails_the_job(stub: Stub, tmp_path: Path) -> None:
+    """OutputData the payload did not write: Failed (not Done), the sandbox still back;
+    a payload that failed stores no OutputData at all (as DIRAC's JobWrapper)."""
+    (missing,) = stub.submit(
+        'Executable = "/bin/sh"; Arguments = "-c \'echo hi > other.txt\'";'
+        ' OutputSandbox = {"other.txt"}; OutputData = {"result.txt"};'
+    )
+    (failing,) = stub.submit(
+        'Executable = "/bin/sh"; Arguments = "-c \'echo x > r.txt; exit 3\'";'
+        ' OutputData = {"r.txt"}; OutputPath = "/vo/failing";'
+    )
+    done = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    info = stub.client.job(missing)
+    assert info["status"] == "Failed", info
+    assert info["minor_status"] == "OutputData result.txt not found"
+    assert stub.client.get_output(missing, tmp_path / "o") == ["other.txt"]
+    history = [row["MinorStatus"] for row in stub.client.logging_info(missing)]
+    assert "Uploading Output Data" in history
+    assert stub.client.job(failing)["minor_status"] == "Payload failed with exit code 3"
+    with pytest.raises(ServerError, match="404"):
+        stub.client.json("GET", "/api/files/LFN:/vo/failing/r.txt")
+
+
 def test_oversized_output_still_returns_stdout_and_stderr(stub: Stub, tmp_path: Path) -> None:
     (job,) = stub.submit(
         'Executable = "/bin/sh"; Arguments = "-c \'echo out; echo err >&2;'

@@ -671,7 +671,7 @@ def test_input_sandbox_download(
 @pytest.mark.parametrize(
     ("entries", "match"),
     [
-        ('"LFN:/vo/file", "SB:SE|/a.tar"', "LFN input sandbox not supported"),
+        ('"LFN:/vo/file", "SB:SE|/SandBox/gone.tar"', "does not exist"),  # LFN: not here
         ('"SB:SE"', "malformed sandbox location"),
         ('"SB:SE|/SandBox/.."', "refusing sandbox file name"),
         ('"SB:SE|/SandBox/gone.tar"', "does not exist"),
@@ -684,6 +684,15 @@ def test_input_sandbox_refusals(
     job = MatchedJob("8", f'[Executable = "x"; InputSandbox = {{{entries}}};]')
     with pytest.raises(SandboxError, match=match):
         backend.fetch_input_sandbox(job, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lfn_needs_a_catalogue_configured(
+    wms: tuple[FakeWms, FakeDiset, DiracBackend], tmp_path: Path
+) -> None:
+    backend = wms[2]
+    with pytest.raises(SandboxError, match=r"needs \[dirac\] filecatalog"):
+        backend.fetch_lfn(JOB, "LFN:/vo/file", tmp_path / "file")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -786,3 +795,58 @@ def test_unavailable_server_fails_in_ci_and_skips_elsewhere(
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="needs a local DIRAC server: no mariadb"):
         unavailable("no mariadb")
+
+
+# --- payload proxies through the ProxyManager (fake) ---------------------------------------
+
+CS_TEXT = "Registry\n{\n  Users\n  {\n    u\n    {\n      DN = /O=DIRACTest/CN=u\n    }\n  }\n}\n"
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "minor"),
+    [
+        (
+            {"OK": False, "Errno": 1111, "Message": "Unauthorized query"},
+            JobStatus.FAILED,
+            "Failed to get payload proxy: Framework/ProxyManager.getProxy: Unauthorized query",
+        ),
+        (
+            {"OK": False, "Message": 'Cannot generate proxy: No proxy providers found for "x"'},
+            JobStatus.DONE,
+            "Execution Complete",
+        ),
+    ],
+)
+def test_proxy_manager_refusal_fails_only_that_job(
+    tls: Tls, tmp_path: Path, reply: Any, status: JobStatus, minor: str
+) -> None:
+    """A refusal fails the job with a clear minor status (the runner returns, the pilot
+    goes on); no stored proxy lets the job run without one."""
+    import zlib
+
+    from pilot.job import jobrun
+
+    fake = FakeWms({"getCompressedData": s_ok(zlib.compress(CS_TEXT.encode())), "getProxy": reply})
+    with FakeDiset(tls.server, fake) as server:
+        base = f"dips://localhost:{server.port}"
+        settings = DiracSettings(
+            matcher_url=f"{base}/WorkloadManagement/Matcher",
+            job_state_update_url=f"{base}/WorkloadManagement/JobStateUpdate",
+            sandbox_store_url=f"{base}/WorkloadManagement/SandboxStore",
+            proxy_manager_url=f"{base}/Framework/ProxyManager",
+            configuration_url=f"{base}/Configuration/Server",
+            proxy=tls.proxy,
+            ca_dir=tls.ca_dir,
+            timeout=5,
+        )
+        backend = DiracBackend(settings, ssl_context=tls.client)
+        job = MatchedJob("9", '[Executable = "/bin/true";]', extra={"Owner": "u", "Group": "g"})
+        runner = jobrun.JobRunner(
+            backend, job, jobrun.JobSettings(work_dir=tmp_path, pilot_reference="p", site="S"), 1
+        )
+        outcome = runner.run()
+        assert not server.errors
+    assert (outcome.status, outcome.minor) == (status, minor)
+    (get_proxy,) = [args for service, action, args in fake.calls if action == "getProxy"]
+    assert get_proxy[:2] == ["/O=DIRACTest/CN=u", "g"] and isinstance(get_proxy[3], int)
+    assert "CERTIFICATE REQUEST" in get_proxy[2]

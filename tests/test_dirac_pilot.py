@@ -91,7 +91,8 @@ def test_failing_payload_ends_failed_with_exit_code(
     wait_for(dirac_server, job_id, "Waiting")
     run_dirac_pilot(dirac_server, tmp_path, tag)
     line = wait_for(dirac_server, job_id, "Failed")
-    assert "exit code 7" in line, line
+    # as DIRAC's JobWrapper words it; the exit code is in the application status
+    assert "MinorStatus=Application Finished With Errors;" in line and "exit code 7" in line, line
 
 
 def test_dirac_kill_reaches_the_pilot(dirac_server: DiracServer, tmp_path: Path) -> None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pilot.errors import ExitCode, PilotError
 from pilot.job import jdl
@@ -926,3 +929,20 @@ def test_execution_environment_forms() -> None:
 def test_load_does_not_expand() -> None:
     job = jdl.load('Executable = x; Arguments = "%s"; Parameters = 3')
     assert job.arguments == ("%s",) and job.attrs["Parameters"] == 3
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=" \t\r\n\x0b\x0c\u3000\x85\xa0ab-=#;\"'\\é", max_size=12))
+def test_arguments_split_like_shlex(text: str) -> None:
+    """Arguments without quotes or escapes take a faster path than shlex: same words."""
+    try:
+        expected: tuple[str, ...] | None = tuple(shlex.split(text))
+    except ValueError:
+        expected = None
+    try:
+        got: tuple[str, ...] | None = jdl.JobDescription.from_attrs(
+            {"Executable": "x", "Arguments": text}
+        ).arguments
+    except jdl.JDLError:
+        got = None
+    assert got == expected

@@ -32,18 +32,19 @@ def test_check_json_lists_every_builtin_and_all_keys(tmp_path: Path) -> None:
 
 def test_check_with_server_explains_near_misses(stub: Stub, tmp_path: Path) -> None:
     stub.submit('Executable = "/bin/true"; Tags = {"GPU"};')
-    stub.submit('Executable = "/bin/true"; BannedSites = {"Here.Site"};')
+    stub.submit('Executable = "/bin/true"; BannedSites = {"Here.Site"}; Parameters = 3;')
     done = run_pilot(["check", "--server", stub.url, "--site", "Here.Site",
                       "--disable-check", "cpu"], cwd=tmp_path)
     assert "no waiting job would be matched" in done.stdout
-    assert "needs tag GPU" in done.stdout and "site Here.Site banned" in done.stdout
+    assert "job 1: needs tag GPU" in done.stdout
+    assert "job 2 and 2 like it: site Here.Site banned" in done.stdout
     assert all(j["status"] == "Waiting" for j in stub.client.jobs())
     stub.submit('Executable = "/bin/true";')
     again = run_pilot(
         ["check", "--server", stub.url, "--site", "Here.Site", "--disable-check", "cpu"],
         cwd=tmp_path,
     )
-    assert "would be matched: job 3" in again.stdout
+    assert "would be matched: job 5" in again.stdout
 
 
 def test_failed_required_check_takes_no_job(stub: Stub, tmp_path: Path) -> None:

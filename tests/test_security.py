@@ -75,6 +75,16 @@ def test_mutual_tls_with_a_proxy(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> N
     assert pilot["identity"] == "/O=DIRACTest/OU=users/CN=testuser"
 
 
+def test_tls_connection_kept_alive_with_the_client_identity(mtls_stub: Stub) -> None:
+    """Over mutual TLS the user's connection is reused, and every request on it still
+    carries the identity of the certificate it was made with."""
+    ids = [mtls_stub.submit('Executable = "/bin/true";')[0] for _ in range(4)]
+    for job in ids:
+        assert mtls_stub.client.job(job)["owner"] == "/O=DIRACTest/OU=users/CN=testuser"
+    stats = mtls_stub.server.httpd.stats
+    assert stats["connections"] == 1 and stats["requests"] == 8, stats
+
+
 def test_pilot_without_certificate_is_refused(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> None:
     (job,) = mtls_stub.submit('Executable = "/bin/true";')
     env = _pilot_env(pki, X509_USER_PROXY=str(tmp_path / "absent"))

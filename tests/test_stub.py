@@ -176,3 +176,14 @@ def test_cli_serve_prints_url_and_submits(tmp_path) -> None:  # type: ignore[no-
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_cli_serve_refuses_bad_pool_settings() -> None:
+    for option, value in (
+        ("--workers", "0"),
+        ("--max-connections", "-3"),
+        ("--keepalive-timeout", "x"),
+    ):
+        done = _cli("serve", option, value)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"argument {option}: '{value}': give a positive" in done.stderr

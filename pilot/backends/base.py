@@ -43,6 +43,16 @@ class Minor(StrEnum):
     UPLOADING_OS = "Uploading Output Sandbox"
     UPLOADING_OD = "Uploading Output Data"
     EXECUTION_COMPLETE = "Execution Complete"
+    # what DIRAC's JobWrapper reports besides (backends with ``jobwrapper_rules``)
+    APP_SUCCESS = "Application Finished Successfully"
+    APP_ERRORS = "Application Finished With Errors"
+    OS_UPLOADED = "Output Sandbox Uploaded"
+    OD_UPLOADED = "Output Data Uploaded"
+
+
+# MatchedJob.extra key: False when the backend knows the job's owner has no stored proxy
+# (the pilot then makes no key pair for a delegation that cannot happen)
+OWNER_PROXY = "OwnerProxy"
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,13 @@ class Backend(Protocol):
 
     def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
         """Upload ``source`` and register it in the catalogue as ``lfn``."""
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        """Have the job owner's stored proxy sign ``request_pem`` (a PEM certificate
+        request) for ``lifetime`` seconds; the new proxy and its chain as PEM
+        certificates. :class:`~pilot.errors.NoStoredProxy` when the owner has none."""
 
     def upload_pilot_log(self, stamp: str, text: str) -> None: ...
 

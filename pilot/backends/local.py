@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.base import MatchedJob, StatusUpdate
-from pilot.errors import SandboxError
+from pilot.backends.base import OWNER_PROXY, MatchedJob, StatusUpdate
+from pilot.errors import NoStoredProxy, SandboxError
 from pilot.job import archive, jdl, outpack
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class LocalBackend:
         jobs = []
         for n, attrs in enumerate(expanded, 1):
             jdl.JobDescription.from_attrs(attrs)  # refuse a bad job before running any
-            jobs.append(MatchedJob(f"local-{n}", jdl.dumps(attrs)))
+            jobs.append(MatchedJob(f"local-{n}", jdl.dumps(attrs), extra={OWNER_PROXY: False}))
         return cls(jdl_path, output_dir, list(reversed(jobs)))
 
     def register(self, stamp: str, info: Mapping[str, Any]) -> None:
@@ -92,6 +92,11 @@ class LocalBackend:
         target = self.output_dir / job.job_id
         target.mkdir(parents=True, exist_ok=True)
         archive.safe_unpack(packed, target)
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        raise NoStoredProxy("local mode has no proxy store to delegate from")
 
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         raise SandboxError(f"local mode has no file catalogue to fetch {lfn} from")

@@ -413,8 +413,18 @@ class OutboxBackend:
     def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
         _raise(self.outbox.wait(self.outbox.post(job, "lfn", {"lfn": lfn, "path": str(source)})))
 
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        return self.inner.delegate_proxy(job, request_pem, lifetime, limited)
+
     def upload_pilot_log(self, stamp: str, text: str) -> None:
         self.inner.upload_pilot_log(stamp, text)
+
+    def __getattr__(self, name: str) -> Any:
+        """What a backend offers beyond the protocol (``jobwrapper_rules``, its own
+        ``output_lfn`` naming, ...) is the inner backend's."""
+        return getattr(self.inner, name)
 
     def close(self) -> None:
         self.inner.close()

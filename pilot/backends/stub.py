@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from pilot.backends.base import MatchedJob, StatusUpdate
+from pilot.backends.base import OWNER_PROXY, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
     DiskFullError,
+    NoStoredProxy,
     SandboxError,
     ServerError,
     ServerUnreachable,
@@ -370,7 +371,8 @@ class StubBackend:
         self._request_id = None
         if answer is None:
             return None
-        return MatchedJob(str(answer["job_id"]), answer["jdl"], answer.get("token"))
+        extra = {OWNER_PROXY: bool(answer["owner_proxy"])} if "owner_proxy" in answer else {}
+        return MatchedJob(str(answer["job_id"]), answer["jdl"], answer.get("token"), extra)
 
     def dry_run_match(self, resources: Mapping[str, Any]) -> dict[str, Any]:
         body = {"pilot": self.stamp or "dry-run", "resources": dict(resources), "dry_run": True}
@@ -434,6 +436,19 @@ class StubBackend:
         self.http.upload(f"/api/sandboxes/{sha}", source)
         body = {"sha256": sha, "size": source.stat().st_size}
         self.http.json("PUT", f"/api/files/{lfn}", json=body, headers=self._job_headers(job))
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        body = {"request": request_pem, "lifetime": lifetime, "limited": limited}
+        answer = self.http.json(
+            "POST", f"/api/jobs/{job.job_id}/proxy", json=body, headers=self._job_headers(job)
+        )
+        chain = answer.get("chain") if isinstance(answer, dict) else None
+        if not chain:
+            detail = answer.get("detail") if isinstance(answer, dict) else None
+            raise NoStoredProxy(str(detail or f"no proxy for the owner of job {job.job_id}"))
+        return str(chain)
 
     def upload_pilot_log(self, stamp: str, text: str) -> None:
         self.http.json("PUT", f"/api/pilots/{stamp}/log", json={"log": text})

@@ -378,10 +378,127 @@ def make_proxy(
     It never outlives any certificate of its issuer's chain. A proxy of a limited
     proxy is limited; an RFC 3820 proxy is not made from a legacy one, nor the reverse.
     """
-    if lifetime <= timedelta(0):
-        raise ValueError("proxy lifetime must be positive")
     if not 1024 <= key_bits <= 16384:
         raise ValueError(f"unsupported key size {key_bits}")
+    _check_lifetime(lifetime)
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
+    certs = _delegate(issuer, new_key.public_key(), lifetime, rfc3820, limited, now)
+    return _proxy_pem(certs, new_key)
+
+
+def sign_proxy_request(
+    issuer: Proxy | Issuer,
+    request_pem: bytes,
+    lifetime: timedelta,
+    *,
+    limited: bool = False,
+    now: datetime | None = None,
+) -> bytes:
+    """Delegation without moving a private key: an RFC 3820 proxy for the key of a PEM
+    certificate request, signed by ``issuer``. Returns PEM certificates, the new proxy
+    first, then the issuer's chain (no key). The request's subject is ignored."""
+    _check_lifetime(lifetime)
+    try:
+        request = x509.load_pem_x509_csr(request_pem)
+    except ValueError as exc:
+        raise CredentialError("the proxy request is not a PEM certificate request") from exc
+    if not request.is_signature_valid:
+        raise CredentialError("the proxy request is not signed by its own key")
+    public_key = request.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise CredentialError(f"unsupported key type {type(public_key).__name__} in the request")
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < 2048:
+        raise CredentialError(
+            f"the requested proxy key has {public_key.key_size} bits, 2048 needed"
+        )
+    certs = _delegate(issuer, public_key, lifetime, True, limited, now)
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def new_proxy_request(key_bits: int = 2048) -> tuple[rsa.RSAPrivateKey, bytes]:
+    """A fresh key and a PEM certificate request for it (what a delegation asks to sign)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "proxy request")])
+    request = (
+        x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    )
+    return key, request.public_bytes(serialization.Encoding.PEM)
+
+
+def proxy_from_chain(key: PrivateKey, chain_pem: bytes) -> tuple[Proxy, bytes]:
+    """The proxy a delegation returned (PEM certificates, leaf first) completed with our
+    ``key``: checked (the leaf is for our key, the chain is a valid proxy chain) and as
+    the PEM of a proxy file (leaf, key, rest of the chain)."""
+    try:
+        certs = tuple(x509.load_pem_x509_certificates(chain_pem))
+    except ValueError as exc:
+        raise CredentialError("the delegated proxy holds no readable certificate") from exc
+    proxy = _assemble(None, certs, key)
+    if proxy.kind == "end-entity":
+        raise CredentialError("the delegated credential is not a proxy")
+    return proxy, _proxy_pem(certs, key)
+
+
+def proxy_from_pem(data: bytes, where: str = "the credential") -> Proxy:
+    """A proxy (certificates and unencrypted key) held in memory, checked like a file."""
+    try:
+        certs = tuple(x509.load_pem_x509_certificates(data))
+    except ValueError as exc:
+        raise CredentialError(f"no readable certificate in {where}") from exc
+    return _assemble(None, certs, _load_key(data, Path(where)))
+
+
+def proxy_pem(proxy: Proxy) -> bytes:
+    """``proxy`` as the PEM of a proxy file (leaf, key, chain)."""
+    return _proxy_pem(proxy.certs, proxy.key)
+
+
+def load_user_credential(cert: Path, key: Path, passphrase: bytes | None = None) -> Issuer:
+    """A user certificate and its (possibly encrypted) key, to sign proxies with."""
+    cert_data, _ = read_credential_file(cert, "certificate")
+    key_data = _read_credential_file(key, "key", holds_key=True, strict=True)
+    try:
+        certs = x509.load_pem_x509_certificates(cert_data)
+    except ValueError as exc:
+        raise CredentialError(f"no readable certificate in {cert}") from exc
+    try:
+        loaded = serialization.load_pem_private_key(key_data, password=passphrase)
+    except TypeError:
+        raise CredentialError(f"the private key in {key} needs a passphrase") from None
+    except ValueError:
+        raise CredentialError(
+            f"the private key in {key} cannot be read (wrong passphrase?)"
+        ) from None
+    if not isinstance(loaded, _SIGNING_KEYS):
+        raise CredentialError(f"the private key in {key} cannot sign ({type(loaded).__name__})")
+    return _issuer_parts((certs[0], loaded, tuple(certs[1:])))
+
+
+def issuer_as_proxy(issuer: Issuer) -> Proxy:
+    """A certificate and key (a user's) as an in-memory credential, e.g. for TLS."""
+    cert, key, chain = _issuer_parts(issuer)
+    return _assemble(None, (cert, *chain), key)
+
+
+def key_is_encrypted(key: Path) -> bool:
+    data, _ = read_credential_file(key, "key")
+    return b"ENCRYPTED" in data
+
+
+def _check_lifetime(lifetime: timedelta) -> None:
+    if lifetime <= timedelta(0):
+        raise ValueError("proxy lifetime must be positive")
+
+
+def _delegate(
+    issuer: Proxy | Issuer,
+    public_key: Any,
+    lifetime: timedelta,
+    rfc3820: bool,
+    limited: bool,
+    now: datetime | None,
+) -> tuple[x509.Certificate, ...]:
+    """The new proxy certificate for ``public_key`` followed by the issuer's chain."""
     cert, key, chain = _issuer_parts(issuer)
     certs = (cert, *chain)
     infos = _check_chain(certs, "the issuing credential")
@@ -393,14 +510,13 @@ def make_proxy(
         raise CredentialError(
             f"cannot delegate from {slash_dn(cert.subject)}: expired at {_fmt_time(chain_end)}"
         )
-    new_key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
     new_cert = _sign_proxy(
-        cert, key, new_key, rfc3820, limited, now, min(now + lifetime, chain_end)
+        cert, key, public_key, rfc3820, limited, now, min(now + lifetime, chain_end)
     )
     kind = ("limited " if limited else "") + ("RFC 3820" if rfc3820 else "legacy")
     until = _fmt_time(new_cert.not_valid_after_utc)
     log.info("delegated %s proxy %s valid until %s", kind, slash_dn(new_cert.subject), until)
-    return _proxy_pem((new_cert, *certs), new_key)
+    return (new_cert, *certs)
 
 
 def _issuer_parts(issuer: Proxy | Issuer) -> Issuer:
@@ -426,7 +542,7 @@ def _check_delegation(infos: Sequence[ProxyInfo | None], rfc3820: bool) -> None:
 def _sign_proxy(
     cert: x509.Certificate,
     key: PrivateKey,
-    new_key: rsa.RSAPrivateKey,
+    public_key: Any,
     rfc3820: bool,
     limited: bool,
     now: datetime,
@@ -438,7 +554,7 @@ def _sign_proxy(
         x509.CertificateBuilder()
         .subject_name(voms.proxy_subject(cert.subject, cn))
         .issuer_name(cert.subject)
-        .public_key(new_key.public_key())
+        .public_key(public_key)
         .serial_number(serial)
         .not_valid_before(max(now - CLOCK_SKEW, cert.not_valid_before_utc))
         .not_valid_after(not_after)

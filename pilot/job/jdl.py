@@ -388,8 +388,19 @@ def expand(attrs: Mapping[str, Value], max_jobs: int = DEFAULT_MAX_JOBS) -> list
     return jdl_expand.expand(attrs, max_jobs)
 
 
+class _Folded(dict[str, Value]):
+    """Attributes with a case-folded index built once: ``from_attrs`` looks up ~30 names,
+    and scanning every attribute for each of them was most of its time."""
+
+    def __init__(self, attrs: Mapping[str, Value]) -> None:
+        super().__init__(attrs)
+        self.hits = {name.casefold(): (name, value) for name, value in attrs.items()}
+
+
 def _lookup(attrs: Mapping[str, Value], key: str) -> tuple[str, Value] | None:
     """(name as written, value) of ``key`` ignoring case; the last one written wins."""
+    if isinstance(attrs, _Folded):
+        return attrs.hits.get(key.casefold())
     folded = key.casefold()
     hits = [(name, value) for name, value in attrs.items() if name.casefold() == folded]
     return hits[-1] if hits else None
@@ -442,8 +453,11 @@ def _text(attrs: Mapping[str, Value], key: str) -> str | None:
 def _strings(attrs: Mapping[str, Value], *keys: str, split: bool = False) -> tuple[str, ...]:
     """``keys`` together as strings (a scalar counts as a 1-list; empty entries and
     duplicates dropped); ``split`` also splits at commas and strips."""
+    hits = [hit for key in keys if (hit := _lookup(attrs, key)) is not None]
+    if not hits:
+        return ()
     out: dict[str, None] = {}
-    for name, value in filter(None, (_lookup(attrs, key) for key in keys)):
+    for name, value in hits:
         for item in value if isinstance(value, list | tuple) else [value]:
             text = _scalar_text(f"each entry of {name}", item)
             parts = [part.strip() for part in text.split(",")] if split else [text]
@@ -475,12 +489,18 @@ def _bool(attrs: Mapping[str, Value], key: str) -> bool:
     raise JDLError(f"{key} must be true or false, got {_kind(value)}")
 
 
+# quotes, a backslash, or white space other than the four shlex splits at
+_SHELL_SPECIAL = re.compile(r"[\"'\\]|[^\S \t\r\n]")
+
+
 def _arguments(attrs: Mapping[str, Value]) -> tuple[str, ...]:
     hit = _lookup(attrs, "Arguments")
     if hit is None:
         return ()
     value = hit[1]
     text = value.text if isinstance(value, Expression) else _scalar_text(*hit)
+    if not _SHELL_SPECIAL.search(text):  # nothing quoted or escaped: shlex would only split
+        return tuple(text.split())
     try:
         return tuple(shlex.split(text))
     except ValueError as exc:
@@ -555,6 +575,7 @@ class JobDescription:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Value]) -> JobDescription:
         """Validate ``attrs`` (as parsed or expanded) -> JobDescription, or JDLError."""
+        attrs = _Folded(attrs)
         executable = _text(attrs, "Executable")
         if executable is None or not executable.strip():
             raise JDLError("Executable is missing or empty")

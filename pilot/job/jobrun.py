@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
-from pilot.errors import PilotError, SandboxError
-from pilot.job import archive, execute, isolation, jdl, sandbox, watchdog
+from pilot.errors import NoStoredProxy, PilotError, SandboxError
+from pilot.job import archive, delegation, execute, isolation, jdl, sandbox, watchdog
 from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ class JobSettings:
     isolation: Isolation = NO_ISOLATION
     hidden_paths: tuple[Path, ...] = ()  # the pilot's credentials, masked in the sandbox
     cgroup: CgroupParent | None = None
+    # the payload's delegated proxy
+    delegation: delegation.DelegationPolicy = field(
+        default_factory=lambda: delegation.DelegationPolicy()
+    )
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,15 @@ class JobOutcome:
 
 
 def payload_env(
-    desc: jdl.JobDescription, job_id: str, settings: JobSettings, job_dir: Path, cores: int
+    desc: jdl.JobDescription,
+    job_id: str,
+    settings: JobSettings,
+    job_dir: Path,
+    cores: int,
+    proxy: Path | None = None,
 ) -> dict[str, str]:
-    """The payload's environment: a few basics from the pilot's, our job facts, the JDL's."""
+    """The payload's environment: a few basics from the pilot's, our job facts, the JDL's,
+    and ``X509_USER_PROXY`` when the job has a delegated proxy of its own."""
     env = {k: settings.base_env[k] for k in BASE_ENV if k in settings.base_env}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update(
@@ -90,6 +100,9 @@ def payload_env(
         }
     )
     env.update(desc.execution_environment)
+    env.pop("X509_USER_PROXY", None)  # only ever the job's own delegated proxy
+    if proxy is not None:
+        env["X509_USER_PROXY"] = str(proxy)
     return env
 
 
@@ -191,6 +204,8 @@ class JobRunner:
         self.cancel = execute.Cancel()
         self.timing: dict[str, float] = {}
         self.launched = threading.Event()  # set when the payload starts, or will not
+        self.payload_proxy: delegation.PayloadProxy | None = None
+        self.notes: list[str] = []  # for the final application status
         self.keep_job_dir = False  # kept when its output could not be delivered
         if match_seconds is not None:
             self.timing["match"] = match_seconds
@@ -232,6 +247,49 @@ class JobRunner:
     def _run(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome:
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "tmp").mkdir(exist_ok=True)
+        failure = self._get_payload_proxy(desc, job_dir)
+        if failure is not None:
+            return failure
+        try:
+            return self._stage_and_run(desc, job_dir)
+        finally:
+            if self.payload_proxy is not None:
+                self.payload_proxy.remove()
+
+    def _get_payload_proxy(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome | None:
+        """The job's delegated proxy (None: go on, with or without one; else the failure)."""
+        policy = self.settings.delegation
+        must = delegation.required(jdl.get(desc.attrs, "PayloadProxy"))
+        if policy.mode == "off":
+            if must:
+                minor = f"{delegation.FAILED_MINOR}: payload proxies are off on this pilot"
+                return self._finish(JobStatus.FAILED, minor, None)
+            return None
+        wall = _seconds(desc, WALL_TIME_KEYS)
+        if self.slot_deadline is not None:
+            slot_left = self.slot_deadline - time.monotonic()
+            wall = slot_left if wall is None else min(wall, slot_left)
+        payload_proxy = delegation.PayloadProxy(
+            self.backend, self.job, job_dir, policy.lifetime(wall), policy
+        )
+        start = time.monotonic()
+        try:
+            proxy = payload_proxy.obtain()
+        except NoStoredProxy as exc:
+            if must:
+                return self._finish(JobStatus.FAILED, f"{delegation.FAILED_MINOR}: {exc}", None)
+            log.info("job %s: runs without a payload proxy: %s", self.job.job_id, exc)
+            self.notes.append("no payload proxy (owner has none stored)")
+            return None
+        except PilotError as exc:
+            log.error("job %s: payload proxy: %s", self.job.job_id, exc)
+            return self._finish(JobStatus.FAILED, f"{delegation.FAILED_MINOR}: {exc}", None)
+        self.timing["proxy"] = time.monotonic() - start
+        payload_proxy.start_renewal(proxy)
+        self.payload_proxy = payload_proxy
+        return None
+
+    def _stage_and_run(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome:
         self.status(JobStatus.RUNNING, Minor.DOWNLOADING_IS)
         start = time.monotonic()
         try:
@@ -242,15 +300,45 @@ class JobRunner:
         if self.cancel.is_set():
             return self._finish(JobStatus.KILLED, self.cancel.reason, None)
         result = self._execute(desc, job_dir)
+        if self.payload_proxy is not None:
+            self.payload_proxy.remove()  # never packed into the output sandbox
+        jobwrapper = bool(getattr(self.backend, "jobwrapper_rules", False))
+        if jobwrapper and result.ending is None and result.signal is None:
+            ok = result.exit_code == 0 and not result.unsaved
+            self._best_effort(JobStatus.COMPLETING, Minor.APP_SUCCESS if ok else Minor.APP_ERRORS)
         self.status(JobStatus.COMPLETING, Minor.UPLOADING_OS)
         start = time.monotonic()
-        notes = application_notes(result, self.settings.max_stdout_bytes)
+        notes = [*self.notes, *application_notes(result, self.settings.max_stdout_bytes)]
+        succeeded = (
+            result.ending is None
+            and result.signal is None
+            and result.exit_code == 0
+            and not result.unsaved
+        )
+        data_failure = None
         upload_failure = None
+
+        def uploading_data() -> None:
+            self._best_effort(JobStatus.COMPLETING, Minor.UPLOADING_OD)
+
         try:
             staged = sandbox.stage_out(
-                self.backend, self.job, desc, job_dir, self.settings.max_output_bytes
+                self.backend,
+                self.job,
+                desc,
+                job_dir,
+                self.settings.max_output_bytes,
+                with_data=succeeded,
+                before_data=uploading_data,
             )
             notes.append(staged.note())
+            if jobwrapper and staged.uploaded:
+                self._best_effort(JobStatus.COMPLETING, Minor.OS_UPLOADED)
+            if jobwrapper and staged.output_data:
+                self._best_effort(JobStatus.COMPLETING, Minor.OD_UPLOADED)
+        except sandbox.OutputDataError as exc:
+            log.error("job %s: %s", self.job.job_id, exc)
+            data_failure = str(exc)
         except PilotError as exc:  # after the outbox's retries: the output is not stored
             upload_failure = f"Output sandbox upload failed: {exc}"
             self.keep_job_dir = True
@@ -261,8 +349,25 @@ class JobRunner:
                 job_dir,
             )
             notes.append(f"job directory kept: {job_dir}")
+            if succeeded and desc.output_data:  # the data still goes where it belongs
+                try:
+                    uploading_data()
+                    sandbox.store_output_data(self.backend, self.job, desc, job_dir)
+                except sandbox.OutputDataError as data_exc:
+                    log.error("job %s: %s", self.job.job_id, data_exc)
+                    data_failure = str(data_exc)
         self.timing["stage_out"] = time.monotonic() - start
-        return self._conclude(result, "; ".join(n for n in notes if n), upload_failure)
+        note = "; ".join(n for n in notes if n)
+        if data_failure is not None:  # the payload worked, its data is not where it belongs
+            return self._finish(JobStatus.FAILED, data_failure, 0, note)
+        return self._conclude(result, note, upload_failure)
+
+    def _best_effort(self, status: JobStatus, minor: str) -> None:
+        """An intermediate status: not worth failing (or losing data) for."""
+        try:
+            self.status(status, minor)
+        except PilotError as exc:
+            log.warning("job %s: status %s not sent: %s", self.job.job_id, minor, exc)
 
     def spec(self, desc: jdl.JobDescription, job_dir: Path) -> execute.ExecutionSpec:
         """How this job's payload runs: argv (in its sandbox), environment, limits."""
@@ -287,7 +392,14 @@ class JobRunner:
         return execute.ExecutionSpec(
             argv=argv,
             cwd=job_dir,
-            env=payload_env(desc, self.job.job_id, settings, job_dir, self.cores),
+            env=payload_env(
+                desc,
+                self.job.job_id,
+                settings,
+                job_dir,
+                self.cores,
+                self.payload_proxy.path if self.payload_proxy is not None else None,
+            ),
             stdout=stream_path(job_dir, desc.std_output, ".stdout"),
             stderr=stream_path(job_dir, desc.std_error or desc.std_output, ".stderr"),
             cores=self.cores,
@@ -344,6 +456,8 @@ class JobRunner:
             return JobStatus.FAILED, f"Payload killed by signal {result.signal}", None
         if result.exit_code != 0:
             minor = f"Payload failed with exit code {result.exit_code}"
+            if getattr(self.backend, "jobwrapper_rules", False):
+                minor = Minor.APP_ERRORS  # the exit code is in the application status
             return JobStatus.FAILED, minor, result.exit_code
         if result.unsaved:  # the payload worked but what it printed is lost
             minor = "Payload output not saved: " + "; ".join(result.unsaved)

@@ -14,7 +14,7 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -102,9 +102,10 @@ def _glob_match(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
 
 def _select(
     nodes: dict[tuple[str, ...], _Node], patterns: Sequence[str]
-) -> tuple[list[tuple[str, ...]], list[str]]:
-    """Files and links matched by ``patterns`` (directories expanded), and the misses."""
-    chosen: dict[tuple[str, ...], None] = {}
+) -> tuple[dict[tuple[str, ...], int], list[str]]:
+    """Files and links matched by ``patterns`` (directories expanded), each with the depth
+    of the node that matched (itself, or the directory above it), and the misses."""
+    chosen: dict[tuple[str, ...], int] = {}
     missing: list[str] = []
     ordered = sorted(p for p, node in nodes.items() if node.kind is not _Kind.DIR)
     for pattern in patterns:
@@ -114,9 +115,29 @@ def _select(
             missing.append(pattern)
             continue
         for parts in ordered:  # a node is in when it, or a directory above it, matched
-            if any(parts[:i] in hits for i in range(1, len(parts) + 1)):
-                chosen[parts] = None
-    return list(chosen), missing
+            depth = next((i for i in range(1, len(parts) + 1) if parts[:i] in hits), None)
+            if depth is not None and parts not in chosen:
+                chosen[parts] = depth
+    return chosen, missing
+
+
+def _flat_names(
+    nodes: dict[tuple[str, ...], _Node], chosen: dict[tuple[str, ...], int]
+) -> tuple[dict[tuple[str, ...], tuple[str, ...]], list[str]]:
+    """DIRAC's JobWrapper packing: a matched file under its base name, a matched directory
+    under its own name. Links are left out (DIRAC would pack their targets' bytes), and
+    of two files with the same name the first is kept."""
+    names: dict[tuple[str, ...], tuple[str, ...]] = {}
+    taken: set[tuple[str, ...]] = set()
+    skipped: list[str] = []
+    for parts, depth in chosen.items():
+        name = parts[depth - 1 :]
+        if nodes[parts].kind is _Kind.LINK or name in taken:
+            skipped.append("/".join(parts))
+            continue
+        names[parts] = name
+        taken.add(name)
+    return names, skipped
 
 
 def _links_inside(
@@ -179,8 +200,14 @@ def _open_beneath(root: int, parts: tuple[str, ...]) -> int:
         os.close(fd)
 
 
-def _add_node(tf: tarfile.TarFile, root: int, parts: tuple[str, ...], node: _Node) -> bool:
-    info = tarfile.TarInfo("/".join(parts))
+def _add_node(
+    tf: tarfile.TarFile,
+    root: int,
+    parts: tuple[str, ...],
+    node: _Node,
+    name: tuple[str, ...] | None = None,
+) -> bool:
+    info = tarfile.TarInfo("/".join(name or parts))
     info.mtime = int(time.time())
     if node.kind is _Kind.LINK:
         info.type, info.linkname, info.mode = tarfile.SYMTYPE, node.target, 0o777
@@ -254,13 +281,21 @@ def _fit(
 
 
 def _write_output(
-    job_dir: Path, out: Path, kept: list[tuple[str, ...]], nodes: dict[tuple[str, ...], _Node]
+    job_dir: Path,
+    out: Path,
+    kept: list[tuple[str, ...]],
+    nodes: dict[tuple[str, ...], _Node],
+    names: Mapping[tuple[str, ...], tuple[str, ...]],
 ) -> list[tuple[str, ...]]:
-    """Write ``kept`` to ``out``; return what was really packed."""
+    """Write ``kept`` to ``out`` (under ``names`` where given); return what was packed."""
     with _tar_gz(out) as tf:
         root = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return [parts for parts in kept if _add_node(tf, root, parts, nodes[parts])]
+            return [
+                parts
+                for parts in kept
+                if _add_node(tf, root, parts, nodes[parts], names.get(parts))
+            ]
         finally:
             os.close(root)
 
@@ -272,6 +307,7 @@ def pack_output(
     *,
     max_bytes: int,
     priority: Sequence[str] = (),
+    flatten: bool = False,
 ) -> PackResult:
     """Pack what ``patterns`` match under ``job_dir`` into the tar.gz ``out``.
 
@@ -280,29 +316,37 @@ def pack_output(
     Symlinks are packed as links, and only when they resolve inside the packed tree;
     names :func:`safe_unpack` would refuse are skipped. If the files exceed ``max_bytes``
     (uncompressed), files are kept in ``priority`` order, then in pattern order, and
-    the rest are dropped.
+    the rest are dropped. With ``flatten`` (DIRAC's rule), a file a pattern matched is
+    packed under its base name and a matched directory under its own name
+    (``res/digest-*.txt`` -> ``digest-p1.txt``); links are then left out.
     """
     nodes = _scan(job_dir)
     with suppress(ValueError):  # never pack the archive into itself
         own = out.resolve().relative_to(job_dir.resolve()).parts
         for name in (own[-1], own[-1] + ".part"):
             nodes.pop((*own[:-1], name), None)
-    chosen, missing = _select(nodes, patterns)
+    selected, missing = _select(nodes, patterns)
+    names: dict[tuple[str, ...], tuple[str, ...]] = {}
+    unflattened: list[str] = []
+    if flatten:
+        names, unflattened = _flat_names(nodes, selected)
+    chosen = [p for p in selected if not flatten or p in names]
     kept, dropped, skipped = _fit(nodes, chosen, max_bytes, priority)
-    written = _write_output(job_dir, out, kept, nodes)
+    skipped = unflattened + skipped
+    written = _write_output(job_dir, out, kept, nodes, names)
     done = set(written)
     skipped += ["/".join(parts) for parts in kept if parts not in done]
     result = PackResult(
-        included=tuple("/".join(parts) for parts in written),
+        included=tuple("/".join(names.get(parts, parts)) for parts in written),
         missing=tuple(missing),
         dropped=tuple(dropped),
         size=sum(nodes[parts].size for parts in written),
         skipped=tuple(skipped),
     )
     log.info("output sandbox %s: %d entries, %d bytes", out.name, len(written), result.size)
-    for what, names in (("no match", missing), ("over size limit", dropped), ("skipped", skipped)):
-        if names:
-            log.warning("output sandbox: %s: %s", what, ", ".join(names))
+    for what, which in (("no match", missing), ("over size limit", dropped), ("skipped", skipped)):
+        if which:
+            log.warning("output sandbox: %s: %s", what, ", ".join(which))
     return result
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import posixpath
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pilot.backends.base import Backend, MatchedJob
 from pilot.backends.stub import HttpClient, RetryPolicy
-from pilot.errors import PilotError, SandboxError
+from pilot.errors import DiskFullError, PilotError, SandboxError
 from pilot.job import archive, outpack
 from pilot.job.jdl import JobDescription
 
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 
 OUTPUT_ARCHIVE = "output-sandbox.tar.gz"
 URL_PREFIXES = ("https://", "http://")
+# minor statuses of input failures, as DIRAC's JobWrapper words them
+LFN_SANDBOX_FAILED = "Failed Downloading InputSandbox LFN(s)"
+INPUT_DATA_FAILED = "Input Data Not Available"
+URL_FAILED = "Cannot fetch input"
+
+
+class OutputDataError(SandboxError):
+    """OutputData could not be stored: the job must not end Done."""
 
 
 @dataclass(frozen=True)
@@ -83,18 +92,19 @@ def stage_in(
         names.extend(_unpack_archives(backend, job, job_dir, limits))
     for entry in desc.input_sandbox:
         if entry.startswith(("LFN:", "lfn:")):
-            names.append(_fetch_one(backend, job, "LFN:" + entry[4:], job_dir))
+            names.append(_fetch_one(backend, job, "LFN:" + entry[4:], job_dir, LFN_SANDBOX_FAILED))
         elif entry.startswith(URL_PREFIXES):
-            names.append(_fetch_one(backend, job, entry, job_dir))
+            names.append(_fetch_one(backend, job, entry, job_dir, URL_FAILED))
     for lfn in desc.input_data:
         if lfn:
-            names.append(_fetch_one(backend, job, lfn if ":" in lfn else f"LFN:{lfn}", job_dir))
+            entry = "LFN:" + lfn[4:] if lfn[:4].upper() == "LFN:" else f"LFN:{lfn}"
+            names.append(_fetch_one(backend, job, entry, job_dir, INPUT_DATA_FAILED))
     if names:
         log.info("job %s: inputs staged (%d files)", job.job_id, len(names))
     return names
 
 
-def _fetch_one(backend: Backend, job: MatchedJob, entry: str, job_dir: Path) -> str:
+def _fetch_one(backend: Backend, job: MatchedJob, entry: str, job_dir: Path, failure: str) -> str:
     name = _base_name(entry)
     target = _place(job_dir, name)
     try:
@@ -102,10 +112,12 @@ def _fetch_one(backend: Backend, job: MatchedJob, entry: str, job_dir: Path) -> 
             fetch_url(entry, target)
         else:
             backend.fetch_lfn(job, entry, target)
-    except SandboxError:
+    except DiskFullError:
         raise
     except PilotError as exc:
-        raise SandboxError(f"Cannot fetch input {entry}: {exc}") from exc
+        text = str(exc)
+        detail = text if entry.removeprefix("LFN:") in text else f"{entry}: {text}"
+        raise SandboxError(f"{failure}: {detail}") from exc
     return name
 
 
@@ -130,16 +142,33 @@ def stage_out(
     desc: JobDescription,
     job_dir: Path,
     max_bytes: int,
+    with_data: bool = True,
+    before_data: Callable[[], None] | None = None,
 ) -> StageOutResult:
     """Pack the output sandbox (StdOut/StdErr first when over the limit) and upload it,
-    then store the OutputData files."""
+    then store the OutputData files (only for a payload that succeeded, as DIRAC does:
+    ``with_data``; ``before_data`` is called first). OutputDataError when an OutputData
+    file could not be stored."""
+
+    def data() -> tuple[str, ...]:
+        if not with_data or not desc.output_data:
+            return ()
+        if before_data is not None:
+            before_data()
+        return store_output_data(backend, job, desc, job_dir)
+
     if not desc.output_sandbox:
-        return StageOutResult(False, (), (), (), 0, store_output_data(backend, job, desc, job_dir))
+        return StageOutResult(False, (), (), (), 0, data())
     out = job_dir.parent / f".{job_dir.name}.{OUTPUT_ARCHIVE}"
     priority = [n for n in (desc.std_output, desc.std_error) if n]
     try:
         packed = outpack.pack_output(
-            job_dir, desc.output_sandbox, out, max_bytes=max_bytes, priority=priority
+            job_dir,
+            desc.output_sandbox,
+            out,
+            max_bytes=max_bytes,
+            priority=priority,
+            flatten=bool(getattr(backend, "jobwrapper_rules", False)),
         )
         backend.store_output_sandbox(job, out)
     finally:
@@ -150,7 +179,7 @@ def stage_out(
         len(packed.included),
         packed.size,
     )
-    stored = store_output_data(backend, job, desc, job_dir)
+    stored = data()
     return StageOutResult(
         True, packed.included, packed.missing, packed.dropped, packed.size, stored
     )
@@ -162,18 +191,43 @@ def output_lfn(desc: JobDescription, job_id: str, name: str) -> str:
     return f"LFN:/{base}/{name}"
 
 
+def _output_files(job_dir: Path, pattern: str) -> list[tuple[Path, str | None]]:
+    """Local files of one OutputData entry: ``LFN:/a/b/name`` is ``name`` stored as that
+    LFN; anything else is a glob in the job directory, named by the backend's rule."""
+    if pattern[:4].upper() == "LFN:":
+        name = posixpath.basename(pattern[4:])
+        path = job_dir / name
+        if not name or not path.is_file() or path.is_symlink():
+            return []
+        return [(path, "LFN:" + pattern[4:])]
+    if pattern.startswith("/") or ".." in Path(pattern).parts:
+        raise OutputDataError(f"OutputData {pattern}: not a path inside the job directory")
+    found = sorted(p for p in job_dir.glob(pattern) if p.is_file() and not p.is_symlink())
+    return [(p, None) for p in found]
+
+
 def store_output_data(
     backend: Backend, job: MatchedJob, desc: JobDescription, job_dir: Path
 ) -> tuple[str, ...]:
     stored = []
+    naming = getattr(backend, "output_lfn", None)  # a backend with its own LFN convention
     for pattern in desc.output_data:
-        name = pattern[4:] if pattern.startswith("LFN:") else pattern
-        matches = sorted(p for p in job_dir.glob(name) if p.is_file() and not p.is_symlink())
+        matches = _output_files(job_dir, pattern)
         if not matches:
-            raise SandboxError(f"OutputData {pattern} not found")
-        for path in matches:
-            lfn = output_lfn(desc, job.job_id, path.name)
-            backend.store_lfn(job, lfn, path)
+            raise OutputDataError(f"OutputData {pattern} not found")
+        for path, given in matches:
+            if given is not None:
+                lfn = given
+            elif naming is not None:
+                lfn = str(naming(job, desc, path.name))
+            else:
+                lfn = output_lfn(desc, job.job_id, path.name)
+            try:
+                backend.store_lfn(job, lfn, path)
+            except DiskFullError:
+                raise
+            except PilotError as exc:
+                raise OutputDataError(f"Failed to upload output data: {exc}") from exc
             stored.append(lfn)
     if stored:
         log.info("job %s: output data stored: %s", job.job_id, ", ".join(stored))

@@ -48,9 +48,9 @@ QUEUE = "queue"
 class DiracServer:
     """A running test DIRAC server: where it is and how to talk to it."""
 
-    urls: Mapping[str, str]  # "matcher", "jobstateupdate", "sandboxstore", "jobmonitoring", ...
+    urls: Mapping[str, str]  # "matcher", ..., "proxymanager", "configuration", "filecatalog"
     ca_dir: Path
-    proxy: Path  # user proxy, group testvo_user (NormalUser + GenericPilot)
+    proxy: Path  # user proxy, group testvo_user (NormalUser + GenericPilot), uploaded too
     host_cert: Path  # /O=DIRACTest/CN=localhost: TrustedHost, Operator, JobAdministrator
     host_key: Path
     user_cert: Path

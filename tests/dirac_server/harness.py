@@ -13,6 +13,8 @@ Set-up (cached, idempotent)::
         run/*.pid, log/*.log        one pid file and one log per process
         run/x509up_testuser         user proxy made by dirac-proxy-init (group testvo_user)
         storage/sandboxes           the SandboxStore's files
+        storage/se                  the DIP storage element SE-LOCAL (DataManagement/StorageElement)
+        etc/PilotAgentTest.cfg      what Configuration/Server serves (the same text as dirac.cfg)
 
 Processes: mariadbd, one ``dirac-service`` per service (through ``loopback.py`` so that each
 listens on 127.0.0.1 only) and the Optimizers executor. They are started with their own
@@ -64,6 +66,8 @@ DATABASES = (
     "SandboxMetadataDB",
     "ResourceStatusDB",
     "ResourceManagementDB",
+    "ProxyDB",
+    "FileCatalogDB",
 )
 DB_CLASSES = (
     "WorkloadManagementSystem.DB.JobDB.JobDB",
@@ -73,6 +77,7 @@ DB_CLASSES = (
     "WorkloadManagementSystem.DB.SandboxMetadataDB.SandboxMetadataDB",
     "ResourceStatusSystem.DB.ResourceStatusDB.ResourceStatusDB",
     "ResourceStatusSystem.DB.ResourceManagementDB.ResourceManagementDB",
+    "FrameworkSystem.DB.ProxyDB.ProxyDB",
 )
 
 
@@ -96,7 +101,13 @@ SERVICES = (
     Service("matcher", "WorkloadManagement/Matcher"),
     Service("optimizationmind", "WorkloadManagement/OptimizationMind"),
     Service("pilotmanager", "WorkloadManagement/PilotManager"),
+    Service("proxymanager", "Framework/ProxyManager"),
+    Service("configuration", "Configuration/Server"),
+    Service("filecatalog", "DataManagement/FileCatalog"),
+    Service("storageelement", "DataManagement/StorageElement"),
 )
+# started with extra options (the Configuration Server is the master of its own copy)
+SERVICE_OPTIONS = {"configuration": ("-o", "/DIRAC/Configuration/Master=yes")}
 
 
 @dataclass(frozen=True)
@@ -300,7 +311,7 @@ class Harness:
     def setup(self) -> None:
         check_tools()
         ensure_venv(self.layout.venv)
-        for sub in ("etc", "run", "log", "storage/sandboxes", "mysql"):
+        for sub in ("etc", "run", "log", "storage/sandboxes", "storage/se", "mysql"):
             (self.layout.root / sub).mkdir(parents=True, exist_ok=True)
         make_pki(self.layout.pki)
         init_datadir(self.layout)
@@ -353,7 +364,9 @@ class Harness:
         values = {f"{s.key.upper()}_PORT": str(self.ports[s.key]) for s in SERVICES}
         values |= {"ROOT": str(self.layout.root), "DBPORT": str(self.ports["mysql"])}
         template = Template((HERE / "dirac.cfg.template").read_text())
-        self.layout.cfg.write_text(template.substitute(values))
+        text = template.substitute(values)
+        self.layout.cfg.write_text(text)
+        (self.layout.cfg.parent / "PilotAgentTest.cfg").write_text(text)  # what the CS serves
 
     # MariaDB -----------------------------------------------------------------------
 
@@ -428,6 +441,7 @@ class Harness:
             if self._alive(svc.key):
                 continue
             argv = [str(self.layout.python), launcher, "dirac-service", svc.path]
+            argv += SERVICE_OPTIONS.get(svc.key, ())
             self._spawn(svc.key, argv, marker=svc.path, env=env)
             started.append(svc)
         for svc in started:
@@ -467,15 +481,13 @@ class Harness:
         self._spawn("optimizers", argv, marker="Optimizers", env=self.env(with_proxy=False))
 
     def _make_proxy(self) -> None:
-        """User proxy with the DIRAC group testvo_user (NormalUser + GenericPilot).
-
-        ``dirac-proxy-init`` writes the proxy, then exits 1 because it cannot reach a
-        ProxyManager (none runs here) to add a token: the proxy is what counts.
-        """
+        """User proxy with the DIRAC group testvo_user (NormalUser + GenericPilot), also
+        uploaded to the ProxyManager (``dirac-proxy-init`` does that by default in DIRAC 9):
+        pilots get their payloads' proxies delegated from it."""
         self.layout.proxy.unlink(missing_ok=True)
-        argv = [str(self.layout.venv / "bin" / "dirac-proxy-init"), "-g", "testvo_user", "-N"]
+        argv = [str(self.layout.venv / "bin" / "dirac-proxy-init"), "-g", "testvo_user"]
         result = proc.run(argv, timeout=120, env=self.env())
-        if not self.layout.proxy.is_file():
+        if not result.ok or not self.layout.proxy.is_file():
             output = (result.stdout + result.stderr).strip()[-2000:]
             raise SetupError(
                 f"dirac-proxy-init wrote no proxy (exit {result.returncode}): {output}"

@@ -14,6 +14,13 @@ heartbeat              JobStateUpdate.sendHeartBeat(job, dynamic, {}) -> {comman
 fetch_input_sandbox    SandboxStore FileTransfer/ToClient of each ``SB:<SE>|<path>``
 store_output_sandbox   SandboxStore FileTransfer/FromClient ``[<md5>.tar.*, {"Job:<id>":
                        "Output"}]`` (what DIRAC's SandboxStoreClient sends)
+delegate_proxy         ProxyManager.getProxy(ownerDN, ownerGroup, requestPEM, seconds), the
+                       owner's DN from the Registry that Configuration/Server serves
+                       (getCompressedData, read once); both URLs from ``[dirac]``
+fetch_lfn              FileCatalog.getReplicas + getFileMetadata, then the replica's DIP
+                       StorageElement FileTransfer/ToClient (pilot.dirac.data)
+store_lfn              StorageElement FileTransfer/FromClient + getMetadata, then
+                       FileCatalog.addFile with size and Adler-32 (pilot.dirac.data)
 upload_pilot_log       nothing: DIRAC's pilot logging service is HTTPS-only
 =====================  ============================================================
 
@@ -29,8 +36,9 @@ import json
 import logging
 import re
 import ssl
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -40,9 +48,17 @@ from urllib.parse import urlsplit
 
 from pilot import __version__
 from pilot.backends.base import MatchedJob, StatusUpdate
+from pilot.backends.dirac import cscfg, data
 from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
 from pilot.config import PilotConfig
-from pilot.errors import CredentialError, DiskFullError, SandboxError, ServerUnreachable, UsageError
+from pilot.errors import (
+    CredentialError,
+    DiskFullError,
+    NoStoredProxy,
+    SandboxError,
+    ServerUnreachable,
+    UsageError,
+)
 from pilot.grid import credentials
 from pilot.job import jdl
 
@@ -59,6 +75,9 @@ DEFAULT_PORTS = {
     "JobMonitoring": 9130,
     "PilotManager": 9171,
 }
+MINOR_STATUS_MAX = 128  # JobDB's VARCHAR(128): a longer MinorStatus fails the whole update
+APP_STATUS_MAX = 255
+NO_STORED_PROXY = ("No proxy providers found", "not found in the ProxyDB", "has no proxy")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HASH_CHUNK = 1 << 20
 
@@ -74,6 +93,11 @@ class DiracSettings:
     ca_dir: Path
     job_monitoring_url: str | None = None  # only for DiracBackend.job_status (tools, tests)
     pilot_manager_url: str | None = None  # enables register(): PilotManager.setPilotStatus
+    proxy_manager_url: str | None = None  # enables payload proxies: ProxyManager.getProxy
+    configuration_url: str | None = None  # Configuration/Server: user DNs, storage elements
+    file_catalog_url: str | None = None  # else /Systems/DataManagement/URLs/FileCatalog (CS)
+    storage_elements: Mapping[str, str] = field(default_factory=dict)  # name -> DIP URL
+    output_se: str | None = None  # for OutputData when the JDL names no OutputSE
     setup: str | None = None  # DIRAC setups are gone since v9: "None" goes on the wire
     vo: str | None = None
     source: str = "JobAgent"  # status source: DIRAC takes "Job*" updates as signs of life
@@ -83,11 +107,19 @@ class DiracSettings:
     def __post_init__(self) -> None:
         for name in ("matcher_url", "job_state_update_url", "sandbox_store_url"):
             _check_url(name, getattr(self, name))
-        for name in ("job_monitoring_url", "pilot_manager_url"):
+        for name in (
+            "job_monitoring_url",
+            "pilot_manager_url",
+            "proxy_manager_url",
+            "configuration_url",
+            "file_catalog_url",
+        ):
             if getattr(self, name) is not None:
                 _check_url(name, getattr(self, name))
         if self.timeout <= 0:
             raise UsageError(f"dirac timeout must be positive, not {self.timeout}")
+        for se_name, url in self.storage_elements.items():
+            _check_url(f"storage_elements.{se_name}", url)
 
 
 def _check_url(name: str, url: str) -> None:
@@ -106,6 +138,8 @@ class DiracBackend:
     """:class:`pilot.backends.base.Backend` for DIRAC 9 DISET services. Thread-safe."""
 
     name = "dirac"
+    # as DIRAC's JobWrapper: output sandbox files under their base names, its minor statuses
+    jobwrapper_rules = True
 
     def __init__(self, settings: DiracSettings, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
@@ -115,7 +149,13 @@ class DiracBackend:
         self.sandbox_store = self._client(settings.sandbox_store_url, ctx)
         self.job_monitoring = self._optional(settings.job_monitoring_url, ctx)
         self.pilot_manager = self._optional(settings.pilot_manager_url, ctx)
+        self.proxy_manager = self._optional(settings.proxy_manager_url, ctx)
+        self.configuration = self._optional(settings.configuration_url, ctx)
         self._pilot_info_reported = False
+        self._cs: cscfg.Section | None = None
+        self._cs_lock = threading.Lock()
+        self._ctx = ctx
+        self._data: data.DataManager | None = None
 
     def _client(self, url: str, ctx: ssl.SSLContext) -> DisetClient:
         s = self.settings
@@ -147,11 +187,109 @@ class DiracBackend:
         else:
             log.info("pilot reference %s is not in DIRAC's PilotAgentsDB: not recorded", reference)
 
+    def config(self) -> cscfg.Section:
+        """DIRAC's configuration from its Configuration Server, fetched once."""
+        with self._cs_lock:
+            if self._cs is None:
+                if self.configuration is None:
+                    raise UsageError("no DIRAC Configuration Server: set [dirac] configuration")
+                data = self.configuration.call("getCompressedData")
+                try:
+                    self._cs = cscfg.from_compressed(data)
+                except cscfg.CfgError as exc:
+                    raise DisetProtocolError(f"Configuration/Server: {exc}") from None
+                log.debug("read DIRAC's configuration from %s", self.configuration.url)
+            return self._cs
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        """The job owner's proxy from the ProxyManager, delegated to our request.
+
+        DIRAC 9.1.22 ignores "limited": the proxy is limited only if the stored one is.
+        """
+        if self.proxy_manager is None:
+            raise NoStoredProxy("no ProxyManager configured ([dirac] proxymanager)")
+        owner, group = job.extra.get("Owner"), job.extra.get("Group")
+        if not owner or not group:
+            raise NoStoredProxy(f"the Matcher named no owner/group for job {job.job_id}")
+        dn = cscfg.user_dn(self.config(), str(owner))
+        if dn is None:
+            raise CredentialError(f"DIRAC user {owner} has no DN in the Registry")
+        try:
+            chain = self.proxy_manager.call("getProxy", dn, str(group), request_pem, int(lifetime))
+        except DisetError as exc:
+            if any(text in str(exc) for text in NO_STORED_PROXY):
+                raise NoStoredProxy(f"no proxy of {owner}@{group} in the ProxyManager") from exc
+            raise
+        if not isinstance(chain, str):
+            raise DisetProtocolError(f"ProxyManager.getProxy: not a PEM chain: {chain!r:.80}")
+        return chain
+
+    # --- data ---------------------------------------------------------------------------
+
+    def data_manager(self) -> data.DataManager:
+        """File Catalog and storage elements: from the settings, else from DIRAC's CS."""
+        with self._cs_lock:
+            ready = self._data
+        if ready is not None:
+            return ready
+        s = self.settings
+        catalog_url = s.file_catalog_url
+        elements = {n: data.StorageElement(n, u) for n, u in s.storage_elements.items()}
+        if catalog_url is None or not elements:
+            if self.configuration is None:
+                raise data.DataError(
+                    "DIRAC data management needs [dirac] filecatalog and storage_elements,"
+                    " or a Configuration Server ([dirac] configuration)"
+                )
+            cs = self.config()
+            catalog_url = catalog_url or cs.get("/Systems/DataManagement/URLs/FileCatalog")
+            if not elements:
+                elements = data.storage_elements_from_cs(cs)
+        if not catalog_url:
+            raise data.DataError("no FileCatalog URL in the settings or DIRAC's configuration")
+        manager = data.DataManager(
+            self._client(catalog_url, self._ctx), elements, self._data_client
+        )
+        with self._cs_lock:
+            self._data = manager
+        return manager
+
+    def _data_client(self, url: str) -> DisetClient:
+        return self._client(url, self._ctx)
+
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
-        raise SandboxError(f"{lfn}: LFN inputs need DIRAC's data management, not supported")
+        self.data_manager().download(lfn, dest)
 
     def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
-        raise SandboxError(f"{lfn}: OutputData needs DIRAC's data management, not supported")
+        desc = jdl.load(job.jdl)
+        se_names = [n.strip() for n in (desc.output_se or "").split(",") if n.strip()]
+        if not se_names and self.settings.output_se:
+            se_names = [self.settings.output_se]
+        if not se_names:
+            raise data.DataError("no OutputSE in the JDL and no [dirac] output_se")
+        errors = []
+        for se_name in se_names:  # the first that works, as DIRAC's JobWrapper does
+            try:
+                self.data_manager().upload(source, lfn, se_name)
+                return
+            except data.DataError as exc:
+                errors.append(str(exc))
+        raise data.DataError("; ".join(errors))
+
+    def output_lfn(self, job: MatchedJob, desc: jdl.JobDescription, name: str) -> str:
+        """DIRAC's convention for OutputData files named without an LFN."""
+        owner = str(job.extra.get("Owner") or "")
+        if not owner:
+            raise data.DataError(f"the Matcher named no owner for job {job.job_id}")
+        vo = self.settings.vo
+        group = job.extra.get("Group")
+        if self.configuration is not None and group:
+            vo = self.config().get(f"/Registry/Groups/{group}/VO") or vo
+        if not vo:
+            raise data.DataError("the job owner's VO is unknown: set vo")
+        return "LFN:" + data.user_lfn(vo, owner, job.job_id, desc.output_path, name)
 
     def upload_pilot_log(self, stamp: str, text: str) -> None:
         log.debug(
@@ -203,13 +341,16 @@ class DiracBackend:
         if update.status is not None:
             fields["Status"] = str(update.status)
         if update.minor:
-            fields["MinorStatus"] = update.minor
+            fields["MinorStatus"] = _fit(update.minor, MINOR_STATUS_MAX)
         if update.application:
-            fields["ApplicationStatus"] = update.application
+            fields["ApplicationStatus"] = _fit(update.application, APP_STATUS_MAX)
         job_id = _job_id(job)
         if list(fields) == ["ApplicationStatus"]:
             self.job_state.call(
-                "setJobApplicationStatus", job_id, update.application, self.settings.source
+                "setJobApplicationStatus",
+                job_id,
+                fields["ApplicationStatus"],
+                self.settings.source,
             )
         elif fields:
             fields["Source"] = self.settings.source
@@ -253,15 +394,10 @@ class DiracBackend:
     def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
         """Download each ``SB:`` entry into ``dest_dir``; plain names are inside those."""
         entries = jdl.load(job.jdl).input_sandbox
-        lfns = [e for e in entries if e[:4].upper() == "LFN:"]
-        if lfns:
-            raise SandboxError(
-                f"LFN input sandbox not supported by this backend: {', '.join(lfns)}"
-            )
         paths = []
         for entry in entries:
             if not entry.startswith("SB:"):
-                log.debug("job %s: %s travels inside the sandbox archive", job.job_id, entry)
+                log.debug("job %s: %s is not in a sandbox archive", job.job_id, entry)
                 continue
             se_name, path = split_sandbox_url(entry)
             dest = dest_dir / _archive_name(path)
@@ -313,6 +449,11 @@ class DiracBackend:
 def dirac_time(timestamp: float) -> str:
     """A status time stamp as DIRAC writes them: naive UTC ``YYYY-mm-dd HH:MM:SS.ffffff``."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to what a JobDB column holds (the full text is in the pilot's log)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def split_sandbox_url(entry: str) -> tuple[str, str]:
@@ -394,10 +535,12 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
     """``--server dips://host[:port/WorkloadManagement/Matcher]`` plus the ``[dirac]`` table.
 
     Table keys (any case, ``_`` ignored): ``matcher``, ``jobstateupdate``, ``sandboxstore``,
-    ``jobmonitoring``, ``pilotmanager`` (URLs), ``setup``, ``release_version``, ``source``,
-    ``timeout``. Matcher, JobStateUpdate and SandboxStore without a URL are taken on the
-    server's host at DIRAC's default ports; the optional JobMonitoring and PilotManager
-    only when given. Proxy and CA directory: config, else X509_USER_PROXY / X509_CERT_DIR.
+    ``jobmonitoring``, ``pilotmanager``, ``proxymanager``, ``configuration``,
+    ``filecatalog`` (URLs), ``storage_elements`` (a table: SE name = DIP URL),
+    ``output_se``, ``setup``, ``release_version``, ``source``, ``timeout``. Matcher,
+    JobStateUpdate and SandboxStore without a URL are taken on the server's host at DIRAC's
+    default ports; the optional JobMonitoring, PilotManager, ProxyManager and Configuration
+    Server only when given. Proxy and CA directory: config, else X509_USER_PROXY / X509_CERT_DIR.
     """
     table = {str(k).lower().replace("_", ""): v for k, v in cfg.dirac.items()}
     server = urlsplit(cfg.server or "")
@@ -424,6 +567,11 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
         sandbox_store_url=url("SandboxStore"),
         job_monitoring_url=_opt_str(table.get("jobmonitoring")),
         pilot_manager_url=_opt_str(table.get("pilotmanager")),
+        proxy_manager_url=_opt_str(table.get("proxymanager")),
+        configuration_url=_opt_str(table.get("configuration")),
+        file_catalog_url=_opt_str(table.get("filecatalog")),
+        storage_elements=_storage_elements(table.get("storageelements")),
+        output_se=_opt_str(table.get("outputse")),
         proxy=Path(proxy),
         ca_dir=Path(ca_dir),
         setup=_opt_str(table.get("setup")),
@@ -432,6 +580,14 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
         release_version=_opt_str(table.get("releaseversion")),
         timeout=float(table.get("timeout") or 60.0),
     )
+
+
+def _storage_elements(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise UsageError("[dirac.storage_elements] must be a table of name = DIP URL")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _opt_str(value: Any) -> str | None:

@@ -1,0 +1,144 @@
+"""The payload's own credential: a proxy delegated from its owner's, fetched per job.
+
+For each job the pilot makes a key pair and a certificate request, and asks its backend
+(``Backend.delegate_proxy``, with that job's credentials) to have the request signed by
+the proxy the job's owner stored on the server: the stub's proxy store, or DIRAC's
+ProxyManager. No private key crosses the network. The result is written into the job
+directory (mode 0600) and given to the payload as ``X509_USER_PROXY``; the pilot's own
+proxy is never given. The lifetime is the job's wall time plus a margin, capped; a job
+that outlives its proxy gets a fresh one before the old one expires (the file is replaced
+atomically). The file is removed when the payload ends, before the output is packed.
+
+A job whose owner has no stored proxy (:class:`~pilot.errors.NoStoredProxy`) runs without
+one, unless its JDL says ``PayloadProxy = "Required"``; then it fails, as it does on any
+other delegation failure (the server refused, the answer was not a proxy for our key).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from pilot.backends.base import OWNER_PROXY, MatchedJob
+from pilot.errors import CredentialError, NoStoredProxy, PilotError, UsageError
+from pilot.grid import credentials
+
+log = logging.getLogger(__name__)
+
+PROXY_FILE = ".payload-proxy.pem"  # in the job directory; dot name: never globbed by "*"
+FAILED_MINOR = "Failed to get payload proxy"
+MODES = ("full", "limited", "off")
+
+
+class Delegator(Protocol):
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        """PEM certificates (the new proxy first) for ``request_pem``, signed by the proxy
+        of the job's owner; NoStoredProxy when the owner has none."""
+
+
+@dataclass(frozen=True)
+class DelegationPolicy:
+    mode: str = "full"  # full | limited | off
+    margin: float = 3600.0  # added to the job's wall time
+    max_lifetime: float = 48 * 3600.0  # cap on one proxy's lifetime; longer jobs renew
+    default_wall: float = 24 * 3600.0  # a job with no wall-time limit at all
+    renew_fraction: float = 0.25  # renew when this fraction of the lifetime is left
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"payload_proxy: {self.mode!r} is not one of {', '.join(MODES)}")
+        if not 60 <= self.max_lifetime <= 366 * 86400:
+            hours = self.max_lifetime / 3600
+            raise UsageError(
+                f"payload_proxy_max_hours: {hours:g} is out of range (give 0.02 to 8784)"
+            )
+
+    def lifetime(self, wall_seconds: float | None) -> int:
+        wall = self.default_wall if wall_seconds is None else wall_seconds
+        return max(60, int(min(wall + self.margin, self.max_lifetime)))
+
+
+def required(jdl_value: object) -> bool:
+    """JDL ``PayloadProxy = "Required"``: the job must not run without its owner's proxy."""
+    return isinstance(jdl_value, str) and jdl_value.strip().lower() == "required"
+
+
+class PayloadProxy:
+    """One job's delegated proxy file: obtained, renewed in the background, removed."""
+
+    def __init__(
+        self,
+        backend: Delegator,
+        job: MatchedJob,
+        job_dir: Path,
+        lifetime: int,
+        policy: DelegationPolicy,
+    ) -> None:
+        self.backend = backend
+        self.job = job
+        self.path = job_dir / PROXY_FILE
+        self.lifetime = lifetime
+        self.policy = policy
+        self.identity: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def obtain(self) -> credentials.Proxy:
+        """Ask for a new proxy and (re)write the file; CredentialError/ServerError on failure."""
+        if self.job.extra.get(OWNER_PROXY) is False:
+            raise NoStoredProxy("the server holds no proxy of this job's owner")
+        key, request = credentials.new_proxy_request()
+        chain = self.backend.delegate_proxy(
+            self.job, request.decode(), self.lifetime, self.policy.mode == "limited"
+        )
+        proxy, pem = credentials.proxy_from_chain(key, chain.encode())
+        credentials.validate(proxy)
+        if self.identity is not None and proxy.identity != self.identity:
+            raise CredentialError(
+                f"renewed proxy is for {proxy.identity_slash}, not the job's owner"
+            )
+        credentials.write_proxy(self.path, pem)
+        self.identity = proxy.identity
+        log.info(
+            "job %s: payload proxy of %s, %s left",
+            self.job.job_id,
+            proxy.identity_slash,
+            timedelta(seconds=int(proxy.time_left().total_seconds())),
+        )
+        return proxy
+
+    def start_renewal(self, proxy: credentials.Proxy) -> None:
+        self._thread = threading.Thread(
+            target=self._renew_loop,
+            args=(proxy,),
+            name=f"proxy-renewal-{self.job.job_id}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _renew_loop(self, proxy: credentials.Proxy) -> None:
+        while True:
+            left = proxy.time_left().total_seconds()
+            wait = max(1.0, left - self.lifetime * self.policy.renew_fraction)
+            if self._stop.wait(wait):
+                return
+            try:
+                proxy = self.obtain()
+            except PilotError as exc:
+                # The old proxy stays until it expires; try again in a while.
+                log.warning("job %s: payload proxy not renewed: %s", self.job.job_id, exc)
+                if self._stop.wait(min(300.0, max(5.0, left / 4))):
+                    return
+
+    def remove(self) -> None:
+        """Stop renewing and delete the file (before the output sandbox is packed)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,652 @@
+"""A small HTTP/1.1 WSGI server: keep-alive, a bounded worker pool, back-pressure.
+
+One thread, the loop, accepts connections and watches the idle ones with a selector. A
+connection with bytes to read is handed to one of ``workers`` threads, which does the
+TLS handshake the first time, serves the request (and any the client has already sent
+behind it), and gives the connection back to the loop. So a thousand pilots keeping a
+connection open cost a thousand sockets, not a thousand threads.
+
+Back-pressure: with ``max_connections`` open, the loop closes the connection idle the
+longest to make room, and when none is idle it stops accepting until one closes; new
+clients then wait in the kernel's listen backlog. A connection idle for
+``keepalive_timeout`` is closed; a request must arrive (head and body) within
+``request_timeout`` per read, and a TLS handshake within ``handshake_timeout``.
+
+Requests: HTTP/1.0 and 1.1, bodies by ``Content-Length`` or chunked, ``Expect:
+100-continue``. Responses keep the connection when their length is known (or chunked
+for HTTP/1.1) and the request's body was read; a file response (``wsgi.file_wrapper``)
+goes out with ``sendfile`` on plain connections. Any WSGI application can be served;
+``environ["stub.peer_identity"]`` carries the verified client certificate's identity
+when ``peer_identity`` is given.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import queue
+import select
+import selectors
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from email.utils import formatdate
+from typing import Any, BinaryIO
+from urllib.parse import unquote
+
+log = logging.getLogger(__name__)
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+MAX_HEAD = 64 << 10  # request line + headers
+MAX_HEADERS = 100
+RECV = 256 << 10
+DRAIN_LIMIT = 1 << 20  # unread request body a connection is kept after
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header's value, formatted once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: str = "400 Bad Request") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Closed(Exception):
+    """The client closed the connection (or it failed) between requests."""
+
+
+class Connection:
+    __slots__ = ("addr", "buf", "identity", "idle_since", "ready", "sock")
+
+    def __init__(self, sock: socket.socket, addr: Any) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.buf = bytearray()
+        self.ready = False  # TLS handshake done (or plain)
+        self.identity: str | None = None
+        self.idle_since = time.monotonic()
+
+    def fill(self) -> bool:
+        """Receive more into ``buf``; False at end of stream."""
+        data = self.sock.recv(RECV)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def has_more(self) -> bool:
+        """Bytes already here for a next request (ours or in the TLS layer)."""
+        if self.buf:
+            return True
+        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: lets the server send a file with ``sendfile``."""
+
+    def __init__(self, filelike: BinaryIO, blksize: int = 1 << 20) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.filelike.read(self.blksize):
+            yield chunk
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+class _Body:
+    """``wsgi.input``: exactly the request's body, by length or chunked."""
+
+    def __init__(self, conn: Connection, length: int | None, chunked: bool) -> None:
+        self.conn = conn
+        self.remaining = length or 0  # of the body, or of the current chunk
+        self.chunked = chunked
+        self.done = not chunked and not length
+
+    def _take(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the connection (at least one), from the buffer first."""
+        buf = self.conn.buf
+        if not buf:  # straight from the socket: never more than this body (or chunk) holds
+            data = self.conn.sock.recv(min(n, 1 << 20))
+            if not data:
+                raise BadRequest("body ended early")
+            return data
+        data = bytes(buf[:n])
+        del buf[:n]
+        return data
+
+    def _line(self) -> bytes:
+        buf = self.conn.buf
+        while (end := buf.find(b"\r\n")) < 0:
+            if len(buf) > 4096 or not self.conn.fill():
+                raise BadRequest("bad chunked body")
+        line = bytes(buf[:end])
+        del buf[: end + 2]
+        return line
+
+    def _next_chunk(self) -> None:
+        size_text = self._line().split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BadRequest("bad chunk size") from None
+        if size == 0:
+            while self._line():  # trailers
+                pass
+            self.done = True
+        self.remaining = size
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while not self.done and (size < 0 or len(out) < size):
+            if self.remaining == 0:
+                if not self.chunked:
+                    self.done = True
+                    break
+                self._next_chunk()
+                continue
+            want = self.remaining if size < 0 else min(self.remaining, size - len(out))
+            data = self._take(want)
+            out += data
+            self.remaining -= len(data)
+            if self.chunked and self.remaining == 0:
+                if self._line():
+                    raise BadRequest("bad chunked body")
+            elif not self.chunked and self.remaining == 0:
+                self.done = True
+        return bytes(out)
+
+    def readline(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while size < 0 or len(out) < size:
+            byte = self.read(1)
+            if not byte:
+                break
+            out += byte
+            if byte == b"\n":
+                break
+        return bytes(out)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def drain(self, limit: int) -> bool:
+        """Read what the application left of the body; False if more than ``limit``."""
+        left = limit
+        while not self.done:
+            data = self.read(min(left, 1 << 20))
+            left -= len(data)
+            if left <= 0 and not self.done:
+                return False
+        return True
+
+
+class HTTPServer:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: WSGIApp,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        peer_identity: Callable[[ssl.SSLSocket], str | None] | None = None,
+        workers: int = 16,
+        max_connections: int = 1000,
+        keepalive_timeout: float = 30.0,
+        request_timeout: float = 60.0,
+        handshake_timeout: float = 10.0,
+        linger: float = 0.05,
+        backlog: int = 128,
+    ) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind(address)
+            self.socket.listen(backlog)
+        except OSError:
+            self.socket.close()
+            raise
+        self.socket.setblocking(False)
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        self.app = app
+        self.ssl_context = ssl_context
+        self.peer_identity = peer_identity
+        self.workers = workers
+        self.max_connections = max_connections
+        self.keepalive_timeout = keepalive_timeout
+        self.request_timeout = request_timeout
+        self.handshake_timeout = handshake_timeout
+        # connections accepted, requests read, idle ones closed to make room, idle now
+        self.stats = {"connections": 0, "requests": 0, "closed_idle": 0, "idle": 0}
+        self._open = 0
+        self._lock = threading.Lock()
+        self._work: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
+        self._back: collections.deque[Connection] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._pool: list[threading.Thread] = []
+        self._paused = False
+        self._lingering = 0
+        self.linger = linger
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        self._pool = [
+            threading.Thread(target=self._worker, name=f"stub-worker-{n}", daemon=True)
+            for n in range(self.workers)
+        ]
+        for thread in self._pool:
+            thread.start()
+        sel = selectors.DefaultSelector()
+        sel.register(self.socket, selectors.EVENT_READ, "listen")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        idle: dict[Connection, None] = {}  # parked connections, longest idle first
+        last_sweep = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    last_sweep = self._turn(sel, idle, last_sweep)
+                except Exception:  # never let one bad turn stop the server accepting
+                    log.exception("HTTP server loop")
+                    time.sleep(0.1)
+        finally:
+            for conn in idle:
+                self._close(conn)
+            sel.close()
+            self._stopped.set()
+
+    def _turn(
+        self, sel: selectors.BaseSelector, idle: dict[Connection, None], last_sweep: float
+    ) -> float:
+        """One round of the loop: accept, dispatch readable connections, park returned
+        ones, close those idle too long, pause or resume accepting."""
+        for key, _ in sel.select(timeout=1.0):
+            if key.data == "listen":
+                self._accept(sel, idle)
+            elif key.data == "wake":
+                self._drain_wake()
+            elif key.data in idle:  # (not closed just now to make room)
+                conn = key.data
+                sel.unregister(conn.sock)
+                del idle[conn]
+                self._work.put(conn)
+        while self._back:
+            conn = self._back.popleft()
+            conn.idle_since = time.monotonic()
+            idle[conn] = None
+            sel.register(conn.sock, selectors.EVENT_READ, conn)
+        now = time.monotonic()
+        if now - last_sweep >= 1.0:
+            last_sweep = now
+            for conn in [c for c in idle if now - c.idle_since > self.keepalive_timeout]:
+                sel.unregister(conn.sock)
+                del idle[conn]
+                self._close(conn)
+        self._pause_or_resume(sel, idle)
+        self.stats["idle"] = len(idle)
+        return last_sweep
+
+    def _accept(self, sel: selectors.BaseSelector, idle: dict[Connection, None]) -> None:
+        while True:
+            with self._lock:
+                full = self._open >= self.max_connections
+            if full and not idle:
+                return
+            try:
+                sock, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            if full:  # make room: close the longest-idle connection
+                oldest = next(iter(idle))
+                sel.unregister(oldest.sock)
+                del idle[oldest]
+                self._close(oldest)
+                with self._lock:
+                    self.stats["closed_idle"] += 1
+            with self._lock:
+                self._open += 1
+                self.stats["connections"] += 1
+            sock.setblocking(True)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                except (OSError, ValueError) as exc:
+                    log.debug("TLS wrap failed for %s: %s", addr, exc)
+                    self._close(Connection(sock, addr))
+                    continue
+            self._work.put(Connection(sock, addr))
+
+    def _pause_or_resume(self, sel: selectors.BaseSelector, idle: dict[Connection, None]) -> None:
+        with self._lock:  # _close reads _paused under the lock to know whether to wake us
+            full = self._open >= self.max_connections and not idle
+            if full == self._paused:
+                return
+            self._paused = full
+        if full:
+            sel.unregister(self.socket)
+        else:
+            sel.register(self.socket, selectors.EVENT_READ, "listen")
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # already awake, or shutting down
+            self._wake_w.send(b"x")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _close(self, conn: Connection) -> None:
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+        with self._lock:
+            self._open -= 1
+            paused = self._paused
+        if paused:
+            self._wake()
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while (conn := self._work.get()) is not None:
+            try:
+                keep = self._serve(conn)
+            except Exception:
+                log.exception("connection from %s failed", conn.addr)
+                keep = False
+            if keep and not self._stopping.is_set():
+                self._back.append(conn)
+                self._wake()
+            else:
+                self._close(conn)
+
+    def _serve(self, conn: Connection) -> bool:
+        """Serve requests on ``conn`` while some are waiting; True to keep it open."""
+        sock = conn.sock
+        try:
+            if not conn.ready:
+                if isinstance(sock, ssl.SSLSocket):
+                    sock.settimeout(self.handshake_timeout)
+                    sock.do_handshake()
+                    if self.peer_identity is not None:
+                        conn.identity = self.peer_identity(sock)
+                conn.ready = True
+            sock.settimeout(self.request_timeout)
+            while True:
+                if not self._request(conn):
+                    return False
+                if not conn.has_more() and not self._linger(conn):
+                    return True
+        except (_Closed, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            log.debug("connection from %s ended: %s", conn.addr, exc)
+            return False
+        except OSError as exc:
+            log.debug("connection from %s failed: %s", conn.addr, exc)
+            return False
+
+    def _linger(self, conn: Connection) -> bool:
+        """Wait a moment for the client's next request when no other connection needs a
+        worker (and at most half the workers do so): a client sending requests one after
+        the other is then served without two hand-offs between threads per request."""
+        with self._lock:
+            if self._lingering >= self.workers // 2 or not self._work.empty():
+                return False
+            self._lingering += 1
+        try:
+            poll = select.poll()  # not select(): descriptors may be above 1024
+            poll.register(conn.sock, select.POLLIN)
+            return bool(poll.poll(self.linger * 1000))
+        finally:
+            with self._lock:
+                self._lingering -= 1
+
+    def _request(self, conn: Connection) -> bool:
+        """Read and answer one request; True when the connection may serve another."""
+        try:
+            head = self._read_head(conn)
+            if head is None:
+                return False
+            environ, body, keep = self._environ(conn, head)
+        except BadRequest as exc:
+            self._send_error(conn, exc.status, str(exc))
+            return False
+        with self._lock:
+            self.stats["requests"] += 1
+        if environ.get("HTTP_EXPECT", "").lower() == "100-continue" and not body.done:
+            conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            keep = self._respond(conn, environ, body, keep)
+        except BadRequest as exc:
+            log.debug("bad request body from %s: %s", conn.addr, exc)
+            return False
+        if keep:
+            try:
+                keep = body.drain(DRAIN_LIMIT)
+            except BadRequest:
+                return False
+        return keep
+
+    def _read_head(self, conn: Connection) -> bytes | None:
+        buf = conn.buf
+        start = 0
+        while (end := buf.find(b"\r\n\r\n", start)) < 0:
+            if len(buf) > MAX_HEAD:
+                raise BadRequest("request head too large", "431 Request Header Fields Too Large")
+            start = max(0, len(buf) - 3)
+            if not conn.fill():
+                if buf:
+                    raise _Closed("closed within a request head")
+                return None
+        if end > MAX_HEAD:
+            raise BadRequest("request head too large", "431 Request Header Fields Too Large")
+        head = bytes(buf[:end])
+        del buf[: end + 4]
+        return head
+
+    def _environ(self, conn: Connection, head: bytes) -> tuple[dict[str, Any], _Body, bool]:
+        lines = head.decode("latin-1").split("\r\n")
+        while lines and not lines[0]:  # stray empty lines before a request are allowed
+            lines.pop(0)
+        parts = lines[0].split(" ") if lines else []
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            raise BadRequest("bad request line")
+        method, target, version = parts
+        if version not in ("HTTP/1.0", "HTTP/1.1"):
+            raise BadRequest("HTTP version not supported", "505 HTTP Version Not Supported")
+        if len(lines) - 1 > MAX_HEADERS:
+            raise BadRequest("too many headers", "431 Request Header Fields Too Large")
+        path, _, query = target.partition("?")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote(path, "iso-8859-1"),
+            "QUERY_STRING": query,
+            "SERVER_NAME": self.server_address[0],
+            "SERVER_PORT": str(self.server_address[1]),
+            "SERVER_PROTOCOL": version,
+            "REMOTE_ADDR": str(conn.addr[0]) if isinstance(conn.addr, tuple) else "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "https" if self.ssl_context is not None else "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+        if isinstance(conn.sock, ssl.SSLSocket):
+            environ["stub.peer_identity"] = conn.identity
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip() or line[0] in " \t":
+                raise BadRequest("malformed header line")
+            key = name.upper().replace("-", "_")
+            value = value.strip()
+            if key in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+                if key in environ and environ[key] != value:
+                    raise BadRequest(f"conflicting {name} headers")
+                environ[key] = value
+                continue
+            key = "HTTP_" + key
+            environ[key] = f"{environ[key]}, {value}" if key in environ else value
+        chunked = False
+        coding = environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if coding:
+            if coding != "chunked":
+                raise BadRequest("only chunked transfer coding", "501 Not Implemented")
+            if "CONTENT_LENGTH" in environ:
+                raise BadRequest("both Content-Length and Transfer-Encoding")
+            chunked = True
+        length = None
+        if "CONTENT_LENGTH" in environ:
+            text = environ["CONTENT_LENGTH"]
+            if not text.isdigit():
+                raise BadRequest("bad Content-Length")
+            length = int(text)
+        connection = environ.get("HTTP_CONNECTION", "").lower()
+        keep = "close" not in connection
+        if version == "HTTP/1.0":
+            keep = "keep-alive" in connection
+        environ["wsgi.input"] = body = _Body(conn, length, chunked)
+        return environ, body, keep
+
+    def _respond(self, conn: Connection, environ: dict[str, Any], body: _Body, keep: bool) -> bool:
+        started: list[Any] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            if exc_info is not None and started and started[2]:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started[:] = [status, headers, False]
+            return write
+
+        def write(data: bytes) -> None:
+            raise NotImplementedError("use the returned iterable")
+
+        result = self.app(environ, start_response)
+        if not body.done and (body.chunked or body.remaining > DRAIN_LIMIT):
+            keep = False  # too much body left unread to skip it for a next request
+        try:
+            return self._write_response(conn, environ, started, result, keep)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def _write_response(
+        self,
+        conn: Connection,
+        environ: dict[str, Any],
+        started: list[Any],
+        result: Iterable[bytes],
+        keep: bool,
+    ) -> bool:
+        if not started:
+            raise RuntimeError("application did not call start_response")
+        status, headers = started[0], started[1]
+        head_only = environ["REQUEST_METHOD"] == "HEAD"
+        names = {name.lower() for name, _ in headers}
+        http11 = environ["SERVER_PROTOCOL"] == "HTTP/1.1"
+        bodyless = head_only or status[:3] in ("204", "304") or status[0] == "1"
+        chunked = not bodyless and "content-length" not in names and http11
+        if not bodyless and "content-length" not in names and not http11:
+            keep = False
+        if self._stopping.is_set():
+            keep = False
+        lines = [f"HTTP/1.1 {status}"]
+        lines += [f"{name}: {value}" for name, value in headers if name.lower() != "connection"]
+        if "date" not in names:
+            lines.append(f"Date: {_http_date()}")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        lines.append("Connection: " + ("keep-alive" if keep else "close"))
+        out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        started[2] = True
+        sock = conn.sock
+        if bodyless:
+            sock.sendall(out)
+            return keep
+        if (
+            isinstance(result, FileWrapper)
+            and not chunked
+            and not isinstance(sock, ssl.SSLSocket)
+            and hasattr(result.filelike, "fileno")
+        ):
+            sock.sendall(out)
+            sock.sendfile(result.filelike)
+            return keep
+        for chunk in result:
+            if not chunk:
+                continue
+            if chunked:
+                out += b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+            else:
+                out += chunk
+            if len(out) >= 1 << 16:
+                sock.sendall(out)
+                out = b""
+        if chunked:
+            out += b"0\r\n\r\n"
+        if out:
+            sock.sendall(out)
+        return keep
+
+    def _send_error(self, conn: Connection, status: str, message: str) -> None:
+        body = json.dumps({"detail": message}).encode()
+        head = (
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            conn.sock.sendall(head.encode() + body)
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the loop (and the workers once their requests are answered)."""
+        self._stopping.set()
+        self._wake()
+        if self._pool:
+            self._stopped.wait(10)
+
+    def server_close(self) -> None:
+        for _ in self._pool:
+            self._work.put(None)
+        deadline = time.monotonic() + 5
+        for thread in self._pool:  # a worker still reading a slow request is left (daemon)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        while self._back:
+            self._close(self._back.popleft())
+        self.socket.close()
+        self._wake_r.close()
+        self._wake_w.close()

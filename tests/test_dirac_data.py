@@ -1,0 +1,264 @@
+"""DIRAC payload proxies and data, proven with DIRAC's own client tools: a file uploaded
+with ``dirac-dms-add-file``, a job submitted with ``dirac-wms-job-submit`` whose InputData
+names it and whose OutputData names a result, our pilot (package and one-file binary) runs
+it, and ``dirac-dms-lfn-replicas`` / ``dirac-dms-get-file`` find the result registered with
+the payload's bytes; the payload saw a fresh proxy delegated from its owner's (uploaded by
+``dirac-proxy-init``). Failure paths end with DIRAC-style minor statuses."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pilot.backends.base import MatchedJob
+from pilot.backends.dirac import cscfg, data
+from pilot.backends.dirac.backend import DiracBackend
+from pilot.errors import NoStoredProxy
+from pilot.grid import credentials
+from tests.conftest import run_pilot
+from tests.dirac_server.fixture import DiracServer
+from tests.test_binary import pilot_binary  # noqa: F401 (session fixture: builds dist/pilot)
+from tests.test_dirac_backend import unique_tag
+from tests.test_dirac_pilot import env_for, pilot_config, wait_for
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
+
+PAYLOAD = """#!/bin/sh
+set -e
+echo "proxy=${X509_USER_PROXY:-none} mode=$(stat -c %a "$X509_USER_PROXY")"
+openssl crl2pkcs7 -nocrl -certfile "$X509_USER_PROXY" | openssl pkcs7 -print_certs > certs.pem
+voms-proxy-info -file "$X509_USER_PROXY" -identity
+echo "result of $(cat "$1")" > result.txt
+mkdir -p res && echo digest > "res/digest-$JOBID.txt"
+"""
+
+
+def data_config(server: DiracServer, tmp: Path, tag: str) -> Path:
+    """The pilot's configuration as a site would write it for data and payload proxies."""
+    conf = pilot_config(server, tmp, tag)
+    with conf.open("a") as handle:
+        handle.write(
+            f'proxymanager = "{server.urls["proxymanager"]}"\n'
+            f'configuration = "{server.urls["configuration"]}"\n'
+        )
+    return conf
+
+
+def spki(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def add_file(server: DiracServer, tmp: Path, lfn: str, text: str) -> None:
+    local = tmp / f"upload-{uuid.uuid4().hex[:6]}.txt"
+    local.write_text(text)
+    added = server.dirac("dms-add-file", lfn, str(local), "SE-LOCAL")
+    assert added.ok and "Successfully uploaded" in added.stdout, added.stdout + added.stderr
+
+
+def submit_data_job(server: DiracServer, workdir: Path, tag: str, in_lfn: str, **extra: str) -> str:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "payload.sh").write_text(PAYLOAD)
+    lines = [
+        f'JobName = "{tag}";',
+        'Executable = "payload.sh";',
+        f'Arguments = "{Path(in_lfn).name}";',
+        'InputSandbox = {"payload.sh"};',
+        f'InputData = {{"LFN:{in_lfn}"}};',
+        'OutputData = {"result.txt"};',
+        'OutputSE = "SE-LOCAL";',
+        f'OutputPath = "out-{tag}";',
+        'StdOutput = "std.out";',
+        'StdError = "std.err";',
+        'OutputSandbox = {"std.out", "std.err", "certs.pem", "res/digest-*.txt"};',
+        "CPUTime = 1000;",
+        f'Tags = {{"{tag}"}};',
+        *(f"{key} = {value};" for key, value in extra.items()),
+    ]
+    (workdir / "job.jdl").write_text("[\n" + "\n".join(lines) + "\n]\n")
+    submitted = server.dirac("wms-job-submit", "job.jdl", cwd=workdir)
+    assert "JobID = " in submitted.stdout, submitted.stdout + submitted.stderr
+    return submitted.stdout.split("JobID = ")[1].split()[0]
+
+
+def check_result(server: DiracServer, tmp: Path, job_id: str, tag: str, text: str) -> None:
+    """The job is Done, its result registered and holding the payload's bytes, and the
+    payload had a fresh delegated proxy of its owner."""
+    wait_for(server, job_id, "Done")
+    history = server.dirac("wms-job-logging-info", job_id).stdout
+    for minor in (
+        "Application Finished Successfully",
+        "Output Sandbox Uploaded",
+        "Output Data Uploaded",
+    ):
+        assert minor in history, history  # the minor statuses DIRAC's JobWrapper sends
+    out_lfn = f"/testvo/user/t/testuser/out-{tag}/result.txt"
+    replicas = server.dirac("dms-lfn-replicas", out_lfn)
+    assert replicas.ok and "SE-LOCAL" in replicas.stdout, replicas.stdout + replicas.stderr
+    fetched = tmp / "fetched"
+    fetched.mkdir()
+    got = server.dirac("dms-get-file", out_lfn, cwd=fetched)
+    assert got.ok, got.stdout + got.stderr
+    assert (fetched / "result.txt").read_text() == f"result of {text}"
+    sandbox = tmp / "sandbox"
+    output = server.dirac("wms-job-get-output", "-D", str(sandbox), job_id)
+    assert output.ok, output.stdout + output.stderr
+    # DIRAC's packing: a globbed file comes back under its base name
+    assert (sandbox / job_id / f"digest-{job_id}.txt").read_text() == "digest\n"
+    std_out = (sandbox / job_id / "std.out").read_text()
+    assert "mode=600" in std_out and server.user_dn in std_out, std_out
+    certs = x509.load_pem_x509_certificates((sandbox / job_id / "certs.pem").read_bytes())
+    chain = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+    assert credentials.identity_from_peer_chain(chain, slash=True) == server.user_dn
+    pilot = credentials.load_proxy(server.proxy)
+    fresh = spki(certs[0].public_key())
+    assert fresh != spki(pilot.key.public_key())  # never the pilot's proxy
+    assert all(fresh != spki(c.public_key()) for c in certs[1:])  # nor the stored one's
+
+
+def test_dirac_data_job_end_to_end(dirac_server: DiracServer, tmp_path: Path) -> None:
+    tag = unique_tag()
+    in_lfn = f"/testvo/user/t/testuser/in-{tag}.txt"
+    add_file(dirac_server, tmp_path, in_lfn, f"input {tag}\n")
+    job_id = submit_data_job(dirac_server, tmp_path / "submit", tag, in_lfn)
+    wait_for(dirac_server, job_id, "Waiting", timeout=120)
+    conf = data_config(dirac_server, tmp_path, tag)
+    argv = ["run", "--config", str(conf), "--server", dirac_server.urls["matcher"]]
+    done = run_pilot(argv, cwd=tmp_path, env=env_for(dirac_server), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_result(dirac_server, tmp_path, job_id, tag, f"input {tag}\n")
+
+
+def test_dirac_data_job_with_the_binary(
+    dirac_server: DiracServer,
+    pilot_binary: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tag = unique_tag()
+    in_lfn = f"/testvo/user/t/testuser/in-{tag}.txt"
+    add_file(dirac_server, tmp_path, in_lfn, f"binary {tag}\n")
+    job_id = submit_data_job(dirac_server, tmp_path / "submit", tag, in_lfn)
+    wait_for(dirac_server, job_id, "Waiting", timeout=120)
+    conf = data_config(dirac_server, tmp_path, tag)
+    done = subprocess.run(
+        [str(pilot_binary), "run", "--config", str(conf), "--server", dirac_server.urls["matcher"]],
+        cwd=tmp_path,
+        env=env_for(dirac_server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_result(dirac_server, tmp_path, job_id, tag, f"binary {tag}\n")
+
+
+def test_missing_replica_fails_with_input_data_status(
+    dirac_server: DiracServer, tmp_path: Path
+) -> None:
+    """The catalogue knows the file, the storage element lost it: Input Data Not Available."""
+    tag = unique_tag()
+    in_lfn = f"/testvo/user/t/testuser/lost-{tag}.txt"
+    add_file(dirac_server, tmp_path, in_lfn, "soon gone\n")
+    (dirac_server.state_dir / "storage" / "se" / in_lfn.lstrip("/")).unlink()
+    job_id = submit_data_job(dirac_server, tmp_path / "submit", tag, in_lfn)
+    wait_for(dirac_server, job_id, "Waiting", timeout=120)
+    conf = data_config(dirac_server, tmp_path, tag)
+    argv = ["run", "--config", str(conf), "--server", dirac_server.urls["matcher"]]
+    done = run_pilot(argv, cwd=tmp_path, env=env_for(dirac_server), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = wait_for(dirac_server, job_id, "Failed")
+    assert "Input Data Not Available" in line and in_lfn in line, line
+
+
+def test_output_upload_failure_fails_the_job_and_registers_nothing(
+    dirac_server: DiracServer, tmp_path: Path
+) -> None:
+    tag = unique_tag()
+    in_lfn = f"/testvo/user/t/testuser/in-{tag}.txt"
+    add_file(dirac_server, tmp_path, in_lfn, "x\n")
+    job_id = submit_data_job(
+        dirac_server, tmp_path / "submit", tag, in_lfn, OutputSE='"SE-NOWHERE"'
+    )
+    wait_for(dirac_server, job_id, "Waiting", timeout=120)
+    conf = data_config(dirac_server, tmp_path, tag)
+    argv = ["run", "--config", str(conf), "--server", dirac_server.urls["matcher"]]
+    done = run_pilot(argv, cwd=tmp_path, env=env_for(dirac_server), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = wait_for(dirac_server, job_id, "Failed")
+    assert "Failed to upload output data" in line and "SE-NOWHERE" in line, line
+    replicas = dirac_server.dirac(
+        "dms-lfn-replicas", f"/testvo/user/t/testuser/out-{tag}/result.txt"
+    )
+    assert "SE-LOCAL" not in replicas.stdout
+
+
+def test_proxy_manager_refusal_fails_the_job_and_the_pilot_goes_on(
+    dirac_server: DiracServer, tmp_path: Path
+) -> None:
+    """In-process: a group without a stored proxy is NoStoredProxy; a refusal is an error."""
+    backend = DiracBackend(
+        dirac_server.settings(
+            proxy_manager_url=dirac_server.urls["proxymanager"],
+            configuration_url=dirac_server.urls["configuration"],
+        )
+    )
+    _, request = credentials.new_proxy_request()
+    job = MatchedJob("1", "[]", extra={"Owner": "testuser", "Group": "no_such_group"})
+    with pytest.raises(NoStoredProxy):
+        backend.delegate_proxy(job, request.decode(), 3600, False)
+    cs = backend.config()
+    assert cscfg.user_dn(cs, "testuser") == dirac_server.user_dn
+    assert "SE-LOCAL" in data.storage_elements_from_cs(cs)
+
+
+def test_lfns_that_could_escape_the_storage_element_are_refused() -> None:
+    for bad in ("/testvo/../etc/passwd", "relative/x", "/testvo//x", "/testvo/./x", "/a/b\x00"):
+        with pytest.raises(data.DataError):
+            data.check_lfn(bad)
+    assert data.check_lfn("LFN:/testvo/user/t/x.txt") == "/testvo/user/t/x.txt"
+    assert (
+        data.user_lfn("testvo", "testuser", "12345", None, "r.txt")
+        == "/testvo/user/t/testuser/12/12345/r.txt"
+    )
+    assert data.user_lfn("vo", "al", "1", "LFN:/vo/abs", "r") == "/vo/abs/r"
+    assert data.user_lfn("vo", "al", "1", "sub/dir", "r") == "/vo/user/a/al/sub/dir/r"
+
+
+def test_flattened_output_sandbox_follows_dirac(tmp_path: Path) -> None:
+    from pilot.job import archive, outpack
+
+    job = tmp_path / "job"
+    (job / "res" / "deep").mkdir(parents=True)
+    (job / "res" / "digest-p1.txt").write_text("one")
+    (job / "res" / "deep" / "f.txt").write_text("deep")
+    (job / "std.out").write_text("out")
+    (job / "link").symlink_to("std.out")
+    out = tmp_path / "o.tar.gz"
+    packed = outpack.pack_output(
+        job,
+        ["res/digest-*.txt", "std.out", "res/deep", "link"],
+        out,
+        max_bytes=1 << 20,
+        flatten=True,
+    )
+    assert sorted(packed.included) == ["deep/f.txt", "digest-p1.txt", "std.out"]
+    assert packed.skipped == ("link",)
+    names = archive.safe_unpack(out, tmp_path / "u")
+    assert (tmp_path / "u" / "digest-p1.txt").read_text() == "one" and names
+
+
+def test_cfg_parser_reads_sections_options_and_appends() -> None:
+    cfg = cscfg.parse(
+        "# comment\nRegistry\n{\n  Users\n  {\n    u\n    {\n      DN = /O=X/CN=u\n"
+        "      Groups = a\n      Groups += b\n    }\n  }\n}\n"
+    )
+    assert cscfg.user_dn(cfg, "u") == "/O=X/CN=u"
+    assert cfg.get("/Registry/Users/u/Groups") == "a, b"
+    with pytest.raises(cscfg.CfgError):
+        cscfg.parse("A\n{\n")

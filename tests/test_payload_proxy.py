@@ -1,0 +1,357 @@
+"""The payload gets a fresh proxy delegated from its owner's (stub backend), never the
+pilot's: upload with ``pilot-stub proxy-upload``, delegation per job with the job token,
+the file in the job directory (0600), its lifetime, renewal, and jobs without a proxy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pilot.backends.base import MatchedJob
+from pilot.errors import CredentialError, NoStoredProxy
+from pilot.grid import credentials, voms
+from pilot.job import delegation
+from server_stub.app import AuthPolicy
+from server_stub.server import ServerSettings, StubServer
+from server_stub.userclient import UserClient
+from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot
+from tests.pki import Pki, issue_proxy, issue_user, now, pki_fixture, proxy_pem  # noqa: F401
+
+OWNER_DN = "/O=DIRACTest/OU=users/CN=testuser"
+
+# The payload prints the public parts of its proxy file (never the key), its mode, and
+# whether it can read the pilot's proxy.
+PAYLOAD = """#!/bin/sh
+echo "proxy=${X509_USER_PROXY:-none}"
+[ -n "$X509_USER_PROXY" ] || exit 0
+echo "mode=$(stat -c %a "$X509_USER_PROXY")"
+echo "indir=$(dirname "$X509_USER_PROXY")"
+openssl crl2pkcs7 -nocrl -certfile "$X509_USER_PROXY" | openssl pkcs7 -print_certs > certs.pem
+openssl verify -allow_proxy_certs -CAfile ca.pem -untrusted "$X509_USER_PROXY" \
+    "$X509_USER_PROXY" && echo verified
+[ -r "$1" ] && echo "pilot proxy readable" || echo "pilot proxy hidden"
+"""
+
+
+def needs_openssl() -> None:
+    """The payloads inspect their proxy with the openssl command (Debian package openssl)."""
+    if shutil.which("openssl") is None:
+        message = "needs the openssl command (apt-get install openssl)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture
+def proxy_stub(tmp_path: Path, pki: Pki) -> Iterator[Stub]:
+    """An HTTPS stub that requires client certificates; the user talks to it with a proxy."""
+    tmp = tmp_path / "stub"
+    ctx = credentials.server_ssl_context(
+        pki.hostcert, pki.hostkey, ca_file=pki.ca_file, require_client_cert=True
+    )
+    server = StubServer(
+        ServerSettings(
+            db=tmp / "stub.db", sandbox_dir=tmp / "sb", ssl_context=ctx, auth=AuthPolicy()
+        )
+    )
+    server.start()
+    user_proxy = issue_proxy(pki.user, not_after=now() + timedelta(hours=12))
+    user_file = pki.proxy_file(f"user-{tmp_path.name}", proxy_pem(user_proxy, [pki.user.cert]))
+    client_ctx = credentials.ssl_context(credentials.load_proxy(user_file), ca_file=pki.ca_file)
+    stub = Stub(server.url, server, UserClient(server.url, verify=client_ctx), tmp)
+    yield stub
+    stub.client.close()
+    server.stop()
+
+
+def _pilot_identity(pki: Pki, tmp_path: Path) -> Path:
+    """The pilot runs as someone else than the job's owner: a 'pilot' certificate's proxy."""
+    pilot_user = issue_user(pki.ca, cn="pilot-agent")
+    proxy = issue_proxy(pilot_user, not_after=now() + timedelta(hours=12))
+    return pki.proxy_file(f"pilot-{tmp_path.name}", proxy_pem(proxy, [pilot_user.cert]))
+
+
+def _env(pki: Pki, **extra: str) -> dict[str, str]:
+    env = pilot_env(X509_CERT_FILE=str(pki.ca_file))
+    for var in ("X509_USER_PROXY", "BEARER_TOKEN", "BEARER_TOKEN_FILE", "X509_CERT_DIR"):
+        env.pop(var, None)
+    env["XDG_RUNTIME_DIR"] = str(pki.root / "no-runtime")
+    env.update(extra)
+    return env
+
+
+def _proxy_upload(stub: Stub, pki: Pki, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pilot-stub proxy-upload`` as a user would run it, from the user certificate."""
+    argv = [str(BIN / "pilot-stub"), "--server", stub.url, "--ca-file", str(pki.ca_file)]
+    argv += ["proxy-upload", "--cert", str(pki.usercert), "--key", str(pki.userkey), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_env(pki))
+
+
+def _stored_key(stub: Stub) -> bytes:
+    stored = stub.server.store.proxy_of(OWNER_DN)
+    assert stored is not None
+    return _spki(credentials.proxy_from_pem(stored[0]).key.public_key())
+
+
+def test_payload_gets_a_fresh_delegated_proxy_of_its_owner(
+    proxy_stub: Stub, pki: Pki, tmp_path: Path
+) -> None:
+    needs_openssl()
+    upload = _proxy_upload(proxy_stub, pki)
+    assert upload.returncode == 0, upload.stderr
+    assert f"proxy of {OWNER_DN} stored" in upload.stdout
+    pilot_proxy = _pilot_identity(pki, tmp_path)
+    (job,) = proxy_stub.submit(
+        f'Executable = "payload.sh"; Arguments = "{pilot_proxy}"; WallTime = 600;'
+        ' InputSandbox = {"payload.sh", "ca.pem"};'
+        ' StdOutput = "out.txt"; OutputSandbox = {"out.txt", "certs.pem"};',
+        {"payload.sh": PAYLOAD, "ca.pem": pki.ca_file.read_text()},
+    )
+    env = _env(pki, X509_USER_PROXY=str(pilot_proxy))
+    started = datetime.now(UTC)
+    work = tmp_path / "w"
+    done = run_pilot(
+        ["run", "--server", proxy_stub.url, "--work-dir", str(work), "--isolation", "auto", *FAST],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert proxy_stub.status(job) == "Done", proxy_stub.client.logging_info(job)
+    proxy_stub.client.get_output(job, tmp_path / "o")
+    out = (tmp_path / "o" / "out.txt").read_text()
+    assert "mode=600" in out and "verified" in out, out
+    assert f"proxy={work}/job-{job}/{delegation.PROXY_FILE}" in out, out
+    certs = x509.load_pem_x509_certificates((tmp_path / "o" / "certs.pem").read_bytes())
+    leaf = certs[0]
+    # the job's owner, through a fresh RFC 3820 proxy signed by the stored one
+    assert voms.proxy_info(leaf) is not None and voms.proxy_info(leaf).kind == "rfc3820"  # type: ignore[union-attr]
+    assert (
+        credentials.identity_from_peer_chain(
+            [c.public_bytes(serialization.Encoding.DER) for c in certs], slash=True
+        )
+        == OWNER_DN
+    )
+    pilot_loaded = credentials.load_proxy(pilot_proxy)
+    assert pilot_loaded.identity_slash != OWNER_DN
+    # a key of its own: not the stored proxy's, not the pilot's, not the user's
+    fresh = _spki(leaf.public_key())
+    assert fresh != _stored_key(proxy_stub)
+    assert fresh != _spki(pilot_loaded.key.public_key())
+    assert fresh != _spki(pki.user.cert.public_key())
+    assert certs[1].subject == x509.Name(leaf.subject.rdns[:-1])  # issued by the stored one
+    # lifetime: WallTime 600 s + 1 h margin
+    lifetime = (leaf.not_valid_after_utc - started).total_seconds()
+    assert 4200 - 120 < lifetime <= 4200 + 120, lifetime
+    # the pilot's own proxy is masked under isolation; the job's copy is gone afterwards
+    if "payload isolation: bwrap" in done.stderr:
+        assert "pilot proxy hidden" in out, out
+    assert not any(work.rglob(delegation.PROXY_FILE))
+    assert "payload proxy of /O=DIRACTest/OU=users/CN=testuser" in done.stderr
+
+
+def test_owner_without_a_proxy_runs_without_or_fails_when_required(
+    proxy_stub: Stub, pki: Pki, tmp_path: Path
+) -> None:
+    (plain,) = proxy_stub.submit(
+        'Executable = "/bin/sh"; Arguments = "-c \'echo proxy=${X509_USER_PROXY:-none}\'";'
+        ' StdOutput = "out.txt"; OutputSandbox = {"out.txt"};'
+    )
+    (needs,) = proxy_stub.submit('Executable = "/bin/true"; PayloadProxy = "Required";')
+    env = _env(pki, X509_USER_PROXY=str(_pilot_identity(pki, tmp_path)))
+    done = run_pilot(["run", "--server", proxy_stub.url, *FAST], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    job = proxy_stub.client.job(plain)
+    assert job["status"] == "Done"
+    assert "no payload proxy (owner has none stored)" in job["application_status"]
+    proxy_stub.client.get_output(plain, tmp_path / "o")
+    assert "proxy=none" in (tmp_path / "o" / "out.txt").read_text()
+    failed = proxy_stub.client.job(needs)
+    assert failed["status"] == "Failed"
+    assert failed["minor_status"].startswith(
+        "Failed to get payload proxy: the server holds no proxy"
+    )
+
+
+def test_proxy_upload_refuses_someone_elses_proxy(
+    proxy_stub: Stub, pki: Pki, tmp_path: Path
+) -> None:
+    """The stored proxy is tied to the identity the user connects with."""
+    other = issue_user(pki.ca, cn="someone-else")
+    with pytest.raises(Exception, match="403"):
+        proxy_stub.client.proxy_upload((other.cert, other.key, ()), timedelta(hours=1))
+    assert proxy_stub.server.store.proxy_of("/O=DIRACTest/OU=users/CN=someone-else") is None
+    bad = _proxy_upload(proxy_stub, pki, "--valid", "-3")
+    assert bad.returncode == 2 and "--valid -3" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_job_token_gets_only_its_own_jobs_proxy(proxy_stub: Stub, pki: Pki) -> None:
+    assert _proxy_upload(proxy_stub, pki).returncode == 0
+    (job,) = proxy_stub.submit('Executable = "/bin/true";')
+    _, request = credentials.new_proxy_request()
+    body = {"request": request.decode(), "lifetime": 3600, "limited": False}
+    with pytest.raises(Exception, match="403"):
+        proxy_stub.client.json(
+            "POST", f"/api/jobs/{job}/proxy", json=body, headers={"X-Job-Token": "forged"}
+        )
+
+
+# -- in-process: the delegation pieces ------------------------------------------------------
+
+
+class _Signer:
+    """A backend that signs with a given proxy, counting calls."""
+
+    def __init__(self, issuer: credentials.Proxy | None, lifetime: float | None = None) -> None:
+        self.issuer = issuer
+        self.lifetime = lifetime
+        self.calls = 0
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        self.calls += 1
+        if self.issuer is None:
+            raise NoStoredProxy("nothing stored")
+        seconds = self.lifetime if self.lifetime is not None else lifetime
+        chain = credentials.sign_proxy_request(
+            self.issuer, request_pem.encode(), timedelta(seconds=seconds), limited=limited
+        )
+        return chain.decode()
+
+
+def _owner_proxy(pki: Pki) -> credentials.Proxy:
+    proxy = issue_proxy(pki.user, not_after=now() + timedelta(hours=2))
+    return credentials.proxy_from_pem(proxy_pem(proxy, [pki.user.cert]))
+
+
+def test_delegated_chain_must_be_for_our_key(pki: Pki) -> None:
+    owner = _owner_proxy(pki)
+    key, request = credentials.new_proxy_request()
+    chain = credentials.sign_proxy_request(owner, request, timedelta(minutes=10), limited=True)
+    proxy, pem = credentials.proxy_from_chain(key, chain)
+    assert proxy.limited and proxy.identity_slash == OWNER_DN and proxy.kind == "rfc3820"
+    assert b"PRIVATE KEY" in pem and b"PRIVATE KEY" not in chain
+    other_key, _ = credentials.new_proxy_request()
+    with pytest.raises(CredentialError, match="does not match"):
+        credentials.proxy_from_chain(other_key, chain)
+    with pytest.raises(CredentialError, match="not a PEM certificate request"):
+        credentials.sign_proxy_request(owner, b"garbage", timedelta(minutes=1))
+
+
+def test_lifetime_is_wall_time_plus_margin_capped() -> None:
+    policy = delegation.DelegationPolicy(margin=3600, max_lifetime=48 * 3600)
+    assert policy.lifetime(600) == 4200
+    assert policy.lifetime(None) == 24 * 3600 + 3600
+    assert policy.lifetime(10 * 86400) == 48 * 3600
+    with pytest.raises(Exception, match="payload_proxy_max_hours"):
+        delegation.DelegationPolicy(max_lifetime=10)
+    assert delegation.required("required") and not delegation.required("Optional")
+
+
+def test_a_long_job_gets_its_proxy_renewed_before_it_expires(pki: Pki, tmp_path: Path) -> None:
+    signer = _Signer(_owner_proxy(pki), lifetime=4)
+    job = MatchedJob("7", "[]")
+    policy = delegation.DelegationPolicy(renew_fraction=0.5)
+    holder = delegation.PayloadProxy(signer, job, tmp_path, 4, policy)
+    first = holder.obtain()
+    assert oct(holder.path.stat().st_mode & 0o777) == "0o600"
+    holder.start_renewal(first)
+    try:
+        deadline = time.monotonic() + 30
+        while signer.calls < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert signer.calls >= 2
+        renewed = credentials.load_proxy(holder.path, strict=True)
+        assert renewed.certs[0].serial_number != first.certs[0].serial_number
+        assert renewed.not_after > first.not_after and renewed.identity_slash == OWNER_DN
+    finally:
+        holder.remove()
+    assert not holder.path.exists()
+
+
+def test_no_stored_proxy_is_its_own_error(tmp_path: Path) -> None:
+    holder = delegation.PayloadProxy(
+        _Signer(None), MatchedJob("8", "[]"), tmp_path, 600, delegation.DelegationPolicy()
+    )
+    with pytest.raises(NoStoredProxy):
+        holder.obtain()
+    assert not holder.path.exists()
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_other_jobs_cannot_read_a_payload_proxy_under_isolation(
+    proxy_stub: Stub, pki: Pki, tmp_path: Path, mode: str
+) -> None:
+    """Two jobs at once under bubblewrap: each sees its own proxy, not its neighbour's
+    (without isolation the same payloads do see it: the masking is the isolation's)."""
+    from tests.test_isolation import needs_bwrap
+
+    needs_bwrap()
+    assert _proxy_upload(proxy_stub, pki).returncode == 0
+    script = (
+        "#!/bin/sh\n"
+        'test -r "$X509_USER_PROXY" && echo own\n'
+        'sleep "$1"\n'
+        'me=$(basename "$PILOT_JOB_DIR")\n'
+        'for d in "$PILOT_JOB_DIR"/../job-*; do\n'
+        '  [ "$(basename "$d")" = "$me" ] && continue\n'
+        '  test -r "$d/.payload-proxy.pem" && echo "neighbour $d"\n'
+        "done\n"
+        'sleep "$2"\n'
+    )
+    peek = (
+        'Executable = "peek.sh"; InputSandbox = {"peek.sh"}; Arguments = "%s";'
+        ' StdOutput = "out.txt"; OutputSandbox = {"out.txt"};'
+    )
+    # the first job holds its proxy for 8 s; the second looks for it after 2 s
+    first = proxy_stub.submit(peek % "0 8", {"peek.sh": script})[0]
+    second = proxy_stub.submit(peek % "2 0", {"peek.sh": script})[0]
+    env = _env(pki, X509_USER_PROXY=str(_pilot_identity(pki, tmp_path)))
+    argv = ["run", "--server", proxy_stub.url, "--isolation", mode, "--cores", "2"]
+    done = run_pilot([*argv, *FAST], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outs = {}
+    for job in (first, second):
+        proxy_stub.client.get_output(job, tmp_path / f"o{job}")
+        outs[job] = (tmp_path / f"o{job}" / "out.txt").read_text()
+        assert "own" in outs[job], outs[job]
+    assert ("neighbour" in outs[second]) == (mode == "none"), outs[second]
+    history = proxy_stub.client.logging_info(second)
+    starts = {
+        job: next(
+            r["Timestamp"]
+            for r in proxy_stub.client.logging_info(job)
+            if r["MinorStatus"] == "Application"
+        )
+        for job in (first, second)
+    }
+    ends = {job: proxy_stub.client.logging_info(job)[-1]["Timestamp"] for job in (first, second)}
+    assert starts[second] + 2 < ends[first], history  # the second looked while the first ran
+
+
+def test_bad_payload_proxy_settings_stop_the_pilot_before_it_registers(
+    stub: Stub, tmp_path: Path
+) -> None:
+    for flag, value, want in (
+        ("--payload-proxy", "sometimes", "payload_proxy: 'sometimes' is not one of"),
+        ("--payload-proxy-max-hours", "0", "payload_proxy_max_hours: 0 is out of range"),
+    ):
+        done = run_pilot(["run", "--server", stub.url, flag, value, *FAST], cwd=tmp_path)
+        assert done.returncode == 2 and want in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert stub.client.pilots() == []

@@ -1,0 +1,249 @@
+"""Task-queue matching decides exactly what a job-by-job scan of the waiting jobs decides.
+
+The reference below is the stub's former matcher: every waiting job in order of priority
+(highest first) then id, the first one without mismatches wins. Random workloads (jobs
+of a few shapes and priorities, pilots with random descriptions, kills, reschedules)
+run against the real store; before every match the reference reads the database and
+says which job should win, and the store must claim that one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from pilot.job import jdl
+from server_stub import matching
+from server_stub.store import Store
+
+SITES = ["A.site", "B.site", "C.site"]
+
+job_shapes = st.tuples(
+    st.sampled_from(["", 'Site = "A.site";', 'Site = {"B.site", "C.site"};', 'Site = "ANY";']),
+    st.sampled_from(["", 'BannedSites = {"A.site"};']),
+    st.sampled_from(["", 'Platform = "p1";', 'Platform = {"p1", "p2"};']),
+    st.sampled_from(["", 'Tags = {"GPU"};', 'Tags = {"t1"};']),
+    st.sampled_from([1, 2, 4]),  # processors
+    st.sampled_from([100, 5000, 50000]),  # CPU time
+    st.sampled_from([1, 2, 3]),  # priority
+).map(
+    lambda s: f"{s[0]} {s[1]} {s[2]} {s[3]} NumberOfProcessors = {s[4]};"
+    f" CPUTime = {s[5]}; Priority = {s[6]};"
+)
+
+resources = st.fixed_dictionaries(
+    {
+        "Site": st.sampled_from(SITES),
+        "Platform": st.sampled_from(["p1", "p2", "p3"]),
+        "NumberOfProcessors": st.sampled_from([1, 2, 4]),
+    },
+    optional={
+        "CPUTime": st.sampled_from([50, 1000, 10000, 100000]),
+        "Tag": st.sampled_from([["GPU"], ["t1"], ["GPU", "t1"]]),
+        "RequiredTag": st.sampled_from([["t1"]]),
+    },
+)
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), job_shapes, st.integers(1, 4)),
+        st.tuples(st.just("match"), resources),
+        st.tuples(st.just("dry"), resources),
+        st.tuples(st.just("kill"), st.integers(0, 50)),
+        st.tuples(st.just("stall"), st.integers(0, 50)),
+    ),
+    min_size=5,
+    max_size=40,
+)
+
+
+def reference(db_path: Path, resources: dict[str, Any]) -> int | None:
+    """The former matcher: scan the waiting jobs in order, first fit wins."""
+    db = sqlite3.connect(db_path)
+    try:
+        rows = db.execute(
+            "SELECT id, requirements FROM jobs WHERE status = 'Waiting' ORDER BY priority DESC, id"
+        ).fetchall()
+    finally:
+        db.close()
+    for job_id, req in rows:
+        if not matching.mismatches(json.loads(req), resources):
+            return int(job_id)
+    return None
+
+
+def _run(ops: list[tuple[Any, ...]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tq.db"
+        store = Store(path)
+        ids: list[int] = []
+        for op in ops:
+            if op[0] == "submit":
+                text = f'Executable = "/bin/true"; Parameters = {op[2]}; {op[1]}'
+                ids += store.submit_many(jdl.expand(jdl.parse(text)), "tester")
+            elif op[0] in ("match", "dry"):
+                expected = reference(path, op[1])
+                claim = store.match(op[1], "p", dry_run=op[0] == "dry")
+                assert (claim and claim.job_id) == expected or (claim is None is expected), (
+                    op,
+                    claim,
+                    expected,
+                )
+            elif op[0] == "kill" and ids:
+                job = ids[op[1] % len(ids)]
+                if store.job(job)["status"] not in ("Done", "Killed", "Failed", "Deleted"):
+                    store.kill(job)
+            elif op[0] == "stall" and ids:
+                # a matched job whose pilot went silent goes back to Waiting (rescheduled)
+                job = ids[op[1] % len(ids)]
+                if store.job(job)["status"] == "Matched":
+                    db = sqlite3.connect(path)
+                    db.execute("UPDATE jobs SET heartbeat = 0 WHERE id = ?", (job,))
+                    db.commit()
+                    db.close()
+                    assert job in store.reap_stalled(60, max_reschedules=3)
+                    assert store.job(job)["status"] == "Waiting"
+        # A store opened afresh on the same file rebuilds the same queues.
+        again = Store(path)
+        assert len(again.queues) == len(store.queues)
+        for site in SITES:
+            res = {"Site": site, "Platform": "p1", "NumberOfProcessors": 4, "Tag": ["GPU"]}
+            expected = reference(path, res)
+            claim = again.match(res, "p", dry_run=False)
+            assert (claim.job_id if claim else None) == expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations)
+def test_grouping_changes_no_decision(ops: list[tuple[Any, ...]]) -> None:
+    _run(ops)
+
+
+def _submit(store: Store, extra: str, n: int = 1) -> list[int]:
+    text = f'Executable = "/bin/true"; Parameters = {n}; {extra}'
+    return store.submit_many(jdl.expand(jdl.parse(text)), "tester")
+
+
+def test_jobs_of_one_shape_share_a_queue(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    _submit(store, 'Site = "A.site"; CPUTime = 10;', 5)
+    _submit(store, 'Site = "A.site"; CPUTime = 10; Priority = 2;', 3)  # priority: another
+    _submit(store, 'Site = "B.site"; CPUTime = 10;', 2)
+    assert len(store.queues) == 10 and store.queues.queues == 3
+
+
+def test_near_misses_name_each_unfit_queue_with_its_oldest_job(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    gpu = _submit(store, 'Tags = {"GPU"};', 4)
+    other = _submit(store, 'Site = "B.site";', 3)
+    fits = _submit(store, "", 1)
+    res = {"Site": "A.site", "CPUTime": 100000}
+    misses = store.near_misses(res)
+    assert [(m["job_id"], m["waiting"]) for m in misses] == [(gpu[0], 4), (other[0], 3)]
+    assert misses[0]["reasons"] == ["needs tag GPU"]
+    assert misses[1]["reasons"] == ["site A.site not in job's sites B.site"]
+    assert store.match(res, "p", dry_run=False).job_id == fits[0]  # type: ignore[union-attr]
+    # CPU time is checked apart from the rest of the description, and named too
+    short = {"Site": "A.site", "CPUTime": 10, "Tag": ["GPU"]}
+    assert store.match(short, "p", dry_run=True) is None
+    assert any("CPUTime 86400 > 10 left" in r for r in store.near_misses(short)[0]["reasons"])
+
+
+def test_job_changed_behind_the_index_is_never_claimed(tmp_path: Path) -> None:
+    """The claim is checked in the database: a job the index still lists as waiting but
+    which something else moved on (here: a direct SQL update) is skipped and dropped."""
+    store = Store(tmp_path / "s.db")
+    first, second = _submit(store, "", 2)
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("UPDATE jobs SET status = 'Killed' WHERE id = ?", (first,))
+    db.commit()
+    db.close()
+    claim = store.match({"Site": "A.site"}, "p", dry_run=False)
+    assert claim is not None and claim.job_id == second
+    assert store.job(first)["status"] == "Killed" and len(store.queues) == 0
+
+
+def test_a_failed_transaction_leaves_the_index_alone(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    (job,) = _submit(store, "")
+    # The status is recorded, then storing the timing fails: the transaction rolls back.
+    with pytest.raises(TypeError):
+        store.set_status(job, {"Status": "Killed", "Timing": object()}, 1.0)
+    store.register_pilot("p", {})  # a later transaction commits nothing of the failed one
+    assert store.job(job)["status"] == "Waiting" and len(store.queues) == 1
+    claim = store.match({"Site": "A.site"}, "p", dry_run=False)
+    assert claim is not None and claim.job_id == job
+
+
+TEMPLATE_ATTRS = {
+    "Arguments": ['"%s"', '"-n %n"', '"fixed"'],
+    "JobName": ['"job-%n"', '"name"'],
+    "StdOutput": ['"out-%s"', '"StdOut"'],
+    "Site": ['"%s"', '"A.site"'],
+    "CPUTime": ['"%s"', "100"],
+    "Priority": ['"%s"', "2"],
+    "Tags": ['{"%s"}', '{"t1"}'],
+}
+values = st.lists(
+    st.one_of(
+        st.sampled_from(["1", "5", "A.site", "x y", 'un"balanced', "it's", "-3", "1.5"]),
+        st.integers(-2, 5),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@example({"Arguments": 0}, ["1", "it's"])  # only the second job's Arguments is bad
+@example({"Arguments": 1, "JobName": 0, "StdOutput": 0}, [1, 2, 3])
+@example({"Arguments": 0, "CPUTime": 0}, ["1", "x"])  # the second job's CPUTime is bad
+@given(
+    st.dictionaries(st.sampled_from(sorted(TEMPLATE_ATTRS)), st.integers(0, 2)),
+    values,
+)
+def test_parametric_jobs_are_validated_and_queued_like_single_ones(
+    choice: dict[str, int], params: list[Any]
+) -> None:
+    """Jobs of one parametric JDL differing only in free text (Arguments, JobName...)
+    are validated by those attributes alone: the store must still accept and queue
+    exactly as JobDescription.from_attrs job by job would."""
+    parts = [f"{k} = {TEMPLATE_ATTRS[k][i % len(TEMPLATE_ATTRS[k])]};" for k, i in choice.items()]
+    listed = ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in params)
+    text = f'Executable = "/bin/true"; Parameters = {{{listed}}}; {" ".join(parts)}'
+    try:
+        jobs = jdl.expand(jdl.parse(text))
+    except jdl.JDLError:
+        return
+    expected: list[tuple[int, dict[str, Any]]] | None = []
+    for attrs in jobs:
+        try:
+            desc = jdl.JobDescription.from_attrs(attrs)
+        except jdl.JDLError:
+            expected = None
+            break
+        expected.append((desc.priority, matching.requirements(desc)))  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "p.db")
+        try:
+            ids = store.submit_many(jobs, "tester")
+        except jdl.JDLError:
+            assert expected is None, text
+            assert store.jobs() == []
+            return
+        assert expected is not None, text
+        db = sqlite3.connect(Path(tmp) / "p.db")
+        rows = db.execute(
+            "SELECT id, priority, requirements FROM jobs ORDER BY id"
+        ).fetchall()
+        assert [row[0] for row in rows] == ids
+        rows = [row[1:] for row in rows]
+        db.close()
+        assert [(p, json.loads(r)) for p, r in rows] == expected, text
