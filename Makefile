@@ -54,6 +54,8 @@ bench: venv
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/supervision.py
 	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/kill_poll.py
 	$(BIN)/python bench/matcher.py
 	$(MAKE) binary
 	$(BIN)/python bench/startup.py

@@ -16,10 +16,10 @@ from typing import Any
 
 from pilot import __version__
 from pilot.api import Check, CheckContext, CheckResult, first_pass_options
-from pilot.backends import stub
+from pilot.backends import outbox, stub
 from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor
 from pilot.config import PilotConfig
-from pilot.errors import CheckFailed, PilotError
+from pilot.errors import CheckFailed, PilotError, Undelivered
 from pilot.grid.resolve import NO_CREDENTIALS, Credentials
 from pilot.job import delegation, execute, isolation, jdl, jobrun, proctable
 from pilot.node import batch, checking, resources
@@ -302,6 +302,7 @@ class Agent:
         self.started = 0
         self.job_settings = settings or job_settings(config, desc, isolation.NO_ISOLATION)
         self.next_stray_reap = 0.0
+        self.outage_since: float | None = None  # the server has not answered since then
 
     @property
     def desc(self) -> resources.ResourceDescription:
@@ -333,6 +334,8 @@ class Agent:
         backoff = MIN_BACKOFF_S
         idle_since: float | None = None
         reason = "idle"
+        poller = threading.Thread(target=self._poll_commands, name="commands", daemon=True)
+        poller.start()
         while True:
             self._reap()
             why = self._why_not_take()
@@ -377,11 +380,47 @@ class Agent:
         except PilotError as exc:
             log.warning("could not update the registration: %s", exc)
 
+    def _ask(self, resources: dict[str, Any]) -> MatchedJob | None:
+        """One match; an unreachable server (or a 5xx) counts as "no job yet", so an idle
+        pilot waits out an outage until its idle timeout instead of exiting."""
+        try:
+            job = self.backend.match(resources)
+        except PilotError as exc:
+            if not outbox.retryable(exc):
+                raise
+            if self.outage_since is None:
+                self.outage_since = time.monotonic()
+                log.warning("server not answering (%s): no job until it is back", exc)
+            return None
+        if self.outage_since is not None:
+            log.info("server back after %.0f s", time.monotonic() - self.outage_since)
+            self.outage_since = None
+        return job
+
+    def _poll_commands(self) -> None:
+        """Every ``--command-interval`` s, while jobs run, ask for their commands (Kill):
+        one light read per pilot, so a kill acts within that interval, not a heartbeat's."""
+        interval = self.config.command_interval
+        while not self.stop.wait(interval):
+            running = {job_id: r.runner for job_id, r in list(self.running.items())}
+            if not running:
+                continue
+            try:
+                commands = self.backend.poll_commands(sorted(running))
+            except PilotError as exc:
+                log.debug("command poll failed: %s", exc)
+                continue
+            for job_id, command in commands:
+                runner = running.get(job_id)
+                if command == "Kill" and runner is not None and not runner.cancel.is_set():
+                    log.info("job %s: kill requested by the server", job_id)
+                    runner.cancel.set(Minor.KILLED_BY_USER)
+
     def _match_one(self) -> bool:
         self._fold_in_benchmark()
         cores, mem = self.slot.free()
         start = time.monotonic()
-        job = self.backend.match(self.slot.offer(cores, mem).as_dict())
+        job = self._ask(self.slot.offer(cores, mem).as_dict())
         launched = None
         if job is not None:
             launched = self._start(job, cores, mem, time.monotonic() - start).launched
@@ -441,6 +480,8 @@ class Agent:
         while self.running:
             if self.stop.is_set():
                 self.cancel_all(self.stop.reason or Minor.KILLED_BY_PILOT)
+                if isinstance(self.backend, outbox.OutboxBackend):  # reports: grace time only
+                    self.backend.outbox.hurry(self.config.grace)
             self.changed.wait(0.5)
             self.changed.clear()
             self._reap()
@@ -470,6 +511,28 @@ def registration(
     return out
 
 
+def register(
+    backend: Backend, stamp: str, info: dict[str, Any], patience: float, stop: Stop
+) -> None:
+    """Register; a server that does not answer is waited for up to ``patience`` s (the
+    idle timeout), as an idle pilot would."""
+    start = time.monotonic()
+    wait = 1.0
+    while True:
+        try:
+            backend.register(stamp, info)
+            return
+        except PilotError as exc:
+            spent = time.monotonic() - start
+            if not outbox.retryable(exc) or spent + wait > patience or stop.is_set():
+                raise
+            log.warning(
+                "could not register (%s): trying again for up to %.0f s", exc, patience - spent
+            )
+        stop.wait(wait)
+        wait = min(wait * 2, MAX_BACKOFF_S)
+
+
 def run(
     config: PilotConfig,
     backend: Backend,
@@ -489,6 +552,7 @@ def run(
     registered = False
     delegation_policy(config)  # a bad setting stops the pilot before it registers
     execute.become_subreaper()
+    reports: outbox.Outbox | None = None
     try:
         checks = checking.discover(check_settings(config, builtins))
         later = finishing_later(config, checks)
@@ -499,7 +563,12 @@ def run(
             benchmark = Benchmark(config, info, report, stamp, stop.wake, later, creds)
         chosen = choose_isolation(config)
         registered_with = registration(config, info, report, desc, chosen)
-        backend.register(stamp, registered_with)
+        slot_end = described_at + desc.wall_clock_time_left
+        budget = outbox.budget_for(config.retry_for, slot_end, config.grace, time.monotonic)
+        reports = outbox.Outbox(backend, config.resolved_work_dir() / "outbox", budget)
+        backend = outbox.OutboxBackend(backend, reports)
+        register(backend, stamp, registered_with, config.idle_timeout, stop)
+        reports.recover()
         if benchmark is not None:
             benchmark.registration = registered_with
         registered = True
@@ -523,8 +592,19 @@ def run(
             len(summary.outcomes),
             summary.reason,
         )
+        undelivered = reports.drain(config.grace if stop.is_set() else None)
+        reports = None
+        if undelivered:
+            log.error(
+                "%d job report(s) not delivered: left in %s for a later pilot",
+                undelivered,
+                config.resolved_work_dir() / "outbox",
+            )
+            raise Undelivered(f"{undelivered} job report(s) not delivered")
         return summary
     finally:
+        if reports is not None:  # leaving on an error: what is owed stays journaled
+            reports.drain(0.0)
         if registered and log_text is not None:
             try:
                 backend.upload_pilot_log(stamp, log_text())

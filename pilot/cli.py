@@ -267,7 +267,10 @@ def _work_dir(cfg: config.PilotConfig) -> config.PilotConfig:
 
 
 def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
+    from pilot.job import guardian
+
     cfg = _work_dir(cfg)
+    guardian.start(cfg.resolved_work_dir() / "guardian.log")  # it forks: before any thread
     stop = agent.Stop()
     install_signal_handlers(stop)
     creds = pilot_credentials(cfg)  # a bad or expired proxy stops the pilot here, before any call

@@ -45,6 +45,14 @@ class PilotConfig:
     cores: int | None = _f(None, "int", "override the detected number of cores")
     memory_mb: int | None = _f(None, "int", "override the detected memory (MB)")
     cpu_margin: float = _f(0.1, "float", "fraction of CPU time kept back when matching")
+    # the server: per-call timeout, and how long undelivered reports are retried
+    server_timeout: float = _f(30.0, "float", "timeout of one server call (s)")
+    retry_for: float | None = _f(
+        None, "float", "retry undelivered reports this long (s; default: until the slot ends)"
+    )
+    command_interval: float = _f(
+        20.0, "float", "seconds between polls for commands (Kill) for running jobs"
+    )
     # checks
     checks_dir: Path | None = _f(None, "path", "directory of executable checks")
     plugin_path: list[str] = _f([], "list", "directory of check plugins (pip install --target)")
@@ -93,6 +101,13 @@ _CHOICES = {
 }
 
 
+_RANGES = {  # lowest and highest value allowed (inclusive)
+    "server_timeout": (0.1, 3600.0),
+    "retry_for": (0.0, 30 * 86400.0),
+    "command_interval": (1.0, 3600.0),
+}
+
+
 def env_name(name: str) -> str:
     return "PILOT_" + name.upper()
 
@@ -110,6 +125,13 @@ def convert(name: str, value: Any) -> Any:
         raise UsageError(f"{name}: cannot use {value!r} ({exc})") from None
     if name in _CHOICES and result not in _CHOICES[name]:
         raise UsageError(f"{name}: {result!r} is not one of {', '.join(_CHOICES[name])}")
+    if (
+        name in _RANGES
+        and result is not None
+        and not _RANGES[name][0] <= result <= _RANGES[name][1]
+    ):
+        low, high = _RANGES[name]
+        raise UsageError(f"{name}: {result:g} is outside {low:g}..{high:g} (seconds)")
     return result
 
 

@@ -8,7 +8,8 @@ the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
     ├── JDLError                malformed or invalid job description (pilot.job.jdl)
     ├── ServerError             the matcher answered with an error
     │   ├── ServerUnreachable   transport failure after all retries
-    │   └── AuthError           401/403 from the matcher
+    │   ├── AuthError           401/403 from the matcher
+    │   └── Undelivered         job reports left in the outbox at exit
     ├── CheckFailed             a required environment check failed
     ├── CredentialError         missing, unreadable or expired proxy/token
     │   └── NoStoredProxy       a job's owner has no proxy to delegate from
@@ -34,6 +35,7 @@ class ExitCode(IntEnum):
     SERVER_UNREACHABLE = 20  # matcher not reachable after retries
     SERVER_ERROR = 21  # matcher answered with an error
     AUTH = 22  # matcher refused our credentials
+    UNDELIVERED = 23  # the pilot ended with job reports it could not deliver (see outbox)
     CHECK_FAILED = 30  # a required environment check failed: node not fit
     CREDENTIALS = 31  # proxy/token missing, unreadable or expired
     SANDBOX = 40  # sandbox could not be staged (download, checksum, rejected)
@@ -67,6 +69,10 @@ class ServerUnreachable(ServerError):
 
 class AuthError(ServerError):
     exit_code = ExitCode.AUTH
+
+
+class Undelivered(ServerError):
+    exit_code = ExitCode.UNDELIVERED
 
 
 class CheckFailed(PilotError):

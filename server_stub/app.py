@@ -128,6 +128,7 @@ class StubApp:
             ("POST", re.compile(r"/api/jobs/match"), self.match, Role.PILOT),
             ("PATCH", re.compile(r"/api/jobs/status"), self.set_status, Role.PILOT),
             ("PATCH", re.compile(r"/api/jobs/heartbeat"), self.heartbeat, Role.PILOT),
+            ("POST", re.compile(r"/api/jobs/commands"), self.commands, Role.PILOT),
             ("GET", re.compile(r"/api/jobs/(\d+)"), self.get_job, Role.USER),
             ("GET", re.compile(r"/api/jobs/(\d+)/jdl"), self.get_jdl, Role.USER),
             ("GET", re.compile(r"/api/jobs/(\d+)/logging"), self.logging_info, Role.USER),
@@ -234,7 +235,12 @@ class StubApp:
         resources = _object(body.get("resources", {}))
         pilot = str(body.get("pilot", "unknown"))
         dry_run = bool(body.get("dry_run", False))
-        claim = self.store.match(resources, pilot, dry_run)
+        request_id = body.get("request_id")
+        if request_id is not None and not (
+            isinstance(request_id, str) and 8 <= len(request_id) <= 128
+        ):
+            raise StoreError("request_id must be a string of 8 to 128 characters")
+        claim = self.store.match(resources, pilot, dry_run, request_id)
         if not dry_run:
             self.monitor.note_match(pilot, resources, None if claim is None else claim.job_id)
         if dry_run:
@@ -253,10 +259,15 @@ class StubApp:
         done: dict[str, int] = {}
         for job_id, updates in body.items():
             jid = _job_id(job_id)
-            self.store.check_token(jid, request.job_token)
-            for stamp, update in sorted(_object(updates).items()):
-                self.store.set_status(jid, _object(update), _timestamp(stamp))
-            done[str(jid)] = len(updates)
+            spent = self.store.check_token(jid, request.job_token, spent_ok=True)
+            items = sorted((_timestamp(k), _object(v)) for k, v in _object(updates).items())
+            if spent and not all(
+                self.store.has_update(jid, ts, str(u.get("Source", "Pilot"))) for ts, u in items
+            ):  # the job has ended: only repeats of what its pilot already sent succeed
+                raise StoreError(f"job token does not grant access to job {jid}", 403)
+            for ts, update in items:
+                self.store.set_status(jid, update, ts)
+            done[str(jid)] = len(items)
         return Response(200, {"success": done})
 
     def heartbeat(self, request: Request) -> Response:
@@ -269,12 +280,25 @@ class StubApp:
                 commands.append({"job_id": jid, "command": command})
         return Response(200, commands)
 
+    def commands(self, request: Request) -> Response:
+        """A pilot's light poll: pending commands (Kill) for its running jobs."""
+        body = _object(request.json())
+        jobs = body.get("jobs", [])
+        if not isinstance(jobs, list) or len(jobs) > 10000:
+            raise StoreError("jobs must be a list of job ids")
+        found = self.store.commands(str(body.get("pilot", "")), [_job_id(str(j)) for j in jobs])
+        return Response(200, [{"job_id": jid, "command": c} for jid, c in found])
+
     def attach_output(self, request: Request, job_id: str) -> Response:
         jid = int(job_id)
-        self.store.check_token(jid, request.job_token)
+        spent = self.store.check_token(jid, request.job_token, spent_ok=True)
         sha = str(_object(request.json()).get("sha256", ""))
         if not self.sandboxes.exists(sha):
             raise StoreError(f"no sandbox {sha}", 404)
+        if spent:  # the job has ended: a repeat of its attach succeeds, nothing else
+            if self.store.job(jid)["output_sandbox"] != sha:
+                raise StoreError(f"job token does not grant access to job {jid}", 403)
+            return Response(200, {"job_id": jid, "sha256": sha})
         self.store.attach_output(jid, sha)
         return Response(200, {"job_id": jid, "sha256": sha})
 

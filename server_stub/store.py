@@ -89,7 +89,14 @@ CREATE TABLE IF NOT EXISTS files (
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS match_requests (
+    request_hash TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    pilot TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
+MATCH_REQUEST_KEEP_S = 7 * 86400.0  # how long a match request id is remembered
 
 
 class StoreError(Exception):
@@ -111,6 +118,13 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def request_token(request_id: str, job_id: int) -> str:
+    """The job token of a job claimed by match request ``request_id`` (a random secret of
+    the pilot's): a retry of the request gets the same token, and the stub still stores
+    only the token's hash."""
+    return hashlib.sha256(f"job-token:{job_id}:{request_id}".encode()).hexdigest()
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -122,6 +136,7 @@ class Store:
         self.queues = TaskQueues()
         db = self._conn()
         db.executescript(SCHEMA)
+        _add_column(db, "jobs", "spent_token_hash", "TEXT")
         for row in db.execute(
             "SELECT id, priority, requirements FROM jobs WHERE status = ? ORDER BY id",
             (JobStatus.WAITING,),
@@ -302,10 +317,23 @@ class Store:
 
     # -- matching -----------------------------------------------------------------------
 
-    def match(self, resources: Mapping[str, Any], pilot: str, dry_run: bool) -> Claim | None:
+    def match(
+        self,
+        resources: Mapping[str, Any],
+        pilot: str,
+        dry_run: bool,
+        request_id: str | None = None,
+    ) -> Claim | None:
         """Claim the best waiting job for ``resources`` (highest priority, then oldest),
-        found through the task queues (see :mod:`server_stub.taskqueues`)."""
+        found through the task queues (see :mod:`server_stub.taskqueues`).
+
+        A ``request_id`` seen before answers with the job it claimed then (its reply was
+        lost), with the same token, as long as that job is still only Matched."""
         with self._tx() as db:
+            if request_id and not dry_run:
+                again = self._replay(db, request_id, pilot)
+                if again is not None:
+                    return again
             while (job_id := self.queues.best(resources)) is not None:
                 row = db.execute(
                     "SELECT jdl FROM jobs WHERE id = ? AND status = ?",
@@ -317,8 +345,42 @@ class Store:
                     continue
                 if dry_run:
                     return Claim(job_id, row["jdl"], "")
-                return self._claim(db, job_id, row["jdl"], pilot, resources)
+                claim = self._claim(db, job_id, row["jdl"], pilot, resources, request_id)
+                if request_id:
+                    self._remember_request(db, request_id, pilot, job_id)
+                return claim
         return None
+
+    def _replay(self, db: sqlite3.Connection, request_id: str, pilot: str) -> Claim | None:
+        seen = db.execute(
+            "SELECT job_id, pilot FROM match_requests WHERE request_hash = ?",
+            (hash_token(request_id),),
+        ).fetchone()
+        if seen is None:
+            return None
+        job_id = int(seen["job_id"])
+        row = db.execute(
+            "SELECT status, pilot, jdl, token_hash FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        token = request_token(request_id, job_id)
+        if (
+            row is None
+            or row["status"] != JobStatus.MATCHED
+            or seen["pilot"] != pilot
+            or row["token_hash"] != hash_token(token)
+        ):
+            raise StoreError(f"match request already answered with job {job_id}", 409)
+        return Claim(job_id, str(row["jdl"]), token)  # the same answer, the same token
+
+    def _remember_request(
+        self, db: sqlite3.Connection, request_id: str, pilot: str, job_id: int
+    ) -> None:
+        now = time.time()
+        db.execute("DELETE FROM match_requests WHERE created < ?", (now - MATCH_REQUEST_KEEP_S,))
+        db.execute(
+            "INSERT OR REPLACE INTO match_requests VALUES (?, ?, ?, ?)",
+            (hash_token(request_id), job_id, pilot, now),
+        )
 
     def _claim(
         self,
@@ -327,8 +389,9 @@ class Store:
         jdl_text: str,
         pilot: str,
         resources: Mapping[str, Any],
+        request_id: str | None = None,
     ) -> Claim:
-        token = secrets.token_urlsafe(32)
+        token = request_token(request_id, job_id) if request_id else secrets.token_urlsafe(32)
         now = time.time()
         # What _record does, in one UPDATE: the job is known to be Waiting (the hot path).
         db.execute(
@@ -370,25 +433,51 @@ class Store:
 
     # -- updates from pilots ------------------------------------------------------------
 
-    def check_token(self, job_id: int, token: str | None) -> None:
-        row = self._conn().execute("SELECT token_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def check_token(self, job_id: int, token: str | None, *, spent_ok: bool = False) -> bool:
+        """Refuse (403) a token that is not the job's; True when it is the job's spent
+        token (revoked by the job's final status) and ``spent_ok`` lets it through."""
+        row = (
+            self._conn()
+            .execute("SELECT token_hash, spent_token_hash FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
         if row is None:
             raise StoreError(f"no job {job_id}", 404)
-        if (
-            not token
-            or row["token_hash"] is None
-            or not secrets.compare_digest(row["token_hash"], hash_token(token))
-        ):
-            raise StoreError(f"job token does not grant access to job {job_id}", 403)
+        given = hash_token(token) if token else ""
+        if token and row["token_hash"] and secrets.compare_digest(row["token_hash"], given):
+            return False
+        spent = row["spent_token_hash"]
+        if spent_ok and token and spent and secrets.compare_digest(spent, given):
+            return True
+        raise StoreError(f"job token does not grant access to job {job_id}", 403)
+
+    def has_update(self, job_id: int, ts: float, source: str = "Pilot") -> bool:
+        """Whether the update stamped ``ts`` from ``source`` is already recorded."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM history WHERE job_id = ? AND ts = ? AND source = ?",
+                (job_id, ts, source),
+            )
+            .fetchone()
+        )
+        return row is not None
 
     def set_status(self, job_id: int, update: Mapping[str, Any], ts: float) -> None:
         status = update.get("Status")
         if status is not None and status not in set(JobStatus):
             raise StoreError(f"unknown status {status!r}")
+        source = str(update.get("Source", "Pilot"))
         with self._tx() as db:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
+            repeated = db.execute(
+                "SELECT 1 FROM history WHERE job_id = ? AND ts = ? AND source = ?",
+                (job_id, ts, source),
+            ).fetchone()
+            if repeated is not None:
+                return  # a retry of an update already recorded: nothing to do
             if row["status"] in FINAL_STATUSES and status not in (None, row["status"]):
                 raise StoreError(f"job {job_id} is already {row['status']}", 409)
             self._record(
@@ -397,7 +486,7 @@ class Store:
                 status,
                 update.get("MinorStatus"),
                 update.get("ApplicationStatus"),
-                str(update.get("Source", "Pilot")),
+                source,
                 ts,
             )
             if "Timing" in update:
@@ -405,8 +494,23 @@ class Store:
                     "UPDATE jobs SET timing = ? WHERE id = ?",
                     (json.dumps(update["Timing"]), job_id),
                 )
-            if status in FINAL_STATUSES:
-                db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
+            if status in FINAL_STATUSES:  # kept aside so that a retry of this update succeeds
+                db.execute(
+                    "UPDATE jobs SET spent_token_hash = token_hash, token_hash = NULL"
+                    " WHERE id = ? AND token_hash IS NOT NULL",
+                    (job_id,),
+                )
+
+    def commands(self, pilot: str, job_ids: list[int]) -> list[tuple[int, str]]:
+        """Pending commands for ``pilot``'s jobs (a read only: cheaper than a heartbeat)."""
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        rows = self._conn().execute(
+            f"SELECT id FROM jobs WHERE kill_requested = 1 AND pilot = ? AND id IN ({marks})",
+            (pilot, *job_ids),
+        )
+        return [(int(r["id"]), "Kill") for r in rows]
 
     def heartbeat(self, job_id: int, data: Mapping[str, Any]) -> list[str]:
         with self._tx() as db:
@@ -821,6 +925,13 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, Mapping):
         return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     return bool(a == b)
+
+
+def _add_column(db: sqlite3.Connection, table: str, column: str, kind: str) -> None:
+    """Add a column that databases made by an older stub lack (once)."""
+    have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+    if column not in have:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _job_view(row: sqlite3.Row) -> dict[str, Any]:

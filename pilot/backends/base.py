@@ -9,7 +9,7 @@ The agent talks to a :class:`Backend` only, and tells it what to fetch by :class
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -147,6 +147,10 @@ class Backend(Protocol):
 
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         """Send the job's vital signs; returns the server's commands (e.g. ``"Kill"``)."""
+
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """Pending commands ``(job_id, command)`` for these jobs, asked cheaply and often
+        (empty where the server has no such call: commands then come with heartbeats)."""
 
     def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
         """Download the job's input sandbox archives (``inputs.sandboxes``; in local mode

@@ -32,4 +32,6 @@ def make_backend(cfg: PilotConfig, creds: Credentials) -> Backend:
     # plain HTTP (loopback): no TLS set-up to pay for
     verify = creds.ssl_context() if cfg.server.startswith("https://") else False
     token = creds.token.value if creds.token is not None else None
-    return StubBackend(HttpClient(cfg.server, verify=verify, bearer=token))
+    return StubBackend(
+        HttpClient(cfg.server, verify=verify, bearer=token, timeout=cfg.server_timeout)
+    )

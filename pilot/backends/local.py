@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,9 @@ class LocalBackend:
         }
         self.history.setdefault(job.job_id, []).append(record)
         log.info("job %s: %s / %s", job.job_id, record["Status"], record["MinorStatus"])
+
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        return []  # nothing to kill a local job from
 
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         return ()

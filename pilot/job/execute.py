@@ -32,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
-from pilot.job import heartbeat, isolation, proctable
+from pilot.job import guardian, heartbeat, isolation, proctable
 from pilot.job import limits as job_limits
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,7 @@ def run(
             cgroup.remove()
         raise
     proctable.register_main(proc.pid)
+    guardian.job_started(mark, proc.pid)  # its session: the payload leads a new one
     if cgroup is not None:
         cgroup.add(proc.pid)
     pump.start()
@@ -302,6 +303,7 @@ def run(
     finally:
         supervisor.close()
         proctable.unregister_main(proc.pid)
+        guardian.job_ended(mark)
 
 
 def _launch(spec: ExecutionSpec, mark: str, pump: OutputPump) -> subprocess.Popen[bytes]:
@@ -343,6 +345,7 @@ class _Supervisor:
         self.monitor = monitor
         self.cgroup = cgroup
         self.start = time.monotonic()
+        self.mark = mark
         self.tree = proctable.ProcessTree(proc.pid, mark)
         self.sampler = job_limits.Sampler(self.tree, spec.cwd, self.start)
         self.checker = job_limits.LimitChecker(self.sup.limits)
@@ -396,6 +399,7 @@ class _Supervisor:
 
     def _sample(self) -> str | None:
         usage, _live = self.sampler.sample()
+        guardian.job_seen(self.mark, self.tree.seen)
         self.peak_rss = max(self.peak_rss, usage.rss_mb)
         if self.monitor is not None:
             self.monitor.publish(usage)

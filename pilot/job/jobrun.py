@@ -219,6 +219,7 @@ class JobRunner:
         self.launched = threading.Event()  # set when the payload starts, or will not
         self.payload_proxy: delegation.PayloadProxy | None = None
         self.notes: list[str] = []  # for the final application status
+        self.keep_job_dir = False  # kept when its output could not be delivered
         if match_seconds is not None:
             self.timing["match"] = match_seconds
         self.monitor = heartbeat.Monitor(settings.work_dir)
@@ -256,7 +257,7 @@ class JobRunner:
             return self._run(desc, job_dir)
         finally:
             self.beat.stop()
-            if not self.settings.keep_job_dir:
+            if not self.settings.keep_job_dir and not self.keep_job_dir:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
     def _run(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome:
@@ -340,6 +341,7 @@ class JobRunner:
             and not result.unsaved
         )
         data_failure = None
+        upload_failure = None
 
         def uploading_data() -> None:
             self._best_effort(JobStatus.COMPLETING, Minor.UPLOADING_OD)
@@ -362,9 +364,16 @@ class JobRunner:
         except sandbox.OutputDataError as exc:
             log.error("job %s: %s", self.job.job_id, exc)
             data_failure = str(exc)
-        except PilotError as exc:
-            log.error("job %s: output sandbox upload failed: %s", self.job.job_id, exc)
-            notes.append(f"output sandbox upload failed: {exc}")
+        except PilotError as exc:  # after the outbox's retries: the output is not stored
+            upload_failure = f"Output sandbox upload failed: {exc}"
+            self.keep_job_dir = True
+            log.error(
+                "job %s: output sandbox upload failed: %s; job directory kept: %s",
+                self.job.job_id,
+                exc,
+                job_dir,
+            )
+            notes.append(f"job directory kept: {job_dir}")
             if succeeded and desc.output_data:  # the data still goes where it belongs
                 try:
                     uploading_data()
@@ -376,7 +385,7 @@ class JobRunner:
         note = "; ".join(n for n in notes if n)
         if data_failure is not None:  # the payload worked, its data is not where it belongs
             return self._finish(JobStatus.FAILED, data_failure, 0, note)
-        return self.conclude(result, note)
+        return self.conclude(result, note, upload_failure)
 
     def _best_effort(self, status: JobStatus, minor: str) -> None:
         """An intermediate status: not worth failing (or losing data) for."""
@@ -445,32 +454,40 @@ class JobRunner:
         )
         return result
 
-    def conclude(self, result: execute.ExecutionResult, note: str) -> JobOutcome:
+    def conclude(
+        self, result: execute.ExecutionResult, note: str, upload_failure: str | None = None
+    ) -> JobOutcome:
+        status, minor, code = self._judge(result)
+        if upload_failure is not None and status is JobStatus.DONE:
+            # Done means the output is stored: a job whose output could not be is Failed.
+            status, minor = JobStatus.FAILED, upload_failure
+        return self._finish(status, minor, code, note)
+
+    def _judge(self, result: execute.ExecutionResult) -> tuple[JobStatus, str, int | None]:
+        """The job's final status, minor status and exit code from its payload's end."""
         if result.ending is not None:
             status = (
                 JobStatus.KILLED
                 if result.ending.kind is execute.EndKind.CANCELLED
                 else JobStatus.FAILED
             )
-            return self._finish(status, result.ending.minor, result.exit_code, note)
+            return status, result.ending.minor, result.exit_code
         if result.signal is not None:
             # A batch system's kill (scancel) signals the whole process tree: the payload
             # may die before the pilot's own handler has cancelled the job. Give the
             # pilot a moment to say why before calling it a failure.
             if result.signal in STOP_SIGNALS and self.cancel.wait(2.0):
-                return self._finish(JobStatus.KILLED, self.cancel.reason, None, note)
-            return self._finish(
-                JobStatus.FAILED, f"Payload killed by signal {result.signal}", None, note
-            )
+                return JobStatus.KILLED, self.cancel.reason, None
+            return JobStatus.FAILED, f"Payload killed by signal {result.signal}", None
         if result.exit_code != 0:
             minor = f"Payload failed with exit code {result.exit_code}"
             if getattr(self.backend, "jobwrapper_rules", False):
                 minor = Minor.APP_ERRORS  # the exit code is in the application status
-            return self._finish(JobStatus.FAILED, minor, result.exit_code, note)
+            return JobStatus.FAILED, minor, result.exit_code
         if result.unsaved:  # the payload worked but what it printed is lost
             minor = "Payload output not saved: " + "; ".join(result.unsaved)
-            return self._finish(JobStatus.FAILED, minor, 0, note)
-        return self._finish(JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0, note)
+            return JobStatus.FAILED, minor, 0
+        return JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0
 
     def _finish(
         self, status: JobStatus, minor: str, code: int | None, note: str = ""

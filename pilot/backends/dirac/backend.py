@@ -37,7 +37,7 @@ import logging
 import re
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -379,6 +379,9 @@ class DiracBackend:
             self.job_state.call("setJobParameters", job_id, pairs)
         except DisetError as exc:
             log.warning("job %s: parameters %s not stored: %s", job_id, [p[0] for p in pairs], exc)
+
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        return []  # DIRAC sends its commands with heartbeats
 
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         """sendHeartBeat; DIRAC answers pending commands (``{"Kill": ""}``) once each.
