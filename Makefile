@@ -26,10 +26,11 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml tests/plugins/sample_vo
 
 venv: $(VENV)/.installed
 
-# Refresh every lock file from its ranges (pyproject.toml, requirements/*.in): the only way
-# the versions that make venv, make binary and the DIRAC test server install change.
+# Re-resolve every lock file from its ranges (pyproject.toml, requirements/*.in), keeping
+# the locked versions where they still fit; UPGRADE=1 takes the newest in range. The only
+# way the versions that make venv, make binary and the DIRAC test server install change.
 lock: venv
-	$(BIN)/python scripts/lock.py
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
 
 demo: venv
 	@echo "== demo: a matcher stub, two jobs, one pilot"
@@ -41,7 +42,7 @@ system-deps:
 
 lint: venv
 	$(BIN)/mypy --strict $(CODE)
-	$(BIN)/ruff check $(CODE) tests bench examples
+	$(BIN)/ruff check $(CODE) tests testbed bench examples
 	$(BIN)/ruff format --check $(CODE)
 
 unit: venv
@@ -56,6 +57,9 @@ bench: venv
 	$(BIN)/python bench/job_overhead.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/supervision.py
+	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/kill_poll.py
 	$(BIN)/python bench/matcher.py
 	$(MAKE) binary
 	$(BIN)/python bench/startup.py

@@ -1,6 +1,6 @@
 """Time from pilot start to the Matcher's reply, against a real DIRAC server.
 
-Starts the test DIRAC server (tests/dirac_server; the DIRAC venv is built once and cached),
+Starts the test DIRAC server (testbed/dirac_server; the DIRAC venv is built once and cached),
 submits one job per round with ``dirac-wms-job-submit``, then measures from spawning
 ``pilot run`` until the pilot logs that the job was matched. In the same run, and as the
 baseline, it times a fresh Python process that imports DIRAC and asks the same Matcher
@@ -24,10 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.dirac_server.fixture import DiracServer, describe  # noqa: E402
-from tests.dirac_server.harness import Harness, Layout, default_venv  # noqa: E402
-from tests.test_dirac_backend import submit  # noqa: E402
-from tests.test_dirac_pilot import env_for, pilot_config, wait_for  # noqa: E402
+from testbed.dirac_server.fixture import DiracServer, describe  # noqa: E402
+from testbed.dirac_server.harness import Harness, Layout, default_venv  # noqa: E402
+from testbed.dirac_server.jobs import env_for, pilot_config, submit, wait_for  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

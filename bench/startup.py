@@ -13,7 +13,7 @@ from just before spawning:
   status, sandbox download and unpack, run) and nothing else.
 
 Both pilots also run with the CPU benchmark check disabled, to show its share, and with
-an X.509 proxy to read (``X509_USER_PROXY``, made for the run with tests/pki.py), the
+an X.509 proxy to read (``X509_USER_PROXY``, made for the run with testbed/pki.py), the
 usual case on the grid, where the pilot imports cryptography to check it. Each variant runs
 ``-n`` times, interleaved; the median and the minimum are printed, then the ratios and the
 binary's size.
@@ -81,7 +81,7 @@ class Variant:
 def make_proxy(tmp: Path) -> Path:
     """A proxy of a throw-away CA's user, as grid-proxy-init would write it."""
     sys.path.insert(0, str(REPO))
-    from tests import pki
+    from testbed import pki
 
     user = pki.issue_user(pki.make_ca(), cn="bench user")
     return pki.write_private(tmp / "x509up", pki.proxy_pem(pki.issue_proxy(user), [user.cert]))

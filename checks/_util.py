@@ -10,8 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pilot.api import CheckContext
-from pilot.proc import CommandResult
+from pilot.api import CheckContext, CommandResult
 
 T = TypeVar("T")
 

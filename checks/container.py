@@ -11,8 +11,7 @@ import shutil
 from typing import Any
 
 from checks._util import budget, describe_failure, run_parallel
-from pilot import proc
-from pilot.api import CheckContext, CheckOutcome, Status
+from pilot.api import CheckContext, CheckOutcome, Status, run_command
 
 NAME = "container"
 PROBE_SECONDS = 10.0
@@ -25,7 +24,7 @@ PROBES: dict[str, tuple[str, ...]] = {
 
 
 def probe_runtime(executable: str, args: tuple[str, ...], seconds: float) -> dict[str, Any]:
-    result = proc.run([executable, *args], timeout=seconds)
+    result = run_command([executable, *args], timeout=seconds)
     facts: dict[str, Any] = {"path": executable, "usable": result.ok}
     if result.ok:
         lines = result.stdout.strip().splitlines()

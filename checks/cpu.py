@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from checks import _db12
@@ -25,8 +26,7 @@ from checks._util import (
     python_script,
     read_text,
 )
-from pilot import proc
-from pilot.api import CheckContext, CheckOutcome, Status
+from pilot.api import CheckContext, CheckOutcome, Status, run_command
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class CpuCheck:
     name: str = NAME
     required: bool = False
     timeout: float | None = 10.0
+    # the benchmark (~1 s) need not delay the first match: a quick pass without it first
+    first_pass_options: Mapping[str, Any] = MappingProxyType({"benchmark": False})
 
     def run(self, ctx: CheckContext) -> CheckOutcome:
         text = read_text(option_path(ctx, NAME, "cpuinfo", "/proc/cpuinfo")) or ""
@@ -126,7 +128,9 @@ def _benchmark(ctx: CheckContext, cores: int) -> tuple[Mapping[str, Any], str | 
     if argv is None:  # frozen pilot: one copy in this thread (thread CPU time is per thread)
         runs = [_db12.measure(seconds)]
     else:
-        result = proc.run([*argv, str(copies), str(seconds)], timeout=budget(ctx, 4 * seconds + 5))
+        result = run_command(
+            [*argv, str(copies), str(seconds)], timeout=budget(ctx, 4 * seconds + 5)
+        )
         if not result.ok:
             return {}, describe_failure(result)
         runs = [(int(draws), float(cpu)) for draws, cpu in json.loads(result.stdout)]

@@ -1,9 +1,10 @@
 """``credentials``: the pilot's X.509 proxy (identity, time left, VOMS) and WLCG bearer token.
 
-Options (``[checks.credentials]``): ``proxy`` (path; default X509_USER_PROXY, else
-/tmp/x509up_u<uid>), ``required`` (bool, default false: a missing proxy is a WARNING,
-true makes it FAILED), ``min_time_left`` (seconds a proxy must still be valid, default
-600). A proxy that exists but is expired, unreadable or malformed always FAILS.
+Options (``[checks.credentials]``): ``proxy`` (path; default the proxy the pilot
+resolved from --proxy, X509_USER_PROXY or /tmp/x509up_u<uid>), ``required`` (bool,
+default false: a missing proxy is a WARNING, true makes it FAILED), ``min_time_left``
+(seconds a proxy must still be valid, default 600). A proxy that exists but is expired,
+unreadable or malformed always FAILS.
 Only where a token was found is reported, never the token.
 """
 
@@ -14,24 +15,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from checks._util import option_bool
-from pilot.api import CheckContext, CheckOutcome, Status
-from pilot.errors import CredentialError
-from pilot.grid import gridenv
+from pilot.api import (
+    CheckContext,
+    CheckOutcome,
+    CredentialError,
+    Status,
+    find_token,
+    load_proxy,
+    token_expiry,
+    validate_proxy,
+)
 
 if TYPE_CHECKING:
-    from pilot.grid.credentials import Proxy
+    from pilot.api import Proxy
 
 NAME = "credentials"
 
 
 def _token_facts() -> dict[str, Any]:
     try:
-        token = gridenv.find_token()
+        token = find_token()
     except CredentialError as exc:
         return {"token_source": None, "token_error": str(exc)}
     if token is None:
         return {"token_source": None}
-    expiry = gridenv.token_expiry(token)
+    expiry = token_expiry(token)
     return {"token_source": token.source, "token_expires": expiry.isoformat() if expiry else None}
 
 
@@ -57,21 +65,19 @@ class CredentialsCheck:
     def run(self, ctx: CheckContext) -> CheckOutcome:
         facts = _token_facts()
         configured = ctx.option(NAME, "proxy")
-        path = Path(configured) if configured else gridenv.find_proxy()
+        path = Path(configured) if configured else ctx.credentials.proxy_path
         if path is None or not path.exists():
             status = Status.FAILED if option_bool(ctx, NAME, "required", False) else Status.WARNING
             where = f"at {path}" if path is not None else "(X509_USER_PROXY unset)"
             return CheckOutcome(status, f"no X.509 proxy {where}", facts)
         min_left = timedelta(seconds=float(ctx.option(NAME, "min_time_left", 600)))
-        from pilot.grid import credentials  # X.509 parsing only when there is a proxy to read
-
         try:
-            proxy = credentials.load_proxy(path)
+            proxy = load_proxy(path)
         except CredentialError as exc:
             return CheckOutcome(Status.FAILED, f"cannot read proxy: {exc}", facts)
         facts.update(_proxy_facts(proxy))
         try:
-            credentials.validate(proxy, min_left)
+            validate_proxy(proxy, min_left)
         except CredentialError as exc:
             return CheckOutcome(Status.FAILED, str(exc), facts)
         hours = facts["time_left"] / 3600

@@ -26,8 +26,7 @@ from checks._util import (
     python_script,
     run_parallel,
 )
-from pilot import proc
-from pilot.api import CheckContext, CheckOutcome, Status
+from pilot.api import CheckContext, CheckOutcome, Status, run_command
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def _probe_in_process(path: Path, seconds: float) -> Callable[[], dict[str, Any]
 
 def _probe_in_helper(argv: list[str], path: Path, seconds: float) -> Callable[[], dict[str, Any]]:
     def job() -> dict[str, Any]:
-        result = proc.run([*argv, str(path)], timeout=seconds)
+        result = run_command([*argv, str(path)], timeout=seconds)
         if not result.ok:
             return {"ok": False, "error": describe_failure(result)}
         try:

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from checks._util import budget, describe_failure, option_path, option_str, read_text
-from pilot import proc
-from pilot.api import CheckContext, CheckOutcome, Status
+from pilot.api import CheckContext, CheckOutcome, Status, run_command
 
 NAME = "gpu"
 _SMI_LINE = re.compile(r"^GPU (?P<index>\d+): (?P<model>.+?)(?: \(UUID: (?P<uuid>[^)]+)\))?$")
@@ -87,7 +86,7 @@ class GpuCheck:
         problem = None
         smi = shutil.which(option_str(ctx, NAME, "nvidia_smi", "nvidia-smi"))
         if smi is not None:
-            result = proc.run([smi, "-L"], timeout=budget(ctx, 10.0))
+            result = run_command([smi, "-L"], timeout=budget(ctx, 10.0))
             if result.ok:
                 return parse_nvidia_smi(result.stdout), "nvidia-smi", None
             problem = f"nvidia-smi -L failed: {describe_failure(result)}"

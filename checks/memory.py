@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from checks._util import option_int, option_path, read_text
-from pilot.api import CheckContext, CheckOutcome, Status
+from pilot.api import CheckContext, CheckOutcome, Status, read_cgroup_limits
 
 NAME = "memory"
 MB = 1024 * 1024
-# cgroup v1 reports "no limit" as a huge page-rounded number; anything above is unlimited
-UNLIMITED = 1 << 60
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -32,31 +30,11 @@ def parse_meminfo(text: str) -> dict[str, int]:
 
 
 def cgroup_limit(proc_cgroup: Path, root: Path) -> tuple[int | None, int | None]:
-    """(cgroup version, memory limit in bytes or None if unlimited) for this process.
-
-    The effective limit is the smallest one along the path from our cgroup up to the
-    hierarchy's root. (None, None) when no memory cgroup is found.
-    """
-    text = read_text(proc_cgroup) or ""
-    for line in text.splitlines():
-        _, controllers, path = [*line.split(":", 2), "", ""][:3]
-        if controllers == "" and (root / "cgroup.controllers").exists():
-            return 2, _smallest(root, path, "memory.max")
-        if "memory" in controllers.split(","):
-            return 1, _smallest(root / "memory", path, "memory.limit_in_bytes")
-    return None, None
-
-
-def _smallest(base: Path, path: str, filename: str) -> int | None:
-    limits: list[int] = []
-    current = base / path.lstrip("/")
-    for directory in (current, *current.parents):
-        if directory == base.parent:
-            break
-        value = (read_text(directory / filename) or "").strip()
-        if value.isdigit() and int(value) < UNLIMITED:
-            limits.append(int(value))
-    return min(limits) if limits else None
+    """(cgroup version, memory limit in bytes or None if unlimited) for this process:
+    the smallest limit from our cgroup up to the hierarchy's root (the pilot's reader)."""
+    found = read_cgroup_limits(root, proc_cgroup)
+    version = {"v1": 1, "v2": 2}.get(found.version or "")
+    return version, found.memory_bytes if version is not None else None
 
 
 class MemoryCheck:

@@ -50,7 +50,8 @@ def demo(server: subprocess.Popen[str], tmp: Path) -> int:
     if not url.startswith("http"):
         print("the stub did not start", file=sys.stderr)
         return 1
-    banner(f"matcher stub at {url}; submitting {', '.join(j.name for j in JOBS)}")
+    names = ", ".join(j.name for j in JOBS)
+    banner(f"matcher stub at {url} (Job Monitor in a browser: {url}/); submitting {names}")
     submitted = json.loads(stub(url, "submit", "--json", *map(str, JOBS)))
     ids = [str(i) for row in submitted for i in row["JobID"]]
     print("job ids:", " ".join(ids))

@@ -9,19 +9,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checks.cpu import CpuCheck
 from pilot import __version__
-from pilot.api import CheckContext, CheckResult
-from pilot.backends.base import Backend, JobStatus, MatchedJob
+from pilot.api import Check, CheckContext, CheckResult, first_pass_options
+from pilot.backends import outbox, stub
+from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor
 from pilot.config import PilotConfig
-from pilot.errors import CheckFailed, PilotError
-from pilot.job import delegation, execute, isolation, jdl, jobrun, watchdog
+from pilot.errors import CheckFailed, PilotError, Undelivered
+from pilot.grid.resolve import NO_CREDENTIALS, Credentials
+from pilot.job import delegation, execute, isolation, jdl, jobrun, proctable
 from pilot.node import batch, checking, resources
+from pilot.node.slot import Slot
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,9 @@ def new_stamp() -> str:
     return f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
-def check_settings(config: PilotConfig) -> checking.CheckSettings:
+def check_settings(config: PilotConfig, builtins: Sequence[Check] = ()) -> checking.CheckSettings:
     return checking.CheckSettings(
+        builtins=tuple(builtins),
         default_timeout=config.check_timeout,
         disabled=frozenset(config.disable_check),
         required=frozenset(config.require_check),
@@ -98,23 +101,39 @@ def check_settings(config: PilotConfig) -> checking.CheckSettings:
     )
 
 
+def finishing_later(config: PilotConfig, checks: Sequence[Check]) -> tuple[Check, ...]:
+    """The enabled checks that may finish after the first match (``first_pass_options``)."""
+    disabled = set(config.disable_check)
+    return tuple(c for c in checks if first_pass_options(c) is not None and c.name not in disabled)
+
+
 def inspect_node(
-    config: PilotConfig, stamp: str, *, defer_benchmark: bool = False
+    config: PilotConfig,
+    stamp: str,
+    creds: Credentials = NO_CREDENTIALS,
+    *,
+    builtins: Sequence[Check] = (),
+    checks: Sequence[Check] | None = None,
+    first_pass: Sequence[Check] = (),
 ) -> tuple[batch.BatchInfo, checking.CheckReport, resources.ResourceDescription]:
     """Slot detection, environment checks and the resulting resource description.
 
-    With ``defer_benchmark`` the ``cpu`` check runs without its benchmark, so that the
-    first match does not wait for it (see :class:`Benchmark`)."""
+    ``checks`` defaults to those discovered with ``builtins`` registered; the checks in
+    ``first_pass`` run with their ``first_pass_options`` (their quick pass), so that the
+    first match does not wait for them (see :class:`Benchmark`)."""
     info = batch.detect()
     left = "no time limit" if info.wall_time_left is None else f"{info.wall_time_left:.0f} s left"
     memory = "memory unknown" if info.memory_mb is None else f"{info.memory_mb} MB"
     where = f"batch job {info.job_id}" if info.job_id else "no batch job"
     log.info("batch system %s (%s): %d cores, %s, %s", info.system, where, info.cores, memory, left)
-    options = config.checks
-    if defer_benchmark:
-        options = {**options, "cpu": {**options.get("cpu", {}), "benchmark": False}}
-    ctx = CheckContext(config.resolved_work_dir(), info, options)
-    report = checking.run(ctx, check_settings(config))
+    settings = check_settings(config, builtins)
+    for check in first_pass:
+        quick = first_pass_options(check) or {}
+        tables = settings.options
+        tables = {**tables, check.name: {**tables.get(check.name, {}), **quick}}
+        settings = dataclasses.replace(settings, options=tables)
+    ctx = CheckContext(config.resolved_work_dir(), info, credentials=creds)
+    report = checking.run(ctx, settings, checks)
     for result in report.results:
         log.info("check %-12s %-8s %s", result.name, result.status, result.message)
     desc = resources.describe(config, info, report, stamp)
@@ -122,7 +141,8 @@ def inspect_node(
 
 
 class Benchmark:
-    """The ``cpu`` check with its benchmark, run beside the first jobs instead of before.
+    """The checks that may finish after the first match (the ``cpu`` check's benchmark),
+    run in full beside the first jobs instead of before.
 
     It starts once the first job's payload is launched (its processes would otherwise
     compete with that job's stage-in), or at once when the first match finds nothing.
@@ -136,10 +156,13 @@ class Benchmark:
         report: checking.CheckReport,
         stamp: str,
         wake: threading.Event,
+        checks: Sequence[Check],
+        creds: Credentials = NO_CREDENTIALS,
     ) -> None:
         self.config, self.info, self.report, self.stamp = config, info, report, stamp
+        self.checks, self.creds = tuple(checks), creds
         self.registration: dict[str, Any] = {}  # what the pilot registered with, to update
-        self.result: CheckResult | None = None
+        self.results: tuple[CheckResult, ...] | None = None
         self._wake = wake
         self._after: threading.Event | None = None
         self._thread = threading.Thread(target=self._run, name="benchmark", daemon=True)
@@ -154,19 +177,26 @@ class Benchmark:
     def _run(self) -> None:
         if self._after is not None:
             self._after.wait(BENCHMARK_DELAY_MAX_S)
-        ctx = CheckContext(self.config.resolved_work_dir(), self.info, self.config.checks)
+        ctx = CheckContext(self.config.resolved_work_dir(), self.info, credentials=self.creds)
         settings = check_settings(self.config)
-        self.result = checking.run(ctx, settings, [CpuCheck()]).results[0]
+        # Only these checks' results: the run also reports every other check the
+        # configuration requires as "required check not found", which would replace
+        # their first-pass results (and drop their facts and tags) in take().
+        names = {check.name for check in self.checks}
+        results = checking.run(ctx, settings, self.checks).results
+        self.results = tuple(r for r in results if r.name in names)
         self._wake.set()
 
     def take(self) -> tuple[checking.CheckReport, resources.ResourceDescription] | None:
         """The full report and description once the benchmark is in (then None again)."""
-        result, self.result = self.result, None
-        if result is None:
+        results, self.results = self.results, None
+        if results is None:
             return None
-        merged = tuple(result if r.name == result.name else r for r in self.report.results)
+        full = {r.name: r for r in results}
+        merged = tuple(full.get(r.name, r) for r in self.report.results)
         report = checking.CheckReport(merged)
-        log.info("check %-12s %-8s %s", result.name, result.status, result.message)
+        for result in results:
+            log.info("check %-12s %-8s %s", result.name, result.status, result.message)
         return report, resources.describe(self.config, self.info, report, self.stamp)
 
 
@@ -182,6 +212,7 @@ def job_settings(
     desc: resources.ResourceDescription,
     chosen: isolation.Isolation,
     cgroup: isolation.CgroupParent | None = None,
+    creds: Credentials = NO_CREDENTIALS,
 ) -> jobrun.JobSettings:
     """What every job of this pilot shares: directories, watchdog settings, isolation."""
     return jobrun.JobSettings(
@@ -200,10 +231,23 @@ def job_settings(
         max_processes=config.max_job_processes,
         benchmark=desc.pilot_benchmark,
         isolation=chosen,
-        hidden_paths=isolation.credential_paths(os.environ, config.proxy),
+        hidden_paths=creds.hidden_paths,
+        base_env=payload_base_env(creds),
+        fetch_url=stub.fetch_url,
         cgroup=cgroup,
         delegation=delegation_policy(config),
     )
+
+
+def payload_base_env(creds: Credentials) -> dict[str, str]:
+    """The pilot's environment with the CAs it trusts (``--ca-dir``/``--ca-file`` included),
+    so that a payload holding a delegated proxy checks storage servers on the same CAs."""
+    env = dict(os.environ)
+    if creds.ca_dir is not None:
+        env["X509_CERT_DIR"] = str(creds.ca_dir)
+    if creds.ca_file is not None:
+        env["X509_CERT_FILE"] = str(creds.ca_file)
+    return env
 
 
 def delegation_policy(config: PilotConfig) -> delegation.DelegationPolicy:
@@ -214,11 +258,18 @@ def delegation_policy(config: PilotConfig) -> delegation.DelegationPolicy:
 
 
 @dataclass
-class _Running:
+class RunningJob:
     runner: jobrun.JobRunner
     thread: threading.Thread
-    cores: int
-    memory_mb: int | None
+
+
+def parse_job(job: MatchedJob) -> jdl.JobDescription | None:
+    """The job's description, parsed once for the whole pilot (None: the runner reports
+    the bad JDL)."""
+    try:
+        return jdl.load(job.jdl)
+    except jdl.JDLError:
+        return None
 
 
 class Agent:
@@ -231,29 +282,29 @@ class Agent:
         stop: Stop,
         settings: jobrun.JobSettings | None = None,
         benchmark: Benchmark | None = None,
+        *,
+        described_at: float | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
-        self.desc = desc
+        # the slot's time runs from when ``desc`` was measured (default: now)
+        self.slot = Slot(desc, started=described_at)
         self.benchmark = benchmark
         self.stamp = stamp
         self.stop = stop
         self.changed = stop.wake
-        self.running: dict[str, _Running] = {}
+        self.running: dict[str, RunningJob] = {}
         self.outcomes: list[jobrun.JobOutcome] = []
         self.started = 0
-        self.deadline = time.monotonic() + desc.wall_clock_time_left
         self.job_settings = settings or job_settings(config, desc, isolation.NO_ISOLATION)
         self.next_stray_reap = 0.0
+        self.outage_since: float | None = None  # the server has not answered since then
 
-    # -- slot accounting ----------------------------------------------------------------
+    @property
+    def desc(self) -> resources.ResourceDescription:
+        return self.slot.desc
 
-    def _free(self) -> tuple[int, int | None]:
-        cores = self.desc.number_of_processors - sum(r.cores for r in self.running.values())
-        mem = self.desc.max_ram_mb
-        if mem is not None:
-            mem -= sum(r.memory_mb or 0 for r in self.running.values())
-        return cores, mem
+    # -- taking jobs --------------------------------------------------------------------
 
     def _why_not_take(self) -> str | None:
         if self.stop.is_set():
@@ -262,13 +313,13 @@ class Agent:
             return "drained"
         if self.config.max_jobs is not None and self.started >= self.config.max_jobs:
             return "max-jobs"
-        if self.deadline - time.monotonic() < MIN_TIME_LEFT_S:
+        if self.slot.time_left() < MIN_TIME_LEFT_S:
             return "no-time"
         return None
 
     def _can_take_now(self) -> bool:
         limit = self.config.max_concurrent
-        cores, mem = self._free()
+        cores, mem = self.slot.free()
         if mem is not None and mem <= 0:
             return False
         return cores >= 1 and (limit is None or len(self.running) < limit)
@@ -279,6 +330,8 @@ class Agent:
         backoff = MIN_BACKOFF_S
         idle_since: float | None = None
         reason = "idle"
+        poller = threading.Thread(target=self._poll_commands, name="commands", daemon=True)
+        poller.start()
         while True:
             self._reap()
             why = self._why_not_take()
@@ -305,16 +358,6 @@ class Agent:
         self._wait_all()
         return AgentSummary(self.stamp, tuple(self.outcomes), reason)
 
-    def _offer(self, cores: int, mem: int | None) -> resources.ResourceDescription:
-        """The slot as the next match sees it: free cores, memory and time only."""
-        offer = self.desc.with_free(cores, mem, self.deadline - time.monotonic())
-        tags = set(offer.tags)
-        if cores < 2:
-            tags.discard("MultiProcessor")
-        if self.running:
-            tags.discard("WholeNode")  # part of the node is taken
-        return dataclasses.replace(offer, tags=tuple(sorted(tags)))
-
     def _fold_in_benchmark(self) -> None:
         bench = self.benchmark
         taken = bench.take() if bench is not None else None
@@ -322,7 +365,7 @@ class Agent:
             return
         self.benchmark = None
         report, full = taken
-        self.desc = dataclasses.replace(
+        self.slot.desc = dataclasses.replace(
             self.desc, pilot_benchmark=full.pilot_benchmark, cpu_time=full.cpu_time, tags=full.tags
         )
         self.job_settings = dataclasses.replace(self.job_settings, benchmark=full.pilot_benchmark)
@@ -333,11 +376,47 @@ class Agent:
         except PilotError as exc:
             log.warning("could not update the registration: %s", exc)
 
+    def _ask(self, resources: dict[str, Any]) -> MatchedJob | None:
+        """One match; an unreachable server (or a 5xx) counts as "no job yet", so an idle
+        pilot waits out an outage until its idle timeout instead of exiting."""
+        try:
+            job = self.backend.match(resources)
+        except PilotError as exc:
+            if not outbox.retryable(exc):
+                raise
+            if self.outage_since is None:
+                self.outage_since = time.monotonic()
+                log.warning("server not answering (%s): no job until it is back", exc)
+            return None
+        if self.outage_since is not None:
+            log.info("server back after %.0f s", time.monotonic() - self.outage_since)
+            self.outage_since = None
+        return job
+
+    def _poll_commands(self) -> None:
+        """Every ``--command-interval`` s, while jobs run, ask for their commands (Kill):
+        one light read per pilot, so a kill acts within that interval, not a heartbeat's."""
+        interval = self.config.command_interval
+        while not self.stop.wait(interval):
+            running = {job_id: r.runner for job_id, r in list(self.running.items())}
+            if not running:
+                continue
+            try:
+                commands = self.backend.poll_commands(sorted(running))
+            except PilotError as exc:
+                log.debug("command poll failed: %s", exc)
+                continue
+            for job_id, command in commands:
+                runner = running.get(job_id)
+                if command == "Kill" and runner is not None and not runner.cancel.is_set():
+                    log.info("job %s: kill requested by the server", job_id)
+                    runner.cancel.set(Minor.KILLED_BY_USER)
+
     def _match_one(self) -> bool:
         self._fold_in_benchmark()
-        cores, mem = self._free()
+        cores, mem = self.slot.free()
         start = time.monotonic()
-        job = self.backend.match(self._offer(cores, mem).as_dict())
+        job = self._ask(self.slot.offer(cores, mem).as_dict())
         launched = None
         if job is not None:
             launched = self._start(job, cores, mem, time.monotonic() - start).launched
@@ -348,40 +427,25 @@ class Agent:
     def _start(
         self, job: MatchedJob, free_cores: int, free_mem: int | None, match_s: float
     ) -> jobrun.JobRunner:
-        cores, mem = self._allocation(job, free_cores, free_mem)
+        desc = parse_job(job)  # the one parse of this job's JDL
+        cores, mem = self.slot.allocation(desc, free_cores, free_mem)
+        self.slot.hold(job.job_id, cores, mem)
         runner = jobrun.JobRunner(
             self.backend,
             job,
             self.job_settings,
             cores,
+            desc=desc,
             memory_mb=mem,
-            slot_deadline=self.deadline,
+            slot_deadline=self.slot.deadline,
             match_seconds=match_s,
         )
         thread = threading.Thread(target=self._run_job, args=(runner,), name=f"job-{job.job_id}")
-        self.running[job.job_id] = _Running(runner, thread, cores, mem)
+        self.running[job.job_id] = RunningJob(runner, thread)
         self.started += 1
         log.info("job %s matched: %d core(s), %s MB", job.job_id, cores, mem)
         thread.start()
         return runner
-
-    def _allocation(
-        self, job: MatchedJob, free_cores: int, free_mem: int | None
-    ) -> tuple[int, int | None]:
-        try:
-            desc = jdl.load(job.jdl)
-        except jdl.JDLError:
-            return 1, None  # the runner reports the bad JDL
-        cores = desc.min_processors
-        if desc.whole_node:
-            cores = free_cores
-        elif desc.max_processors and desc.max_processors > cores:
-            cores = min(desc.max_processors, free_cores)
-        cores = max(1, min(cores, free_cores))
-        mem = desc.max_ram_mb
-        if mem is None and self.desc.max_ram_mb is not None:
-            mem = self.desc.max_ram_mb * cores // max(1, self.desc.number_of_processors)
-        return cores, mem
 
     def _run_job(self, runner: jobrun.JobRunner) -> None:
         try:
@@ -402,15 +466,18 @@ class Agent:
             if not running.thread.is_alive():
                 running.thread.join()
                 del self.running[job_id]
+                self.slot.release(job_id)
         now = time.monotonic()
         if now >= self.next_stray_reap:  # zombies of payload daemons, between jobs too
             self.next_stray_reap = now + STRAY_REAP_INTERVAL_S
-            watchdog.reap_strays(watchdog.pilot_children())
+            proctable.reap_strays(proctable.pilot_children())
 
     def _wait_all(self) -> None:
         while self.running:
             if self.stop.is_set():
-                self.cancel_all(self.stop.reason or "Killed by pilot")
+                self.cancel_all(self.stop.reason or Minor.KILLED_BY_PILOT)
+                if isinstance(self.backend, outbox.OutboxBackend):  # reports: grace time only
+                    self.backend.outbox.hurry(self.config.grace)
             self.changed.wait(0.5)
             self.changed.clear()
             self._reap()
@@ -453,24 +520,64 @@ def registration(
     return out
 
 
+def register(
+    backend: Backend, stamp: str, info: dict[str, Any], patience: float, stop: Stop
+) -> None:
+    """Register; a server that does not answer is waited for up to ``patience`` s (the
+    idle timeout), as an idle pilot would."""
+    start = time.monotonic()
+    wait = 1.0
+    while True:
+        try:
+            backend.register(stamp, info)
+            return
+        except PilotError as exc:
+            spent = time.monotonic() - start
+            if not outbox.retryable(exc) or spent + wait > patience or stop.is_set():
+                raise
+            log.warning(
+                "could not register (%s): trying again for up to %.0f s", exc, patience - spent
+            )
+        stop.wait(wait)
+        wait = min(wait * 2, MAX_BACKOFF_S)
+
+
 def run(
     config: PilotConfig,
     backend: Backend,
     stop: Stop,
     log_text: Callable[[], str] | None = None,
+    creds: Credentials = NO_CREDENTIALS,
+    builtins: Sequence[Check] = (),
+    *,
+    finish_later: bool = True,
 ) -> AgentSummary:
-    """Inspect the node, register, and run jobs until idle; the pilot's whole life."""
+    """Inspect the node, register, and run jobs until idle; the pilot's whole life.
+
+    ``builtins`` are the registered built-in checks; checks that may finish after the first
+    match do so beside the first job, or (``finish_later=False``) only make their quick
+    pass."""
     stamp = new_stamp()
     registered = False
     delegation_policy(config)  # a bad setting stops the pilot before it registers
     execute.become_subreaper()
+    reports: outbox.Outbox | None = None
     try:
-        defer = "cpu" not in config.disable_check
-        info, report, desc = inspect_node(config, stamp, defer_benchmark=defer)
-        benchmark = Benchmark(config, info, report, stamp, stop.wake) if defer else None
+        checks = checking.discover(check_settings(config, builtins))
+        later = finishing_later(config, checks)
+        info, report, desc = inspect_node(config, stamp, creds, checks=checks, first_pass=later)
+        described_at = time.monotonic()  # registering may take long: the slot's time runs
+        benchmark = None
+        if later and finish_later:
+            benchmark = Benchmark(config, info, report, stamp, stop.wake, later, creds)
         chosen = choose_isolation(config)
         registered_with = registration(config, info, report, desc, chosen)
-        backend.register(stamp, registered_with)
+        slot_end = described_at + desc.wall_clock_time_left
+        budget = outbox.budget_for(config.retry_for, slot_end, config.grace, time.monotonic)
+        reports = outbox.Outbox(backend, config.resolved_work_dir() / "outbox", budget)
+        backend = outbox.OutboxBackend(backend, reports)
+        register(backend, stamp, registered_with, config.idle_timeout, stop)
+        reports.recover()
         if benchmark is not None:
             benchmark.registration = registered_with
         registered = True
@@ -486,16 +593,29 @@ def run(
                 )
                 stop.wait(config.failure_sleep)
             raise unfit
-        settings = job_settings(config, desc, chosen, isolation.probe_cgroup())
-        summary = Agent(config, backend, desc, stamp, stop, settings, benchmark).run()
+        settings = job_settings(config, desc, chosen, isolation.probe_cgroup(), creds)
+        summary = Agent(
+            config, backend, desc, stamp, stop, settings, benchmark, described_at=described_at
+        ).run()
         log.info(
             "pilot %s done: %d job(s); %s",
             stamp,
             len(summary.outcomes),
             stop_reason(summary.reason, config, stop),
         )
+        undelivered = reports.drain(config.grace if stop.is_set() else None)
+        reports = None
+        if undelivered:
+            log.error(
+                "%d job report(s) not delivered: left in %s for a later pilot",
+                undelivered,
+                config.resolved_work_dir() / "outbox",
+            )
+            raise Undelivered(f"{undelivered} job report(s) not delivered")
         return summary
     finally:
+        if reports is not None:  # leaving on an error: what is owed stays journaled
+            reports.drain(0.0)
         if registered and log_text is not None:
             try:
                 backend.upload_pilot_log(stamp, log_text())

@@ -1,4 +1,6 @@
-"""``pilot``: argv -> PilotConfig -> exit code. The only place that exits or sets up logging.
+"""``pilot``: argv -> PilotConfig -> exit code. The only place that exits or sets up logging,
+and the composition root: it resolves the credentials once, makes the backend
+(:mod:`pilot.backends.factory`) and registers the built-in checks (package ``checks``).
 
 pilot run [--server URL] [--site S] [--ce C] [--vo V] [--work-dir DIR] ...
 pilot check [--json] [--server URL]
@@ -11,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import logging
 import os
 import re
 import signal
-import ssl
 import sys
 import tempfile
 import threading
@@ -27,25 +27,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from checks import BUILTIN_OPTIONS
+# the built-in checks are registered here, nowhere else
+from checks import BUILTIN_CHECKS, BUILTIN_OPTIONS
 from pilot import __version__, agent, cliutil, config
-from pilot.backends.base import Backend, JobStatus
-from pilot.backends.stub import HttpClient, StubBackend
-from pilot.errors import CredentialError, ExitCode, PilotError, Signalled, UsageError
-from pilot.grid import gridenv
-from pilot.job import jdl
+from pilot.backends.base import JobStatus
+from pilot.backends.factory import make_backend
+from pilot.backends.stub import StubBackend
+from pilot.errors import (
+    CredentialError,
+    ExitCode,
+    PilotError,
+    Signalled,
+    UsageError,
+    is_disk_full,
+)
+from pilot.grid.resolve import Credentials, resolve
+from pilot.job import jdl, jobrun
 from pilot.node import checking
 
 if TYPE_CHECKING:
     from pilot.backends.local import LocalBackend
-    from pilot.grid.credentials import Proxy
 
 log = logging.getLogger("pilot")
 
-# What batch systems send before they end a slot: SIGTERM (Slurm, PBS, LSF, HTCondor),
-# SIGINT, SIGUSR1 (Grid Engine's soft limit s_rt), SIGUSR2 (Grid Engine's
-# qsub -notify, before its SIGKILL), SIGXCPU (CPU-time limits).
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+STOP_SIGNALS = tuple(sig.name for sig in jobrun.STOP_SIGNALS)  # what batch systems send
 
 
 # -- logging ------------------------------------------------------------------------------
@@ -260,20 +265,13 @@ def version_text() -> str:
 
 def load_config(args: argparse.Namespace) -> tuple[config.PilotConfig, dict[str, str]]:
     cli_values = {name: getattr(args, name) for name in config.FIELDS if hasattr(args, name)}
-    cfg, origins = config.load(cli_values, config_file=getattr(args, "config", None))
-    if cfg.proxy is not None:  # the credentials check looks at the proxy the pilot uses
-        options = {
-            **cfg.checks,
-            "credentials": {"proxy": str(cfg.proxy), **cfg.checks.get("credentials", {})},
-        }
-        cfg = dataclasses.replace(cfg, checks=options)
-    return cfg, origins
+    return config.load(cli_values, config_file=getattr(args, "config", None))
 
 
 def validate(cfg: config.PilotConfig, origins: dict[str, str]) -> None:
     """Everything that can be known wrong before starting: paths, then check names."""
     config.check_paths(cfg, origins)
-    settings = agent.check_settings(cfg)
+    settings = agent.check_settings(cfg, BUILTIN_CHECKS)
     known = checking.known_names(settings)
     named = {*cfg.disable_check, *cfg.require_check, *cfg.checks}
     if named - known:  # a plugin whose check is named unlike its entry point: load them
@@ -321,7 +319,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise
     except OSError as exc:  # the node itself: a full disk, an unwritable work directory
-        code = ExitCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.USAGE
+        code = ExitCode.DISK_FULL if is_disk_full(exc) else ExitCode.USAGE
         where = f" ({exc.filename})" if exc.filename else ""
         _report(f"{exc.strerror or exc}{where}", logging_on, _wants_json(args))
         return int(code)
@@ -382,50 +380,9 @@ def cmd_jdl(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def make_backend(cfg: config.PilotConfig) -> Backend:
-    if not cfg.server:
-        raise UsageError("no server: give --server URL or set PILOT_SERVER")
-    kind = cfg.backend
-    if kind == "auto":
-        kind = "dirac" if cfg.server.startswith("dips://") else "stub"
-    if kind == "dirac":
-        from pilot.backends.dirac.backend import DiracBackend, settings_from_config
-        from pilot.grid import credentials
-
-        proxy = load_proxy(cfg)  # an expired proxy stops the pilot here, before any call
-        settings = settings_from_config(cfg)
-        return DiracBackend(settings, credentials.ssl_context(proxy, settings.ca_dir))
-    verify, token = client_credentials(cfg)
-    return StubBackend(HttpClient(cfg.server, verify=verify, bearer=token))
-
-
-def load_proxy(cfg: config.PilotConfig) -> Proxy | None:
-    """The pilot's proxy, validated: an expired one stops the pilot before any match."""
-    path = cfg.proxy or gridenv.find_proxy()
-    if path is None or (cfg.proxy is None and not path.exists()):
-        return None
-    from pilot.grid import credentials  # X.509 parsing is only paid for by pilots with a proxy
-
-    proxy = credentials.load_proxy(path)
-    credentials.validate(proxy)
-    left = proxy.time_left().total_seconds()
-    log.info("proxy %s: %s, %.1f h left", path, proxy.identity_slash, left / 3600)
-    return proxy
-
-
-def client_credentials(cfg: config.PilotConfig) -> tuple[ssl.SSLContext | bool, str | None]:
-    """TLS context (our proxy as client certificate, the grid CAs) and bearer token."""
-    proxy = load_proxy(cfg)
-    token = gridenv.find_token()
-    verify: ssl.SSLContext | bool = False  # plain HTTP (loopback): no TLS set-up to pay for
-    if cfg.server and cfg.server.startswith("https://"):
-        from pilot.grid import credentials
-
-        ca_dir, ca_file = cfg.ca_dir, cfg.ca_file
-        if ca_dir is None and ca_file is None:
-            ca_dir, ca_file = gridenv.ca_locations()
-        verify = credentials.ssl_context(proxy, ca_dir, ca_file)
-    return verify, token.value if token is not None else None
+def pilot_credentials(cfg: config.PilotConfig, *, load: bool = True) -> Credentials:
+    """The pilot's credentials, resolved once for the whole run (see :mod:`pilot.grid.resolve`)."""
+    return resolve(cfg.proxy, cfg.ca_dir, cfg.ca_file, load=load)
 
 
 def install_signal_handlers(stop: agent.Stop) -> None:
@@ -453,17 +410,21 @@ def _work_dir(cfg: config.PilotConfig) -> config.PilotConfig:
 
 
 def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
+    from pilot.job import guardian
+
     cfg = _work_dir(cfg)
+    guardian.start(cfg.resolved_work_dir() / "guardian.log")  # it forks: before any thread
     stop = agent.Stop()
     install_signal_handlers(stop)
-    backend = make_backend(cfg)
+    creds = pilot_credentials(cfg)  # a bad or expired proxy stops the pilot here, before any call
+    backend = make_backend(cfg, creds)
     if isinstance(backend, StubBackend):
         backend.http.prepare()  # overlaps the HTTP stack's set-up with the node checks
     log.info(
         "pilot-agent %s starting: server %s, work dir %s", __version__, cfg.server, cfg.work_dir
     )
     try:
-        summary = agent.run(cfg, backend, stop, buffer.text)
+        summary = agent.run(cfg, backend, stop, buffer.text, creds, BUILTIN_CHECKS)
     finally:
         backend.close()
     if stop.is_set():
@@ -475,12 +436,19 @@ def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
 
 def cmd_check(cfg: config.PilotConfig, as_json: bool) -> int:
     stamp = agent.new_stamp()
-    info, report, desc = agent.inspect_node(cfg, stamp)
+    try:
+        creds = pilot_credentials(cfg)
+        usable: CredentialError | None = None
+    except CredentialError as exc:  # the credentials check reports it in full
+        creds, usable = pilot_credentials(cfg, load=False), exc
+    info, report, desc = agent.inspect_node(cfg, stamp, creds, builtins=BUILTIN_CHECKS)
     chosen = agent.choose_isolation(cfg)
     dry_run = None
     if cfg.server:
         try:
-            backend = make_backend(cfg)
+            if usable is not None:
+                raise usable
+            backend = make_backend(cfg, creds)
         except CredentialError as exc:
             log.error("no dry run against %s: %s", cfg.server, exc)
         else:
@@ -533,10 +501,12 @@ def load_local(jdl_file: Path, output_dir: Path) -> LocalBackend:
 
 
 def cmd_local(cfg: config.PilotConfig, backend: LocalBackend, buffer: LogBuffer) -> int:
-    cfg = dataclasses.replace(
-        _work_dir(cfg), idle_timeout=0.0, disable_check=[*cfg.disable_check, "cpu"]
+    creds = pilot_credentials(cfg)
+    cfg = dataclasses.replace(_work_dir(cfg), idle_timeout=0.0)
+    # one job, then done: what may finish after the first match makes its quick pass only
+    summary = agent.run(
+        cfg, backend, agent.Stop(), buffer.text, creds, BUILTIN_CHECKS, finish_later=False
     )
-    summary = agent.run(cfg, backend, agent.Stop(), buffer.text)
     backend.write_summary(
         [
             {

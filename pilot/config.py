@@ -171,6 +171,29 @@ class PilotConfig:
     cpu_margin: float = _f(
         0.1, "float", "fraction of CPU time kept back when matching", "slot", low=0, high=0.9
     )
+    # the server: per-call timeout, and how long undelivered reports are retried
+    server_timeout: float = _f(
+        30.0, "float", "timeout of one server call", "server", unit="s", low=0.1, high=3600
+    )
+    retry_for: float | None = _f(
+        None,
+        "float",
+        "retry undelivered job reports this long",
+        "loop",
+        unit="s",
+        low=0,
+        high=30 * 86400,
+        unset="until the slot ends",
+    )
+    command_interval: float = _f(
+        20.0,
+        "float",
+        "time between polls for commands (Kill) for running jobs",
+        "loop",
+        unit="s",
+        low=1,
+        high=3600,
+    )
     # checks
     checks_dir: Path | None = _f(None, "path", "directory of executable checks", "checks")
     plugin_path: list[str] = _f(

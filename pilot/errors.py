@@ -8,7 +8,8 @@ the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
     ├── JDLError                malformed or invalid job description (pilot.job.jdl)
     ├── ServerError             the matcher answered with an error
     │   ├── ServerUnreachable   transport failure after all retries
-    │   └── AuthError           401/403 from the matcher
+    │   ├── AuthError           401/403 from the matcher
+    │   └── Undelivered         job reports left in the outbox at exit
     ├── CheckFailed             a required environment check failed
     ├── CredentialError         missing, unreadable or expired proxy/token
     │   └── NoStoredProxy       a job's owner has no proxy to delegate from
@@ -19,7 +20,9 @@ the exit code that ``cli.main`` turns it into. Nothing else calls ``sys.exit``.
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
+from pathlib import Path
 
 
 class ExitCode(IntEnum):
@@ -32,6 +35,7 @@ class ExitCode(IntEnum):
     SERVER_UNREACHABLE = 20  # matcher not reachable after retries
     SERVER_ERROR = 21  # matcher answered with an error
     AUTH = 22  # matcher refused our credentials
+    UNDELIVERED = 23  # the pilot ended with job reports it could not deliver (see outbox)
     CHECK_FAILED = 30  # a required environment check failed: node not fit
     CREDENTIALS = 31  # proxy/token missing, unreadable or expired
     SANDBOX = 40  # sandbox could not be staged (download, checksum, rejected)
@@ -68,6 +72,10 @@ class AuthError(ServerError):
     exit_code = ExitCode.AUTH
 
 
+class Undelivered(ServerError):
+    exit_code = ExitCode.UNDELIVERED
+
+
 class CheckFailed(PilotError):
     exit_code = ExitCode.CHECK_FAILED
 
@@ -90,3 +98,19 @@ class DiskFullError(SandboxError):
 
 class Signalled(PilotError):
     exit_code = ExitCode.SIGNALLED
+
+
+# The one mapping of "the disk is full" (errno names, no numbers) to DiskFullError.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError meaning no space (or no quota) is left."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def write_error(exc: OSError, dest: Path) -> SandboxError:
+    """What a failed write of ``dest`` (a download, an unpacked file) is for the pilot."""
+    if is_disk_full(exc):
+        return DiskFullError(f"no space left writing {dest}")
+    return SandboxError(f"cannot write {dest}: {exc}")

@@ -6,14 +6,18 @@ Each lock pins exact versions with hashes for one installation:
   plus requirements/tools.in);
 - ``binary.lock``: the bullseye build tree of ``make binary``, the same versions as dev.lock;
 - ``staticx.lock``: the non-root ``build.py --method staticx`` build, binary.lock plus staticx;
-- ``dirac.lock``: the test DIRAC server's venv (tests/dirac_server).
+- ``dirac.lock``: the test DIRAC server's venv (testbed/dirac_server).
 
-Nothing else resolves versions: a release elsewhere changes nothing until this is run, the
+Each lock keeps the versions it pins where the ranges still allow them (so adding a
+dependency adds it and what it needs, and changes nothing else); ``--upgrade`` (``make lock
+UPGRADE=1``) takes the newest release in range of everything. Nothing else resolves
+versions: a release elsewhere changes nothing until this is run with ``--upgrade``, the
 suite passes on the new locks and they are committed.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -34,15 +38,20 @@ LOCKS: list[tuple[str, list[str]]] = [
 ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--upgrade", action="store_true", help="newest versions in range, not the locked ones"
+    )
+    upgrade = ["--upgrade"] if parser.parse_args(argv).upgrade else []
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     if uv is None:
         print("lock: uv not found (it is in requirements/tools.in: run make venv)", file=sys.stderr)
         return 2
     for name, args in LOCKS:
         print(f"lock: resolving requirements/{name}", file=sys.stderr)
-        argv = [uv, "pip", "compile", *COMMON, "--upgrade", *args, "-o", f"requirements/{name}"]
-        if subprocess.run(argv, cwd=REPO).returncode != 0:
+        command = [uv, "pip", "compile", *COMMON, *upgrade, *args, "-o", f"requirements/{name}"]
+        if subprocess.run(command, cwd=REPO).returncode != 0:
             print(f"lock: resolving {name} failed", file=sys.stderr)
             return 1
     print("lock: done; run make test, then commit requirements/*.lock", file=sys.stderr)

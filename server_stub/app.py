@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Any, BinaryIO
 
 from pilot.job import jdl
+from server_stub.monitor import Monitor, Refused
 from server_stub.proxies import ProxyStore
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store, StoreError
@@ -35,22 +37,6 @@ class Response:
     stream: BinaryIO | None = None
     length: int | None = None
     content_type: str = "application/json"
-
-
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    411: "Length Required",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-}
 
 
 @dataclass(frozen=True)
@@ -134,6 +120,7 @@ class StubApp:
         self.sandboxes = sandboxes
         self.max_parametric = max_parametric
         self.auth = auth or AuthPolicy()
+        self.monitor = Monitor(store, sandboxes, self.auth)  # the web pages, outside /api/
         self.proxies = ProxyStore(store)
         self.routes: list[tuple[str, re.Pattern[str], Handler, Role]] = [
             ("POST", re.compile(r"/api/jobs/jdl"), self.submit, Role.USER),
@@ -141,12 +128,13 @@ class StubApp:
             ("POST", re.compile(r"/api/jobs/match"), self.match, Role.PILOT),
             ("PATCH", re.compile(r"/api/jobs/status"), self.set_status, Role.PILOT),
             ("PATCH", re.compile(r"/api/jobs/heartbeat"), self.heartbeat, Role.PILOT),
+            ("POST", re.compile(r"/api/jobs/commands"), self.commands, Role.PILOT),
             ("GET", re.compile(r"/api/jobs/(\d+)"), self.get_job, Role.USER),
             ("GET", re.compile(r"/api/jobs/(\d+)/jdl"), self.get_jdl, Role.USER),
             ("GET", re.compile(r"/api/jobs/(\d+)/logging"), self.logging_info, Role.USER),
             ("POST", re.compile(r"/api/jobs/(\d+)/kill"), self.kill, Role.USER),
-            ("DELETE", re.compile(r"/api/jobs/(\d+)"), self.delete, Role.USER),
             ("POST", re.compile(r"/api/jobs/(\d+)/reschedule"), self.reschedule, Role.USER),
+            ("DELETE", re.compile(r"/api/jobs/(\d+)"), self.delete, Role.USER),
             (
                 "PATCH",
                 re.compile(r"/api/jobs/(\d+)/sandbox/output"),
@@ -171,9 +159,14 @@ class StubApp:
     # -- WSGI plumbing ------------------------------------------------------------------
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if not str(environ.get("PATH_INFO", "/")).startswith("/api/"):
+            return self.monitor(environ, start_response)
         request = _request(environ)
         try:
+            self.monitor.refuse_cross_site(environ)
             response = self.dispatch(request)
+        except Refused as exc:
+            response = Response(exc.status, {"detail": str(exc)})
         except StoreError as exc:
             response = Response(exc.status, {"detail": str(exc)})
         except jdl.JDLError as exc:
@@ -227,12 +220,13 @@ class StubApp:
     def kill(self, request: Request, job_id: str) -> Response:
         return Response(200, {"job_id": int(job_id), "result": self.store.kill(int(job_id))})
 
+    def reschedule(self, request: Request, job_id: str) -> Response:
+        result = self.store.reschedule(int(job_id))
+        return Response(200, {"job_id": int(job_id), "result": result})
+
     def delete(self, request: Request, job_id: str) -> Response:
         self.store.delete(int(job_id))
         return Response(200, {"job_id": int(job_id), "result": "Deleted"})
-
-    def reschedule(self, request: Request, job_id: str) -> Response:
-        return Response(200, {"job_id": int(job_id), "result": self.store.reschedule(int(job_id))})
 
     # -- pilot side ---------------------------------------------------------------------
 
@@ -241,7 +235,14 @@ class StubApp:
         resources = _object(body.get("resources", {}))
         pilot = str(body.get("pilot", "unknown"))
         dry_run = bool(body.get("dry_run", False))
-        claim = self.store.match(resources, pilot, dry_run)
+        request_id = body.get("request_id")
+        if request_id is not None and not (
+            isinstance(request_id, str) and 8 <= len(request_id) <= 128
+        ):
+            raise StoreError("request_id must be a string of 8 to 128 characters")
+        claim = self.store.match(resources, pilot, dry_run, request_id)
+        if not dry_run:
+            self.monitor.note_match(pilot, resources, None if claim is None else claim.job_id)
         if dry_run:
             found = None if claim is None else {"job_id": claim.job_id, "jdl": claim.jdl}
             misses = self.store.near_misses(resources) if claim is None else []
@@ -258,10 +259,15 @@ class StubApp:
         done: dict[str, int] = {}
         for job_id, updates in body.items():
             jid = _job_id(job_id)
-            self.store.check_token(jid, request.job_token)
-            for stamp, update in sorted(_object(updates).items()):
-                self.store.set_status(jid, _object(update), _timestamp(stamp))
-            done[str(jid)] = len(updates)
+            spent = self.store.check_token(jid, request.job_token, spent_ok=True)
+            items = sorted((_timestamp(k), _object(v)) for k, v in _object(updates).items())
+            if spent and not all(
+                self.store.has_update(jid, ts, str(u.get("Source", "Pilot"))) for ts, u in items
+            ):  # the job has ended: only repeats of what its pilot already sent succeed
+                raise StoreError(f"job token does not grant access to job {jid}", 403)
+            for ts, update in items:
+                self.store.set_status(jid, update, ts)
+            done[str(jid)] = len(items)
         return Response(200, {"success": done})
 
     def heartbeat(self, request: Request) -> Response:
@@ -274,12 +280,25 @@ class StubApp:
                 commands.append({"job_id": jid, "command": command})
         return Response(200, commands)
 
+    def commands(self, request: Request) -> Response:
+        """A pilot's light poll: pending commands (Kill) for its running jobs."""
+        body = _object(request.json())
+        jobs = body.get("jobs", [])
+        if not isinstance(jobs, list) or len(jobs) > 10000:
+            raise StoreError("jobs must be a list of job ids")
+        found = self.store.commands(str(body.get("pilot", "")), [_job_id(str(j)) for j in jobs])
+        return Response(200, [{"job_id": jid, "command": c} for jid, c in found])
+
     def attach_output(self, request: Request, job_id: str) -> Response:
         jid = int(job_id)
-        self.store.check_token(jid, request.job_token)
+        spent = self.store.check_token(jid, request.job_token, spent_ok=True)
         sha = str(_object(request.json()).get("sha256", ""))
         if not self.sandboxes.exists(sha):
             raise StoreError(f"no sandbox {sha}", 404)
+        if spent:  # the job has ended: a repeat of its attach succeeds, nothing else
+            if self.store.job(jid)["output_sandbox"] != sha:
+                raise StoreError(f"job token does not grant access to job {jid}", 403)
+            return Response(200, {"job_id": jid, "sha256": sha})
         self.store.attach_output(jid, sha)
         return Response(200, {"job_id": jid, "sha256": sha})
 
@@ -379,7 +398,7 @@ def _request(environ: Environ) -> Request:
 
 
 def _send(response: Response, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    status = f"{response.status} {_REASONS.get(response.status, 'Status')}"
+    status = f"{response.status} {HTTPStatus(response.status).phrase}"
     if response.stream is not None:
         headers = [("Content-Type", response.content_type)]
         if response.length is not None:

@@ -40,8 +40,8 @@ from typing import Any
 
 from pilot import __version__, cliutil
 from pilot.backends import stub as stub_client
-from pilot.backends.base import JobStatus
-from pilot.backends.local import REMOTE_PREFIXES, local_inputs
+from pilot.backends.base import InputKind, JobStatus, classify
+from pilot.backends.local import local_inputs
 from pilot.errors import (
     AuthError,
     ExitCode,
@@ -54,6 +54,7 @@ from pilot.grid import credentials
 from pilot.job import jdl, outpack
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
+from server_stub.store import StoreError
 from server_stub.userclient import UserClient
 
 log = logging.getLogger("server_stub")
@@ -553,7 +554,7 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except socket.gaierror as exc:
         raise UsageError(f"--host {args.host}: {exc.strerror or exc}") from None
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, StoreError) as exc:  # not a database, in use...
         raise UsageError(f"--db {args.db}: {exc}") from None
     except OSError as exc:
         if exc.filename:  # the sandbox directory or the database
@@ -623,7 +624,8 @@ def submit_file(client: UserClient, path: Path) -> list[int]:
             outpack.pack_files(files, packed)
             sha = client.put_sandbox(packed)
         key = next(k for k in attrs if k.lower() == "inputsandbox")
-        attrs[key] = [*(e for e in entries if e.startswith(REMOTE_PREFIXES)), f"SB:{sha}"]
+        remote = (e for e in entries if classify(e) is not InputKind.LOCAL)
+        attrs[key] = [*remote, f"SB:{sha}"]
     try:
         return client.submit(jdl.dumps(attrs))
     except ServerError as exc:

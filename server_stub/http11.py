@@ -1,16 +1,21 @@
 """A small HTTP/1.1 WSGI server: keep-alive, a bounded worker pool, back-pressure.
 
-One thread, the loop, accepts connections and watches the idle ones with a selector. A
-connection with bytes to read is handed to one of ``workers`` threads, which does the
-TLS handshake the first time, serves the request (and any the client has already sent
-behind it), and gives the connection back to the loop. So a thousand pilots keeping a
-connection open cost a thousand sockets, not a thousand threads.
+One thread, the loop, accepts connections and watches the waiting ones with a selector.
+A connection with bytes to read is handed to one of ``workers`` threads, which goes on
+with the TLS handshake, serves the request (and any the client has already sent behind
+it), and gives the connection back to the loop. A worker never waits for a client to
+start or finish a handshake or a request head: with no more bytes there yet, the
+connection goes back to the loop with what it has so far. So a thousand pilots keeping a
+connection open cost a thousand sockets, not a thousand threads, and clients that
+connect and say nothing (or a byte at a time) cannot take the workers from the others.
 
 Back-pressure: with ``max_connections`` open, the loop closes the connection idle the
-longest to make room, and when none is idle it stops accepting until one closes; new
-clients then wait in the kernel's listen backlog. A connection idle for
-``keepalive_timeout`` is closed; a request must arrive (head and body) within
-``request_timeout`` per read, and a TLS handshake within ``handshake_timeout``.
+longest (between requests) to make room, and when none is idle it stops accepting until
+one closes; new clients then wait in the kernel's listen backlog. A connection idle for
+``keepalive_timeout`` is closed; a TLS handshake must be done within
+``handshake_timeout`` of the connection, a request head within ``request_timeout`` of
+its first byte (or of the connection), and a body must keep coming (``request_timeout``
+per read).
 
 Requests: HTTP/1.0 and 1.1, bodies by ``Content-Length`` or chunked, ``Expect:
 100-continue``. Responses keep the connection when their length is known (or chunked
@@ -27,6 +32,7 @@ import contextlib
 import json
 import logging
 import queue
+import re
 import select
 import selectors
 import socket
@@ -47,6 +53,8 @@ MAX_HEADERS = 100
 RECV = 256 << 10
 DRAIN_LIMIT = 1 << 20  # unread request body a connection is kept after
 
+
+_FIELD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
 
 _date_cache: tuple[int, str] = (0, "")
 
@@ -70,16 +78,21 @@ class _Closed(Exception):
     """The client closed the connection (or it failed) between requests."""
 
 
-class Connection:
-    __slots__ = ("addr", "buf", "identity", "idle_since", "ready", "sock")
+class _Incomplete(Exception):
+    """The client has not sent the rest of its handshake or request head yet."""
 
-    def __init__(self, sock: socket.socket, addr: Any) -> None:
+
+class Connection:
+    __slots__ = ("addr", "buf", "deadline", "head_since", "identity", "ready", "sock")
+
+    def __init__(self, sock: socket.socket, addr: Any, ready: bool, deadline: float) -> None:
         self.sock = sock
         self.addr = addr
         self.buf = bytearray()
-        self.ready = False  # TLS handshake done (or plain)
+        self.ready = ready  # TLS handshake done (or plain)
         self.identity: str | None = None
-        self.idle_since = time.monotonic()
+        self.head_since: float | None = time.monotonic()  # waiting for a head since
+        self.deadline = deadline  # closed by the loop if still waiting then
 
     def fill(self) -> bool:
         """Receive more into ``buf``; False at end of stream."""
@@ -262,53 +275,67 @@ class HTTPServer:
         sel = selectors.DefaultSelector()
         sel.register(self.socket, selectors.EVENT_READ, "listen")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        idle: dict[Connection, None] = {}  # parked connections, longest idle first
+        # Parked connections: between requests, longest idle first (these may be closed
+        # to make room), and in the middle of a handshake or request head (these not).
+        idle: dict[Connection, None] = {}
+        waiting: set[Connection] = set()
         last_sweep = time.monotonic()
         try:
             while not self._stopping.is_set():
                 try:
-                    last_sweep = self._turn(sel, idle, last_sweep)
+                    last_sweep = self._turn(sel, idle, waiting, last_sweep)
                 except Exception:  # never let one bad turn stop the server accepting
                     log.exception("HTTP server loop")
                     time.sleep(0.1)
         finally:
-            for conn in idle:
+            for conn in [*idle, *waiting]:
                 self._close(conn)
             sel.close()
             self._stopped.set()
 
     def _turn(
-        self, sel: selectors.BaseSelector, idle: dict[Connection, None], last_sweep: float
+        self,
+        sel: selectors.BaseSelector,
+        idle: dict[Connection, None],
+        waiting: set[Connection],
+        last_sweep: float,
     ) -> float:
         """One round of the loop: accept, dispatch readable connections, park returned
-        ones, close those idle too long, pause or resume accepting."""
+        ones, close those that waited too long, pause or resume accepting."""
         for key, _ in sel.select(timeout=1.0):
             if key.data == "listen":
-                self._accept(sel, idle)
+                self._accept(sel, idle, waiting)
             elif key.data == "wake":
                 self._drain_wake()
-            elif key.data in idle:  # (not closed just now to make room)
+            elif key.data in idle or key.data in waiting:  # (not closed to make room)
                 conn = key.data
                 sel.unregister(conn.sock)
-                del idle[conn]
+                idle.pop(conn, None)
+                waiting.discard(conn)
                 self._work.put(conn)
         while self._back:
             conn = self._back.popleft()
-            conn.idle_since = time.monotonic()
-            idle[conn] = None
+            if conn.ready and conn.head_since is None:
+                conn.deadline = time.monotonic() + self.keepalive_timeout
+                idle[conn] = None
+            else:
+                waiting.add(conn)
             sel.register(conn.sock, selectors.EVENT_READ, conn)
         now = time.monotonic()
         if now - last_sweep >= 1.0:
             last_sweep = now
-            for conn in [c for c in idle if now - c.idle_since > self.keepalive_timeout]:
+            for conn in [c for c in (*idle, *waiting) if c.deadline < now]:
                 sel.unregister(conn.sock)
-                del idle[conn]
+                idle.pop(conn, None)
+                waiting.discard(conn)
                 self._close(conn)
         self._pause_or_resume(sel, idle)
         self.stats["idle"] = len(idle)
         return last_sweep
 
-    def _accept(self, sel: selectors.BaseSelector, idle: dict[Connection, None]) -> None:
+    def _accept(
+        self, sel: selectors.BaseSelector, idle: dict[Connection, None], waiting: set[Connection]
+    ) -> None:
         while True:
             with self._lock:
                 full = self._open >= self.max_connections
@@ -334,6 +361,8 @@ class HTTPServer:
             sock.setblocking(True)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            now = time.monotonic()
+            conn = Connection(sock, addr, True, now + self.request_timeout)
             if self.ssl_context is not None:
                 try:
                     sock = self.ssl_context.wrap_socket(
@@ -341,9 +370,12 @@ class HTTPServer:
                     )
                 except (OSError, ValueError) as exc:
                     log.debug("TLS wrap failed for %s: %s", addr, exc)
-                    self._close(Connection(sock, addr))
+                    self._close(conn)
                     continue
-            self._work.put(Connection(sock, addr))
+                conn = Connection(sock, addr, False, now + self.handshake_timeout)
+            # to a worker once the client has sent something
+            waiting.add(conn)
+            sel.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _pause_or_resume(self, sel: selectors.BaseSelector, idle: dict[Connection, None]) -> None:
         with self._lock:  # _close reads _paused under the lock to know whether to wake us
@@ -393,25 +425,39 @@ class HTTPServer:
         """Serve requests on ``conn`` while some are waiting; True to keep it open."""
         sock = conn.sock
         try:
-            if not conn.ready:
-                if isinstance(sock, ssl.SSLSocket):
-                    sock.settimeout(self.handshake_timeout)
-                    sock.do_handshake()
-                    if self.peer_identity is not None:
-                        conn.identity = self.peer_identity(sock)
+            if not conn.ready and isinstance(sock, ssl.SSLSocket):
+                self._handshake(sock)
+                if self.peer_identity is not None:
+                    conn.identity = self.peer_identity(sock)
                 conn.ready = True
-            sock.settimeout(self.request_timeout)
             while True:
                 if not self._request(conn):
                     return False
                 if not conn.has_more() and not self._linger(conn):
                     return True
+        except _Incomplete:  # back to the loop until the client sends more
+            if conn.head_since is None:
+                conn.head_since = time.monotonic()
+            if conn.ready:
+                conn.deadline = conn.head_since + self.request_timeout
+            return True
         except (_Closed, TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("connection from %s ended: %s", conn.addr, exc)
             return False
         except OSError as exc:
             log.debug("connection from %s failed: %s", conn.addr, exc)
             return False
+
+    def _handshake(self, sock: ssl.SSLSocket) -> None:
+        """Go on with the TLS handshake as far as the client's bytes allow."""
+        sock.settimeout(0)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            raise _Incomplete from None
+        except ssl.SSLWantWriteError:  # our side does not fit the socket's buffer: wait
+            sock.settimeout(self.handshake_timeout)
+            sock.do_handshake()
 
     def _linger(self, conn: Connection) -> bool:
         """Wait a moment for the client's next request when no other connection needs a
@@ -456,7 +502,9 @@ class HTTPServer:
         return keep
 
     def _read_head(self, conn: Connection) -> bytes | None:
+        """The next request head; raises _Incomplete when the rest is not there yet."""
         buf = conn.buf
+        sock = conn.sock
         start = 0
         while (end := buf.find(b"\r\n\r\n", start)) < 0:
             if buf[:1] == b"\x16":  # a TLS handshake on a plain-HTTP port: say so at once
@@ -464,7 +512,13 @@ class HTTPServer:
             if len(buf) > MAX_HEAD:
                 raise BadRequest("request head too large", "431 Request Header Fields Too Large")
             start = max(0, len(buf) - 3)
-            if not conn.fill():
+            if sock.gettimeout() != 0:
+                sock.settimeout(0)  # take what is there, never wait for a head
+            try:
+                more = conn.fill()
+            except (BlockingIOError, ssl.SSLWantReadError):
+                raise _Incomplete from None
+            if not more:
                 if buf:
                     raise _Closed("closed within a request head")
                 return None
@@ -472,6 +526,9 @@ class HTTPServer:
             raise BadRequest("request head too large", "431 Request Header Fields Too Large")
         head = bytes(buf[:end])
         del buf[: end + 4]
+        conn.head_since = None
+        if sock.gettimeout() != self.request_timeout:
+            sock.settimeout(self.request_timeout)  # for the body and the response
         return head
 
     def _environ(self, conn: Connection, head: bytes) -> tuple[dict[str, Any], _Body, bool]:
@@ -549,6 +606,9 @@ class HTTPServer:
         ) -> Any:
             if exc_info is not None and started and started[2]:
                 raise exc_info[1].with_traceback(exc_info[2])
+            for name, value in headers:
+                if not _FIELD.fullmatch(name) or "\r" in value or "\n" in value:
+                    raise ValueError(f"bad response header {name!r}: {value!r}")
             started[:] = [status, headers, False]
             return write
 

@@ -8,6 +8,7 @@ MaxRAM, VirtualOrganization) and returns human-readable reasons (empty: it match
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -42,10 +43,13 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _number(value: Any) -> float | None:
+    """A finite number, else None (not given): NaN and infinities included, which
+    would otherwise compare false both ways, or overflow in a reason's text."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def cpu_time_left(res: Mapping[str, Any]) -> float | None:

@@ -4,17 +4,19 @@ One database file in WAL mode, one connection per thread; writers take turns on 
 of the store (no thread waits in SQLite's busy handler). Waiting jobs are also indexed
 in memory by task queue (:mod:`server_stub.taskqueues`), which is how a match request
 finds its job; the index changes only under that lock, after a commit, and is rebuilt
-from the database when a store opens, so one process owns a database file. Claiming
+from the database when a store opens, so one process owns a database file (a lock on
+``<database>.lock`` keeps a second one out: it would match from an index that never
+learns of the first one's jobs, and the other way round). Claiming
 stays a single ``UPDATE ... WHERE status = 'Waiting'`` inside an immediate transaction,
 so two pilots never get the same job.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
-import re
 import secrets
 import sqlite3
 import threading
@@ -23,9 +25,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from pilot.backends.base import FINAL_STATUSES, JobStatus
+from pilot.backends.base import FINAL_STATUSES, JobStatus, Minor
 from pilot.job import jdl
 from server_stub import matching
 from server_stub.taskqueues import TaskQueues
@@ -52,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reschedules INTEGER NOT NULL DEFAULT 0,
     kill_requested INTEGER NOT NULL DEFAULT 0,
     output_sandbox TEXT,
-    timing TEXT
+    timing TEXT,
+    name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(status, priority DESC, id);
 CREATE TABLE IF NOT EXISTS history (
@@ -86,7 +89,14 @@ CREATE TABLE IF NOT EXISTS files (
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS match_requests (
+    request_hash TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    pilot TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
+MATCH_REQUEST_KEEP_S = 7 * 86400.0  # how long a match request id is remembered
 
 
 class StoreError(Exception):
@@ -108,16 +118,25 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def request_token(request_id: str, job_id: int) -> str:
+    """The job token of a job claimed by match request ``request_id`` (a random secret of
+    the pilot's): a retry of the request gets the same token, and the stub still stores
+    only the token's hash."""
+    return hashlib.sha256(f"job-token:{job_id}:{request_id}".encode()).hexdigest()
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner = _own(path)
         self._local = threading.local()
         self._write = threading.Lock()
         self._pending: list[tuple[int, int | None, str]] = []  # index changes of this tx
         self.queues = TaskQueues()
         db = self._conn()
         db.executescript(SCHEMA)
+        _add_column(db, "jobs", "spent_token_hash", "TEXT")
         for row in db.execute(
             "SELECT id, priority, requirements FROM jobs WHERE status = ? ORDER BY id",
             (JobStatus.WAITING,),
@@ -142,10 +161,13 @@ class Store:
             try:
                 yield db
                 db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._pending.clear()
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and _unwritable(exc):
+                    log.error("cannot write the database %s: %s", self.path, exc)
+                    raise StoreError(f"the stub cannot write its database: {exc}", 503) from exc
                 raise
             pending, self._pending = self._pending, []
             for job_id, priority, requirements in pending:
@@ -187,24 +209,25 @@ class Store:
                 if (text := shapes.get(key)) is None:
                     text = shapes[key] = json.dumps(req)
                 priority, req_text = desc.priority, text
-            rows.append((jdl.dumps(attrs), priority, req_text))
+            rows.append((jdl.dumps(attrs), priority, req_text, job_name(attrs)))
             previous = attrs
         now = time.time()
         ids: list[int] = []
         with self._tx() as db:
-            for text, priority, requirements in rows:
+            for text, priority, requirements, name in rows:
                 cur = db.execute(
                     "INSERT INTO jobs (jdl, owner, status, minor, priority, requirements,"
-                    " submitted, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " submitted, updated, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         text,
                         owner,
                         JobStatus.WAITING,
-                        "Pilot Agent Submission",
+                        Minor.PILOT_AGENT_SUBMISSION,
                         priority,
                         requirements,
                         now,
                         now,
+                        name,
                     ),
                 )
                 job_id = int(cur.lastrowid or 0)
@@ -216,12 +239,12 @@ class Store:
                     entry
                     for job_id in ids
                     for entry in (
-                        (job_id, now, JobStatus.RECEIVED, "Job accepted", "", "JobManager"),
+                        (job_id, now, JobStatus.RECEIVED, Minor.JOB_ACCEPTED, "", "JobManager"),
                         (
                             job_id,
                             now,
                             JobStatus.WAITING,
-                            "Pilot Agent Submission",
+                            Minor.PILOT_AGENT_SUBMISSION,
                             "",
                             "Optimizer",
                         ),
@@ -294,10 +317,23 @@ class Store:
 
     # -- matching -----------------------------------------------------------------------
 
-    def match(self, resources: Mapping[str, Any], pilot: str, dry_run: bool) -> Claim | None:
+    def match(
+        self,
+        resources: Mapping[str, Any],
+        pilot: str,
+        dry_run: bool,
+        request_id: str | None = None,
+    ) -> Claim | None:
         """Claim the best waiting job for ``resources`` (highest priority, then oldest),
-        found through the task queues (see :mod:`server_stub.taskqueues`)."""
+        found through the task queues (see :mod:`server_stub.taskqueues`).
+
+        A ``request_id`` seen before answers with the job it claimed then (its reply was
+        lost), with the same token, as long as that job is still only Matched."""
         with self._tx() as db:
+            if request_id and not dry_run:
+                again = self._replay(db, request_id, pilot)
+                if again is not None:
+                    return again
             while (job_id := self.queues.best(resources)) is not None:
                 row = db.execute(
                     "SELECT jdl FROM jobs WHERE id = ? AND status = ?",
@@ -309,8 +345,42 @@ class Store:
                     continue
                 if dry_run:
                     return Claim(job_id, row["jdl"], "")
-                return self._claim(db, job_id, row["jdl"], pilot, resources)
+                claim = self._claim(db, job_id, row["jdl"], pilot, resources, request_id)
+                if request_id:
+                    self._remember_request(db, request_id, pilot, job_id)
+                return claim
         return None
+
+    def _replay(self, db: sqlite3.Connection, request_id: str, pilot: str) -> Claim | None:
+        seen = db.execute(
+            "SELECT job_id, pilot FROM match_requests WHERE request_hash = ?",
+            (hash_token(request_id),),
+        ).fetchone()
+        if seen is None:
+            return None
+        job_id = int(seen["job_id"])
+        row = db.execute(
+            "SELECT status, pilot, jdl, token_hash FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        token = request_token(request_id, job_id)
+        if (
+            row is None
+            or row["status"] != JobStatus.MATCHED
+            or seen["pilot"] != pilot
+            or row["token_hash"] != hash_token(token)
+        ):
+            raise StoreError(f"match request already answered with job {job_id}", 409)
+        return Claim(job_id, str(row["jdl"]), token)  # the same answer, the same token
+
+    def _remember_request(
+        self, db: sqlite3.Connection, request_id: str, pilot: str, job_id: int
+    ) -> None:
+        now = time.time()
+        db.execute("DELETE FROM match_requests WHERE created < ?", (now - MATCH_REQUEST_KEEP_S,))
+        db.execute(
+            "INSERT OR REPLACE INTO match_requests VALUES (?, ?, ?, ?)",
+            (hash_token(request_id), job_id, pilot, now),
+        )
 
     def _claim(
         self,
@@ -319,8 +389,9 @@ class Store:
         jdl_text: str,
         pilot: str,
         resources: Mapping[str, Any],
+        request_id: str | None = None,
     ) -> Claim:
-        token = secrets.token_urlsafe(32)
+        token = request_token(request_id, job_id) if request_id else secrets.token_urlsafe(32)
         now = time.time()
         # What _record does, in one UPDATE: the job is known to be Waiting (the hot path).
         db.execute(
@@ -328,7 +399,7 @@ class Store:
             " site = ?, token_hash = ?, heartbeat = ? WHERE id = ?",
             (
                 JobStatus.MATCHED,
-                "Assigned",
+                Minor.MATCHED,
                 "",
                 now,
                 pilot,
@@ -340,7 +411,7 @@ class Store:
         )
         db.execute(
             "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, now, JobStatus.MATCHED, "Assigned", "", "Matcher"),
+            (job_id, now, JobStatus.MATCHED, Minor.MATCHED, "", "Matcher"),
         )
         self._pending.append((job_id, None, ""))  # leaves its task queue on commit
         return Claim(job_id, jdl_text, token)
@@ -362,25 +433,51 @@ class Store:
 
     # -- updates from pilots ------------------------------------------------------------
 
-    def check_token(self, job_id: int, token: str | None) -> None:
-        row = self._conn().execute("SELECT token_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def check_token(self, job_id: int, token: str | None, *, spent_ok: bool = False) -> bool:
+        """Refuse (403) a token that is not the job's; True when it is the job's spent
+        token (revoked by the job's final status) and ``spent_ok`` lets it through."""
+        row = (
+            self._conn()
+            .execute("SELECT token_hash, spent_token_hash FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
         if row is None:
             raise StoreError(f"no job {job_id}", 404)
-        if (
-            not token
-            or row["token_hash"] is None
-            or not secrets.compare_digest(row["token_hash"], hash_token(token))
-        ):
-            raise StoreError(f"job token does not grant access to job {job_id}", 403)
+        given = hash_token(token) if token else ""
+        if token and row["token_hash"] and secrets.compare_digest(row["token_hash"], given):
+            return False
+        spent = row["spent_token_hash"]
+        if spent_ok and token and spent and secrets.compare_digest(spent, given):
+            return True
+        raise StoreError(f"job token does not grant access to job {job_id}", 403)
+
+    def has_update(self, job_id: int, ts: float, source: str = "Pilot") -> bool:
+        """Whether the update stamped ``ts`` from ``source`` is already recorded."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM history WHERE job_id = ? AND ts = ? AND source = ?",
+                (job_id, ts, source),
+            )
+            .fetchone()
+        )
+        return row is not None
 
     def set_status(self, job_id: int, update: Mapping[str, Any], ts: float) -> None:
         status = update.get("Status")
         if status is not None and status not in set(JobStatus):
             raise StoreError(f"unknown status {status!r}")
+        source = str(update.get("Source", "Pilot"))
         with self._tx() as db:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
+            repeated = db.execute(
+                "SELECT 1 FROM history WHERE job_id = ? AND ts = ? AND source = ?",
+                (job_id, ts, source),
+            ).fetchone()
+            if repeated is not None:
+                return  # a retry of an update already recorded: nothing to do
             if row["status"] in FINAL_STATUSES and status not in (None, row["status"]):
                 raise StoreError(f"job {job_id} is already {row['status']}", 409)
             self._record(
@@ -389,7 +486,7 @@ class Store:
                 status,
                 update.get("MinorStatus"),
                 update.get("ApplicationStatus"),
-                str(update.get("Source", "Pilot")),
+                source,
                 ts,
             )
             if "Timing" in update:
@@ -397,8 +494,23 @@ class Store:
                     "UPDATE jobs SET timing = ? WHERE id = ?",
                     (json.dumps(update["Timing"]), job_id),
                 )
-            if status in FINAL_STATUSES:
-                db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
+            if status in FINAL_STATUSES:  # kept aside so that a retry of this update succeeds
+                db.execute(
+                    "UPDATE jobs SET spent_token_hash = token_hash, token_hash = NULL"
+                    " WHERE id = ? AND token_hash IS NOT NULL",
+                    (job_id,),
+                )
+
+    def commands(self, pilot: str, job_ids: list[int]) -> list[tuple[int, str]]:
+        """Pending commands for ``pilot``'s jobs (a read only: cheaper than a heartbeat)."""
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        rows = self._conn().execute(
+            f"SELECT id FROM jobs WHERE kill_requested = 1 AND pilot = ? AND id IN ({marks})",
+            (pilot, *job_ids),
+        )
+        return [(int(r["id"]), "Kill") for r in rows]
 
     def heartbeat(self, job_id: int, data: Mapping[str, Any]) -> list[str]:
         with self._tx() as db:
@@ -431,11 +543,11 @@ class Store:
             if status in FINAL_STATUSES:
                 raise StoreError(f"job {job_id} is already {status}", 409)
             if status in (JobStatus.RECEIVED, JobStatus.WAITING, JobStatus.STALLED):
-                self._record(db, job_id, JobStatus.KILLED, "Killed by user", None, "JobManager")
+                self._record(db, job_id, JobStatus.KILLED, Minor.KILLED_BY_USER, None, "JobManager")
                 return "Killed"
             db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
-            self._record(db, job_id, None, "Kill requested", None, "JobManager")
-            return "Kill requested"
+            self._record(db, job_id, None, Minor.KILL_REQUESTED, None, "JobManager")
+            return Minor.KILL_REQUESTED
 
     def delete(self, job_id: int) -> None:
         with self._tx() as db:
@@ -444,28 +556,8 @@ class Store:
                 raise StoreError(f"no job {job_id}", 404)
             if row["status"] in (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING):
                 db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
-            self._record(db, job_id, JobStatus.DELETED, "Deleted by user", None, "JobManager")
+            self._record(db, job_id, JobStatus.DELETED, Minor.DELETED_BY_USER, None, "JobManager")
             db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
-
-    def reschedule(self, job_id: int) -> str:
-        """Put an ended (or stalled) job back to Waiting, as a fresh match."""
-        with self._tx() as db:
-            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise StoreError(f"no job {job_id}", 404)
-            status = row["status"]
-            if status in (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING):
-                raise StoreError(f"job {job_id} is {status}: kill it first", 409)
-            if status in (JobStatus.DELETED, JobStatus.WAITING, JobStatus.RECEIVED):
-                raise StoreError(f"job {job_id} is {status}", 409)
-            db.execute(
-                "UPDATE jobs SET reschedules = reschedules + 1, kill_requested = 0,"
-                " token_hash = NULL, pilot = NULL, site = NULL, heartbeat = NULL,"
-                " heartbeat_data = NULL, output_sandbox = NULL, timing = NULL WHERE id = ?",
-                (job_id,),
-            )
-            self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled by user", "", "JobManager")
-            return "Rescheduled"
 
     # -- stalled jobs -------------------------------------------------------------------
 
@@ -486,7 +578,7 @@ class Store:
                     db,
                     job_id,
                     JobStatus.STALLED,
-                    "Job stalled: pilot not running",
+                    Minor.STALLED_NO_PILOT,
                     "",
                     "StalledJobAgent",
                 )
@@ -496,13 +588,13 @@ class Store:
                         " WHERE id = ?",
                         (job_id,),
                     )
-                    self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
+                    self._record(db, job_id, JobStatus.WAITING, Minor.RESCHEDULED, "", "JobManager")
                 else:
                     self._record(
                         db,
                         job_id,
                         JobStatus.FAILED,
-                        "Maximum of reschedulings reached",
+                        Minor.MAX_RESCHEDULES,
                         None,
                         "JobManager",
                     )
@@ -553,6 +645,107 @@ class Store:
             raise StoreError(f"no file {lfn}", 404)
         return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
 
+    # -- Job and Pilot Monitor (server_stub/monitor.py): read queries and reschedule --------
+    # Everything the web pages need is filtered, sorted, counted and paged here in SQL,
+    # on indexes (MONITOR_INDEXES), so that pages stay fast at 10^5 jobs (bench/monitor.py).
+
+    def ensure_monitor_indexes(self) -> None:
+        db = self._conn()
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+        if "name" not in columns:  # a database written before the monitor existed
+            db.execute("ALTER TABLE jobs ADD COLUMN name TEXT NOT NULL DEFAULT ''")
+        db.executescript(MONITOR_INDEXES)
+
+    def monitor_jobs(
+        self,
+        filters: Mapping[str, str],
+        sort: str = "id",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of jobs matching ``filters`` (keys of MONITOR_FILTERS) and how many
+        match in all. ``sort`` is a key of MONITOR_SORTS; ties are broken by job id."""
+        where, args = _monitor_where(filters)
+        column = MONITOR_SORTS[sort]
+        way = "DESC" if descending else "ASC"
+        db = self._conn()
+        total = int(db.execute(f"SELECT COUNT(*) FROM jobs{where}", args).fetchone()[0])
+        order = f"ORDER BY {column} {way}, id {way}"
+        # The page's ids first, from narrow indexes; then only those rows (with their JDL).
+        sql = (
+            f"SELECT {_LIST_COLUMNS} FROM jobs WHERE id IN"
+            f" (SELECT id FROM jobs{where} {order} LIMIT ? OFFSET ?) {order}"
+        )
+        rows = db.execute(sql, (*args, limit, offset))
+        return [_monitor_row(r) for r in rows], total
+
+    def monitor_choices(self, column: str, limit: int = 200) -> list[str]:
+        """Distinct values of an exact-match filter column (read from its index)."""
+        if column not in ("status", "site", "owner"):
+            raise ValueError(f"no choices for {column!r}")
+        rows = self._conn().execute(
+            f"SELECT DISTINCT {column} FROM jobs WHERE {column} IS NOT NULL"
+            f" ORDER BY {column} LIMIT ?",
+            (limit,),
+        )
+        return [str(r[0]) for r in rows]
+
+    def jobs_of_pilot(self, stamp: str, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            f"SELECT {_LIST_COLUMNS} FROM jobs WHERE pilot = ? ORDER BY id DESC LIMIT ?",
+            (stamp, limit),
+        )
+        return [_monitor_row(r) for r in rows]
+
+    def pilot(self, stamp: str) -> dict[str, Any]:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT stamp, registered, info, length(log) AS log_size FROM pilots"
+                " WHERE stamp = ?",
+                (stamp,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise StoreError(f"no pilot {stamp}", 404)
+        return _pilot_view(row)
+
+    def monitor_pilots(self, offset: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+        """A page of pilots, newest first, each with the number of jobs it holds or ran."""
+        db = self._conn()
+        total = int(db.execute("SELECT COUNT(*) FROM pilots").fetchone()[0])
+        rows = db.execute(
+            "SELECT stamp, registered, info, length(log) AS log_size,"
+            " (SELECT COUNT(*) FROM jobs WHERE jobs.pilot = pilots.stamp) AS jobs"
+            " FROM pilots ORDER BY registered DESC, stamp LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [{**_pilot_view(r), "jobs": r["jobs"]} for r in rows], total
+
+    def reschedule(self, job_id: int) -> str:
+        """Put a finished or stalled job back to Waiting (a user's reschedule)."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no job {job_id}", 404)
+            if row["status"] not in RESCHEDULABLE:
+                raise StoreError(
+                    f"job {job_id} is {row['status']}: only a "
+                    + ", ".join(sorted(RESCHEDULABLE))
+                    + " job can be rescheduled",
+                    409,
+                )
+            db.execute(
+                "UPDATE jobs SET token_hash = NULL, pilot = NULL, site = NULL, heartbeat = NULL,"
+                " heartbeat_data = NULL, kill_requested = 0, output_sandbox = NULL,"
+                " timing = NULL, reschedules = reschedules + 1 WHERE id = ?",
+                (job_id,),
+            )
+            self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
+        return "Rescheduled"
+
     # -- stored proxies (delegation) --------------------------------------------------------
 
     def add_proxy_request(self, request_id: str, key_pem: bytes, max_age: float) -> None:
@@ -590,18 +783,111 @@ class Store:
         return None if row is None else (bytes(row["pem"]), float(row["not_after"]))
 
 
-_JOB_NAME = re.compile(r'^    JobName = ("(?:[^"\\]|\\.)*");$', re.MULTILINE | re.IGNORECASE)
+# What the monitor may filter on (exact or substring match) and sort by; the SQL columns.
+MONITOR_FILTERS = {
+    "status": ("status", "exact"),
+    "site": ("site", "exact"),
+    "owner": ("owner", "exact"),
+    "minor": ("minor", "contains"),
+    "application": ("application", "contains"),
+    "name": ("name", "contains"),
+}
+MONITOR_SORTS = {
+    "id": "id",
+    "status": "status",
+    "minor": "minor",
+    "application": "application",
+    "site": "site",
+    "owner": "owner",
+    "name": "name",
+    "submitted": "id",  # ids are given in submission order: no index of its own needed
+    "updated": "updated",
+}
+RESCHEDULABLE = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, JobStatus.STALLED})
+# Indexes: mon_list is a narrow copy of the rows in id order with the columns that
+# change at every status update, so that skipping to a deep page, sorting by minor or
+# application status or update time, and the text filters on them read it instead of
+# every job's JDL; one index there costs each pilot update far less than one per column
+# (the match and two status updates of a job: +15 % CPU with these indexes, +40 % with
+# one per column). The others serve the exact filters and the columns written once
+# (name, site, owner, pilot), in the table's default order.
+MONITOR_INDEXES = """
+CREATE INDEX IF NOT EXISTS mon_list ON jobs(id, status, minor, application, updated);
+CREATE INDEX IF NOT EXISTS mon_status ON jobs(status, id);
+CREATE INDEX IF NOT EXISTS mon_site ON jobs(site, id);
+CREATE INDEX IF NOT EXISTS mon_owner ON jobs(owner, id);
+CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
+CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
+"""
+_LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
 
 
-def _job_name(jdl_text: str) -> str | None:
-    """The JobName of a stored (normalised) JDL, without parsing all of it."""
-    found = _JOB_NAME.search(jdl_text)
-    if found is None:
-        return None
+def _own(path: Path) -> BinaryIO:
+    """Lock ``<path>.lock`` for this process (held while the file stays open). A POSIX
+    lock: the same process may open a database again (a test reopening its store)."""
+    lock = open(path.parent / (path.name + ".lock"), "ab")  # noqa: SIM115 (kept open)
     try:
-        return str(json.loads(found.group(1)))
-    except ValueError:
-        return found.group(1)[1:-1]
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise StoreError(
+            f"{path} is in use by another process (a pilot-stub serve?):"
+            " a stub database has one process at a time",
+            409,
+        ) from None
+    return lock
+
+
+def _unwritable(exc: sqlite3.OperationalError) -> bool:
+    """The database cannot be written just now (disk full, I/O error, read-only)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    return code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY)
+
+
+def job_name(attrs: Mapping[str, jdl.Value]) -> str:
+    """The JobName the monitor shows and filters on ("" when there is none)."""
+    value = jdl.get(attrs, "JobName")
+    return "" if value is None else str(value)
+
+
+def _monitor_where(filters: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    clauses, args = [], []
+    for key, value in filters.items():
+        if not value:
+            continue
+        column, how = MONITOR_FILTERS[key]
+        if how == "exact":
+            clauses.append(f"{column} = ?")
+            args.append(value)
+        else:
+            escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append(f"{column} LIKE ? ESCAPE '\\'")
+            args.append(f"%{escaped}%")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def _monitor_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "job_id": row["id"],
+        "job_name": row["name"],
+        "status": row["status"],
+        "minor_status": row["minor"],
+        "application_status": row["application"],
+        "site": row["site"],
+        "owner": row["owner"],
+        "pilot": row["pilot"],
+        "submitted": row["submitted"],
+        "updated": row["updated"],
+    }
+
+
+def _pilot_view(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        **json.loads(row["info"]),
+        "stamp": row["stamp"],
+        "registered": row["registered"],
+        "log_size": row["log_size"] or 0,
+    }
 
 
 # Attributes that JobDescription reads on their own (no other attribute depends on them)
@@ -641,10 +927,16 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _add_column(db: sqlite3.Connection, table: str, column: str, kind: str) -> None:
+    """Add a column that databases made by an older stub lack (once)."""
+    have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+    if column not in have:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def _job_view(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "job_id": row["id"],
-        "job_name": _job_name(row["jdl"]),
         "status": row["status"],
         "minor_status": row["minor"],
         "application_status": row["application"],
@@ -658,4 +950,5 @@ def _job_view(row: sqlite3.Row) -> dict[str, Any]:
         "heartbeat": json.loads(row["heartbeat_data"]) if row["heartbeat_data"] else None,
         "output_sandbox": row["output_sandbox"],
         "timing": json.loads(row["timing"]) if row["timing"] else None,
+        "job_name": row["name"],
     }

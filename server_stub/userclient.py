@@ -46,11 +46,11 @@ class UserClient(HttpClient):
     def kill(self, job_id: int) -> str:
         return str(self.json("POST", f"/api/jobs/{job_id}/kill")["result"])
 
-    def delete(self, job_id: int) -> str:
-        return str(self.json("DELETE", f"/api/jobs/{job_id}")["result"])
-
     def reschedule(self, job_id: int) -> str:
         return str(self.json("POST", f"/api/jobs/{job_id}/reschedule")["result"])
+
+    def delete(self, job_id: int) -> str:
+        return str(self.json("DELETE", f"/api/jobs/{job_id}")["result"])
 
     def get_jdl(self, job_id: int) -> str:
         return str(self.json("GET", f"/api/jobs/{job_id}/jdl")["jdl"])

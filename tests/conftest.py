@@ -12,12 +12,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
-from tests.dirac_server.fixture import dirac_server  # noqa: F401 (session fixture)
+from testbed.dirac_server.fixture import dirac_server  # noqa: F401 (session fixture)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -62,6 +63,14 @@ def stub(tmp_path: Path) -> Iterator[Stub]:
     handle.server.stop()
 
 
+def unavailable(reason: str) -> NoReturn:
+    """What a machine lacks for a test: fail under CI (``CI=true``, which must provide it),
+    skip elsewhere; both say why."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
 def pilot_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PILOT_")}
     env.update(extra)
@@ -69,12 +78,18 @@ def pilot_env(**extra: str) -> dict[str, str]:
 
 
 def run_pilot(
-    args: Sequence[str], *, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    program: Path = BIN / "pilot",
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``pilot`` console script as a real process; its output is kept
-    in ``cwd/pilot-runs.log`` for the log scan."""
+    """Run the installed ``pilot`` console script (or ``program``, such as the one-file
+    binary) as a real process; its output is kept in ``cwd/pilot-runs.log`` for the log
+    scan."""
     done = subprocess.run(
-        [str(BIN / "pilot"), *args],
+        [str(program), *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -7,6 +7,7 @@ patches), never committed; absolute targets point into tmp_path, never at /etc.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -25,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilot.errors import ExitCode, SandboxError
+from pilot.errors import DiskFullError, ExitCode, SandboxError
 from pilot.job.archive import (
     ArchiveFormat,
     SandboxRejected,
@@ -971,3 +972,38 @@ def test_input_sandbox_archives_are_deterministic(tmp_path: Path) -> None:
         members = tf.getmembers()
     assert [m.name for m in members] == ["a.txt", "dir", "dir/b.txt", "dir/sub", "dir/sub/c.txt"]
     assert {(m.uid, m.gid, m.uname, m.mtime) for m in members} == {(0, 0, "", 315532800)}
+
+
+# ------------------------------------------------------------------------ a full disk
+
+
+class _FullDiskOs:
+    """``os`` as :mod:`pilot.job.archive` sees it, on a disk with no space left."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    @staticmethod
+    def write(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_unpacking_onto_a_full_disk_is_disk_full(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pilot.job import archive
+
+    tar = make_tar(layout.src / "in.tgz", [member("data.bin", b"x" * 5000)])
+    monkeypatch.setattr(archive, "os", _FullDiskOs())
+    with pytest.raises(DiskFullError, match=r"no space left while unpacking data\.bin") as caught:
+        safe_unpack(tar, layout.dest)
+    assert caught.value.exit_code is ExitCode.DISK_FULL
+
+
+def test_packing_onto_a_full_disk_is_disk_full(job: Path, layout: Layout) -> None:
+    """/dev/full behind the side file: every write fails with ENOSPC; nothing is left."""
+    out = layout.src / "out.tgz"
+    (layout.src / "out.tgz.part").symlink_to("/dev/full")
+    with pytest.raises(DiskFullError, match="cannot write sandbox archive"):
+        pack_output(job, ["*"], out, max_bytes=10**6)
+    assert not out.exists() and not (layout.src / "out.tgz.part").exists()

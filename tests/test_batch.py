@@ -825,3 +825,18 @@ def test_time_left_after_real_detection_decreases(no_cgroup: dict[str, object]) 
 )
 def test_parse_duration(text: str, seconds: float | None) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"c/cpu.max": "100000 0", "c/memory.max": "-1"},  # zero period, negative limit
+        {"c/cpu.max": "lots", "c/memory.max": ""},
+        {"c/cpu.max/x": "1", "c/memory.max/x": "1"},  # directories where files belong
+    ],
+)
+def test_cgroup_files_holding_nonsense_do_not_cap(tmp_path: Path, files: dict[str, str]) -> None:
+    kwargs = cgroup_kwargs(tmp_path, "0::/c\n", {"cgroup.controllers": "cpu memory", **files})
+    info = detect_at(JOB_START, {}, FakeRun(), **kwargs)
+    assert (info.cores, info.memory_mb) == (64, 256000)
+    assert info.sources["memory_mb"] == "total RAM (sysconf)"

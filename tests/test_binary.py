@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import pki as P
-from tests.conftest import REPO, Stub
+from testbed import pki as P
+from tests.conftest import REPO, Stub, unavailable
 from tests.pluginpath import plugin_dir
 
 sys.path.insert(0, str(REPO / "build"))
@@ -41,13 +41,6 @@ FLOOR = (2, 28)  # EL8's glibc (build/rootfs.py, FLOOR_HEADER)
 MAX_BYTES = 25 * 1024 * 1024
 BUILD_TIMEOUT = 1700
 FAST = ["--idle-timeout", "1", "--disable-check", "cpu", "--check-timeout", "10"]
-
-
-def unavailable(reason: str) -> None:
-    """Fail under CI (the machine must provide it), skip elsewhere; both say why."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _require_build_tools() -> None:

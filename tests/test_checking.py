@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from checks import BUILTIN_CHECKS
 from pilot.api import CheckContext, CheckOutcome, CheckResult, Status
 from pilot.errors import UsageError
 from pilot.node import checking
@@ -216,6 +217,8 @@ def test_required_check_that_does_not_exist_fails(ctx: CheckContext) -> None:
         (None, "returned NoneType, not a CheckOutcome"),
         (CheckOutcome(Status.PASSED, facts={"when": object()}), "not JSON-serialisable"),
         (CheckOutcome(Status.PASSED, tags=("ok", 3)), "tags must be non-empty strings"),  # type: ignore[arg-type]
+        (CheckOutcome(Status.PASSED, facts={"free_mb": float("nan")}), "not JSON-serialisable"),
+        (CheckOutcome(Status.PASSED, facts={"x": [float("inf")]}), "not JSON-serialisable"),
     ],
 )
 def test_invalid_outcome_is_failed(ctx: CheckContext, value: object, expected: str) -> None:
@@ -361,10 +364,11 @@ def test_exec_discovery_takes_only_executable_regular_files(tmp_path: Path) -> N
     (tmp_path / "subdir").mkdir()
     for name in ("a-check", "b-check", ".hidden", "subdir"):
         (tmp_path / name).chmod(0o755)
-    settings = CheckSettings(entry_points=False, checks_dir=tmp_path)
+    settings = CheckSettings(entry_points=False, checks_dir=tmp_path, builtins=BUILTIN_CHECKS)
     names = [c.name for c in checking.discover(settings)]
     assert names[-2:] == ["a-check", "b-check"]
-    assert names[:-2] == [c.name for c in checking.discover(ONLY_GIVEN)]  # the built-ins
+    assert names[:-2] == [c.name for c in BUILTIN_CHECKS]  # the registered built-ins first
+    assert checking.discover(ONLY_GIVEN) == []  # none unless registered
 
 
 def test_missing_checks_dir_is_a_failed_result(ctx: CheckContext, tmp_path: Path) -> None:
@@ -486,7 +490,11 @@ def fake_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         },
     )
     monkeypatch.syspath_prepend(str(site))
-    yield [c for c in checking.discover(CheckSettings()) if checking.source_of(c) != "builtin"]
+    yield [
+        c
+        for c in checking.discover(CheckSettings(builtins=BUILTIN_CHECKS))
+        if checking.source_of(c) != "builtin"
+    ]
     for name in (module, f"{module}_exit"):
         sys.modules.pop(name, None)
 
@@ -553,7 +561,7 @@ def test_sample_vo_plugin_appears_in_the_report_with_its_tag(ctx: CheckContext) 
         "pilot-sample-vo-plugin is not installed: "
         ".venv/bin/pip install -e tests/plugins/sample_vo_plugin (make venv does it)"
     )
-    settings = CheckSettings(options={"sample-vo": {"release": "2.5"}})
+    settings = CheckSettings(options={"sample-vo": {"release": "2.5"}}, builtins=BUILTIN_CHECKS)
     report = checking.run(ctx, settings)  # the full default set: built-ins and plugins
     vo = report.result("sample-vo")
     assert vo is not None and vo.status is Status.PASSED
@@ -579,3 +587,45 @@ def test_per_check_timeouts_come_from_the_checks_tables(tmp_path: Path) -> None:
     assert agent.check_settings(config).timeouts == {"hang.sh": 0.5}
     with pytest.raises(UsageError, match=r"hang\.sh"):
         agent.check_settings(PilotConfig(checks={"hang.sh": {"timeout": "soon"}}))
+
+
+def test_node_facts_are_read_from_the_declared_checks_and_keys() -> None:
+    from pilot.api import NodeFacts
+
+    def result(name: str, **facts: object) -> CheckResult:
+        return CheckResult(name, False, Status.PASSED, "", 0.0, facts)
+
+    results = [
+        result("cpu", benchmark=12.5),
+        result("software", platform="Linux_x86_64_glibc-2.36"),
+        result("disk", free_mb=2048),
+        result("gpu", count=2),
+        result("myvo", benchmark=99.0),  # not a declared source: ignored
+    ]
+    assert NodeFacts.from_results(results) == NodeFacts(12.5, "Linux_x86_64_glibc-2.36", 2048, 2)
+    assert NodeFacts.from_results([]) == NodeFacts()
+    odd = [result("cpu", benchmark="fast"), result("gpu", count=True), result("disk", free_mb=None)]
+    assert NodeFacts.from_results(odd) == NodeFacts()  # malformed facts fall back to defaults
+    assert set(NodeFacts.SOURCES) == {"cpu_power", "platform", "free_disk_mb", "gpus"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), -4])
+def test_node_facts_out_of_range_fall_back_to_defaults(value: float) -> None:
+    """A NaN, infinite or negative figure is malformed too (int() of NaN would raise)."""
+    from pilot.api import NodeFacts
+
+    results = [
+        CheckResult("cpu", False, Status.PASSED, "", 0.0, {"benchmark": value}),
+        CheckResult("disk", False, Status.PASSED, "", 0.0, {"free_mb": value}),
+        CheckResult("gpu", False, Status.PASSED, "", 0.0, {"count": value}),
+    ]
+    assert NodeFacts.from_results(results) == NodeFacts()
+
+
+def test_exec_check_printing_nan_facts_fails(ctx: CheckContext, tmp_path: Path) -> None:
+    """Python's json reads NaN; the check's facts would then go to the matcher as non-JSON."""
+    script = tmp_path / "nan-facts"
+    script.write_text('#!/bin/sh\necho \'{"facts": {"free_mb": NaN}}\'\n')
+    script.chmod(0o755)
+    result = checking.run(ctx, ONLY_GIVEN, checking.exec_checks(tmp_path)).results[0]
+    assert result.status is Status.FAILED and "not JSON-serialisable" in result.message

@@ -32,6 +32,7 @@ from checks.load import LoadCheck
 from checks.memory import MemoryCheck
 from checks.software import SoftwareCheck, dirac_platform, parse_os_release
 from pilot.api import CheckContext, CheckOutcome, Status
+from pilot.grid.resolve import resolve
 from pilot.node import checking
 from pilot.node.batch import BatchInfo
 from pilot.node.checking import CheckSettings
@@ -46,7 +47,9 @@ Options = dict[str, dict[str, Any]]
 def context(
     work: Path, options: Options | None = None, cores: int = 1, mb: int | None = None
 ) -> CheckContext:
-    return CheckContext(work, BatchInfo("local", None, cores, mb, None), options or {})
+    info = BatchInfo("local", None, cores, mb, None)
+    # the proxy as the pilot resolves it from the environment (located, not loaded)
+    return CheckContext(work, info, options or {}, credentials=resolve(load=False))
 
 
 def script(path: Path, body: str) -> Path:

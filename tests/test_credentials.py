@@ -1,6 +1,6 @@
 """Unit tests of pilot.grid.credentials and pilot.grid.voms against a PKI generated at test time.
 
-The proxies loaded here are built by tests/pki.py, independently of make_proxy; the
+The proxies loaded here are built by testbed/pki.py, independently of make_proxy; the
 real grid tools are exercised in test_credentials_interop.py.
 """
 
@@ -46,8 +46,8 @@ from pilot.grid.credentials import (
     validate,
     write_proxy,
 )
-from tests import pki as P
-from tests.pki import Issued, MtlsServer, Pki, pki_fixture, tls_ask  # noqa: F401
+from testbed import pki as P
+from testbed.pki import Issued, MtlsServer, Pki, pki_fixture, tls_ask  # noqa: F401
 
 
 def _proxy_file(pki: Pki, tmp_path: Path, **kwargs: object) -> tuple[Path, Issued]:

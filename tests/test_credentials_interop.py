@@ -25,8 +25,8 @@ from pilot.grid.credentials import (
     validate,
     write_proxy,
 )
-from tests import pki as P
-from tests.pki import MtlsServer, Pki, pki_fixture, tls_ask  # noqa: F401
+from testbed import pki as P
+from testbed.pki import MtlsServer, Pki, pki_fixture, tls_ask  # noqa: F401
 
 FQANS = ("/dteam/Role=NULL/Capability=NULL", "/dteam/prod/Role=pilot/Capability=NULL")
 

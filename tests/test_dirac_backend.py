@@ -1,4 +1,4 @@
-"""DiracBackend against a real DIRAC 9.1.22 WMS (tests/dirac_server): jobs are submitted
+"""DiracBackend against a real DIRAC 9.1.22 WMS (testbed/dirac_server): jobs are submitted
 with DIRAC's own ``dirac-wms-job-submit`` as the test user, taken by the pilot's backend
 from the real Matcher, and checked with DIRAC's own commands.
 
@@ -11,12 +11,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,15 +24,12 @@ import pytest
 from pilot.backends.base import JobStatus, MatchedJob, Minor, StatusUpdate
 from pilot.backends.dirac.backend import DiracBackend
 from pilot.backends.dirac.diset import DisetClient
-from tests.dirac_server.fixture import DiracServer
+from pilot.job import jdl
+from testbed.dirac_server.fixture import DiracServer
+from testbed.dirac_server.jobs import cli_status, submit, unique_tag
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parent.parent
-JOB_ID_LINE = re.compile(r"^JobID = (\d+)$", re.MULTILINE)
-
-
-def unique_tag() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
 
 
 def resources(server: DiracServer, tag: str, reference: str | None = None) -> dict[str, Any]:
@@ -56,33 +51,6 @@ def resources(server: DiracServer, tag: str, reference: str | None = None) -> di
     }
 
 
-def submit(
-    server: DiracServer, workdir: Path, tag: str, files: dict[str, str] | None = None
-) -> str:
-    """``dirac-wms-job-submit`` a JDL carrying ``tag`` (and ``files`` as input sandbox)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name, text in (files or {}).items():
-        (workdir / name).write_text(text)
-    sandbox = ", ".join(f'"{name}"' for name in files or {})
-    lines = [
-        f'JobName = "{tag}";',
-        'Executable = "/bin/echo";',
-        f'Arguments = "{tag}";',
-        'StdOutput = "std.out";',
-        'StdError = "std.err";',
-        'OutputSandbox = {"std.out", "std.err"};',
-        "CPUTime = 1000;",
-        f'Tags = {{"{tag}"}};',
-    ]
-    if sandbox:
-        lines.append(f"InputSandbox = {{{sandbox}}};")
-    (workdir / "job.jdl").write_text("[\n" + "\n".join(lines) + "\n]\n")
-    result = server.dirac("wms-job-submit", "job.jdl", cwd=workdir)
-    found = JOB_ID_LINE.search(result.stdout)
-    assert result.ok and found, f"submission failed: {result.stdout}\n{result.stderr}"
-    return found.group(1)
-
-
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -92,14 +60,6 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) ->
 
 def wait_status(backend: DiracBackend, job_id: str, status: str) -> None:
     wait_for(lambda: backend.job_status(job_id).get("Status") == status, f"job {job_id} {status}")
-
-
-def cli_status(server: DiracServer, job_id: str) -> str:
-    result = server.dirac("wms-job-status", job_id)
-    assert result.ok, result.stderr
-    line = next((x for x in result.stdout.splitlines() if x.startswith(f"JobID={job_id} ")), "")
-    assert line, result.stdout
-    return line
 
 
 def take_job(server: DiracServer, backend: DiracBackend, tag: str, job_id: str) -> MatchedJob:
@@ -167,7 +127,8 @@ def test_job_cycle_input_and_output_sandbox(
 
     dest = tmp_path / "in"
     dest.mkdir()
-    archives = timer("download", backend.fetch_input_sandbox, job, dest)
+    inputs = jdl.load(job.jdl).inputs
+    archives = timer("download", backend.fetch_input_sandbox, job, inputs, dest)
     assert len(archives) == 1 and archives[0].parent == dest
     with tarfile.open(archives[0]) as tf:
         member = tf.extractfile("input.txt")

@@ -7,7 +7,6 @@ the payload's bytes; the payload saw a fresh proxy delegated from its owner's (u
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -20,11 +19,10 @@ from pilot.backends.dirac import cscfg, data
 from pilot.backends.dirac.backend import DiracBackend
 from pilot.errors import NoStoredProxy
 from pilot.grid import credentials
-from tests.conftest import run_pilot
-from tests.dirac_server.fixture import DiracServer
+from testbed.dirac_server.fixture import DiracServer
+from testbed.dirac_server.jobs import pilot_config, unique_tag, wait_for
 from tests.test_binary import pilot_binary  # noqa: F401 (session fixture: builds dist/pilot)
-from tests.test_dirac_backend import unique_tag
-from tests.test_dirac_pilot import env_for, pilot_config, wait_for
+from tests.test_dirac_pilot import run_with_config
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
@@ -63,6 +61,7 @@ def add_file(server: DiracServer, tmp: Path, lfn: str, text: str) -> None:
 
 
 def submit_data_job(server: DiracServer, workdir: Path, tag: str, in_lfn: str, **extra: str) -> str:
+    """``dirac-wms-job-submit`` the data job; returns its id once it is Waiting."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "payload.sh").write_text(PAYLOAD)
     lines = [
@@ -84,7 +83,9 @@ def submit_data_job(server: DiracServer, workdir: Path, tag: str, in_lfn: str, *
     (workdir / "job.jdl").write_text("[\n" + "\n".join(lines) + "\n]\n")
     submitted = server.dirac("wms-job-submit", "job.jdl", cwd=workdir)
     assert "JobID = " in submitted.stdout, submitted.stdout + submitted.stderr
-    return submitted.stdout.split("JobID = ")[1].split()[0]
+    job_id = submitted.stdout.split("JobID = ")[1].split()[0]
+    wait_for(server, job_id, "Waiting", timeout=120)
+    return job_id
 
 
 def check_result(server: DiracServer, tmp: Path, job_id: str, tag: str, text: str) -> None:
@@ -127,10 +128,7 @@ def test_dirac_data_job_end_to_end(dirac_server: DiracServer, tmp_path: Path) ->
     in_lfn = f"/testvo/user/t/testuser/in-{tag}.txt"
     add_file(dirac_server, tmp_path, in_lfn, f"input {tag}\n")
     job_id = submit_data_job(dirac_server, tmp_path / "submit", tag, in_lfn)
-    wait_for(dirac_server, job_id, "Waiting", timeout=120)
-    conf = data_config(dirac_server, tmp_path, tag)
-    argv = ["run", "--config", str(conf), "--server", dirac_server.urls["matcher"]]
-    done = run_pilot(argv, cwd=tmp_path, env=env_for(dirac_server), timeout=300)
+    done = run_with_config(dirac_server, data_config(dirac_server, tmp_path, tag), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     check_result(dirac_server, tmp_path, job_id, tag, f"input {tag}\n")
 
@@ -144,16 +142,8 @@ def test_dirac_data_job_with_the_binary(
     in_lfn = f"/testvo/user/t/testuser/in-{tag}.txt"
     add_file(dirac_server, tmp_path, in_lfn, f"binary {tag}\n")
     job_id = submit_data_job(dirac_server, tmp_path / "submit", tag, in_lfn)
-    wait_for(dirac_server, job_id, "Waiting", timeout=120)
     conf = data_config(dirac_server, tmp_path, tag)
-    done = subprocess.run(
-        [str(pilot_binary), "run", "--config", str(conf), "--server", dirac_server.urls["matcher"]],
-        cwd=tmp_path,
-        env=env_for(dirac_server),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_with_config(dirac_server, conf, tmp_path, pilot_binary)
     assert done.returncode == 0, done.stderr[-3000:]
     check_result(dirac_server, tmp_path, job_id, tag, f"binary {tag}\n")
 
@@ -167,10 +157,7 @@ def test_missing_replica_fails_with_input_data_status(
     add_file(dirac_server, tmp_path, in_lfn, "soon gone\n")
     (dirac_server.state_dir / "storage" / "se" / in_lfn.lstrip("/")).unlink()
     job_id = submit_data_job(dirac_server, tmp_path / "submit", tag, in_lfn)
-    wait_for(dirac_server, job_id, "Waiting", timeout=120)
-    conf = data_config(dirac_server, tmp_path, tag)
-    argv = ["run", "--config", str(conf), "--server", dirac_server.urls["matcher"]]
-    done = run_pilot(argv, cwd=tmp_path, env=env_for(dirac_server), timeout=300)
+    done = run_with_config(dirac_server, data_config(dirac_server, tmp_path, tag), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     line = wait_for(dirac_server, job_id, "Failed")
     assert "Input Data Not Available" in line and in_lfn in line, line
@@ -185,10 +172,7 @@ def test_output_upload_failure_fails_the_job_and_registers_nothing(
     job_id = submit_data_job(
         dirac_server, tmp_path / "submit", tag, in_lfn, OutputSE='"SE-NOWHERE"'
     )
-    wait_for(dirac_server, job_id, "Waiting", timeout=120)
-    conf = data_config(dirac_server, tmp_path, tag)
-    argv = ["run", "--config", str(conf), "--server", dirac_server.urls["matcher"]]
-    done = run_pilot(argv, cwd=tmp_path, env=env_for(dirac_server), timeout=300)
+    done = run_with_config(dirac_server, data_config(dirac_server, tmp_path, tag), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     line = wait_for(dirac_server, job_id, "Failed")
     assert "Failed to upload output data" in line and "SE-NOWHERE" in line, line

@@ -42,13 +42,23 @@ from pilot.backends.dirac.diset import (
     parse_url,
     s_ok,
 )
+from pilot.backends.factory import make_backend
 from pilot.config import PilotConfig
-from pilot.errors import AuthError, CredentialError, ExitCode, SandboxError, UsageError
+from pilot.errors import (
+    AuthError,
+    CredentialError,
+    ExitCode,
+    PilotError,
+    SandboxError,
+    UsageError,
+)
 from pilot.grid import credentials
-from tests.dirac_server import harness
-from tests.dirac_server.certs import make_pki
-from tests.dirac_server.fixture import unavailable
-from tests.pki import LoopbackTlsServer
+from pilot.grid.resolve import Credentials, resolve
+from pilot.job import jdl
+from testbed.dirac_server import harness
+from testbed.dirac_server.certs import make_pki
+from testbed.dirac_server.fixture import unavailable
+from testbed.pki import LoopbackTlsServer
 
 MATCHER = "WorkloadManagement/Matcher"
 
@@ -568,20 +578,28 @@ class FakeWms:
             upload.receive(chan, args)
 
 
+def fake_settings(tls: Tls, server: FakeDiset, **extra: Any) -> DiracSettings:
+    """The backend's settings for the WorkloadManagement services of ``server``."""
+    return DiracSettings(
+        matcher_url=server.url("WorkloadManagement/Matcher"),
+        job_state_update_url=server.url("WorkloadManagement/JobStateUpdate"),
+        sandbox_store_url=server.url("WorkloadManagement/SandboxStore"),
+        proxy=tls.proxy,
+        ca_dir=tls.ca_dir,
+        timeout=5,
+        **extra,
+    )
+
+
 @pytest.fixture
 def wms(tls: Tls) -> Iterator[tuple[FakeWms, FakeDiset, DiracBackend]]:
     fake = FakeWms()
     with FakeDiset(tls.server, fake) as server:
-        base = f"dips://localhost:{server.port}/WorkloadManagement"
-        settings = DiracSettings(
-            matcher_url=f"{base}/Matcher",
-            job_state_update_url=f"{base}/JobStateUpdate",
-            sandbox_store_url=f"{base}/SandboxStore",
-            pilot_manager_url=f"{base}/PilotManager",
-            proxy=tls.proxy,
-            ca_dir=tls.ca_dir,
+        settings = fake_settings(
+            tls,
+            server,
+            pilot_manager_url=server.url("WorkloadManagement/PilotManager"),
             vo="testvo",
-            timeout=5,
         )
         yield fake, server, DiracBackend(settings, ssl_context=tls.client)
         assert not server.errors
@@ -663,7 +681,8 @@ def test_input_sandbox_download(
 ) -> None:
     fake, _, backend = wms
     fake.files[f"{backend.sandbox_store.url}/SandBox/t/abc.tar.bz2"] = b"tarball"
-    assert backend.fetch_input_sandbox(JOB, tmp_path) == [tmp_path / "abc.tar.bz2"]
+    inputs = jdl.load(JOB.jdl).inputs
+    assert backend.fetch_input_sandbox(JOB, inputs, tmp_path) == [tmp_path / "abc.tar.bz2"]
     assert (tmp_path / "abc.tar.bz2").read_bytes() == b"tarball"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.tar.bz2"]
 
@@ -683,7 +702,7 @@ def test_input_sandbox_refusals(
     backend = wms[2]
     job = MatchedJob("8", f'[Executable = "x"; InputSandbox = {{{entries}}};]')
     with pytest.raises(SandboxError, match=match):
-        backend.fetch_input_sandbox(job, tmp_path)
+        backend.fetch_input_sandbox(job, jdl.load(job.jdl).inputs, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -694,6 +713,36 @@ def test_lfn_needs_a_catalogue_configured(
     with pytest.raises(SandboxError, match=r"needs \[dirac\] filecatalog"):
         backend.fetch_lfn(JOB, "LFN:/vo/file", tmp_path / "file")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_data_goes_to_the_first_output_se_that_works_without_reparsing(
+    wms: tuple[FakeWms, FakeDiset, DiracBackend],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's OutputSE comes with the call: the backend does not parse the JDL again."""
+    from pilot.backends.dirac import data
+
+    _, _, backend = wms
+    tried: list[str] = []
+
+    class Manager:
+        def upload(self, source: Path, lfn: str, se_name: str) -> None:
+            tried.append(se_name)
+            if se_name == "SE-DOWN":
+                raise data.DataError(f"{lfn}: {se_name} unreachable")
+
+    def no_parse(text: str) -> None:
+        raise AssertionError("the JDL was parsed again")
+
+    monkeypatch.setattr(backend, "data_manager", Manager)
+    monkeypatch.setattr(jdl, "load", no_parse)
+    source = tmp_path / "result.txt"
+    source.write_text("r")
+    backend.store_lfn(JOB, "LFN:/testvo/r.txt", source, "SE-DOWN, SE-UP")
+    assert tried == ["SE-DOWN", "SE-UP"]
+    with pytest.raises(data.DataError, match="no OutputSE"):
+        backend.store_lfn(JOB, "LFN:/testvo/r.txt", source)
 
 
 def test_output_sandbox_upload(
@@ -734,14 +783,13 @@ def test_settings_from_config(tmp_path: Path) -> None:
     cfg = PilotConfig(
         server="dips://wms.example",
         vo="vo",
-        proxy=proxy,
-        ca_dir=ca_dir,
         dirac={
             "SandboxStore": "dips://sb.example:1234/WorkloadManagement/SandboxStore",
             "timeout": 9,
         },
     )
-    settings = settings_from_config(cfg)
+    creds = Credentials(proxy_path=proxy, ca_dir=ca_dir)
+    settings = settings_from_config(cfg, creds)
     assert settings.matcher_url == "dips://wms.example:9170/WorkloadManagement/Matcher"
     assert (
         settings.job_state_update_url == "dips://wms.example:9136/WorkloadManagement/JobStateUpdate"
@@ -754,17 +802,22 @@ def test_settings_from_config(tmp_path: Path) -> None:
         9.0,
     )
     matcher = "dips://m.example:1/WorkloadManagement/Matcher"
-    explicit = PilotConfig(server=matcher, proxy=proxy, ca_dir=ca_dir)
-    assert settings_from_config(explicit).matcher_url == matcher
+    explicit = PilotConfig(server=matcher)
+    assert settings_from_config(explicit, creds).matcher_url == matcher
+    bundle = Credentials(proxy_path=proxy, ca_file=tmp_path / "ca.pem")
+    only_file = settings_from_config(explicit, bundle)
+    assert (only_file.ca_dir, only_file.ca_file) == (None, tmp_path / "ca.pem")
 
 
-def test_settings_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_errors(tmp_path: Path) -> None:
+    creds = Credentials(proxy_path=tmp_path / "x509up", ca_dir=tmp_path)
     with pytest.raises(UsageError, match="dips://"):
-        settings_from_config(PilotConfig(server="https://stub.example"))
-    monkeypatch.delenv("X509_USER_PROXY", raising=False)
-    monkeypatch.setattr(credentials, "find_proxy", lambda: None)
+        settings_from_config(PilotConfig(server="https://stub.example"), creds)
     with pytest.raises(CredentialError, match="proxy"):
-        settings_from_config(PilotConfig(server="dips://h", ca_dir=tmp_path))
+        settings_from_config(PilotConfig(server="dips://h"), Credentials(ca_dir=tmp_path))
+    no_ca = Credentials(proxy_path=tmp_path / "x509up")
+    with pytest.raises(CredentialError, match="--ca-file"):
+        settings_from_config(PilotConfig(server="dips://h"), no_ca)
     with pytest.raises(UsageError, match="job_state_update_url"):
         DiracSettings(
             matcher_url="dips://h:1/A/B",
@@ -773,6 +826,49 @@ def test_settings_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             proxy=tmp_path,
             ca_dir=tmp_path,
         )
+
+
+def test_proxy_manager_without_configuration_server_stops_the_pilot(tmp_path: Path) -> None:
+    """Without the Registry no owner DN is known, so every job would fail its delegation:
+    refused at start-up instead of failing each job the pilot matches."""
+    creds = Credentials(proxy_path=tmp_path / "x509up", ca_dir=tmp_path)
+    pm = "dips://wms.example:9152/Framework/ProxyManager"
+    with pytest.raises(UsageError, match="proxymanager needs"):
+        settings_from_config(PilotConfig(server="dips://h", dirac={"proxymanager": pm}), creds)
+    both = {"proxy_manager": pm, "configuration": "dips://cs.example:9135/Configuration/Server"}
+    settings = settings_from_config(PilotConfig(server="dips://h", dirac=both), creds)
+    assert settings.proxy_manager_url == pm
+
+
+def test_ca_file_alone_verifies_the_dirac_server(tls: Tls, tmp_path: Path) -> None:
+    """--ca-file (a CA bundle, no hash directory) is what the DIRAC backend trusts."""
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_bytes(b"".join(p.read_bytes() for p in sorted(tls.ca_dir.glob("*.0"))))
+    fake = FakeWms({"requestJob": s_ok({"JobID": 9, "JDL": "[]", "Owner": "u", "Group": "g"})})
+    with FakeDiset(tls.server, fake) as server:
+        cfg = PilotConfig(server=server.url(), dirac={"timeout": 5})
+        creds = resolve(tls.proxy, ca_file=bundle, env={})
+        assert creds.ca_dir is None and creds.ca_file == bundle
+        backend = make_backend(cfg, creds)
+        try:
+            job = backend.match({"Site": "S"})
+        finally:
+            backend.close()
+    assert job is not None and job.job_id == "9"
+    assert not server.errors
+    subject = [rdn[0][1] for rdn in server.peers[0]["subject"]]
+    assert subject[:3] == ["DIRACTest", "users", "testuser"]  # the proxy was the client cert
+    make_pki(tmp_path / "other")
+    untrusted = tmp_path / "other-ca.pem"
+    untrusted.write_bytes(b"".join(p.read_bytes() for p in (tmp_path / "other").glob("*/*.0")))
+    with FakeDiset(tls.server, fake) as server:
+        cfg = PilotConfig(server=server.url(), dirac={"timeout": 5})
+        backend = make_backend(cfg, resolve(tls.proxy, ca_file=untrusted, env={}))
+        try:
+            with pytest.raises(PilotError, match="certificate verify failed"):
+                backend.match({"Site": "S"})
+        finally:
+            backend.close()
 
 
 # --- the real-server harness: what happens where it cannot run ------------------------------
@@ -798,6 +894,15 @@ def test_unavailable_server_fails_in_ci_and_skips_elsewhere(
 
 
 # --- payload proxies through the ProxyManager (fake) ---------------------------------------
+
+
+@pytest.mark.parametrize("reply", ["\u20ac", None, {"a": 1}, 1 << 40, b"junk"])
+def test_configuration_that_is_not_compressed_bytes_is_a_cfg_error(reply: Any) -> None:
+    from pilot.backends.dirac import cscfg
+
+    with pytest.raises(cscfg.CfgError):
+        cscfg.from_compressed(reply)
+
 
 CS_TEXT = "Registry\n{\n  Users\n  {\n    u\n    {\n      DN = /O=DIRACTest/CN=u\n    }\n  }\n}\n"
 
@@ -828,16 +933,11 @@ def test_proxy_manager_refusal_fails_only_that_job(
 
     fake = FakeWms({"getCompressedData": s_ok(zlib.compress(CS_TEXT.encode())), "getProxy": reply})
     with FakeDiset(tls.server, fake) as server:
-        base = f"dips://localhost:{server.port}"
-        settings = DiracSettings(
-            matcher_url=f"{base}/WorkloadManagement/Matcher",
-            job_state_update_url=f"{base}/WorkloadManagement/JobStateUpdate",
-            sandbox_store_url=f"{base}/WorkloadManagement/SandboxStore",
-            proxy_manager_url=f"{base}/Framework/ProxyManager",
-            configuration_url=f"{base}/Configuration/Server",
-            proxy=tls.proxy,
-            ca_dir=tls.ca_dir,
-            timeout=5,
+        settings = fake_settings(
+            tls,
+            server,
+            proxy_manager_url=server.url("Framework/ProxyManager"),
+            configuration_url=server.url("Configuration/Server"),
         )
         backend = DiracBackend(settings, ssl_context=tls.client)
         job = MatchedJob("9", '[Executable = "/bin/true";]', extra={"Owner": "u", "Group": "g"})

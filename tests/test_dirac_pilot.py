@@ -10,57 +10,35 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, pilot_env, run_pilot
-from tests.dirac_server.fixture import DiracServer
+from testbed.dirac_server.fixture import DiracServer
+from testbed.dirac_server.jobs import (
+    env_for,
+    pilot_config,
+    submit,
+    unique_tag,
+    wait_for,
+)
+from tests.conftest import BIN, run_pilot
 from tests.test_binary import pilot_binary  # noqa: F401 (session fixture: builds dist/pilot)
-from tests.test_dirac_backend import cli_status, submit, unique_tag
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 
-def pilot_config(
-    server: DiracServer,
-    tmp: Path,
-    tag: str,
-    idle_timeout: float = 3,
-    disable: tuple[str, ...] = ("cpu",),
-) -> Path:
-    conf = tmp / f"pilot-{tag}.toml"
-    disabled = ", ".join(f'"{name}"' for name in disable)
-    conf.write_text(
-        f'site = "{server.site}"\nce = "{server.ce}"\nqueue = "{server.queue}"\n'
-        f'vo = "{server.vo}"\ntags = ["{tag}"]\nrequired_tags = ["{tag}"]\n'
-        f"idle_timeout = {idle_timeout}\nheartbeat_interval = 1\nsample_interval = 0.5\n"
-        f"disable_check = [{disabled}]\n"
-        "[dirac]\n"
-        f'matcher = "{server.urls["matcher"]}"\n'
-        f'jobstateupdate = "{server.urls["jobstateupdate"]}"\n'
-        f'sandboxstore = "{server.urls["sandboxstore"]}"\n'
-    )
-    return conf
-
-
-def env_for(server: DiracServer) -> dict[str, str]:
-    return pilot_env(X509_USER_PROXY=str(server.proxy), X509_CERT_DIR=str(server.ca_dir))
-
-
-def run_dirac_pilot(server: DiracServer, tmp: Path, tag: str) -> subprocess.CompletedProcess[str]:
-    conf = pilot_config(server, tmp, tag)
+def run_with_config(
+    server: DiracServer, conf: Path, tmp: Path, program: Path = BIN / "pilot"
+) -> subprocess.CompletedProcess[str]:
+    """``program run`` (the package's pilot, or the one-file binary) with ``conf`` against
+    the test server's Matcher, in ``tmp``; returns when the pilot has exited."""
     argv = ["run", "--config", str(conf), "--server", server.urls["matcher"]]
-    done = run_pilot(argv, cwd=tmp, env=env_for(server), timeout=300)
+    return run_pilot(argv, cwd=tmp, env=env_for(server), timeout=300, program=program)
+
+
+def run_dirac_pilot(
+    server: DiracServer, tmp: Path, tag: str, program: Path = BIN / "pilot"
+) -> subprocess.CompletedProcess[str]:
+    done = run_with_config(server, pilot_config(server, tmp, tag), tmp, program)
     assert done.returncode == 0, done.stderr
     return done
-
-
-def wait_for(server: DiracServer, job_id: str, word: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    line = ""
-    while time.monotonic() < deadline:
-        line = cli_status(server, job_id)
-        if f"Status={word};" in line:
-            return line
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} never reached {word}: {line}")
 
 
 def test_pilot_runs_a_dirac_job_end_to_end(dirac_server: DiracServer, tmp_path: Path) -> None:
@@ -146,16 +124,7 @@ def test_one_file_binary_runs_a_dirac_job(
     tag = unique_tag()
     job_id = submit(dirac_server, tmp_path / "submit", tag, {"input.txt": "binary\n"})
     wait_for(dirac_server, job_id, "Waiting")
-    conf = pilot_config(dirac_server, tmp_path, tag)
-    done = subprocess.run(
-        [str(pilot_binary), "run", "--config", str(conf), "--server", dirac_server.urls["matcher"]],
-        cwd=tmp_path,
-        env=env_for(dirac_server),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    run_dirac_pilot(dirac_server, tmp_path, tag, pilot_binary)
     wait_for(dirac_server, job_id, "Done")
     out = tmp_path / "out"
     got = dirac_server.dirac("wms-job-get-output", "-D", str(out), job_id)

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from pilot.backends.base import JobStatus, MatchedJob, StatusUpdate
-from pilot.job import execute, jobrun, watchdog
+from pilot.job import execute, heartbeat, jobrun, proctable
+from pilot.job import limits as job_limits
 from tests.payloads.support import (
     MARK_ENV,
     PAYLOADS,
@@ -77,7 +78,7 @@ def test_exit_code_streams_environment_stdin_and_session(tmp_path: Path) -> None
     assert seen["session_leader"] and seen["group_leader"]
     assert seen["stdin"] == "/dev/null"
     env = set(seen["env"]) - {"LC_CTYPE"}  # Python may set LC_CTYPE in itself (PEP 538)
-    assert env == {MARK_ENV, "PATH", watchdog.MARK_VAR}
+    assert env == {MARK_ENV, "PATH", proctable.MARK_VAR}
     assert seen["cwd"] == str(spec.cwd)
     assert (spec.cwd / "err").read_text() == "to stderr\n"
 
@@ -139,7 +140,7 @@ def test_leftover_children_are_killed_when_the_main_process_ends(tmp_path: Path,
 
 def test_output_cap_truncates_and_ends_the_job(tmp_path: Path) -> None:
     spec = make_spec(
-        tmp_path, [PYTHON, str(PAYLOADS / "flood.py"), "m", "20"], max_stream_bytes=1 << 20
+        tmp_path, [PYTHON, str(PAYLOADS / "flood.py"), "m", "20"], max_stdout_bytes=1 << 20
     )
     result = execute.run(spec)
     assert result.truncated == ("stdout",)
@@ -163,7 +164,7 @@ def test_unwritable_output_is_reported_and_never_blocks_the_payload(tmp_path: Pa
 
 
 def test_limits_end_the_job_with_their_reason(tmp_path: Path, mark: str) -> None:
-    limits = watchdog.Limits(memory_mb=60, memory_source="MaxRAM 60 MB")
+    limits = job_limits.Limits(memory_mb=60, memory_source="MaxRAM 60 MB")
     spec = make_spec(
         tmp_path, [PYTHON, str(PAYLOADS / "memhog.py"), mark, "300"], mark, limits=limits
     )
@@ -180,7 +181,7 @@ def test_process_limit_stops_a_fork_bomb(tmp_path: Path, mark: str) -> None:
         tmp_path,
         [PYTHON, str(PAYLOADS / "spawner.py"), mark, "300"],
         mark,
-        limits=watchdog.Limits(max_processes=20),
+        limits=job_limits.Limits(max_processes=20),
     )
     result = execute.run(spec)
     assert result.ending == execute.Ending(
@@ -202,7 +203,7 @@ def test_cpu_time_includes_children_and_the_monitor_sees_output(tmp_path: Path) 
         time.sleep(0.5)
         """
     )
-    monitor = watchdog.Monitor(tmp_path)
+    monitor = heartbeat.Monitor(tmp_path)
     result = execute.run(make_spec(tmp_path, [PYTHON, "-c", script]), monitor=monitor)
     assert result.exit_code == 0
     assert result.cpu_time >= 0.8
@@ -216,11 +217,11 @@ DRIVER = textwrap.dedent(
     import json, sys, threading, time
     from pathlib import Path
     import psutil
-    from pilot.job import execute, watchdog
+    from pilot.job import execute, proctable
     from pilot import proc
 
     assert execute.become_subreaper()
-    watchdog.STALE_ZOMBIE_S = 0.3  # the setsid intermediate dies unseen: reaped when stale
+    proctable.STALE_ZOMBIE_S = 0.3  # the setsid intermediate dies unseen: reaped when stale
     job = Path(sys.argv[1])
     spec = execute.ExecutionSpec(
         argv=(sys.executable, sys.argv[2], sys.argv[3]), cwd=job, env={"HOSTILE_MARK": sys.argv[3]},
@@ -236,7 +237,7 @@ DRIVER = textwrap.dedent(
     results = [execute.run(spec) for _ in range(3)]
     side.join()
     time.sleep(0.5)
-    watchdog.reap_strays(watchdog.scan())
+    proctable.reap_strays(proctable.scan())
     children = [(c.pid, c.status()) for c in psutil.Process().children()]
     print(json.dumps({
         "leftovers": [r.leftovers for r in results],
@@ -308,7 +309,7 @@ def test_a_job_whose_output_was_not_saved_is_not_done(
     unsaved = ("stdout: No space left on device",)
     result = execute.ExecutionResult(exit_code, None, 1.0, 0.5, unsaved=unsaved)
     note = "; ".join(jobrun.application_notes(result, 1 << 20))
-    outcome = runner._conclude(result, note)
+    outcome = runner.conclude(result, note)
     assert (outcome.status, outcome.minor) == (status, minor)
     assert backend.updates[-1].application is not None
     assert "stdout: No space left on device (not saved)" in backend.updates[-1].application

@@ -10,9 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import BIN, FAST, Stub, pilot_env
+from tests.conftest import BIN, FAST, Stub, pilot_env, unavailable
 
 
 def _needs_root_and_unshare() -> None:
@@ -22,9 +20,7 @@ def _needs_root_and_unshare() -> None:
     elif shutil.which("unshare") is None:
         reason = "needs unshare (util-linux)"
     if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
 
 
 def test_full_work_dir_fails_the_job_not_the_pilot(stub: Stub, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,9 +75,7 @@ def test_pilot_reuses_connections(stub: Stub, tmp_path: Path) -> None:
     """Several jobs through one pilot: a few connections (one per thread that talks to
     the stub at the same time), not one per request."""
     ids = stub.submit('Executable = "/bin/true"; Parameters = 5;')
-    done = run_pilot(
-        ["run", "--server", stub.url, "--max-concurrent", "1", *FAST], cwd=tmp_path
-    )
+    done = run_pilot(["run", "--server", stub.url, "--max-concurrent", "1", *FAST], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert all(stub.status(i) == "Done" for i in ids)
     stats = stub.server.httpd.stats
@@ -232,3 +231,101 @@ def test_idle_connections_time_out(tmp_path: Path) -> None:
     finally:
         handle.client.close()
         handle.server.stop()
+
+
+def _hello(environ: dict[str, object], start_response) -> list[bytes]:  # type: ignore[no-untyped-def]
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"hi"]
+
+
+@pytest.fixture
+def one_worker() -> Iterator[HTTPServer]:
+    """A server with a single worker and short head and handshake limits."""
+    httpd = HTTPServer(
+        ("127.0.0.1", 0), _hello, workers=1, request_timeout=1.0, handshake_timeout=1.0
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_silent_and_slow_clients_do_not_hold_the_workers(one_worker: HTTPServer) -> None:
+    """Clients that connect and say nothing, or send a head a byte at a time, must not
+    keep the (single) worker from a client that sends its request at once; a head not
+    finished within request_timeout has its connection closed."""
+    address = one_worker.server_address
+    silent = [socket.create_connection(address, timeout=10) for _ in range(3)]
+    slow = [socket.create_connection(address, timeout=10) for _ in range(3)]
+    for sock in slow:
+        sock.sendall(b"GET / HT")
+    time.sleep(0.2)
+    started = time.monotonic()
+    with socket.create_connection(address, timeout=10) as good:
+        good.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = _read_response(good, bytearray())
+    assert status == "HTTP/1.1 200 OK" and body == b"hi"
+    assert time.monotonic() - started < 0.9  # not after a silent client's time-out
+    for sock in slow:  # a byte now and then does not extend the head's time limit
+        sock.sendall(b"T")
+    for sock in [*silent, *slow]:
+        assert _closed(sock)  # within request_timeout (+ the once-a-second sweep)
+        sock.close()
+    assert time.monotonic() - started < 5
+
+
+def test_a_tls_client_that_never_finishes_its_handshake_holds_no_worker(
+    tmp_path: Path,
+) -> None:
+    from pilot.grid import credentials
+    from testbed.pki import build_pki
+
+    pki = build_pki(tmp_path / "pki")
+    ctx = credentials.server_ssl_context(
+        pki.hostcert, pki.hostkey, ca_file=pki.ca_file, require_client_cert=False
+    )
+    httpd = HTTPServer(("127.0.0.1", 0), _hello, ssl_context=ctx, workers=1, handshake_timeout=1.0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        silent = socket.create_connection(httpd.server_address, timeout=10)
+        half = socket.create_connection(httpd.server_address, timeout=10)
+        half.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
+        time.sleep(0.2)
+        client = credentials.ssl_context(None, ca_file=pki.ca_file)
+        started = time.monotonic()
+        with client.wrap_socket(
+            socket.create_connection(httpd.server_address, timeout=10), server_hostname="localhost"
+        ) as good:
+            good.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = _read_response(good, bytearray())  # type: ignore[arg-type]
+        assert status == "HTTP/1.1 200 OK" and body == b"hi"
+        assert time.monotonic() - started < 0.9
+        for sock in (silent, half):
+            assert _closed(sock)  # after handshake_timeout
+            sock.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_line_break_in_a_response_header_is_never_sent() -> None:
+    """Response splitting: the server refuses a header value with CR or LF (the
+    connection is closed) rather than let it start a header or a response of its own."""
+
+    def splitting(environ: dict[str, object], start_response) -> list[bytes]:  # type: ignore[no-untyped-def]
+        start_response("303 See Other", [("Location", "/\r\nSet-Cookie: planted=1")])
+        return [b""]
+
+    httpd = HTTPServer(("127.0.0.1", 0), splitting, workers=1)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(httpd.server_address, timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while data := sock.recv(65536):
+                received += data
+            assert b"planted" not in received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -11,6 +11,7 @@ import pytest
 
 from pilot.errors import CheckFailed
 from pilot.job import isolation
+from testbed.pki import build_pki, issue_proxy, proxy_pem
 from tests.conftest import FAST, Stub, pilot_env, run_pilot
 from tests.payloads.support import (
     MARK_ENV,
@@ -20,7 +21,6 @@ from tests.payloads.support import (
     nobody_dir,
     start_pilot,
 )
-from tests.pki import build_pki, issue_proxy, proxy_pem
 
 
 def write_proxy(path: Path) -> Path:
@@ -65,23 +65,6 @@ def test_bwrap_argv_masks_credentials_and_other_jobs(tmp_path: Path) -> None:
     assert ("--remount-ro", str(work)) in pairs  # and the rest of the work dir is read-only
     assert argv[-3:] == ("--", "/bin/echo", "hi")
     assert {"--unshare-user", "--unshare-pid", "--die-with-parent"} <= set(argv)
-
-
-def test_credential_paths_come_from_the_environment(tmp_path: Path) -> None:
-    proxy, cert, token = tmp_path / "proxy", tmp_path / "cert.pem", tmp_path / "token"
-    for path in (proxy, cert, token):
-        path.write_text("x")
-    env = {
-        "X509_USER_PROXY": str(proxy),
-        "X509_USER_CERT": str(cert),
-        "BEARER_TOKEN_FILE": str(token),
-        "X509_USER_KEY": str(tmp_path / "missing"),
-        "HOME": str(tmp_path / "home"),
-    }
-    found = isolation.credential_paths(env, proxy)
-    assert set(found) >= {proxy, cert, token}
-    assert tmp_path / "missing" not in found
-    assert len(found) == len(set(found))
 
 
 def test_apptainer_argv_contains_and_binds_the_job(tmp_path: Path) -> None:

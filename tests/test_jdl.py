@@ -845,6 +845,12 @@ def test_scalars_lists_and_strings() -> None:
     assert job.arguments == ("-c", "echo a  b", "q", "plain")
 
 
+def test_max_ram_zero_is_no_memory_request() -> None:
+    """MaxRAM = 0 asks for nothing (the job gets its share of the slot), not for 0 MB,
+    which killed the payload at its first sample."""
+    assert jdl.load("Executable = x; MaxRAM = 0").max_ram_mb is None
+
+
 def test_cpu_time_and_priority_accept_quoted_numbers() -> None:
     assert jdl.load('Executable = x; CPUTime = "600"; Priority = "3"').cpu_time == 600
     assert jdl.load('Executable = x; MaxCPUTime = "10"').cpu_time == 10

@@ -7,15 +7,14 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pilot import cli as pilot_cli
 from server_stub import cli as stub_cli
+from tests.conftest import BIN
 
-BIN = Path(sys.executable).parent
 STRICT = {**os.environ, "PYTHONWARNINGS": "error", "PILOT_SERVER": ""}
 
 

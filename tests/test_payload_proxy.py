@@ -4,9 +4,9 @@ the file in the job directory (0600), its lifetime, renewal, and jobs without a 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,11 +20,12 @@ from pilot.backends.base import MatchedJob
 from pilot.errors import CredentialError, NoStoredProxy
 from pilot.grid import credentials, voms
 from pilot.job import delegation
+from server_stub import cli as stub_cli
 from server_stub.app import AuthPolicy
-from server_stub.server import ServerSettings, StubServer
-from server_stub.userclient import UserClient
-from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot
-from tests.pki import Pki, issue_proxy, issue_user, now, pki_fixture, proxy_pem  # noqa: F401
+from testbed.pki import Pki, issue_proxy, issue_user, now, pki_fixture, proxy_pem  # noqa: F401
+from tests.conftest import BIN, FAST, Stub, run_pilot, unavailable
+from tests.test_security import _https_stub
+from tests.test_security import _pilot_env as _env
 
 OWNER_DN = "/O=DIRACTest/OU=users/CN=testuser"
 
@@ -45,10 +46,7 @@ openssl verify -allow_proxy_certs -CAfile ca.pem -untrusted "$X509_USER_PROXY" \
 def needs_openssl() -> None:
     """The payloads inspect their proxy with the openssl command (Debian package openssl)."""
     if shutil.which("openssl") is None:
-        message = "needs the openssl command (apt-get install openssl)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable("needs the openssl command (apt-get install openssl)")
 
 
 def _spki(public_key: object) -> bytes:
@@ -60,23 +58,10 @@ def _spki(public_key: object) -> bytes:
 @pytest.fixture
 def proxy_stub(tmp_path: Path, pki: Pki) -> Iterator[Stub]:
     """An HTTPS stub that requires client certificates; the user talks to it with a proxy."""
-    tmp = tmp_path / "stub"
-    ctx = credentials.server_ssl_context(
-        pki.hostcert, pki.hostkey, ca_file=pki.ca_file, require_client_cert=True
-    )
-    server = StubServer(
-        ServerSettings(
-            db=tmp / "stub.db", sandbox_dir=tmp / "sb", ssl_context=ctx, auth=AuthPolicy()
-        )
-    )
-    server.start()
-    user_proxy = issue_proxy(pki.user, not_after=now() + timedelta(hours=12))
-    user_file = pki.proxy_file(f"user-{tmp_path.name}", proxy_pem(user_proxy, [pki.user.cert]))
-    client_ctx = credentials.ssl_context(credentials.load_proxy(user_file), ca_file=pki.ca_file)
-    stub = Stub(server.url, server, UserClient(server.url, verify=client_ctx), tmp)
+    stub = _https_stub(tmp_path / "stub", pki, require_cert=True, auth=AuthPolicy())
     yield stub
     stub.client.close()
-    server.stop()
+    stub.server.stop()
 
 
 def _pilot_identity(pki: Pki, tmp_path: Path) -> Path:
@@ -84,15 +69,6 @@ def _pilot_identity(pki: Pki, tmp_path: Path) -> Path:
     pilot_user = issue_user(pki.ca, cn="pilot-agent")
     proxy = issue_proxy(pilot_user, not_after=now() + timedelta(hours=12))
     return pki.proxy_file(f"pilot-{tmp_path.name}", proxy_pem(proxy, [pilot_user.cert]))
-
-
-def _env(pki: Pki, **extra: str) -> dict[str, str]:
-    env = pilot_env(X509_CERT_FILE=str(pki.ca_file))
-    for var in ("X509_USER_PROXY", "BEARER_TOKEN", "BEARER_TOKEN_FILE", "X509_CERT_DIR"):
-        env.pop(var, None)
-    env["XDG_RUNTIME_DIR"] = str(pki.root / "no-runtime")
-    env.update(extra)
-    return env
 
 
 def _proxy_upload(stub: Stub, pki: Pki, *args: str) -> subprocess.CompletedProcess[str]:
@@ -199,6 +175,16 @@ def test_proxy_upload_refuses_someone_elses_proxy(
     assert bad.returncode == 2 and "--valid -3" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("hours", ["nan", "inf", "0", "-3", "9000"])
+def test_proxy_upload_refuses_a_lifetime_out_of_range(
+    pki: Pki, hours: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any file is read or server called, naming the option."""
+    argv = ["--server", "http://127.0.0.1:9", "proxy-upload", "--valid", hours]
+    code = stub_cli.main([*argv, "--cert", str(pki.usercert), "--key", str(pki.userkey)])
+    assert code == 2 and f"--valid {float(hours):g}" in capsys.readouterr().err
+
+
 def test_a_job_token_gets_only_its_own_jobs_proxy(proxy_stub: Stub, pki: Pki) -> None:
     assert _proxy_upload(proxy_stub, pki).returncode == 0
     (job,) = proxy_stub.submit('Executable = "/bin/true";')
@@ -232,6 +218,10 @@ class _Signer:
             self.issuer, request_pem.encode(), timedelta(seconds=seconds), limited=limited
         )
         return chain.decode()
+
+
+def _serial(path: Path) -> int:
+    return int(credentials.load_proxy(path).certs[0].serial_number)
 
 
 def _owner_proxy(pki: Pki) -> credentials.Proxy:
@@ -273,7 +263,10 @@ def test_a_long_job_gets_its_proxy_renewed_before_it_expires(pki: Pki, tmp_path:
     holder.start_renewal(first)
     try:
         deadline = time.monotonic() + 30
-        while signer.calls < 2 and time.monotonic() < deadline:
+        # signer.calls counts a renewal when it is asked, before its file is written
+        while (signer.calls < 2 or _serial(holder.path) == first.certs[0].serial_number) and (
+            time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         assert signer.calls >= 2
         renewed = credentials.load_proxy(holder.path, strict=True)
@@ -282,6 +275,63 @@ def test_a_long_job_gets_its_proxy_renewed_before_it_expires(pki: Pki, tmp_path:
     finally:
         holder.remove()
     assert not holder.path.exists()
+
+
+@pytest.mark.parametrize(
+    ("owner_left", "fraction", "calls"),
+    [
+        (30, 0.25, 1),  # the owner's proxy ends in 30 s: renew with a quarter of that left
+        (8, 0.9, 2),  # renewing gains nothing: back off instead of asking every second
+    ],
+)
+def test_renewal_is_paced_by_what_the_server_gave(
+    pki: Pki, tmp_path: Path, owner_left: int, fraction: float, calls: int
+) -> None:
+    """A job asks for an hour but the owner's stored proxy ends sooner: the renewal thread
+    must not call the server (and make a key) every second until it expires."""
+    proxy = issue_proxy(pki.user, not_after=now() + timedelta(seconds=owner_left))
+    signer = _Signer(credentials.proxy_from_pem(proxy_pem(proxy, [pki.user.cert])))
+    policy = delegation.DelegationPolicy(renew_fraction=fraction)
+    holder = delegation.PayloadProxy(signer, MatchedJob("9", "[]"), tmp_path, 3600, policy)
+    holder.start_renewal(holder.obtain())
+    try:
+        time.sleep(3.5)
+    finally:
+        holder.remove()
+    assert signer.calls == calls
+
+
+class _SlowSigner(_Signer):
+    """Its second answer (the first renewal) comes only when the test releases it."""
+
+    def __init__(self, issuer: credentials.Proxy) -> None:
+        super().__init__(issuer, lifetime=4)
+        self.asked, self.release = threading.Event(), threading.Event()
+
+    def delegate_proxy(
+        self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
+    ) -> str:
+        if self.calls == 1:
+            self.asked.set()
+            self.release.wait(30)
+        return super().delegate_proxy(job, request_pem, lifetime, limited)
+
+
+def test_a_renewal_answered_after_remove_writes_no_file(pki: Pki, tmp_path: Path) -> None:
+    """The server answers a renewal after the payload ended (remove() stopped waiting for
+    it): the proxy must not reappear in the job directory, where stage-out could pack it."""
+    signer = _SlowSigner(_owner_proxy(pki))
+    policy = delegation.DelegationPolicy(renew_fraction=0.9)
+    holder = delegation.PayloadProxy(signer, MatchedJob("10", "[]"), tmp_path, 4, policy)
+    holder.join_timeout = 0.1
+    holder.start_renewal(holder.obtain())
+    assert signer.asked.wait(30)
+    holder.remove()
+    assert not holder.path.exists()
+    signer.release.set()
+    assert holder._thread is not None
+    holder._thread.join(30)
+    assert signer.calls == 2 and not holder.path.exists()
 
 
 def test_no_stored_proxy_is_its_own_error(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from pilot.grid import credentials
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
+from testbed.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
 from tests.conftest import FAST, Stub, pilot_env, run_pilot, secret
-from tests.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
 
 PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 PILOT_TOKEN = secret("pilot-secret-1234")
@@ -87,7 +87,7 @@ def test_tls_connection_kept_alive_with_the_client_identity(mtls_stub: Stub) -> 
 
 def test_pilot_without_certificate_is_refused(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> None:
     (job,) = mtls_stub.submit('Executable = "/bin/true";')
-    env = _pilot_env(pki, X509_USER_PROXY=str(tmp_path / "absent"))
+    env = _pilot_env(pki)  # no proxy named anywhere (a named but missing one is exit 31)
     done = run_pilot(
         ["run", "--server", mtls_stub.url, "--proxy", "", *FAST], cwd=tmp_path, env=env, timeout=120
     )

@@ -14,7 +14,6 @@ tests; elsewhere they skip, saying why.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -26,7 +25,8 @@ import pytest
 
 from tests.conftest import Stub
 from tests.payloads.support import nobody_dir, wait_for
-from tests.sge.cluster import NOTIFY, ClusterError, GridEngine, start_cluster
+from tests.pidns import running_cluster
+from tests.sge.cluster import NOTIFY, GridEngine, start_cluster
 from tests.test_binary import ensure_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(1800)]
@@ -41,21 +41,9 @@ def pilot_binary() -> Path:
 
 @pytest.fixture(scope="module")
 def sge() -> Iterator[GridEngine]:
-    try:
-        cluster = start_cluster()
-    except ClusterError as exc:
-        reason = f"cannot start a Grid Engine test cluster: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    with running_cluster("Grid Engine", start_cluster) as cluster:
         yield cluster
-    finally:
-        hard = cluster.stop()
-        if hard:
-            print("grid engine tear-down:", *hard, sep="\n  ")
-        assert cluster.namespace_pids() == [], "processes of the cluster survived tear-down"
-        shutil.rmtree(cluster.root, ignore_errors=True)
+    shutil.rmtree(cluster.root, ignore_errors=True)
 
 
 @dataclass

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import re
-import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from pilot import agent
-from pilot.backends.base import MatchedJob
-from pilot.backends.local import LocalBackend
-from pilot.config import PilotConfig
 from pilot.job import jdl
 from pilot.node import resources
+from pilot.node.slot import Slot
 from tests.conftest import FAST, Stub, run_pilot
 from tests.payloads.support import new_mark, payload_jdl
 
@@ -39,11 +36,6 @@ def slot(cores: int = 8, memory: int | None = 16000) -> resources.ResourceDescri
     )
 
 
-def make_agent(tmp_path: Path, cores: int = 8) -> agent.Agent:
-    backend = LocalBackend(tmp_path / "x.jdl", tmp_path / "out")
-    return agent.Agent(PilotConfig(work_dir=tmp_path), backend, slot(cores), "stamp", agent.Stop())
-
-
 @pytest.mark.parametrize(
     ("attributes", "free", "cores", "memory"),
     [
@@ -53,25 +45,39 @@ def make_agent(tmp_path: Path, cores: int = 8) -> agent.Agent:
         ("MinNumberOfProcessors = 2; MaxNumberOfProcessors = 6;", 8, 6, 12000),
         ("WholeNode = true;", 8, 8, 16000),
         ("NumberOfProcessors = 2; MaxRAM = 100;", 8, 2, 100),
+        ("NumberOfProcessors = 2; MaxRAM = 0;", 8, 2, 4000),  # 0 is no request, not 0 MB
     ],
 )
 def test_allocation_gives_each_job_what_it_asks_for(
-    tmp_path: Path, attributes: str, free: int, cores: int, memory: int
+    attributes: str, free: int, cores: int, memory: int
 ) -> None:
-    job = MatchedJob("1", jdl.dumps(jdl.parse(f'Executable = "x"; {attributes}')))
-    assert make_agent(tmp_path)._allocation(job, free, 16000) == (cores, memory)
+    desc = jdl.load(f'Executable = "x"; {attributes}')
+    assert Slot(slot(8)).allocation(desc, free, 16000) == (cores, memory)
 
 
-def test_offer_shows_only_what_is_free(tmp_path: Path) -> None:
-    pilot = make_agent(tmp_path, cores=4)
-    full = pilot._offer(4, 16000).as_dict()
+def test_a_job_whose_description_did_not_parse_gets_one_core() -> None:
+    assert Slot(slot(8)).allocation(None, 8, 16000) == (1, None)
+
+
+def test_offer_shows_only_what_is_free() -> None:
+    bookkeeping = Slot(slot(4))
+    full = bookkeeping.offer(*bookkeeping.free()).as_dict()
     assert full["NumberOfProcessors"] == 4 and {"MultiProcessor", "WholeNode"} <= set(full["Tag"])
-    runner = agent._Running(None, threading.Thread(), 3, 12000)  # type: ignore[arg-type]
-    pilot.running["1"] = runner
-    assert pilot._free() == (1, 4000)
-    left = pilot._offer(*pilot._free()).as_dict()
+    bookkeeping.hold("1", 3, 12000)
+    assert bookkeeping.busy and bookkeeping.free() == (1, 4000)
+    left = bookkeeping.offer(*bookkeeping.free()).as_dict()
     assert left["NumberOfProcessors"] == 1 and left["MaxRAM"] == 4000
     assert not {"MultiProcessor", "WholeNode"} & set(left["Tag"])
+    bookkeeping.release("1")
+    assert not bookkeeping.busy and bookkeeping.free() == (4, 16000)
+
+
+def test_time_left_runs_down_from_the_slots_wall_clock() -> None:
+    bookkeeping = Slot(slot(), started=time.monotonic() - 100)
+    assert 86400 - 101 < bookkeeping.time_left() <= 86400 - 100
+    offered = bookkeeping.offer(1, None)
+    assert 86400 - 102 < offered.wall_clock_time_left <= 86400 - 100
+    assert offered.cpu_time < slot().cpu_time  # CPUTime shrinks with the time left
 
 
 def intervals(stub: Stub, jobs: list[int], tmp: Path) -> list[tuple[float, float, int]]:
@@ -121,3 +127,30 @@ def test_max_concurrent_caps_the_jobs_at_once(stub: Stub, tmp_path: Path) -> Non
     timing = stub.client.job(jobs[-1])["timing"]
     assert set(timing) >= {"match", "stage_in", "payload", "stage_out"}
     assert timing["payload"] >= 1.0 and timing["match"] < 30
+
+
+def test_the_slot_runs_down_from_when_its_time_was_read(tmp_path: Path) -> None:
+    """Time spent registering (a server retrying for a minute, say) is time the slot no
+    longer has: the first offer must not count it as still left."""
+    from typing import Any
+
+    from pilot import agent
+    from pilot.backends.local import LocalBackend
+    from pilot.config import PilotConfig
+
+    class SlowRegistration(LocalBackend):
+        offered: list[int] = []
+
+        def register(self, stamp: str, info: Any) -> None:
+            time.sleep(2.0)
+            super().register(stamp, info)
+
+        def match(self, resources: Any) -> Any:
+            self.offered.append(resources["WallClockTimeLeft"])
+            return super().match(resources)
+
+    (tmp_path / "job.jdl").write_text('Executable = "/bin/true";')
+    backend = SlowRegistration.from_file(tmp_path / "job.jdl", tmp_path / "out")
+    config = PilotConfig(work_dir=tmp_path / "work", idle_timeout=0.0)
+    agent.run(config, backend, agent.Stop(), finish_later=False)
+    assert backend.offered and backend.offered[0] <= resources.UNLIMITED_WALL_S - 2

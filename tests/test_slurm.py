@@ -10,7 +10,6 @@ saying why.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Stub
-from tests.slurm.cluster import FINAL_STATES, ClusterError, SlurmCluster, start_cluster
+from tests.pidns import running_cluster
+from tests.slurm.cluster import FINAL_STATES, SlurmCluster, start_cluster
 from tests.test_binary import ensure_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(1800)]
@@ -35,20 +35,8 @@ def pilot_binary() -> Path:
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     root = tmp_path_factory.mktemp("slurm")
-    try:
-        cluster = start_cluster(root, kill_wait=KILL_WAIT)
-    except ClusterError as exc:
-        reason = f"cannot start a Slurm test cluster: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    with running_cluster("Slurm", lambda: start_cluster(root, kill_wait=KILL_WAIT)) as cluster:
         yield cluster
-    finally:
-        hard = cluster.stop()
-        if hard:
-            print("slurm tear-down:", *hard, sep="\n  ")
-        assert cluster.namespace_pids() == [], "processes of the cluster survived tear-down"
 
 
 def batch_script(tmp: Path, binary: Path, stub: Stub, *extra: str) -> Path:

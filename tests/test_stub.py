@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from pilot.errors import AuthError, ServerError
+from server_stub.store import Store, StoreError
 from tests.conftest import BIN, Stub, start_stub
 
 RES = {"Site": "S", "CPUTime": 10**6, "NumberOfProcessors": 1}
@@ -191,3 +193,42 @@ def test_cli_serve_refuses_bad_pool_settings() -> None:
         (line,) = done.stderr.splitlines()  # one line: the option, the value, what is allowed
         assert f"argument {option}: " in line and value in line, line
         assert "out of range" in line or "is not a" in line, line
+
+
+def test_cli_serve_refuses_nonsense_settings(tmp_path: Path) -> None:
+    """NaN passed every '> 0' check; a negative --stalled-after stalled every running
+    job at each reap; a port out of range or a directory as --db gave a traceback."""
+    for option, value, told in (
+        ("--keepalive-timeout", "nan", "'nan' is not a finite number"),
+        ("--reap-interval", "nan", "'nan' is not a finite number"),
+        ("--stalled-after", "-5", "-5 is out of range"),
+        ("--max-parametric", "0", "0 is out of range"),
+        ("--max-reschedules", "-1", "-1 is out of range"),
+        ("--port", "70000", "70000 is out of range: 0..65535"),
+    ):
+        done = _cli("serve", option, value)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"argument {option}: {told}" in done.stderr, done.stderr
+    done = _cli("serve", "--db", str(tmp_path))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"{tmp_path}" in done.stderr
+
+
+def test_a_second_stub_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    """Each stub process matches from its own in-memory index of the waiting jobs: a
+    second one on the same database would never see the first one's new jobs."""
+    db = tmp_path / "db.sqlite"
+    proc = subprocess.Popen(
+        [str(BIN / "pilot-stub"), "serve", "--db", str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("http://")
+        second = _cli("serve", "--db", str(db))
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"{db} is in use by another process" in second.stderr
+        with pytest.raises(StoreError, match="in use by another process"):
+            Store(db)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert Store(db).jobs() == []  # free again once it stopped

@@ -9,11 +9,15 @@ says which job should win, and the store must claim that one.
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -21,7 +25,9 @@ from hypothesis import strategies as st
 
 from pilot.job import jdl
 from server_stub import matching
-from server_stub.store import Store
+from server_stub.app import StubApp
+from server_stub.sandboxes import SandboxStore
+from server_stub.store import Store, StoreError
 
 SITES = ["A.site", "B.site", "C.site"]
 
@@ -247,3 +253,91 @@ def test_parametric_jobs_are_validated_and_queued_like_single_ones(
         rows = [row[1:] for row in rows]
         db.close()
         assert [(p, json.loads(r)) for p, r in rows] == expected, text
+
+
+def test_a_full_disk_refuses_writes_with_503_and_keeps_the_index(tmp_path: Path) -> None:
+    """A write the disk has no room for (here: SQLite's page limit) is answered 503 with
+    the reason; nothing of it reaches the database or the task-queue index, and the
+    stub goes on once there is room again."""
+    store = Store(tmp_path / "s.db")
+    app = StubApp(store, SandboxStore(tmp_path / "sb", 1 << 20))  # (its indexes written)
+    first = _submit(store, "", 2)
+    db = store._conn()  # this thread's connection: the one the calls below use
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    big = f'Executable = "/bin/true"; Arguments = "{"x" * 2000}"; Parameters = 50;'
+    with pytest.raises(StoreError) as refused:
+        store.submit_many(jdl.expand(jdl.parse(big)), "tester")
+    assert refused.value.status == 503 and "disk is full" in str(refused.value)
+    env = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/jobs/jdl"}
+    setup_testing_defaults(env)
+    body = json.dumps(big).encode()
+    env.update({"CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)})
+    got: list[str] = []
+    answer = b"".join(app(env, lambda status, headers: got.append(status)))
+    assert got == ["503 Service Unavailable"] and b"disk is full" in answer
+    assert [j["job_id"] for j in store.jobs()] == first and len(store.queues) == 2
+    db.execute("PRAGMA max_page_count = 1073741823")  # room again
+    assert len(_submit(store, "", 3)) == 3 and len(store.queues) == 5
+
+
+def test_a_stub_killed_within_a_transaction_reopens_consistent(tmp_path: Path) -> None:
+    """kill -9 while a transaction is open: on reopening, the index is rebuilt from what
+    was committed, and the half-written jobs are nowhere."""
+    script = f"""
+import sys, time
+from pathlib import Path
+from pilot.job import jdl
+from server_stub.store import Store
+store = Store(Path({str(tmp_path / "s.db")!r}))
+jobs = jdl.expand(jdl.parse('Executable = "/bin/true"; Parameters = 3;'))
+store.submit_many(jobs, "tester")
+store.match({{"Site": "A.site"}}, "p", dry_run=False)
+with store._tx() as db:
+    db.execute("UPDATE jobs SET status = 'Killed' WHERE id = 2")
+    db.execute("INSERT INTO jobs (jdl, status, requirements, submitted, updated)"
+               " VALUES ('[]', 'Waiting', '{{}}', 1, 1)")
+    print("in transaction", flush=True)
+    time.sleep(60)
+"""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "in transaction\n"
+    finally:
+        child.kill()
+        child.wait(10)
+    store = Store(tmp_path / "s.db")
+    assert [(j["job_id"], j["status"]) for j in store.jobs()] == [
+        (1, "Matched"),
+        (2, "Waiting"),
+        (3, "Waiting"),
+    ]
+    assert len(store.queues) == 2
+    claims = [store.match({"Site": "A.site"}, "p", dry_run=False) for _ in range(3)]
+    assert [c.job_id if c else None for c in claims] == [2, 3, None]
+
+
+@pytest.mark.parametrize(
+    "nonsense",
+    [
+        {"CPUTime": float("nan")},
+        {"CPUTime": "NaN"},
+        {"CPUTime": float("-inf")},
+        {"NumberOfProcessors": float("-inf")},
+        {"NumberOfProcessors": "nan"},
+        {"MaxRAM": float("-inf")},
+    ],
+)
+def test_a_number_that_is_no_number_counts_as_not_given(
+    tmp_path: Path, nonsense: dict[str, Any]
+) -> None:
+    """NaN and infinities in a pilot's description (JSON from Python may carry them):
+    the task queues decide as the job-by-job matcher does, and nothing raises; like a
+    value that is not a number at all, they count as not given."""
+    store = Store(tmp_path / "s.db")
+    _submit(store, "CPUTime = 100; MaxRAM = 100;", 2)
+    resources = {"Site": "A.site", **nonsense}
+    assert store.match(resources, "p", dry_run=True) is not None
+    assert reference(tmp_path / "s.db", resources) == 1
+    assert store.near_misses(resources) == []

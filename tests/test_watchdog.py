@@ -1,4 +1,5 @@
-"""pilot.job.watchdog: the process table, limits, stall detection, heartbeats and kill commands."""
+"""The watchdog (pilot.job.proctable, .limits, .heartbeat): the process table, stall
+detection, heartbeats and kill commands."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 
 from pilot.backends.base import MatchedJob
 from pilot.errors import AuthError, ServerUnreachable
-from pilot.job import watchdog
+from pilot.job import heartbeat, proctable
+from pilot.job import limits as job_limits
 from tests.conftest import FAST, Stub
 from tests.payloads.support import (
     PAYLOADS,
@@ -28,7 +30,7 @@ from tests.payloads.support import (
 )
 
 
-def usage(**values: float | None) -> watchdog.Usage:
+def usage(**values: float | None) -> job_limits.Usage:
     base: dict[str, Any] = {
         "wall": 10.0,
         "cpu": 5.0,
@@ -39,18 +41,18 @@ def usage(**values: float | None) -> watchdog.Usage:
         "free_mb": 10000.0,
     }
     base.update(values)
-    return watchdog.Usage(**base)
+    return job_limits.Usage(**base)
 
 
 def test_parse_stat_survives_hostile_command_names() -> None:
     tail = b"S 1 2 3 0 -1 0 0 0 0 0 250 50 100 0 20 0 1 0 777 4096 3 18446744073709551615"
-    stat = watchdog.parse_stat(42, b"42 (a) b) (c) " + tail)
+    stat = proctable.parse_stat(42, b"42 (a) b) (c) " + tail)
     assert stat is not None
     assert (stat.ppid, stat.pgid, stat.sid, stat.state, stat.start) == (1, 2, 3, "S", 777)
-    assert stat.cpu == pytest.approx(300 / watchdog.CLK_TCK)
-    assert stat.cpu_children == pytest.approx(100 / watchdog.CLK_TCK)
-    assert (stat.vsize, stat.rss) == (4096, 3 * watchdog.PAGE_SIZE)
-    assert watchdog.parse_stat(42, b"42 (x) S 1") is None
+    assert stat.cpu == pytest.approx(300 / proctable.CLK_TCK)
+    assert stat.cpu_children == pytest.approx(100 / proctable.CLK_TCK)
+    assert (stat.vsize, stat.rss) == (4096, 3 * proctable.PAGE_SIZE)
+    assert proctable.parse_stat(42, b"42 (x) S 1") is None
 
 
 def test_tree_follows_descendants_and_counts_their_usage(tmp_path: Path) -> None:
@@ -58,14 +60,16 @@ def test_tree_follows_descendants_and_counts_their_usage(tmp_path: Path) -> None
     script = (
         "import subprocess, sys, time\n"
         f"kids = [subprocess.Popen([sys.executable, {str(PAYLOADS / 'sleeper.py')!r}, "
-        f"{mark!r}]) for _ in range(3)]\n"
+        f"{mark!r}], stdout=subprocess.PIPE) for _ in range(3)]\n"
+        # each child says so once its interpreter is up (else its RSS may still be tiny)
+        "[kid.stdout.readline() for kid in kids]\n"
         "print('ready', flush=True)\ntime.sleep(60)\n"
     )
     main = subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert main.stdout is not None and main.stdout.readline() == "ready\n"
-        tree = watchdog.ProcessTree(main.pid, "unused")
-        sampler = watchdog.Sampler(tree, tmp_path, time.monotonic())
+        tree = proctable.ProcessTree(main.pid, "unused")
+        sampler = job_limits.Sampler(tree, tmp_path, time.monotonic())
         got, live = sampler.sample()
         assert sorted(s.pid for s in live)[0] == main.pid
         assert got.processes == 4
@@ -84,10 +88,10 @@ def test_dir_size_counts_blocks_not_apparent_size(tmp_path: Path) -> None:
     with (tmp_path / "sparse").open("wb") as fh:
         fh.truncate(1 << 30)  # 1 GiB apparent, no blocks
     os.symlink("/usr", tmp_path / "link")  # not followed
-    assert 3.0 <= watchdog.dir_size_mb(tmp_path) < 3.5
+    assert 3.0 <= job_limits.dir_size_mb(tmp_path) < 3.5
 
 
-L = watchdog.Limits
+L = job_limits.Limits
 LIMIT_CASES = [
     (L(memory_mb=100, memory_source="MaxRAM 1"), {"rss_mb": 101}, "memory limit (MaxRAM 1)"),
     (L(cpu_normalised=60, benchmark=10), {"cpu": 6.5}, "CPU time limit (CPUTime 60 normalised s)"),
@@ -100,20 +104,21 @@ LIMIT_CASES = [
 
 @pytest.mark.parametrize(("limits", "values", "minor"), LIMIT_CASES)
 def test_each_limit_names_itself(
-    limits: watchdog.Limits, values: dict[str, float], minor: str
+    limits: job_limits.Limits, values: dict[str, float], minor: str
 ) -> None:
-    checker = watchdog.LimitChecker(limits)
+    checker = job_limits.LimitChecker(limits)
     assert checker.check(usage()) is None  # the defaults are within every limit
     assert checker.check(usage(**values)) == f"Job exceeded {minor}"
 
 
 def test_no_limit_means_no_verdict() -> None:
     huge = usage(rss_mb=1e9, cpu=1e9, wall=1e9, processes=10**6, disk_mb=1e9, free_mb=0)
-    assert watchdog.LimitChecker(watchdog.Limits()).check(huge) is None
+    assert job_limits.LimitChecker(job_limits.Limits()).check(huge) is None
 
 
 def test_stalled_needs_a_whole_window_below_the_fraction() -> None:
-    checker = watchdog.LimitChecker(watchdog.Limits(stalled_window=60, stalled_cpu_fraction=0.05))
+    window = job_limits.Limits(stalled_window=60, stalled_cpu_fraction=0.05)
+    checker = job_limits.LimitChecker(window)
     verdicts = [checker.check(usage(wall=t, cpu=t * 0.01)) for t in range(0, 60, 5)]
     assert verdicts == [None] * 12  # not a full window yet
     minor = "Job stalled: CPU/wall below 5% for 60 s"
@@ -121,7 +126,8 @@ def test_stalled_needs_a_whole_window_below_the_fraction() -> None:
 
 
 def test_a_burst_of_cpu_inside_the_window_is_not_stalled() -> None:
-    checker = watchdog.LimitChecker(watchdog.Limits(stalled_window=60, stalled_cpu_fraction=0.05))
+    window = job_limits.Limits(stalled_window=60, stalled_cpu_fraction=0.05)
+    checker = job_limits.LimitChecker(window)
     cpu = 0.0
     for t in range(0, 125, 5):
         cpu += 4.0 if t == 100 else 0.0  # 4 s of CPU in the last minute: 6.7 %
@@ -148,7 +154,7 @@ class RecordingBackend:
 
 def beat_until_cancel(answers: list[tuple[str, ...] | Exception]) -> tuple[str, RecordingBackend]:
     backend = RecordingBackend(answers)
-    monitor = watchdog.Monitor(Path("/"))
+    monitor = heartbeat.Monitor(Path("/"))
     monitor.publish(usage(cpu=1.5, wall=3.0, rss_mb=12.34, vsize_mb=56.78))
     monitor.follow_output(lambda: "last line")
     reasons: list[str] = []
@@ -158,7 +164,7 @@ def beat_until_cancel(answers: list[tuple[str, ...] | Exception]) -> tuple[str, 
         reasons.append(reason)
         done.set()
 
-    beat = watchdog.Heartbeat(backend, MatchedJob("7", ""), monitor, 0.05, cancel)  # type: ignore[arg-type]
+    beat = heartbeat.Heartbeat(backend, MatchedJob("7", ""), monitor, 0.05, cancel)  # type: ignore[arg-type]
     beat.start()
     done.wait(10)
     beat.stop()

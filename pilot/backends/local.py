@@ -6,26 +6,22 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.base import OWNER_PROXY, MatchedJob, StatusUpdate
+from pilot.backends.base import OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
 from pilot.errors import NoStoredProxy, SandboxError
 from pilot.job import archive, jdl, outpack
 
 log = logging.getLogger(__name__)
 
-REMOTE_PREFIXES = ("SB:", "LFN:", "lfn:", "https://", "http://")
-
 
 def local_inputs(jdl_path: Path, entries: tuple[str, ...]) -> list[tuple[Path, str]]:
     """Local ``InputSandbox`` files, relative to the JDL file or absolute, with base names."""
     files = []
-    for name in entries:
-        if name.startswith(REMOTE_PREFIXES):
-            continue
+    for name in Inputs.of(entries).local:
         path = Path(name) if Path(name).is_absolute() else jdl_path.parent / name
         if not path.is_file():
             raise SandboxError(f"input sandbox file {name} not found (looked at {path})")
@@ -73,16 +69,18 @@ class LocalBackend:
         self.history.setdefault(job.job_id, []).append(record)
         log.info("job %s: %s / %s", job.job_id, record["Status"], record["MinorStatus"])
 
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        return []  # nothing to kill a local job from
+
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         return ()
 
-    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
-        desc = jdl.load(job.jdl)
-        remote = [e for e in desc.input_sandbox if e.startswith(REMOTE_PREFIXES)]
+    def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
+        remote = [*inputs.sandboxes, *inputs.lfns, *inputs.urls]
         if remote:
             raise SandboxError(f"local mode cannot fetch {remote[0]}: no server")
         packed = dest_dir / "local-inputs.tar.gz"
-        outpack.pack_files(local_inputs(self.jdl_path, desc.input_sandbox), packed)
+        outpack.pack_files(local_inputs(self.jdl_path, inputs.local), packed)
         return [packed]
 
     def store_output_sandbox(self, job: MatchedJob, packed: Path) -> None:
@@ -98,7 +96,9 @@ class LocalBackend:
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         raise SandboxError(f"local mode has no file catalogue to fetch {lfn} from")
 
-    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+    def store_lfn(
+        self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
+    ) -> None:
         target = self.output_dir / job.job_id / "OutputData" / lfn.removeprefix("LFN:").lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)

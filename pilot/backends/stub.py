@@ -9,30 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from pilot.backends.base import FINAL_STATUSES, OWNER_PROXY, MatchedJob, StatusUpdate
+from pilot.backends.base import OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
-    DiskFullError,
     NoStoredProxy,
-    PilotError,
     SandboxError,
     ServerError,
     ServerUnreachable,
     UsageError,
+    write_error,
 )
-from pilot.job import jdl
 
 if TYPE_CHECKING:
     import tenacity
@@ -259,7 +258,7 @@ def _write_and_hash(chunks: Iterator[bytes], dest: Path, progress: _Progress) ->
         pending.put(None)
         thread.join()
     if failure:
-        raise _disk_error(failure[0], dest) from failure[0]
+        raise write_error(failure[0], dest) from failure[0]
     return digest.hexdigest()
 
 
@@ -304,12 +303,6 @@ def _read_chunks(source: Path, size: int, what: str) -> Iterator[bytes]:
             progress.add(len(chunk))
             yield chunk
     progress.done()
-
-
-def _disk_error(exc: OSError, dest: Path) -> SandboxError:
-    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-        return DiskFullError(f"no space left writing {dest}")
-    return SandboxError(f"cannot write {dest}: {exc}")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -365,6 +358,12 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     log.warning("server call failed (%s); retry %d in %.1f s", exc, state.attempt_number, wait)
 
 
+def fetch_url(url: str, dest: Path) -> None:
+    """A plain download: no bearer token, no client certificate goes to a foreign host."""
+    with HttpClient(url, retry=RetryPolicy(attempts=4, deadline=300.0)) as plain:
+        plain.download(url, dest)
+
+
 class StubBackend:
     """:class:`pilot.backends.base.Backend` for the matcher stub's REST API."""
 
@@ -373,15 +372,29 @@ class StubBackend:
     def __init__(self, http: HttpClient) -> None:
         self.http = http
         self.stamp = ""
-        self.statuses = StatusSender(self._send_statuses)
+        self._request_id: str | None = None  # a match request not yet answered for sure
 
     def register(self, stamp: str, info: Mapping[str, Any]) -> None:
         self.stamp = stamp
         self.http.json("POST", "/api/pilots", json={"stamp": stamp, "info": dict(info)})
 
     def match(self, resources: Mapping[str, Any]) -> MatchedJob | None:
-        body = {"pilot": self.stamp, "resources": dict(resources)}
-        answer = self.http.json("POST", "/api/jobs/match", json=body)
+        """Ask for a job. The request carries an id that its retries reuse, also after
+        the call gave up (the server may have claimed a job whose reply was lost): the
+        stub answers a known id with the job it claimed for it."""
+        if self._request_id is None:
+            self._request_id = os.urandom(16).hex()
+        body = {"pilot": self.stamp, "resources": dict(resources), "request_id": self._request_id}
+        try:
+            answer = self.http.json("POST", "/api/jobs/match", json=body)
+        except ServerUnreachable:
+            raise  # no answer: the next match asks with the same id
+        except ServerError as exc:
+            if exc.status is None or exc.status >= 500:
+                raise
+            self._request_id = None  # a definite answer
+            raise
+        self._request_id = None
         if answer is None:
             return None
         extra = {OWNER_PROXY: bool(answer["owner_proxy"])} if "owner_proxy" in answer else {}
@@ -396,21 +409,19 @@ class StubBackend:
         return {"X-Job-Token": job.token} if job.token else {}
 
     def set_status(self, job: MatchedJob, update: StatusUpdate) -> None:
-        fields: dict[str, Any] = {"Source": "Pilot"}
-        if update.status is not None:
-            fields["Status"] = str(update.status)
-        if update.minor is not None:
-            fields["MinorStatus"] = update.minor
-        if update.application is not None:
-            fields["ApplicationStatus"] = update.application
-        fields.update(update.extra)
-        self.statuses.post(job, repr(update.timestamp), fields)
-        if update.status in FINAL_STATUSES:
-            self.statuses.flush(job)
+        self.set_statuses(job, [update])
 
-    def _send_statuses(self, job: MatchedJob, updates: Mapping[str, Any]) -> None:
-        body = {job.job_id: dict(updates)}
+    def set_statuses(self, job: MatchedJob, updates: Sequence[StatusUpdate]) -> None:
+        """Several updates of one job in one request (the wire format takes a timestamp
+        each); a repeat of an update already recorded is harmless on the stub."""
+        body = {job.job_id: {repr(u.timestamp): _status_fields(u) for u in updates}}
         self.http.json("PATCH", "/api/jobs/status", json=body, headers=self._job_headers(job))
+
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """The server's pending commands (``Kill``) for these running jobs: a light read."""
+        body = {"pilot": self.stamp, "jobs": [int(j) for j in job_ids]}
+        answer = self.http.json("POST", "/api/jobs/commands", json=body)
+        return [(str(c["job_id"]), str(c["command"])) for c in answer or ()]
 
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         body = {job.job_id: dict(metrics)}
@@ -419,11 +430,9 @@ class StubBackend:
         )
         return tuple(str(c["command"]) for c in answer or () if str(c.get("job_id")) == job.job_id)
 
-    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
+    def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
         paths = []
-        for entry in jdl.load(job.jdl).input_sandbox:
-            if not entry.startswith("SB:"):
-                continue  # LFNs and URLs are fetched by pilot.job.sandbox
+        for entry in inputs.sandboxes:
             sha = entry[3:]
             if not _SHA256.fullmatch(sha):
                 raise SandboxError(f"Input sandbox rejected: bad sandbox reference {entry[:80]!r}")
@@ -446,7 +455,9 @@ class StubBackend:
         entry = self.http.json("GET", f"/api/files/{lfn}")
         self.http.download(f"/api/sandboxes/{entry['sha256']}", dest, entry["sha256"])
 
-    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+    def store_lfn(
+        self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
+    ) -> None:
         sha = sha256_file(source)
         self.http.upload(f"/api/sandboxes/{sha}", source)
         body = {"sha256": sha, "size": source.stat().st_size}
@@ -469,73 +480,19 @@ class StubBackend:
         self.http.json("PUT", f"/api/pilots/{stamp}/log", json={"log": text})
 
     def close(self) -> None:
-        self.statuses.close()
         self.http.close()
 
 
-class StatusSender:
-    """Delivers status updates in the background, in order per job.
-
-    Intermediate statuses need not hold the job up: they are queued and a single thread
-    sends them, merging what queued up for a job into one request (the wire format takes
-    several timestamps per job). ``flush`` waits until a job's updates are delivered and
-    raises the last delivery error, so the final status is confirmed before a job counts
-    as finished.
-    """
-
-    def __init__(self, send: Callable[[MatchedJob, Mapping[str, Any]], None]) -> None:
-        self._send = send
-        self._cond = threading.Condition()
-        self._pending: dict[str, tuple[MatchedJob, dict[str, Any]]] = {}
-        self._busy: set[str] = set()
-        self._errors: dict[str, PilotError] = {}
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def post(self, job: MatchedJob, stamp: str, fields: Mapping[str, Any]) -> None:
-        with self._cond:
-            _, updates = self._pending.setdefault(job.job_id, (job, {}))
-            updates[stamp] = dict(fields)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="status", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def flush(self, job: MatchedJob) -> None:
-        with self._cond:
-            self._cond.wait_for(
-                lambda: job.job_id not in self._pending and job.job_id not in self._busy
-            )
-            error = self._errors.pop(job.job_id, None)
-        if error is not None:
-            raise error
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._closed)
-                if not self._pending:
-                    return
-                job_id = next(iter(self._pending))
-                job, updates = self._pending.pop(job_id)
-                self._busy.add(job_id)
-            try:
-                self._send(job, updates)
-            except PilotError as exc:
-                log.error("job %s: status update failed: %s", job_id, exc)
-                with self._cond:
-                    self._errors[job_id] = exc
-            finally:
-                with self._cond:
-                    self._busy.discard(job_id)
-                    self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+def _status_fields(update: StatusUpdate) -> dict[str, Any]:
+    fields: dict[str, Any] = {"Source": "Pilot"}
+    if update.status is not None:
+        fields["Status"] = str(update.status)
+    if update.minor is not None:
+        fields["MinorStatus"] = update.minor
+    if update.application is not None:
+        fields["ApplicationStatus"] = update.application
+    fields.update(update.extra)
+    return fields
 
 
 def sha256_file(path: Path) -> str:

@@ -29,34 +29,31 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Final, NoReturn, Self
 
-from pilot.errors import DiskFullError, SandboxError
+from pilot.errors import DiskFullError, SandboxError, is_disk_full
+from pilot.job.fssafe import (
+    DIR_FLAGS,
+    NEW_FILE,
+    Escapes,
+    Kind,
+    LinkMap,
+    SandboxRejected,
+    check_text,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK: Final = 1 << 20
 _HEADER_BUDGET: Final = 8 << 20  # bytes tarfile may read to parse one member's headers
-_MAX_LINK_FOLLOWS: Final = 40
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FILE: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ZIP_UNIX: Final = 3
 _ZIP_ENCRYPTED: Final = 0x1
 _SPECIAL: Final = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "fifo"}
 # What damaged archives make the parsers raise (write-side OSErrors are translated first).
 _PARSERS: Final = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, struct.error)
 _CORRUPT: Final = (*_PARSERS, OSError, EOFError, ValueError, RuntimeError)
-
-
-class SandboxRejected(SandboxError):
-    """The input sandbox is unsafe or malformed; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"Input sandbox rejected: {reason}")
-        self.reason = reason
 
 
 class ArchiveFormat(StrEnum):
@@ -112,20 +109,11 @@ def _looks_like_tar(head: bytes) -> bool:
     return stored == sum(block[:148]) + 8 * ord(" ") + sum(block[156:])  # old V7 header
 
 
-def _check_text(text: str, what: str = "name") -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SandboxRejected(f"undecodable {what}: {text!a}") from None
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
-        raise SandboxRejected(f"control character in {what}: {text!a}")
-
-
 def _member_parts(name: str, limits: UnpackLimits) -> tuple[str, ...]:
     """Validate a member name; return its components ("" and "." dropped)."""
     if not name:
         raise SandboxRejected("empty name")
-    _check_text(name)
+    check_text(name)
     if len(name.encode()) > limits.max_name_bytes:
         raise SandboxRejected(f"name too long: {name[:80]}...")
     if name.startswith("/"):
@@ -136,57 +124,13 @@ def _member_parts(name: str, limits: UnpackLimits) -> tuple[str, ...]:
     return parts
 
 
-class _Escapes(Exception):
-    """Internal: a symlink target leaves the tree (or loops)."""
-
-
-class _LinkMap:
-    """The symlinks of one tree, resolved lexically the way the kernel would."""
-
-    def __init__(self) -> None:
-        self.targets: dict[tuple[str, ...], str] = {}
-        self._follows = 0
-
-    def check(self, link: tuple[str, ...]) -> None:
-        """Raise :class:`_Escapes` unless ``link`` resolves inside the tree."""
-        self._follows = 0
-        self._resolve(link[:-1], self.targets[link])
-
-    def _resolve(self, base: tuple[str, ...], target: str) -> tuple[str, ...]:
-        if target.startswith("/"):
-            raise _Escapes("link escapes job directory")
-        stack = list(base)
-        for part in target.split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not stack:
-                    raise _Escapes("link escapes job directory")
-                stack.pop()
-                continue
-            stack.append(part)
-            nested = self.targets.get(tuple(stack))
-            if nested is not None:
-                self._follows += 1
-                if self._follows > _MAX_LINK_FOLLOWS:
-                    raise _Escapes("symlink loop")
-                stack = list(self._resolve(tuple(stack[:-1]), nested))
-        return tuple(stack)
-
-
-class _Kind(Enum):
-    DIR = "dir"
-    FILE = "file"
-    LINK = "link"
-
-
 @contextmanager
 def _fs_errors(name: str) -> Iterator[None]:
     """Turn a file-system error while creating ``name`` into a PilotError."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(exc):
             raise DiskFullError(f"no space left while unpacking {name}") from exc
         known = {
             errno.EEXIST: "duplicate member",
@@ -218,8 +162,8 @@ class _Sink:
             self.root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise SandboxError(f"cannot use job directory {dest}: {exc.strerror}") from exc
-        self.kinds: dict[tuple[str, ...], _Kind] = {}
-        self.links = _LinkMap()  # includes links already in dest: they resolve too
+        self.kinds: dict[tuple[str, ...], Kind] = {}
+        self.links = LinkMap()  # includes links already in dest: they resolve too
         self.new_links: list[tuple[str, ...]] = []
         self.names: list[str] = []
         self.members = 0
@@ -230,7 +174,7 @@ class _Sink:
                 path = Path(folder, entry)
                 if path.is_symlink():
                     parts = path.relative_to(dest).parts
-                    self.kinds[parts] = _Kind.LINK
+                    self.kinds[parts] = Kind.LINK
                     self.links.targets[parts] = os.readlink(path)
 
     def close(self) -> None:
@@ -252,14 +196,14 @@ class _Sink:
         parts = _member_parts(name, self.limits)
         raise SandboxRejected(f"{what}: {'/'.join(parts)}")
 
-    def _claim(self, name: str, kind: _Kind) -> tuple[str, ...]:
+    def _claim(self, name: str, kind: Kind) -> tuple[str, ...]:
         parts = _member_parts(name, self.limits)
         if not parts:
-            if kind is _Kind.DIR:
+            if kind is Kind.DIR:
                 return parts  # "./": the destination itself
             raise SandboxRejected(f"empty name: {name}")
         old = self.kinds.get(parts)
-        if old is not None and not (old is kind is _Kind.DIR):
+        if old is not None and not (old is kind is Kind.DIR):
             raise SandboxRejected(f"duplicate member: {'/'.join(parts)}")
         if old is None:
             self.kinds[parts] = kind
@@ -295,30 +239,30 @@ class _Sink:
 
     def _enter(self, fd: int, prefix: tuple[str, ...], name: str) -> int:
         kind = self.kinds.get(prefix)
-        if kind is _Kind.LINK:
+        if kind is Kind.LINK:
             raise SandboxRejected(f"write through symlink: {name}")
-        if kind is _Kind.FILE:
+        if kind is Kind.FILE:
             raise SandboxRejected(f"parent is not a directory: {name}")
         with _fs_errors(name):
             if kind is None:
                 with suppress(FileExistsError):
                     os.mkdir(prefix[-1], 0o755, dir_fd=fd)
-                self.kinds[prefix] = _Kind.DIR
+                self.kinds[prefix] = Kind.DIR
             try:
-                return os.open(prefix[-1], _DIR_FLAGS, dir_fd=fd)
+                return os.open(prefix[-1], DIR_FLAGS, dir_fd=fd)
             except NotADirectoryError:  # O_NOFOLLOW|O_DIRECTORY on a link says ENOTDIR
                 if stat.S_ISLNK(os.lstat(prefix[-1], dir_fd=fd).st_mode):
                     raise SandboxRejected(f"write through symlink: {name}") from None
                 raise
 
     def add_dir(self, name: str, mode: int) -> None:
-        parts = self._claim(name, _Kind.DIR)
+        parts = self._claim(name, Kind.DIR)
         if not parts:
             return
         with self._parent(parts, name) as parent, _fs_errors(name):
             with suppress(FileExistsError):
                 os.mkdir(parts[-1], 0o700, dir_fd=parent)
-            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            fd = os.open(parts[-1], DIR_FLAGS, dir_fd=parent)
             try:
                 os.fchmod(fd, (mode & 0o755) | 0o700)
             finally:
@@ -327,10 +271,10 @@ class _Sink:
     def add_file(
         self, name: str, read: Callable[[int], bytes], mode: int, mtime: float | None
     ) -> None:
-        parts = self._claim(name, _Kind.FILE)
+        parts = self._claim(name, Kind.FILE)
         with self._parent(parts, name) as parent:
             with _fs_errors(name):
-                fd = os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=parent)
+                fd = os.open(parts[-1], NEW_FILE, 0o600, dir_fd=parent)
             try:
                 self._copy(_guarded(read), fd, name)
                 with _fs_errors(name):
@@ -350,11 +294,11 @@ class _Sink:
                     view = view[os.write(fd, view) :]
 
     def add_symlink(self, name: str, target: str) -> None:
-        parts = self._claim(name, _Kind.LINK)
+        parts = self._claim(name, Kind.LINK)
         shown = "/".join(parts)
         if not target:
             raise SandboxRejected(f"empty link target: {shown}")
-        _check_text(target, "link target")
+        check_text(target, "link target")
         if len(target.encode()) > self.limits.max_name_bytes:
             raise SandboxRejected(f"link target too long: {shown}")
         with self._parent(parts, name):
@@ -366,18 +310,18 @@ class _Sink:
     def _check_link(self, parts: tuple[str, ...]) -> None:
         try:
             self.links.check(parts)
-        except _Escapes as exc:
+        except Escapes as exc:
             target = self.links.targets[parts]
             raise SandboxRejected(f"{exc}: {'/'.join(parts)} -> {target}") from None
 
     def add_hardlink(self, name: str, target: str) -> None:
-        parts = self._claim(name, _Kind.FILE)
+        parts = self._claim(name, Kind.FILE)
         shown = f"{'/'.join(parts)} -> {target}"
-        _check_text(target, "link target")
+        check_text(target, "link target")
         if target.startswith("/") or ".." in target.split("/"):
             raise SandboxRejected(f"link escapes job directory: {shown}")
         tparts = tuple(p for p in target.split("/") if p not in ("", "."))
-        if tparts == parts or self.kinds.get(tparts) is not _Kind.FILE:
+        if tparts == parts or self.kinds.get(tparts) is not Kind.FILE:
             raise SandboxRejected(f"hard link to non-member: {shown}")
         with (
             self._parent(tparts, name) as src,

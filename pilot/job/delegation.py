@@ -21,11 +21,13 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pilot.backends.base import OWNER_PROXY, MatchedJob
 from pilot.errors import CredentialError, NoStoredProxy, PilotError, UsageError
-from pilot.grid import credentials
+
+if TYPE_CHECKING:
+    from pilot.grid import credentials
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class DelegationPolicy:
     margin: float = 3600.0  # added to the job's wall time
     max_lifetime: float = 48 * 3600.0  # cap on one proxy's lifetime; longer jobs renew
     default_wall: float = 24 * 3600.0  # a job with no wall-time limit at all
-    renew_fraction: float = 0.25  # renew when this fraction of the lifetime is left
+    renew_fraction: float = 0.25  # renew when this fraction of a proxy's lifetime is left
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -72,6 +74,8 @@ def required(jdl_value: object) -> bool:
 class PayloadProxy:
     """One job's delegated proxy file: obtained, renewed in the background, removed."""
 
+    join_timeout = 30.0  # seconds remove() waits for a renewal under way
+
     def __init__(
         self,
         backend: Delegator,
@@ -87,12 +91,15 @@ class PayloadProxy:
         self.policy = policy
         self.identity: str | None = None
         self._stop = threading.Event()
+        self._file_lock = threading.Lock()  # a renewal never writes after remove()
         self._thread: threading.Thread | None = None
 
     def obtain(self) -> credentials.Proxy:
         """Ask for a new proxy and (re)write the file; CredentialError/ServerError on failure."""
         if self.job.extra.get(OWNER_PROXY) is False:
             raise NoStoredProxy("the server holds no proxy of this job's owner")
+        from pilot.grid import credentials  # X.509 (cryptography) only for a job that delegates
+
         key, request = credentials.new_proxy_request()
         chain = self.backend.delegate_proxy(
             self.job, request.decode(), self.lifetime, self.policy.mode == "limited"
@@ -103,7 +110,10 @@ class PayloadProxy:
             raise CredentialError(
                 f"renewed proxy is for {proxy.identity_slash}, not the job's owner"
             )
-        credentials.write_proxy(self.path, pem)
+        with self._file_lock:
+            if self._stop.is_set():  # removed while the server answered: write nothing
+                return proxy
+            credentials.write_proxy(self.path, pem)
         self.identity = proxy.identity
         log.info(
             "job %s: payload proxy of %s, %s left",
@@ -123,22 +133,36 @@ class PayloadProxy:
         self._thread.start()
 
     def _renew_loop(self, proxy: credentials.Proxy) -> None:
+        # The share is of what the server gave, which may be less than we asked for (its
+        # own cap, or the owner's stored proxy ending first).
+        span = proxy.time_left().total_seconds()
         while True:
             left = proxy.time_left().total_seconds()
-            wait = max(1.0, left - self.lifetime * self.policy.renew_fraction)
+            wait = max(1.0, left - span * self.policy.renew_fraction)
             if self._stop.wait(wait):
                 return
             try:
-                proxy = self.obtain()
+                fresh = self.obtain()
             except PilotError as exc:
                 # The old proxy stays until it expires; try again in a while.
                 log.warning("job %s: payload proxy not renewed: %s", self.job.job_id, exc)
-                if self._stop.wait(min(300.0, max(5.0, left / 4))):
-                    return
+            else:
+                extended = fresh.not_after > proxy.not_after
+                proxy, span = fresh, fresh.time_left().total_seconds()  # what the file holds
+                if extended:
+                    continue
+                # The owner's stored proxy ends first: asking again at once gains nothing
+                # until the owner stores a new one.
+                log.info(
+                    "job %s: payload proxy not extended: the owner's ends first", self.job.job_id
+                )
+            if self._stop.wait(min(300.0, max(5.0, left / 4))):
+                return
 
     def remove(self) -> None:
         """Stop renewing and delete the file (before the output sandbox is packed)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.path.unlink(missing_ok=True)
+            self._thread.join(timeout=self.join_timeout)
+        with self._file_lock:
+            self.path.unlink(missing_ok=True)

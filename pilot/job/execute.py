@@ -32,7 +32,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
-from pilot.job import isolation, watchdog
+from pilot.job import guardian, heartbeat, isolation, proctable
+from pilot.job import limits as job_limits
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,8 @@ class Supervision:
 
     sample_interval: float = 5.0
     grace: float = 30.0  # seconds between SIGTERM and SIGKILL
-    max_stream_bytes: int = 50 << 20  # cap of each of stdout/stderr; <= 0: no cap
-    limits: watchdog.Limits = field(default_factory=watchdog.Limits)
+    max_stdout_bytes: int = 50 << 20  # cap of each of stdout/stderr; <= 0: no cap
+    limits: job_limits.Limits = field(default_factory=job_limits.Limits)
     cgroup: isolation.CgroupParent | None = None
 
 
@@ -167,7 +168,7 @@ class _Stream:
             self.truncated = True
             self._write(TRUNCATION_NOTE)
         self.tail += data
-        del self.tail[: -watchdog.TAIL_LINES * 256]
+        del self.tail[: -heartbeat.TAIL_LINES * 256]
 
     def _write(self, data: bytes) -> None:
         """Write to the file; after a failure only remember why and keep draining the pipe,
@@ -215,7 +216,7 @@ class OutputPump:
     def tail(self) -> str:
         with self._lock:
             data = bytes(self.streams[0].tail)
-        return watchdog.tail_lines(data)
+        return heartbeat.tail_lines(data)
 
     def _run(self) -> None:
         with selectors.DefaultSelector() as sel:
@@ -271,14 +272,14 @@ def _close(fd: int) -> int:
 def run(
     spec: ExecutionSpec,
     cancel: Cancel | None = None,
-    monitor: watchdog.Monitor | None = None,
+    monitor: heartbeat.Monitor | None = None,
 ) -> ExecutionResult:
     """Run the payload to its end, or until ``cancel`` is set or a limit is broken."""
     cancel = Cancel() if cancel is None else cancel
     mark = os.urandom(12).hex()
     sup = spec.supervision
     try:
-        pump = OutputPump(spec.stdout, spec.stderr, sup.max_stream_bytes)
+        pump = OutputPump(spec.stdout, spec.stderr, sup.max_stdout_bytes)
     except OSError as exc:
         raise LaunchError(f"cannot open the payload's output: {exc}") from exc
     cgroup = isolation.JobCgroup.create(sup.cgroup, f"job-{mark[:8]}", sup.limits.memory_mb)
@@ -289,7 +290,8 @@ def run(
         if cgroup is not None:
             cgroup.remove()
         raise
-    watchdog.register_main(proc.pid)
+    proctable.register_main(proc.pid)
+    guardian.job_started(mark, proc.pid)  # its session: the payload leads a new one
     if cgroup is not None:
         cgroup.add(proc.pid)
     pump.start()
@@ -300,12 +302,13 @@ def run(
         return supervisor.run()
     finally:
         supervisor.close()
-        watchdog.unregister_main(proc.pid)
+        proctable.unregister_main(proc.pid)
+        guardian.job_ended(mark)
 
 
 def _launch(spec: ExecutionSpec, mark: str, pump: OutputPump) -> subprocess.Popen[bytes]:
     env = dict(spec.env)
-    env[watchdog.MARK_VAR] = mark
+    env[proctable.MARK_VAR] = mark
     try:
         return subprocess.Popen(
             spec.argv,
@@ -331,7 +334,7 @@ class _Supervisor:
         mark: str,
         pump: OutputPump,
         cancel: Cancel,
-        monitor: watchdog.Monitor | None,
+        monitor: heartbeat.Monitor | None,
         cgroup: isolation.JobCgroup | None,
     ) -> None:
         self.spec = spec
@@ -342,9 +345,10 @@ class _Supervisor:
         self.monitor = monitor
         self.cgroup = cgroup
         self.start = time.monotonic()
-        self.tree = watchdog.ProcessTree(proc.pid, mark)
-        self.sampler = watchdog.Sampler(self.tree, spec.cwd, self.start)
-        self.checker = watchdog.LimitChecker(self.sup.limits)
+        self.mark = mark
+        self.tree = proctable.ProcessTree(proc.pid, mark)
+        self.sampler = job_limits.Sampler(self.tree, spec.cwd, self.start)
+        self.checker = job_limits.LimitChecker(self.sup.limits)
         self.status: int | None = None  # wait status of the main process
         self.peak_rss = 0.0
         self.pidfd: int | None = None
@@ -356,9 +360,9 @@ class _Supervisor:
         if ending is not None:
             log.info("payload %d: %s: stopping it", self.proc.pid, ending.minor)
             self._terminate()
-        scanned = watchdog.scan()  # one full look at the node serves the count and the result
+        scanned = proctable.scan()  # one full look at the node serves the count and the result
         leftovers = len(self.tree.live(scanned))
-        table: Mapping[int, watchdog.ProcStat] | None = scanned
+        table: Mapping[int, proctable.ProcStat] | None = scanned
         if leftovers:
             log.info("payload %d left %d process(es): stopping them", self.proc.pid, leftovers)
             self._terminate()
@@ -366,19 +370,15 @@ class _Supervisor:
         wall = time.monotonic() - self.start
         self.pump.finish(timeout=2.0)
         if ending is None and self.cgroup is not None and self.cgroup.oom_kills():
-            ending = Ending(EndKind.LIMIT, self._memory_minor())
+            ending = Ending(EndKind.LIMIT, job_limits.memory_exceeded(self.sup.limits))
         if ending is None and self.pump.truncated():
             ending = self._output_ending()  # it ended by itself, but its output is cut
         return self._result(ending, leftovers, wall, table)
 
-    def _memory_minor(self) -> str:
-        source = self.sup.limits.memory_source or f"{self.sup.limits.memory_mb} MB"
-        return f"Job exceeded memory limit ({source})"
-
     def _output_ending(self) -> Ending:
-        cap = self.sup.max_stream_bytes / watchdog.MB
+        cap = self.sup.max_stdout_bytes / job_limits.MB
         what = " and ".join(self.pump.truncated())
-        return Ending(EndKind.LIMIT, f"Job exceeded output limit ({what} truncated at {cap:g} MB)")
+        return Ending(EndKind.LIMIT, job_limits.output_exceeded(what, cap))
 
     def _watch(self) -> Ending | None:
         next_sample = self.start + min(self.sup.sample_interval, 1.0)
@@ -399,6 +399,7 @@ class _Supervisor:
 
     def _sample(self) -> str | None:
         usage, _live = self.sampler.sample()
+        guardian.job_seen(self.mark, self.tree.seen)
         self.peak_rss = max(self.peak_rss, usage.rss_mb)
         if self.monitor is not None:
             self.monitor.publish(usage)
@@ -439,10 +440,9 @@ class _Supervisor:
             self._wait_main(0.1)
         self._kill_all()
 
-    def _live(self, cheap: bool = False) -> list[watchdog.ProcStat]:
+    def _live(self, cheap: bool = False) -> list[proctable.ProcStat]:
         """The job's live processes; ``cheap`` walks from the pilot, else reads all /proc."""
-        pids = [self.tree.pilot, *(pid for pid, _ in self.tree.seen)]
-        return self.tree.live(watchdog.walk(pids) if cheap else watchdog.scan())
+        return self.tree.live(self.tree.nearby() if cheap else proctable.scan())
 
     def _signal_all(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -457,7 +457,7 @@ class _Supervisor:
             self.cgroup.kill()
         for _ in range(KILL_ROUNDS):
             self._main_ended()
-            table = watchdog.scan()
+            table = proctable.scan()
             live = self.tree.live(table)
             self.tree.reap(self.tree.members(table))
             if not live and self.status is not None:
@@ -474,15 +474,15 @@ class _Supervisor:
         ending: Ending | None,
         leftovers: int,
         wall: float,
-        table: Mapping[int, watchdog.ProcStat] | None = None,
+        table: Mapping[int, proctable.ProcStat] | None = None,
     ) -> ExecutionResult:
         code = self.proc.returncode if self.proc.returncode is not None else 255
         if table is None:
-            table = watchdog.scan()
+            table = proctable.scan()
         members = self.tree.members(table)
         cpu = self.tree.cpu(members)  # before reaping: zombies still count from the table
         self.tree.reap(members)
-        watchdog.reap_strays(table)
+        proctable.reap_strays(table)
         return ExecutionResult(
             exit_code=code if code >= 0 else None,
             signal=-code if code < 0 else None,

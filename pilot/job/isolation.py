@@ -27,12 +27,12 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from pilot import proc
+from pilot import cgroups, proc
 from pilot.errors import CheckFailed
 
 log = logging.getLogger(__name__)
@@ -194,25 +194,6 @@ def _gpu_devices() -> list[Path]:
     return sorted(p for pattern in GPU_DEVICE_GLOBS for p in dev.glob(pattern))
 
 
-def credential_paths(env: Mapping[str, str], proxy: Path | None = None) -> tuple[Path, ...]:
-    """The pilot's credentials that a payload must not read: proxy, keys, token files."""
-    uid = os.getuid()
-    names = [str(proxy) if proxy else None]
-    names += [env.get(v) for v in ("X509_USER_PROXY", "X509_USER_CERT", "X509_USER_KEY")]
-    names += [env.get("BEARER_TOKEN_FILE"), f"/tmp/x509up_u{uid}", f"/tmp/bt_u{uid}"]
-    if env.get("XDG_RUNTIME_DIR"):
-        names.append(f"{env['XDG_RUNTIME_DIR']}/bt_u{uid}")
-    if env.get("HOME"):
-        names.append(f"{env['HOME']}/.globus")
-    found: list[Path] = []
-    for name in names:
-        if name and os.path.isabs(name) and os.path.lexists(name):
-            path = Path(os.path.realpath(name))
-            if path not in found:
-                found.append(path)
-    return tuple(found)
-
-
 # -- cgroup v2 --------------------------------------------------------------------------
 
 
@@ -224,10 +205,8 @@ class CgroupParent:
 
 
 def _own_cgroup(proc_cgroup: Path, mountinfo: Path) -> Path | None:
-    relative = None
-    for line in proc_cgroup.read_text().splitlines():
-        if line.startswith("0::"):
-            relative = line[3:].strip().lstrip("/")
+    unified, _ = cgroups.parse_self_cgroup(proc_cgroup.read_text())
+    relative = unified.strip().lstrip("/") if unified is not None else None
     mount = None
     for line in mountinfo.read_text().splitlines():
         left, _, right = line.partition(" - ")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
+from pilot.backends.base import Inputs
 from pilot.errors import ExitCode, PilotError
 
 logger = logging.getLogger(__name__)
@@ -572,6 +573,11 @@ class JobDescription:
     vo: str | None
     execution_environment: Mapping[str, str]
 
+    @functools.cached_property
+    def inputs(self) -> Inputs:
+        """The ``InputSandbox`` entries classified (once) by kind."""
+        return Inputs.of(self.input_sandbox)
+
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Value]) -> JobDescription:
         """Validate ``attrs`` (as parsed or expanded) -> JobDescription, or JDLError."""
@@ -607,7 +613,7 @@ class JobDescription:
             max_processors=high,
             whole_node=whole_node,
             number_of_gpus=gpus,
-            max_ram_mb=_int(attrs, "MaxRAM"),
+            max_ram_mb=_int(attrs, "MaxRAM") or None,  # 0: not given (DIRAC's convention)
             job_name=_text(attrs, "JobName"),
             job_type=_text(attrs, "JobType"),
             vo=_text(attrs, "VirtualOrganization"),
@@ -618,13 +624,6 @@ class JobDescription:
 def load(text: str | bytes) -> JobDescription:
     """``parse`` + ``JobDescription.from_attrs`` (parametric JDL is not expanded).
 
-    A job's JDL is read by several stages (slot allocation, the runner, sandbox
-    staging); the description is immutable, so each text is parsed once."""
-    if isinstance(text, str):
-        return _load_text(text)
-    return JobDescription.from_attrs(parse(text))
-
-
-@functools.lru_cache(maxsize=64)
-def _load_text(text: str) -> JobDescription:
+    The pilot calls it once per matched job and hands the description on to every stage
+    (slot allocation, the runner, staging, the backend's fetch)."""
     return JobDescription.from_attrs(parse(text))

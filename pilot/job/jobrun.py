@@ -12,25 +12,34 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
 from pilot.errors import NoStoredProxy, PilotError, SandboxError
-from pilot.job import archive, delegation, execute, isolation, jdl, sandbox, watchdog
+from pilot.job import archive, delegation, execute, heartbeat, isolation, jdl, sandbox
 from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
+from pilot.job.limits import Limits
 
 log = logging.getLogger(__name__)
 
-# What a batch system sends a whole job tree before it ends a slot (the pilot stops on them).
-_BATCH_STOP_SIGNALS = frozenset(
-    {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU}
-)
+# What batch systems send (often to the whole job tree) before they end a slot: SIGTERM
+# (Slurm, PBS, LSF, HTCondor), SIGINT, SIGUSR1 (Grid Engine's soft limit s_rt), SIGUSR2
+# (Grid Engine's qsub -notify, before its SIGKILL), SIGXCPU (CPU-time limits). The pilot
+# stops on each (pilot.cli installs the handlers); a payload killed by one is reported
+# with the pilot's reason.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
 
-BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR")
+BASE_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "X509_CERT_DIR", "X509_CERT_FILE"
+)  # fmt: skip
 WALL_TIME_KEYS = ("WallTime", "MaxWallTime", "WallClockTime")
 STAGE_OUT_RESERVE_S = 60.0  # kept back from the slot's end for stage-out and the report
+
+
+def no_url_fetcher(url: str, dest: Path) -> None:
+    raise SandboxError(f"Cannot fetch input {url}: this pilot has no URL fetcher")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ class JobSettings:
     isolation: Isolation = NO_ISOLATION
     hidden_paths: tuple[Path, ...] = ()  # the pilot's credentials, masked in the sandbox
     cgroup: CgroupParent | None = None
+    # downloads an http(s):// input without the pilot's credentials (given by the agent)
+    fetch_url: Callable[[str, Path], None] = field(default=no_url_fetcher)
     # the payload's delegated proxy
     delegation: delegation.DelegationPolicy = field(
         default_factory=lambda: delegation.DelegationPolicy()
@@ -146,7 +157,7 @@ def job_limits(
     cores: int,
     memory_mb: int | None,
     slot_left: float | None,
-) -> watchdog.Limits:
+) -> Limits:
     """What this job may use: its JDL's requests, its share of the slot, the pilot's caps."""
     wall, wall_source = _seconds(desc, WALL_TIME_KEYS), ""
     if wall is not None:
@@ -157,7 +168,7 @@ def job_limits(
             wall, wall_source = slot_wall, "batch slot ends"
     cpu = _seconds(desc, ("CPUTime", "MaxCPUTime"))
     source = f"MaxRAM {memory_mb} MB" if desc.max_ram_mb else f"slot share {memory_mb} MB"
-    return watchdog.Limits(
+    return Limits(
         wall_seconds=wall,
         wall_source=wall_source,
         cpu_normalised=cpu * cores if cpu is not None else None,
@@ -172,10 +183,10 @@ def job_limits(
     )
 
 
-def application_notes(result: execute.ExecutionResult, cap_bytes: int) -> list[str]:
+def application_notes(result: execute.ExecutionResult, max_stdout_bytes: int) -> list[str]:
     notes = []
     for stream in result.truncated:
-        notes.append(f"{stream} truncated at {cap_bytes / (1 << 20):g} MB")
+        notes.append(f"{stream} truncated at {max_stdout_bytes / (1 << 20):g} MB")
     if result.leftovers:
         notes.append(f"{result.leftovers} leftover process(es) killed")
     notes.extend(f"{why} (not saved)" for why in result.unsaved)
@@ -194,9 +205,11 @@ class JobRunner:
         memory_mb: int | None = None,
         slot_deadline: float | None = None,
         match_seconds: float | None = None,
+        desc: jdl.JobDescription | None = None,
     ) -> None:
         self.backend = backend
         self.job = job
+        self.desc = desc  # parsed once, by whoever matched the job (else here)
         self.settings = settings
         self.cores = cores
         self.memory_mb = memory_mb
@@ -206,9 +219,11 @@ class JobRunner:
         self.launched = threading.Event()  # set when the payload starts, or will not
         self.payload_proxy: delegation.PayloadProxy | None = None
         self.notes: list[str] = []  # for the final application status
+        self.keep_job_dir = False  # kept when its output could not be delivered
         if match_seconds is not None:
             self.timing["match"] = match_seconds
-        self.monitor = watchdog.Monitor(settings.work_dir)
+        self.monitor = heartbeat.Monitor(settings.work_dir)
+        self.beat: heartbeat.Heartbeat | None = None
 
     def status(
         self, status: JobStatus | None, minor: str | None, app: str | None = None, **extra: object
@@ -225,22 +240,24 @@ class JobRunner:
         job_id = self.job.job_id
         job_dir = self.settings.work_dir / f"job-{job_id}"
         try:
-            desc = jdl.load(self.job.jdl)
+            desc = self.desc if self.desc is not None else jdl.load(self.job.jdl)
         except jdl.JDLError as exc:
             return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
-        heartbeat = watchdog.Heartbeat(
+        # started once the job is reported Running, stopped before its final status: a beat
+        # on either side of those could put the job back to Running (DIRAC's heartbeat does
+        # that to a Matched job, and its read-then-write may land after a later update)
+        self.beat = heartbeat.Heartbeat(
             self.backend,
             self.job,
             self.monitor,
             self.settings.heartbeat_interval,
             self.cancel.set,
         )
-        heartbeat.start()
         try:
             return self._run(desc, job_dir)
         finally:
-            heartbeat.stop()
-            if not self.settings.keep_job_dir:
+            self.beat.stop()
+            if not self.settings.keep_job_dir and not self.keep_job_dir:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
     def _run(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome:
@@ -290,9 +307,18 @@ class JobRunner:
 
     def _stage_and_run(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome:
         self.status(JobStatus.RUNNING, Minor.DOWNLOADING_IS)
+        if self.beat is not None:
+            self.beat.start()
         start = time.monotonic()
         try:
-            sandbox.stage_in(self.backend, self.job, desc, job_dir, self.settings.unpack_limits)
+            sandbox.stage_in(
+                self.backend,
+                self.job,
+                desc,
+                job_dir,
+                self.settings.unpack_limits,
+                self.settings.fetch_url,
+            )
         except SandboxError as exc:
             return self._finish(JobStatus.FAILED, str(exc), None)
         self.timing["stage_in"] = time.monotonic() - start
@@ -315,6 +341,7 @@ class JobRunner:
             and not result.unsaved
         )
         data_failure = None
+        upload_failure = None
 
         def uploading_data() -> None:
             self._best_effort(JobStatus.COMPLETING, Minor.UPLOADING_OD)
@@ -337,9 +364,16 @@ class JobRunner:
         except sandbox.OutputDataError as exc:
             log.error("job %s: %s", self.job.job_id, exc)
             data_failure = str(exc)
-        except PilotError as exc:
-            log.error("job %s: output sandbox upload failed: %s", self.job.job_id, exc)
-            notes.append(f"output sandbox upload failed: {exc}")
+        except PilotError as exc:  # after the outbox's retries: the output is not stored
+            upload_failure = f"Output sandbox upload failed: {exc}"
+            self.keep_job_dir = True
+            log.error(
+                "job %s: output sandbox upload failed: %s; job directory kept: %s",
+                self.job.job_id,
+                exc,
+                job_dir,
+            )
+            notes.append(f"job directory kept: {job_dir}")
             if succeeded and desc.output_data:  # the data still goes where it belongs
                 try:
                     uploading_data()
@@ -351,7 +385,7 @@ class JobRunner:
         note = "; ".join(n for n in notes if n)
         if data_failure is not None:  # the payload worked, its data is not where it belongs
             return self._finish(JobStatus.FAILED, data_failure, 0, note)
-        return self._conclude(result, note)
+        return self.conclude(result, note, upload_failure)
 
     def _best_effort(self, status: JobStatus, minor: str) -> None:
         """An intermediate status: not worth failing (or losing data) for."""
@@ -376,7 +410,7 @@ class JobRunner:
         supervision = execute.Supervision(
             sample_interval=settings.sample_interval,
             grace=settings.grace,
-            max_stream_bytes=settings.max_stdout_bytes,
+            max_stdout_bytes=settings.max_stdout_bytes,
             limits=job_limits(desc, settings, self.cores, self.memory_mb, slot_left),
             cgroup=settings.cgroup,
         )
@@ -420,32 +454,40 @@ class JobRunner:
         )
         return result
 
-    def _conclude(self, result: execute.ExecutionResult, note: str) -> JobOutcome:
+    def conclude(
+        self, result: execute.ExecutionResult, note: str, upload_failure: str | None = None
+    ) -> JobOutcome:
+        status, minor, code = self._judge(result)
+        if upload_failure is not None and status is JobStatus.DONE:
+            # Done means the output is stored: a job whose output could not be is Failed.
+            status, minor = JobStatus.FAILED, upload_failure
+        return self._finish(status, minor, code, note)
+
+    def _judge(self, result: execute.ExecutionResult) -> tuple[JobStatus, str, int | None]:
+        """The job's final status, minor status and exit code from its payload's end."""
         if result.ending is not None:
             status = (
                 JobStatus.KILLED
                 if result.ending.kind is execute.EndKind.CANCELLED
                 else JobStatus.FAILED
             )
-            return self._finish(status, result.ending.minor, result.exit_code, note)
+            return status, result.ending.minor, result.exit_code
         if result.signal is not None:
             # A batch system's kill (scancel) signals the whole process tree: the payload
             # may die before the pilot's own handler has cancelled the job. Give the
             # pilot a moment to say why before calling it a failure.
-            if result.signal in _BATCH_STOP_SIGNALS and self.cancel.wait(2.0):
-                return self._finish(JobStatus.KILLED, self.cancel.reason, None, note)
-            return self._finish(
-                JobStatus.FAILED, f"Payload killed by signal {result.signal}", None, note
-            )
+            if result.signal in STOP_SIGNALS and self.cancel.wait(2.0):
+                return JobStatus.KILLED, self.cancel.reason, None
+            return JobStatus.FAILED, f"Payload killed by signal {result.signal}", None
         if result.exit_code != 0:
             minor = f"Payload failed with exit code {result.exit_code}"
             if getattr(self.backend, "jobwrapper_rules", False):
                 minor = Minor.APP_ERRORS  # the exit code is in the application status
-            return self._finish(JobStatus.FAILED, minor, result.exit_code, note)
+            return JobStatus.FAILED, minor, result.exit_code
         if result.unsaved:  # the payload worked but what it printed is lost
             minor = "Payload output not saved: " + "; ".join(result.unsaved)
-            return self._finish(JobStatus.FAILED, minor, 0, note)
-        return self._finish(JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0, note)
+            return JobStatus.FAILED, minor, 0
+        return JobStatus.DONE, Minor.EXECUTION_COMPLETE, 0
 
     def _finish(
         self, status: JobStatus, minor: str, code: int | None, note: str = ""
@@ -454,6 +496,8 @@ class JobRunner:
         if note:
             app = f"{app}; {note}"
         log.info("job %s: %s (%s)", self.job.job_id, status, minor)
+        if self.beat is not None:
+            self.beat.stop()
         try:
             self.status(status, minor, app, Timing=dict(self.timing))
         except PilotError as exc:

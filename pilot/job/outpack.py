@@ -8,7 +8,6 @@ safe_unpack` would refuse are skipped. Over the size limit, the priority files
 
 from __future__ import annotations
 
-import errno
 import gzip
 import logging
 import os
@@ -21,15 +20,15 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from pilot.errors import DiskFullError, SandboxError
-from pilot.job.archive import (
-    _DIR_FLAGS,
-    _READ_FILE,
+from pilot.errors import DiskFullError, SandboxError, is_disk_full
+from pilot.job.fssafe import (
+    DIR_FLAGS,
+    READ_FILE,
+    Escapes,
+    Kind,
+    LinkMap,
     SandboxRejected,
-    _check_text,
-    _Escapes,
-    _Kind,
-    _LinkMap,
+    check_text,
 )
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class PackResult:
 
 @dataclass(frozen=True)
 class _Node:
-    kind: _Kind
+    kind: Kind
     size: int = 0
     target: str = ""
 
@@ -66,13 +65,13 @@ def _scan(job_dir: Path) -> dict[tuple[str, ...], _Node]:
                 for entry in entries:
                     parts = (*rel, entry.name)
                     if entry.is_symlink():
-                        nodes[parts] = _Node(_Kind.LINK, target=os.readlink(entry.path))
+                        nodes[parts] = _Node(Kind.LINK, target=os.readlink(entry.path))
                     elif entry.is_dir(follow_symlinks=False):
-                        nodes[parts] = _Node(_Kind.DIR)
+                        nodes[parts] = _Node(Kind.DIR)
                         pending.append(parts)
                     elif entry.is_file(follow_symlinks=False):
                         size = entry.stat(follow_symlinks=False).st_size
-                        nodes[parts] = _Node(_Kind.FILE, size)
+                        nodes[parts] = _Node(Kind.FILE, size)
         except OSError as exc:
             log.warning("output sandbox: cannot list %s: %s", "/".join(rel) or ".", exc)
     return nodes
@@ -108,7 +107,7 @@ def _select(
     of the node that matched (itself, or the directory above it), and the misses."""
     chosen: dict[tuple[str, ...], int] = {}
     missing: list[str] = []
-    ordered = sorted(p for p, node in nodes.items() if node.kind is not _Kind.DIR)
+    ordered = sorted(p for p, node in nodes.items() if node.kind is not Kind.DIR)
     for pattern in patterns:
         pat = _pattern_parts(pattern)
         hits = {p for p in nodes if pat is not None and _glob_match(pat, p)}
@@ -133,7 +132,7 @@ def _flat_names(
     skipped: list[str] = []
     for parts, depth in chosen.items():
         name = parts[depth - 1 :]
-        if nodes[parts].kind is _Kind.LINK or name in taken:
+        if nodes[parts].kind is Kind.LINK or name in taken:
             skipped.append("/".join(parts))
             continue
         names[parts] = name
@@ -145,14 +144,14 @@ def _links_inside(
     nodes: dict[tuple[str, ...], _Node], chosen: list[tuple[str, ...]]
 ) -> set[tuple[str, ...]]:
     """The chosen links that stay inside the packed tree (iterated to a fixed point)."""
-    links = _LinkMap()
-    links.targets = {p: nodes[p].target for p in chosen if nodes[p].kind is _Kind.LINK}
+    links = LinkMap()
+    links.targets = {p: nodes[p].target for p in chosen if nodes[p].kind is Kind.LINK}
     while True:
         escaping: set[tuple[str, ...]] = set()
         for parts in links.targets:
             try:
                 links.check(parts)
-            except _Escapes:
+            except Escapes:
                 escaping.add(parts)
         if not escaping:
             return set(links.targets)
@@ -193,10 +192,10 @@ def _open_beneath(root: int, parts: tuple[str, ...]) -> int:
     fd = os.dup(root)
     try:
         for part in parts[:-1]:
-            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nxt
-        return os.open(parts[-1], _READ_FILE, dir_fd=fd)
+        return os.open(parts[-1], READ_FILE, dir_fd=fd)
     finally:
         os.close(fd)
 
@@ -210,7 +209,7 @@ def _add_node(
 ) -> bool:
     info = tarfile.TarInfo("/".join(name or parts))
     info.mtime = int(time.time())
-    if node.kind is _Kind.LINK:
+    if node.kind is Kind.LINK:
         info.type, info.linkname, info.mode = tarfile.SYMTYPE, node.target, 0o777
         tf.addfile(info)
         return True
@@ -247,8 +246,7 @@ def _tar_gz(out: Path) -> Iterator[tarfile.TarFile]:
             yield tf
         os.replace(part, out)
     except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        error = DiskFullError if full else SandboxError
+        error = DiskFullError if is_disk_full(exc) else SandboxError
         raise error(f"cannot write sandbox archive {out}: {exc.strerror or exc}") from exc
     finally:
         part.unlink(missing_ok=True)
@@ -257,8 +255,8 @@ def _tar_gz(out: Path) -> Iterator[tarfile.TarFile]:
 def _portable(name: str, node: _Node) -> bool:
     """Whether :func:`safe_unpack` would accept this name (and link target)."""
     try:
-        _check_text(name)
-        _check_text(node.target or "x")
+        check_text(name)
+        check_text(node.target or "x")
     except SandboxRejected:
         return False
     return True
@@ -278,7 +276,7 @@ def _fit(
     size = 0
     for parts in sorted(chosen, key=_rank(priority)):
         node, name = nodes[parts], "/".join(parts)
-        if not _portable(name, node) or (node.kind is _Kind.LINK and parts not in safe_links):
+        if not _portable(name, node) or (node.kind is Kind.LINK and parts not in safe_links):
             skipped.append(name)
         elif size + node.size > max_bytes:
             dropped.append(name)
@@ -383,7 +381,7 @@ def pack_files(files: Sequence[tuple[Path, str]], out: Path) -> None:
     for path, arcname in files:
         parts = _pattern_parts(arcname)
         name = "/".join(parts or ())
-        if parts is None or name in names or not _portable(name, _Node(_Kind.FILE)):
+        if parts is None or name in names or not _portable(name, _Node(Kind.FILE)):
             raise SandboxError(f"invalid or duplicate name in input sandbox: {arcname!r}")
         if not path.exists():
             raise SandboxError(f"input sandbox file not found: {path}")

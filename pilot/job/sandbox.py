@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pilot.backends.base import Backend, MatchedJob
-from pilot.backends.stub import HttpClient, RetryPolicy
+from pilot.backends.base import Backend, InputKind, Inputs, MatchedJob, classify
 from pilot.errors import DiskFullError, PilotError, SandboxError
 from pilot.job import archive, outpack
 from pilot.job.jdl import JobDescription
@@ -27,7 +26,6 @@ from pilot.job.jdl import JobDescription
 log = logging.getLogger(__name__)
 
 OUTPUT_ARCHIVE = "output-sandbox.tar.gz"
-URL_PREFIXES = ("https://", "http://")
 # minor statuses of input failures, as DIRAC's JobWrapper words them
 LFN_SANDBOX_FAILED = "Failed Downloading InputSandbox LFN(s)"
 INPUT_DATA_FAILED = "Input Data Not Available"
@@ -58,7 +56,8 @@ class StageOutResult:
 
 
 def _base_name(entry: str) -> str:
-    path = urlparse(entry).path if entry.startswith(URL_PREFIXES) else entry.split(":", 1)[1]
+    is_url = classify(entry) is InputKind.URL
+    path = urlparse(entry).path if is_url else entry.split(":", 1)[1]
     name = posixpath.basename(path.rstrip("/"))
     if not name or name in (".", "..") or "\x00" in name:
         raise SandboxError(f"Input sandbox rejected: no usable file name in {entry!r}")
@@ -72,43 +71,51 @@ def _place(job_dir: Path, name: str) -> Path:
     return target
 
 
-def fetch_url(url: str, dest: Path) -> None:
-    """A plain download: no bearer token, no client certificate goes to a foreign host."""
-    with HttpClient(url, retry=RetryPolicy(attempts=4, deadline=300.0)) as plain:
-        plain.download(url, dest)
-
-
 def stage_in(
     backend: Backend,
     job: MatchedJob,
     desc: JobDescription,
     job_dir: Path,
     limits: archive.UnpackLimits,
+    fetch_url: Callable[[str, Path], None],
 ) -> list[str]:
-    """Fetch the job's inputs into ``job_dir``; returns the names that landed there."""
+    """Fetch the job's inputs into ``job_dir``; returns the names that landed there.
+
+    ``fetch_url`` downloads an ``http(s)://`` input without any of the pilot's credentials
+    (the caller provides it, so that this module depends on no particular backend)."""
     names: list[str] = []
+    inputs = desc.inputs
     # SB: references (and, in local mode, local files) come as archives from the backend.
-    if any(not e.startswith(("LFN:", "lfn:", *URL_PREFIXES)) for e in desc.input_sandbox):
-        names.extend(_unpack_archives(backend, job, job_dir, limits))
-    for entry in desc.input_sandbox:
-        if entry.startswith(("LFN:", "lfn:")):
-            names.append(_fetch_one(backend, job, "LFN:" + entry[4:], job_dir, LFN_SANDBOX_FAILED))
-        elif entry.startswith(URL_PREFIXES):
-            names.append(_fetch_one(backend, job, entry, job_dir, URL_FAILED))
+    if inputs.sandboxes or inputs.local:
+        names.extend(_unpack_archives(backend, job, inputs, job_dir, limits))
+    for entry in desc.input_sandbox:  # in the job's order
+        kind = classify(entry)
+        if kind is InputKind.LFN:
+            lfn = "LFN:" + entry[4:]
+            names.append(_fetch_one(backend, job, lfn, job_dir, fetch_url, LFN_SANDBOX_FAILED))
+        elif kind is InputKind.URL:
+            names.append(_fetch_one(backend, job, entry, job_dir, fetch_url, URL_FAILED))
     for lfn in desc.input_data:
         if lfn:
-            entry = "LFN:" + lfn[4:] if lfn[:4].upper() == "LFN:" else f"LFN:{lfn}"
-            names.append(_fetch_one(backend, job, entry, job_dir, INPUT_DATA_FAILED))
+            entry = "LFN:" + lfn[4:] if classify(lfn) is InputKind.LFN else f"LFN:{lfn}"
+            names.append(_fetch_one(backend, job, entry, job_dir, fetch_url, INPUT_DATA_FAILED))
     if names:
         log.info("job %s: inputs staged (%d files)", job.job_id, len(names))
     return names
 
 
-def _fetch_one(backend: Backend, job: MatchedJob, entry: str, job_dir: Path, failure: str) -> str:
+def _fetch_one(
+    backend: Backend,
+    job: MatchedJob,
+    entry: str,
+    job_dir: Path,
+    fetch_url: Callable[[str, Path], None],
+    failure: str,
+) -> str:
     name = _base_name(entry)
     target = _place(job_dir, name)
     try:
-        if entry.startswith(URL_PREFIXES):
+        if classify(entry) is InputKind.URL:
             fetch_url(entry, target)
         else:
             backend.fetch_lfn(job, entry, target)
@@ -122,13 +129,17 @@ def _fetch_one(backend: Backend, job: MatchedJob, entry: str, job_dir: Path, fai
 
 
 def _unpack_archives(
-    backend: Backend, job: MatchedJob, job_dir: Path, limits: archive.UnpackLimits
+    backend: Backend,
+    job: MatchedJob,
+    inputs: Inputs,
+    job_dir: Path,
+    limits: archive.UnpackLimits,
 ) -> list[str]:
     download_dir = job_dir.parent / f".{job_dir.name}.download"
     download_dir.mkdir(parents=True, exist_ok=True)
     try:
         names: list[str] = []
-        for path in backend.fetch_input_sandbox(job, download_dir):
+        for path in backend.fetch_input_sandbox(job, inputs, download_dir):
             names.extend(archive.safe_unpack(path, job_dir, limits))
             path.unlink()
         return names
@@ -223,7 +234,7 @@ def store_output_data(
             else:
                 lfn = output_lfn(desc, job.job_id, path.name)
             try:
-                backend.store_lfn(job, lfn, path)
+                backend.store_lfn(job, lfn, path, desc.output_se)
             except DiskFullError:
                 raise
             except PilotError as exc:

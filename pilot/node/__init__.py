@@ -3,7 +3,8 @@
 Owns slot detection (:mod:`.batch`, with the per-system parsers in :mod:`.batch_systems`),
 discovering and running the environment checks (:mod:`.checking`, with plugin discovery in
 :mod:`.entrypoints`) and turning their facts, the slot and the configuration into the
-resource description sent to the matcher (:mod:`.resources`). It may import
-``pilot.errors``, ``pilot.config``, ``pilot.proc`` and ``pilot.api``; it knows nothing of
-jobs, backends or grid credentials.
+resource description sent to the matcher (:mod:`.resources`), and the slot's bookkeeping
+while jobs run (:mod:`.slot`). It may import ``pilot.errors``, ``pilot.config``,
+``pilot.proc``, ``pilot.cgroups`` and ``pilot.api``; it knows nothing of jobs, backends or
+grid credentials.
 """

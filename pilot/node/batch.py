@@ -24,21 +24,20 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TypeVar
 
-from pilot import proc
+from pilot import cgroups, proc
 from pilot.node.batch_systems import BatchSystem, Probe, Sourced, SystemReport, identify
 from pilot.proc import CommandResult
 
-__all__ = ["BatchInfo", "BatchSystem", "CgroupLimits", "detect", "read_cgroup_limits", "read_mjf"]
+__all__ = ["BatchInfo", "BatchSystem", "detect", "read_mjf"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", int, float)
 
 MB = 1024 * 1024
-_UNLIMITED_BYTES = 1 << 60  # cgroup v1 prints 9223372036854771712 for "no limit"
 _MJF_JOB_KEYS = (
     "allocated_cpu",
     "wall_limit_secs",
@@ -92,142 +91,20 @@ class BatchInfo:
 # --------------------------------------------------------------------------- cgroups
 
 
-@dataclass(frozen=True)
-class CgroupLimits:
-    """CPU and memory limits of this process's cgroup (lowest along its ancestors)."""
+def _cgroup_candidates(found: cgroups.Limits) -> tuple[Sourced[int] | None, Sourced[int] | None]:
+    """(whole cores, memory MB) that the cgroup's limits allow, with the file they came from.
 
-    version: str | None = None  # "v1" (including hybrid) or "v2"; None: no cgroup info
-    path: str | None = None
-    cpus: Sourced[float] | None = None  # quota / period, may be fractional
-    memory_bytes: Sourced[int] | None = None
-
-    @property
-    def cores(self) -> Sourced[int] | None:
-        """Whole cores the CPU quota allows (rounded down, at least one)."""
-        if self.cpus is None:
-            return None
-        return Sourced(max(1, math.floor(self.cpus.value + 1e-9)), self.cpus.source)
-
-    @property
-    def memory_mb(self) -> Sourced[int] | None:
-        if self.memory_bytes is None:
-            return None
-        return Sourced(self.memory_bytes.value // MB, self.memory_bytes.source)
-
-
-def _read_small(path: Path, limit: int = 4096) -> str | None:
-    """The stripped text of a small pseudo-file, or ``None`` if it cannot be read."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(limit).strip()
-    except OSError:
-        return None
-
-
-def _parse_self_cgroup(text: str) -> tuple[str | None, dict[str, tuple[str, str]]]:
-    """The v2 path and, for v1, controller -> (hierarchy's controller list, path)."""
-    unified: str | None = None
-    v1: dict[str, tuple[str, str]] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and not controllers:
-            unified = path
-        for controller in controllers.split(","):
-            if controller:
-                v1[controller] = (controllers, path)
-    return unified, v1
-
-
-def _ancestors(base: Path, cgroup_path: str) -> list[Path]:
-    """``base/<cgroup_path>`` and each parent up to ``base`` that exist, leaf first.
-
-    A path escaping the namespace (``/../..``) cannot be followed: only ``base`` is used.
-    """
-    parts = PurePosixPath(cgroup_path).parts[1:]
-    if ".." in parts:
-        parts = ()
-    dirs = (base.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1))
-    return [d for d in dirs if d.is_dir()]
-
-
-def _lowest_in(dirs: Iterable[Path], read: Callable[[Path], float | None]) -> float | None:
-    values = [v for v in map(read, dirs) if v is not None]
-    return min(values) if values else None
-
-
-def _v2_memory(d: Path) -> float | None:
-    text = _read_small(d / "memory.max")
-    return float(text) if text and text.isdigit() else None  # "max": unlimited
-
-
-def _v1_memory(d: Path) -> float | None:
-    text = _read_small(d / "memory.limit_in_bytes")
-    if not text or not text.isdigit() or int(text) >= _UNLIMITED_BYTES:
-        return None
-    return float(text)
-
-
-def _v2_cpu(d: Path) -> float | None:
-    fields = (_read_small(d / "cpu.max") or "").split()
-    if len(fields) != 2 or not fields[0].isdigit() or not fields[1].isdigit():
-        return None  # "max 100000": unlimited
-    return int(fields[0]) / int(fields[1]) if int(fields[1]) > 0 else None
-
-
-def _v1_cpu(d: Path) -> float | None:
-    quota = _read_small(d / "cpu.cfs_quota_us") or ""
-    period = _read_small(d / "cpu.cfs_period_us") or ""
-    if not quota.isdigit() or not period.isdigit() or int(period) == 0:
-        return None  # quota -1: unlimited
-    return int(quota) / int(period)
-
-
-def _v1_base(root: Path, controller: str, hierarchy: str) -> Path | None:
-    for name in (hierarchy, controller):  # "cpu,cpuacct" is often also linked as "cpu"
-        if (root / name).is_dir():
-            return root / name
-    return None
-
-
-def read_cgroup_limits(root: Path, self_cgroup: Path) -> CgroupLimits:
-    """Limits from ``self_cgroup`` (``/proc/self/cgroup``) under the mount ``root``."""
-    text = _read_small(self_cgroup, 65536)
-    if text is None:
-        return CgroupLimits()
-    unified, v1 = _parse_self_cgroup(text)
-    if (root / "cgroup.controllers").is_file() and unified is not None:
-        dirs = _ancestors(root, unified)
-        memory = _lowest_in(dirs, _v2_memory)
-        cpus = _lowest_in(dirs, _v2_cpu)
-        return CgroupLimits(
-            "v2",
-            unified,
-            Sourced(cpus, "cgroup v2 cpu.max") if cpus is not None else None,
-            Sourced(int(memory), "cgroup v2 memory.max") if memory is not None else None,
-        )
-    if not v1:
-        return CgroupLimits()
-    memory_dirs = _v1_dirs(root, v1, "memory")
-    cpu_dirs = _v1_dirs(root, v1, "cpu")
-    memory = _lowest_in(memory_dirs, _v1_memory)
-    cpus = _lowest_in(cpu_dirs, _v1_cpu)
-    return CgroupLimits(
-        "v1",
-        (v1.get("memory") or v1.get("cpu") or ("", "/"))[1],
-        Sourced(cpus, "cgroup v1 cpu.cfs_quota_us") if cpus is not None else None,
-        Sourced(int(memory), "cgroup v1 memory.limit_in_bytes") if memory is not None else None,
-    )
-
-
-def _v1_dirs(root: Path, v1: Mapping[str, tuple[str, str]], controller: str) -> list[Path]:
-    if controller not in v1:
-        return []
-    hierarchy, path = v1[controller]
-    base = _v1_base(root, controller, hierarchy)
-    return _ancestors(base, path) if base is not None else []
+    A fractional CPU quota is rounded down, to at least one core."""
+    v2 = found.version == "v2"
+    where = f"cgroup {found.version}"
+    cores = memory = None
+    if found.cpus is not None:
+        source = f"{where} {'cpu.max' if v2 else 'cpu.cfs_quota_us'}"
+        cores = Sourced(max(1, math.floor(found.cpus + 1e-9)), source)
+    if found.memory_bytes is not None:
+        source = f"{where} {'memory.max' if v2 else 'memory.limit_in_bytes'}"
+        memory = Sourced(found.memory_bytes // MB, source)
+    return cores, memory
 
 
 # --------------------------------------------------------------------------- Machine/Job Features
@@ -250,7 +127,7 @@ def read_mjf(env: Mapping[str, str]) -> dict[str, str]:
                 log.info("%s=%s is not a local directory; ignored", var, location)
             continue
         for key in keys:
-            text = _read_small(Path(location) / key)
+            text = cgroups.read_small(Path(location) / key)
             if text:
                 values[f"{prefix}.{key}"] = text
     return values
@@ -330,13 +207,14 @@ def detect(
         report = SystemReport("local", None, "no batch-system variables")
     mjf = read_mjf(environ)
     mjf_cores, mjf_memory, mjf_deadlines = _mjf_candidates(mjf, now())
-    cgroup = read_cgroup_limits(cgroup_root, proc_self_cgroup)
+    cgroup = cgroups.read_limits(cgroup_root, proc_self_cgroup)
+    cgroup_cores, cgroup_memory = _cgroup_candidates(cgroup)
     cpus = Sourced((affinity or usable_cpus)(), "sched_getaffinity")
-    cores = _lowest([report.cores, *mjf_cores, cpus, cgroup.cores]) or cpus
+    cores = _lowest([report.cores, *mjf_cores, cpus, cgroup_cores]) or cpus
     base_memory = report.memory_mb
     if report.system == "local":
         base_memory = Sourced((total_memory_mb or physical_memory_mb)(), "total RAM (sysconf)")
-    memory = _lowest([base_memory, *mjf_memory, cgroup.memory_mb])
+    memory = _lowest([base_memory, *mjf_memory, cgroup_memory])
     deadline = _lowest([report.deadline, *mjf_deadlines])
     wall_now, stamp = now(), time.monotonic()
     info = BatchInfo(
@@ -373,13 +251,13 @@ def _sources(
     }
 
 
-def _extra(report: SystemReport, mjf: Mapping[str, str], cgroup: CgroupLimits) -> dict[str, str]:
+def _extra(report: SystemReport, mjf: Mapping[str, str], cgroup: cgroups.Limits) -> dict[str, str]:
     extra = dict(report.extra)
     extra.update({f"mjf.{key}": value for key, value in mjf.items()})
     if cgroup.version is not None:
         extra["cgroup"] = f"{cgroup.version}:{cgroup.path or '/'}"
     if cgroup.cpus is not None:
-        extra["cgroup_cpu_quota"] = f"{cgroup.cpus.value:.2f}"
+        extra["cgroup_cpu_quota"] = f"{cgroup.cpus:.2f}"
     extra["hostname"] = socket.gethostname()
     extra["pid"] = str(os.getpid())
     return extra

@@ -2,7 +2,8 @@
 
 Three kinds of check, all seen through the :class:`pilot.api.Check` protocol:
 
-- built-ins: the static tuple :data:`checks.BUILTIN_CHECKS`;
+- built-ins: the checks registered in :attr:`CheckSettings.builtins` (the CLI passes the
+  ``checks`` package's list; this module imports no check);
 - VO plugins: the entry-point group ``pilot.checks``; an entry point names a class
   (instantiated with no arguments) or an instance, validated when loaded. A plugin
   that fails to import or to validate becomes a FAILED result named after its entry
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from checks import BUILTIN_CHECKS
 from pilot import proc
 from pilot.api import Check, CheckContext, CheckOutcome, CheckResult, Status
 from pilot.errors import UsageError
@@ -56,6 +56,7 @@ class CheckSettings:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [checks.<name>]
     entry_points: bool = True
     plugin_path: tuple[Path, ...] = ()  # searched for entry points before sys.path
+    builtins: tuple[Check, ...] = ()  # registered by the caller, run before any plugin
 
     def __post_init__(self) -> None:
         for name, value in {"default": self.default_timeout, **self.timeouts}.items():
@@ -170,7 +171,7 @@ class LoadFailure:
 
 def discover(settings: CheckSettings) -> list[Check]:
     """Built-ins, then entry-point plugins, then executables; load failures included."""
-    found: list[Check] = list(BUILTIN_CHECKS)
+    found: list[Check] = list(settings.builtins)
     if settings.entry_points:
         found.extend(_add_plugin_path(settings.plugin_path))
         try:
@@ -189,7 +190,7 @@ def discover(settings: CheckSettings) -> list[Check]:
 def known_names(settings: CheckSettings) -> set[str]:
     """The names of the checks :func:`discover` would find, without loading any plugin
     (entry-point names are the plugins' check names by convention)."""
-    names = {check.name for check in BUILTIN_CHECKS}
+    names = {check.name for check in settings.builtins}
     if settings.entry_points:
         _add_plugin_path(settings.plugin_path)
         try:
@@ -449,7 +450,8 @@ def _validated(outcome: object) -> CheckOutcome:
         raise ValueError(f"run() returned {type(outcome).__name__}, not a CheckOutcome")
     status = Status(outcome.status)
     try:
-        facts = json.loads(json.dumps(dict(outcome.facts)))
+        # allow_nan=False: NaN and Infinity are not JSON; they would reach the matcher
+        facts = json.loads(json.dumps(dict(outcome.facts), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"facts are not JSON-serialisable: {exc}") from exc
     tags = tuple(outcome.tags)

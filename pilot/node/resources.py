@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pilot import __version__
+from pilot.api import NodeFacts
 from pilot.config import PilotConfig
 from pilot.node.batch import BatchInfo
 
@@ -104,12 +104,9 @@ def describe(
     report: CheckReport | None,
     pilot_reference: str,
 ) -> ResourceDescription:
-    facts: Mapping[str, Mapping[str, Any]] = {}
-    check_tags: tuple[str, ...] = ()
-    if report is not None:
-        facts = {r.name: r.facts for r in report.results}
-        check_tags = report.tags
-    power = float(facts.get("cpu", {}).get("benchmark") or DEFAULT_POWER)
+    facts = NodeFacts.from_results(report.results if report is not None else ())
+    check_tags = report.tags if report is not None else ()
+    power = facts.cpu_power or DEFAULT_POWER
     cores = config.cores or batch.cores
     memory = config.memory_mb or batch.memory_mb
     wall = batch.time_left()
@@ -122,14 +119,14 @@ def describe(
         grid_ce=config.ce or socket.gethostname(),
         ce_queue=config.queue,
         vo=config.vo,
-        platform=str(facts.get("software", {}).get("platform") or platform_string()),
+        platform=facts.platform or platform_string(),
         architecture=os.uname().machine,
         number_of_processors=cores,
         max_ram_mb=memory,
         cpu_time=int(wall_s * power * (1.0 - config.cpu_margin)),
         wall_clock_time_left=wall_s,
-        disk_space_mb=facts.get("disk", {}).get("free_mb"),
-        number_of_gpus=int(facts.get("gpu", {}).get("count") or 0),
+        disk_space_mb=facts.free_disk_mb,
+        number_of_gpus=facts.gpus,
         tags=tuple(sorted(tags)),
         required_tags=tuple(sorted(config.required_tags)),
         pilot_reference=pilot_reference,

@@ -31,7 +31,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,10 +40,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from tests.pidns import ClusterError, Namespace, free_port, start_namespace, tail
 
 HERE = Path(__file__).resolve().parent
-NSINIT = HERE.parent / "slurm" / "nsinit.py"
 PACKAGED = Path("/usr/lib/gridengine")  # Debian's binaries (qmaster, execd, clients, utils)
 PACKAGED_UTIL = Path("/usr/share/gridengine/util")
 TOOLS = ("sge_qmaster", "sge_execd", "qsub", "qstat", "qdel", "qconf", "qhost", "qacct")
@@ -53,10 +51,6 @@ ADMIN_USER = "sgeadmin"  # made by Debian's gridengine-common
 JOB_USER = "nobody"
 SLOTS = 2
 NOTIFY = 60  # the queue's notify time: SIGUSR2 -> SIGKILL delay for qsub -notify jobs
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not be started; the message says why (with log tails)."""
 
 
 def missing_requirements() -> str | None:
@@ -89,26 +83,10 @@ def missing_requirements() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"({path.name}: none)"
-    return f"--- {path}\n" + "\n".join(text[-lines:])
-
-
 @dataclass
 class GridEngine:
     root: Path  # the private SGE_ROOT (and everything else of the cluster)
-    unshare: subprocess.Popen[bytes] | None = None
-    init_pid: int = 0
-    pid_ns: str = ""  # /proc/PID/ns/pid link text of the cluster's namespace
+    ns: Namespace  # the cluster's PID namespace (daemons, shepherds, jobs)
     env: dict[str, str] = field(default_factory=dict)  # clients' environment
 
     @property
@@ -195,53 +173,19 @@ class GridEngine:
         spool = self.root / "spool"
         paths = [self.root / "nsinit.log", spool / "qmaster" / "messages"]
         paths += sorted((spool / "execd").glob("*/messages"))
-        return "\n".join(_tail(p) for p in paths)
+        return "\n".join(tail(p) for p in paths)
 
     # -- tear-down ------------------------------------------------------------------------
 
     def namespace_pids(self) -> list[int]:
         """Host PIDs of every process in the cluster's PID namespace."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.readlink(entry / "ns" / "pid") == self.pid_ns:
-                        found.append(int(entry.name))
-                except OSError:
-                    continue
-        return sorted(found)
+        return self.ns.pids()
 
     def stop(self, grace: float = 15) -> list[str]:
         """Stop everything of the cluster; returns what had to be killed the hard way."""
-        hard: list[str] = []
-        if self.unshare is None:
-            return hard
         with contextlib.suppress(subprocess.TimeoutExpired, OSError):
             self.command(["qdel", "-f", "-u", "*"], timeout=10)
-        for pid in self.namespace_pids():
-            with contextlib.suppress(psutil.Error):
-                if psutil.Process(pid).name() == "sge_shepherd":
-                    hard.append(f"shepherd pid {pid} still running (stopped with the namespace)")
-        _signal(self.init_pid, signal.SIGTERM)
-        try:
-            self.unshare.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            hard.append(f"namespace init pid {self.init_pid} ignored SIGTERM: SIGKILL")
-            _signal(self.init_pid, signal.SIGKILL)
-            _signal(self.unshare.pid, signal.SIGKILL)
-            self.unshare.wait(timeout=grace)
-        deadline = time.monotonic() + grace
-        while (left := self.namespace_pids()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in left:
-            hard.append(f"pid {pid} still in the namespace: SIGKILL")
-            _signal(pid, signal.SIGKILL)
-        return hard
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+        return self.ns.stop(grace, stray="sge_shepherd")
 
 
 # -- start-up ---------------------------------------------------------------------------
@@ -405,26 +349,11 @@ def _build_shim(root: Path) -> Path:
     return shim
 
 
-def _namespace_init(unshare: subprocess.Popen[bytes], timeout: float = 10) -> tuple[int, str]:
-    deadline = time.monotonic() + timeout
-    own = os.readlink("/proc/self/ns/pid")
-    while time.monotonic() < deadline and unshare.poll() is None:
-        for child in psutil.Process(unshare.pid).children():
-            try:
-                ns = os.readlink(f"/proc/{child.pid}/ns/pid")
-            except OSError:
-                continue
-            if ns != own:
-                return child.pid, ns
-        time.sleep(0.05)
-    raise ClusterError("the cluster's PID namespace did not come up")
-
-
 def _wait(cluster: GridEngine, what: str, argv: Sequence[str], ok: object, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if cluster.unshare is not None and cluster.unshare.poll() is not None:
+        if not cluster.ns.alive():
             break
         done = cluster.command(argv, timeout=10)
         last = (done.stdout + done.stderr).strip()
@@ -484,16 +413,7 @@ def start_cluster(root: Path | None = None, timeout: float = 90) -> GridEngine:
             }
         )
     )
-    argv = ["setpriv", "--pdeathsig", "KILL", "unshare", "--pid", "--fork", "--mount-proc"]
-    argv += ["--kill-child=SIGTERM", sys.executable, str(NSINIT), str(spec)]
-    unshare = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=root, env=daemon_env)
-    try:
-        init_pid, pid_ns = _namespace_init(unshare)
-    except ClusterError:
-        unshare.kill()
-        unshare.wait(timeout=10)
-        raise
-    cluster = GridEngine(root, unshare, init_pid, pid_ns, env)
+    cluster = GridEngine(root, start_namespace(spec, cwd=root, env=daemon_env), env)
     try:
         _wait(cluster, "sge_qmaster", ["qconf", "-sh"], lambda out: bool(out.strip()), timeout)
         _configure(cluster)

@@ -17,20 +17,17 @@ in the namespace, killing any by PID. Needs root, ``unshare`` and ``setpriv``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from tests.pidns import ClusterError, Namespace, free_port, start_namespace, tail
 
 HERE = Path(__file__).resolve().parent
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
@@ -38,10 +35,6 @@ TOOLS += ("unshare", "setpriv")
 FINAL_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
 )
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not be started; the message says why (with log tails)."""
 
 
 def missing_requirements() -> str | None:
@@ -54,27 +47,11 @@ def missing_requirements() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"({path.name}: none)"
-    return f"--- {path.name}\n" + "\n".join(text[-lines:])
-
-
 @dataclass
 class SlurmCluster:
     root: Path
     conf: Path
-    unshare: subprocess.Popen[bytes]
-    init_pid: int
-    pid_ns: str  # /proc/PID/ns/pid link text of the cluster's namespace
+    ns: Namespace  # the cluster's PID namespace (daemons, slurmstepd, jobs)
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -126,52 +103,17 @@ class SlurmCluster:
 
     def logs(self) -> str:
         names = ("nsinit.log", "munged.log", "slurmctld.log", "slurmd.log")
-        return "\n".join(_tail(self.state / name) for name in names)
+        return "\n".join(tail(self.state / name) for name in names)
 
     # -- tear-down ------------------------------------------------------------------------
 
     def namespace_pids(self) -> list[int]:
         """Host PIDs of every process in the cluster's PID namespace."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.readlink(entry / "ns" / "pid") == self.pid_ns:
-                        found.append(int(entry.name))
-                except OSError:
-                    continue
-        return sorted(found)
+        return self.ns.pids()
 
     def stop(self, grace: float = 10) -> list[str]:
         """Stop everything of the cluster; returns what had to be killed the hard way."""
-        hard: list[str] = []
-        for pid in self.namespace_pids():
-            try:
-                name = psutil.Process(pid).name()
-            except psutil.Error:
-                continue
-            if name == "slurmstepd":
-                hard.append(f"stray slurmstepd pid {pid} (stopped with the namespace)")
-        _signal(self.init_pid, signal.SIGTERM)
-        try:
-            self.unshare.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            hard.append(f"namespace init pid {self.init_pid} ignored SIGTERM: SIGKILL")
-            _signal(self.init_pid, signal.SIGKILL)
-            _signal(self.unshare.pid, signal.SIGKILL)
-            self.unshare.wait(timeout=grace)
-        deadline = time.monotonic() + grace
-        while (left := self.namespace_pids()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in left:
-            hard.append(f"pid {pid} still in the namespace: SIGKILL")
-            _signal(pid, signal.SIGKILL)
-        return hard
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+        return self.ns.stop(grace, stray="slurmstepd")
 
 
 # -- start-up ---------------------------------------------------------------------------
@@ -214,26 +156,11 @@ def _daemons(conf: Path, values: Mapping[str, object]) -> list[dict[str, object]
     ]
 
 
-def _namespace_init(unshare: subprocess.Popen[bytes], timeout: float = 10) -> tuple[int, str]:
-    deadline = time.monotonic() + timeout
-    own = os.readlink("/proc/self/ns/pid")
-    while time.monotonic() < deadline and unshare.poll() is None:
-        for child in psutil.Process(unshare.pid).children():
-            try:
-                ns = os.readlink(f"/proc/{child.pid}/ns/pid")
-            except OSError:
-                continue
-            if ns != own:
-                return child.pid, ns
-        time.sleep(0.05)
-    raise ClusterError("the cluster's PID namespace did not come up")
-
-
 def _wait_ready(cluster: SlurmCluster, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if cluster.unshare.poll() is not None:
+        if not cluster.ns.alive():
             break
         done = cluster.command(["sinfo", "-h", "-N", "-o", "%T"], timeout=10)
         last = (done.stdout + done.stderr).strip()
@@ -256,18 +183,9 @@ def start_cluster(root: Path, kill_wait: int = 20, timeout: float = 60) -> Slurm
             {"log": str(state / "nsinit.log"), "grace": 3, "daemons": _daemons(conf, values)}
         )
     )
-    argv = ["setpriv", "--pdeathsig", "KILL", "unshare", "--pid", "--fork", "--mount-proc"]
-    argv += ["--kill-child=SIGTERM", sys.executable, str(HERE / "nsinit.py"), str(spec)]
-    unshare = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=root)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PILOT_"))}
     env["SLURM_CONF"] = str(conf)
-    try:
-        init_pid, pid_ns = _namespace_init(unshare)
-    except ClusterError:
-        unshare.kill()
-        unshare.wait(timeout=10)
-        raise
-    cluster = SlurmCluster(root, conf, unshare, init_pid, pid_ns, env)
+    cluster = SlurmCluster(root, conf, start_namespace(spec, cwd=root), env)
     try:
         _wait_ready(cluster, timeout)
     except BaseException:

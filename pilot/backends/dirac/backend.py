@@ -37,7 +37,7 @@ import logging
 import re
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -47,19 +47,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pilot import __version__
-from pilot.backends.base import MatchedJob, StatusUpdate
+from pilot.backends.base import Inputs, MatchedJob, StatusUpdate
 from pilot.backends.dirac import cscfg, data
 from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
 from pilot.config import PilotConfig
 from pilot.errors import (
     CredentialError,
-    DiskFullError,
     NoStoredProxy,
     SandboxError,
     ServerUnreachable,
     UsageError,
+    write_error,
 )
 from pilot.grid import credentials
+from pilot.grid.resolve import Credentials
 from pilot.job import jdl
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ class DiracSettings:
     job_state_update_url: str
     sandbox_store_url: str
     proxy: Path
-    ca_dir: Path
+    ca_dir: Path | None = None  # CAs: a hash directory and/or a bundle
+    ca_file: Path | None = None
     job_monitoring_url: str | None = None  # only for DiracBackend.job_status (tools, tests)
     pilot_manager_url: str | None = None  # enables register(): PilotManager.setPilotStatus
     proxy_manager_url: str | None = None  # enables payload proxies: ProxyManager.getProxy
@@ -120,6 +122,16 @@ class DiracSettings:
             raise UsageError(f"dirac timeout must be positive, not {self.timeout}")
         for se_name, url in self.storage_elements.items():
             _check_url(f"storage_elements.{se_name}", url)
+        if self.proxy_manager_url is not None and self.configuration_url is None:
+            # else every job would fail asking for its owner's DN: a pilot eating all jobs
+            raise UsageError(
+                "[dirac] proxymanager needs [dirac] configuration: the job owner's DN"
+                " comes from the Registry that DIRAC's Configuration Server serves"
+            )
+        if self.ca_dir is None and self.ca_file is None:
+            raise CredentialError(
+                "DIRAC backend needs CAs: --ca-dir or X509_CERT_DIR, or --ca-file or X509_CERT_FILE"
+            )
 
 
 def _check_url(name: str, url: str) -> None:
@@ -130,8 +142,9 @@ def _check_url(name: str, url: str) -> None:
 
 
 def make_ssl_context(settings: DiracSettings) -> ssl.SSLContext:
-    """TLS client context: the proxy (RFC 3820 chain) as credential, CAs from ``ca_dir``."""
-    return credentials.ssl_context(credentials.load_proxy(settings.proxy), settings.ca_dir)
+    """TLS client context: the proxy (RFC 3820 chain) as credential, the settings' CAs."""
+    proxy = credentials.load_proxy(settings.proxy)
+    return credentials.ssl_context(proxy, settings.ca_dir, settings.ca_file)
 
 
 class DiracBackend:
@@ -262,9 +275,10 @@ class DiracBackend:
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
         self.data_manager().download(lfn, dest)
 
-    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
-        desc = jdl.load(job.jdl)
-        se_names = [n.strip() for n in (desc.output_se or "").split(",") if n.strip()]
+    def store_lfn(
+        self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
+    ) -> None:
+        se_names = [n.strip() for n in (output_se or "").split(",") if n.strip()]
         if not se_names and self.settings.output_se:
             se_names = [self.settings.output_se]
         if not se_names:
@@ -366,6 +380,9 @@ class DiracBackend:
         except DisetError as exc:
             log.warning("job %s: parameters %s not stored: %s", job_id, [p[0] for p in pairs], exc)
 
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        return []  # DIRAC sends its commands with heartbeats
+
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         """sendHeartBeat; DIRAC answers pending commands (``{"Kill": ""}``) once each.
 
@@ -388,14 +405,10 @@ class DiracBackend:
 
     # --- sandboxes ----------------------------------------------------------------------
 
-    def fetch_input_sandbox(self, job: MatchedJob, dest_dir: Path) -> list[Path]:
+    def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
         """Download each ``SB:`` entry into ``dest_dir``; plain names are inside those."""
-        entries = jdl.load(job.jdl).input_sandbox
         paths = []
-        for entry in entries:
-            if not entry.startswith("SB:"):
-                log.debug("job %s: %s is not in a sandbox archive", job.job_id, entry)
-                continue
+        for entry in inputs.sandboxes:  # LFNs come through fetch_lfn, plain names inside these
             se_name, path = split_sandbox_url(entry)
             dest = dest_dir / _archive_name(path)
             log.debug(
@@ -420,9 +433,7 @@ class DiracBackend:
             raise SandboxError(f"input sandbox {entry}: {exc}") from exc
         except OSError as exc:
             part.unlink(missing_ok=True)
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise DiskFullError(f"no space left writing {dest}") from exc
-            raise SandboxError(f"cannot write {dest}: {exc}") from exc
+            raise write_error(exc, dest) from exc
         log.info("input sandbox %s: %d bytes", dest.name, size)
 
     def store_output_sandbox(self, job: MatchedJob, archive: Path) -> None:
@@ -528,7 +539,7 @@ def _flatten(extra: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]
 # --- configuration --------------------------------------------------------------------------
 
 
-def settings_from_config(cfg: PilotConfig) -> DiracSettings:
+def settings_from_config(cfg: PilotConfig, creds: Credentials) -> DiracSettings:
     """``--server dips://host[:port/WorkloadManagement/Matcher]`` plus the ``[dirac]`` table.
 
     Table keys (any case, ``_`` ignored): ``matcher``, ``jobstateupdate``, ``sandboxstore``,
@@ -537,7 +548,7 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
     ``output_se``, ``setup``, ``release_version``, ``source``, ``timeout``. Matcher,
     JobStateUpdate and SandboxStore without a URL are taken on the server's host at DIRAC's
     default ports; the optional JobMonitoring, PilotManager, ProxyManager and Configuration
-    Server only when given. Proxy and CA directory: config, else X509_USER_PROXY / X509_CERT_DIR.
+    Server only when given. Proxy and CAs: the pilot's resolved ``creds``.
     """
     table = {str(k).lower().replace("_", ""): v for k, v in cfg.dirac.items()}
     server = urlsplit(cfg.server or "")
@@ -552,12 +563,8 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
             return str(cfg.server)
         return f"dips://{server.hostname}:{DEFAULT_PORTS[service]}/{WMS}/{service}"
 
-    proxy = cfg.proxy or credentials.find_proxy()
-    ca_dir = cfg.ca_dir or credentials.ca_locations()[0]
-    if proxy is None:
+    if creds.proxy_path is None:
         raise CredentialError("DIRAC backend needs an X.509 proxy: --proxy or X509_USER_PROXY")
-    if ca_dir is None:
-        raise CredentialError("DIRAC backend needs a CA directory: --ca-dir or X509_CERT_DIR")
     return DiracSettings(
         matcher_url=url("Matcher"),
         job_state_update_url=url("JobStateUpdate"),
@@ -569,8 +576,9 @@ def settings_from_config(cfg: PilotConfig) -> DiracSettings:
         file_catalog_url=_opt_str(table.get("filecatalog")),
         storage_elements=_storage_elements(table.get("storageelements")),
         output_se=_opt_str(table.get("outputse")),
-        proxy=Path(proxy),
-        ca_dir=Path(ca_dir),
+        proxy=creds.proxy_path,
+        ca_dir=creds.ca_dir,
+        ca_file=creds.ca_file,
         setup=_opt_str(table.get("setup")),
         vo=cfg.vo,
         source=str(table.get("source") or "JobAgent"),

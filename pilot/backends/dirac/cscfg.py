@@ -92,7 +92,14 @@ def parse(text: str) -> Section:
 
 def from_compressed(data: Any) -> Section:
     """The reply of ``getCompressedData`` (bytes; a str on older servers) parsed."""
-    raw = data.encode("latin-1") if isinstance(data, str) else bytes(data)
+    try:
+        raw = data.encode("latin-1") if isinstance(data, str) else None
+    except UnicodeEncodeError:
+        raw = None  # not bytes carried in a str
+    if isinstance(data, bytes | bytearray):
+        raw = bytes(data)
+    if raw is None:  # bytes(n) of an int would allocate n bytes
+        raise CfgError(f"configuration data is not compressed bytes: {data!r:.40}")
     try:
         decompressor = zlib.decompressobj()
         text = decompressor.decompress(raw, MAX_CONFIG_BYTES)

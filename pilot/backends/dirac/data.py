@@ -13,7 +13,10 @@ Output (``OutputData``), in the order DIRAC's own ``dirac-dms-add-file`` does it
     StorageElement FileTransfer/FromClient [<SE URL><lfn>, "CheckSum", size]
     StorageElement.getMetadata(<SE URL><lfn>)  -> Size and Checksum computed by the SE: compared
     FileCatalog.addFile({lfn: {PFN, Size, SE, Checksum, ChecksumType, GUID}})
-    a copy whose checksum differs, or that the catalogue refuses, is removed from the SE again
+    a copy whose checksum differs, or that the catalogue refuses, is removed from the SE again;
+    when addFile's answer is lost, the catalogue is asked whether it registered the file.
+    An LFN already registered (a rerun of a job killed after addFile) is not uploaded again:
+    the same size and checksum is done, other content is refused before the SE is touched
 
 Storage elements are ``DIP`` endpoints (``dips://host:port/DataManagement/StorageElement``).
 Where they are comes from ``[dirac.storage_elements]`` (name = URL) when given, else from
@@ -31,16 +34,19 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pilot.backends.dirac import cscfg
 from pilot.backends.dirac.diset import DisetClient, DisetError
-from pilot.errors import DiskFullError, SandboxError, ServerUnreachable
+from pilot.errors import SandboxError, ServerUnreachable, write_error
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _LFN_PART = re.compile(r"[A-Za-z0-9_.+=@,:~%-]+")
+
+
+Registration = Literal["absent", "same", "other"]  # an LFN in the catalogue vs our file
 
 
 class DataError(SandboxError):
@@ -68,6 +74,17 @@ def adler32(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             value = zlib.adler32(chunk, value)
     return f"{value & 0xFFFFFFFF:08x}"
+
+
+def size_of(value: Any) -> int | None:
+    """A file size as DIRAC sends it (an int, or digits in a string); None for nonsense."""
+    if isinstance(value, bool):
+        return None
+    try:
+        size = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return size if size >= 0 else None
 
 
 def same_checksum(a: object, b: object) -> bool:
@@ -149,13 +166,16 @@ class DataManager:
         metadata = self._catalog("getFileMetadata", [path], path)
         if not isinstance(replicas, dict) or not replicas:
             raise DataError(f"{path}: no replica")
+        if not isinstance(metadata, dict):
+            raise DataError(f"{path}: file catalogue getFileMetadata: unexpected answer")
+        want_size = metadata.get("Size")
+        if want_size is not None and size_of(want_size) is None:
+            raise DataError(f"{path}: the file catalogue gives no usable size ({want_size!r:.40})")
         errors = []
         for name in replicas:
-            try:
+            try:  # a local write error is raised as it is: another replica would not help
                 self._download_from(self._se(name), path, dest, metadata)
                 return str(name)
-            except DiskFullError:
-                raise
             except (DataError, DisetError) as exc:
                 log.warning("replica of %s at %s unusable: %s", path, name, exc)
                 errors.append(f"{name}: {exc}")
@@ -169,11 +189,9 @@ class DataManager:
             size = self._client(se.url).receive_file(se.file_id(lfn), part, token="CheckSum")
         except OSError as exc:
             part.unlink(missing_ok=True)
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise DiskFullError(f"no space left writing {dest}") from exc
-            raise DataError(f"cannot write {dest}: {exc.strerror}") from exc
+            raise write_error(exc, dest) from exc
         want_size, want_sum = metadata.get("Size"), metadata.get("Checksum")
-        if want_size is not None and int(want_size) != size:
+        if want_size is not None and size_of(want_size) != size:
             part.unlink(missing_ok=True)
             raise DataError(f"{size} bytes arrived, the catalogue says {want_size}")
         got = adler32(part) if want_sum else ""
@@ -190,16 +208,25 @@ class DataManager:
         path = check_lfn(lfn)
         se = self._se(se_name)
         file_id = se.file_id(path)
-        size = source.stat().st_size
-        checksum = adler32(source)
+        try:
+            size = source.stat().st_size
+            checksum = adler32(source)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read {source}: {exc.strerror}") from exc
+        before = self._lookup(path, size, checksum)  # a rerun of a job killed after addFile
+        if before == "same":
+            log.info("output data %s: already registered with the same content", path)
+            return {"Size": size, "Checksum": checksum, "ChecksumType": "Adler32"}
+        if before == "other":  # its copy has our file id: uploading would overwrite it
+            raise DataError(f"{path}: already in the file catalogue with other content")
         storage = self._client(se.url)
         try:
             storage.send_file(file_id, source, token="CheckSum")
             stored = storage.call("getMetadata", file_id)
-        except DisetError as exc:
+        except (DisetError, OSError) as exc:
             self._remove(storage, file_id)
             raise DataError(f"{path}: upload to {se.name} failed: {exc}") from exc
-        if not isinstance(stored, dict) or int(stored.get("Size", -1)) != size:
+        if not isinstance(stored, dict) or size_of(stored.get("Size")) != size:
             self._remove(storage, file_id)
             raise DataError(f"{path}: {se.name} holds a copy of another size: {stored!r:.100}")
         if not same_checksum(stored.get("Checksum"), checksum):
@@ -215,9 +242,15 @@ class DataManager:
         }
         try:
             self._catalog("addFile", {path: entry}, path)
-        except DataError:
-            self._remove(storage, file_id)  # no copy nobody knows of
-            raise
+        except DataError as exc:
+            lost = isinstance(exc.__cause__, ServerUnreachable)  # registered or not?
+            after = self._lookup(path, size, checksum) if lost else "absent"
+            if after == "absent":
+                self._remove(storage, file_id)  # no copy nobody knows of
+                raise
+            if after != "same":  # a copy nobody knows of beats an entry without a copy
+                raise DataError(f"{exc}; the copy at {se.name} is kept") from exc
+            log.warning("%s: registered although the catalogue's answer was lost", path)
         log.info(
             "output data %s: %d bytes at %s, registered (Adler-32 %s)",
             path,
@@ -226,6 +259,20 @@ class DataManager:
             checksum,
         )
         return entry
+
+    def _lookup(self, path: str, size: int, checksum: str) -> Registration | None:
+        """What the catalogue holds at ``path`` compared with our file (None: cannot tell)."""
+        try:
+            reply = self.catalog.call("getFileMetadata", [path])
+        except DisetError:
+            return None
+        if not isinstance(reply, dict):
+            return None
+        found = (reply.get("Successful") or {}).get(path)
+        if isinstance(found, dict):
+            same = size_of(found.get("Size")) == size
+            return "same" if same and same_checksum(found.get("Checksum"), checksum) else "other"
+        return "absent" if path in (reply.get("Failed") or {}) else None
 
     @staticmethod
     def _remove(storage: DisetClient, file_id: str) -> None:

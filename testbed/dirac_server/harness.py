@@ -8,7 +8,7 @@ Set-up (cached, idempotent)::
                                     gfal2-python does not build against Debian 12's gfal2
     $PILOT_DIRAC_STATE (default: a new temp dir)
         etc/dirac.cfg               written at each start (free loopback ports)
-        etc/grid-security/          test CA, host and user certs (tests/dirac_server/certs.py)
+        etc/grid-security/          test CA, host and user certs (testbed/dirac_server/certs.py)
         mysql/                      private MariaDB datadir + socket (never the system service)
         run/*.pid, log/*.log        one pid file and one log per process
         run/x509up_testuser         user proxy made by dirac-proxy-init (group testvo_user)
@@ -20,7 +20,7 @@ Processes: mariadbd, one ``dirac-service`` per service (through ``loopback.py`` 
 listens on 127.0.0.1 only) and the Optimizers executor. They are started with their own
 session and stopped by pid (process group), never by name.
 
-Also a command line: ``python -m tests.dirac_server up|down|env``.
+Also a command line: ``python -m testbed.dirac_server up|down|env``.
 """
 
 from __future__ import annotations
@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     """``up`` (set up + start, prints the env), ``down`` (stop by pid files), ``env``."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in ("up", "down", "env") or STATE_ENV not in os.environ:
-        sys.stderr.write(f"usage: {STATE_ENV}=<dir> python -m tests.dirac_server up|down|env\n")
+        sys.stderr.write(f"usage: {STATE_ENV}=<dir> python -m testbed.dirac_server up|down|env\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     harness = Harness()

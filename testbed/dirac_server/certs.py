@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.pki import subject_hash
+from testbed.pki import subject_hash
 
 CA_SUBJECT = ((NameOID.ORGANIZATION_NAME, "DIRACTest"), (NameOID.COMMON_NAME, "DIRACTest CA"))
 HOST_SUBJECT = ((NameOID.ORGANIZATION_NAME, "DIRACTest"), (NameOID.COMMON_NAME, "localhost"))

@@ -2,7 +2,7 @@
 
 Use it from ``tests/conftest.py``::
 
-    from tests.dirac_server.fixture import dirac_server  # noqa: F401
+    from testbed.dirac_server.fixture import dirac_server  # noqa: F401
 
 Set-up is cached (the DIRAC venv under build/cache/dirac-venv; with $PILOT_DIRAC_STATE
 also the databases and certificates), the server is started once per session and every

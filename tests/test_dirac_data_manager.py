@@ -1,0 +1,208 @@
+"""DIRAC data management against a scripted File Catalog and storage element: what the
+pilot does when an answer is lost, a server says nonsense, or the local disk is full
+(the real services are exercised in test_dirac_data.py)."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, cast
+
+import pytest
+
+from pilot.backends.dirac import data
+from pilot.backends.dirac.diset import DisetClient, DisetUnreachable
+from pilot.errors import DiskFullError, SandboxError
+
+LFN = "/testvo/user/t/testuser/out/result.txt"
+SE_URL = "dips://se.example:9148/DataManagement/StorageElement"
+
+
+class Service:
+    """A DISET service whose methods are Python callables; it records every call."""
+
+    def __init__(self, **methods: Callable[..., Any]) -> None:
+        self.methods = methods
+        self.calls: list[str] = []
+        self.files: dict[str, bytes] = {}
+
+    def call(self, method: str, *args: Any) -> Any:
+        self.calls.append(method)
+        return self.methods[method](*args)
+
+    def send_file(self, file_id: str, source: Path, token: str = "") -> None:
+        self.calls.append("send_file")
+        self.files[file_id] = source.read_bytes()
+
+    def receive_file(self, file_id: str, sink: Path | IO[bytes], token: str = "") -> int:
+        self.calls.append("receive_file")
+        return cast(int, self.methods["receive_file"](file_id, sink))
+
+
+def manager(catalog: Service, se: Service) -> data.DataManager:
+    element = data.StorageElement("SE-LOCAL", SE_URL)
+    return data.DataManager(
+        cast(DisetClient, catalog), {"SE-LOCAL": element}, lambda url: cast(DisetClient, se)
+    )
+
+
+def absent(lfns: list[str]) -> Any:
+    return {"Successful": {}, "Failed": {lfn: "No such file or directory" for lfn in lfns}}
+
+
+def catalogue(**methods: Callable[..., Any]) -> Service:
+    """A File Catalog where every LFN is absent unless ``methods`` say otherwise."""
+    return Service(**{"getFileMetadata": absent, **methods})
+
+
+def storage_element() -> Service:
+    se = Service(remove=lambda file_id, _: None)
+    se.methods["getMetadata"] = lambda file_id: {
+        "Size": len(se.files[file_id]),
+        "Checksum": adler32_of(se.files[file_id]),
+    }
+    return se
+
+
+def adler32_of(content: bytes) -> str:
+    import zlib
+
+    return f"{zlib.adler32(content) & 0xFFFFFFFF:08x}"
+
+
+def lost_reply(*args: Any) -> Any:
+    raise DisetUnreachable("FileCatalog: timed out waiting for the reply")
+
+
+def output(tmp_path: Path) -> Path:
+    source = tmp_path / "result.txt"
+    source.write_bytes(b"result of the payload\n")
+    return source
+
+
+def test_add_file_answer_lost_but_registered_is_a_success(tmp_path: Path) -> None:
+    """The catalogue registered the file and its answer was lost: the copy at the SE is
+    what the entry points to, so it must stay, and the upload counts as done."""
+    source = output(tmp_path)
+    registered: dict[str, Any] = {}
+
+    def add_file(entries: dict[str, Any]) -> Any:
+        registered.update(entries)
+        raise DisetUnreachable("FileCatalog: receiving the reply failed")
+
+    def metadata(lfns: list[str]) -> Any:
+        if not registered:
+            return absent(lfns)
+        return {"Successful": {lfn: registered[lfn] for lfn in lfns}}
+
+    catalog = catalogue(addFile=add_file, getFileMetadata=metadata)
+    se = storage_element()
+    entry = manager(catalog, se).upload(source, "LFN:" + LFN, "SE-LOCAL")
+    assert entry["Size"] == source.stat().st_size
+    assert "remove" not in se.calls and se.files[SE_URL + LFN] == source.read_bytes()
+
+
+def test_add_file_answer_lost_and_not_registered_removes_the_copy(tmp_path: Path) -> None:
+    catalog = catalogue(addFile=lost_reply)
+    se = storage_element()
+    with pytest.raises(data.DataError, match="timed out"):
+        manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert se.calls[-1] == "remove"
+
+
+def test_add_file_answer_lost_and_catalogue_gone_keeps_the_copy(tmp_path: Path) -> None:
+    """Unknown whether it is registered: an entry without its copy would be worse than a
+    copy nobody knows of (a rerun writes the same file id again)."""
+    catalog = Service(addFile=lost_reply, getFileMetadata=lost_reply)
+    se = storage_element()
+    with pytest.raises(data.DataError, match="the copy at SE-LOCAL is kept"):
+        manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert "remove" not in se.calls
+
+
+def test_an_lfn_registered_by_an_earlier_run_is_not_uploaded_again(tmp_path: Path) -> None:
+    """A rerun of a job whose pilot was killed after addFile: the same content is done;
+    other content is refused before the copy the entry points to is overwritten."""
+    source = output(tmp_path)
+    mine = {"Size": source.stat().st_size, "Checksum": adler32_of(source.read_bytes())}
+    for held, error in [(mine, None), ({**mine, "Checksum": "1"}, "other content")]:
+        catalog = catalogue(getFileMetadata=lambda lfns, held=held: {"Successful": {LFN: held}})
+        se = storage_element()
+        if error is None:
+            manager(catalog, se).upload(source, LFN, "SE-LOCAL")
+        else:
+            with pytest.raises(data.DataError, match=error):
+                manager(catalog, se).upload(source, LFN, "SE-LOCAL")
+        assert se.calls == [] and catalog.calls == ["getFileMetadata"]
+
+
+def test_add_file_refused_removes_the_copy(tmp_path: Path) -> None:
+    catalog = catalogue(addFile=lambda entries: {"Successful": {}, "Failed": {LFN: "denied"}})
+    se = storage_element()
+    with pytest.raises(data.DataError, match="denied"):
+        manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert se.calls[-1] == "remove" and catalog.calls == ["getFileMetadata", "addFile"]
+
+
+def test_an_output_file_that_cannot_be_read_is_a_data_error(tmp_path: Path) -> None:
+    catalog, se = catalogue(), storage_element()
+    with pytest.raises(data.DataError, match="cannot read"):
+        manager(catalog, se).upload(tmp_path / "vanished.txt", LFN, "SE-LOCAL")
+    assert se.calls == [] and catalog.calls == []
+
+
+@pytest.mark.parametrize("size", ["12x", None, -1, float("nan"), True, [3]])
+def test_nonsense_sizes_from_the_storage_element_are_data_errors(tmp_path: Path, size: Any) -> None:
+    se = storage_element()
+    se.methods["getMetadata"] = lambda file_id: {"Size": size, "Checksum": "0"}
+    with pytest.raises(data.DataError, match="another size"):
+        manager(catalogue(), se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert se.calls[-1] == "remove"
+
+
+def replicas_of(metadata: Any) -> Service:
+    return Service(
+        getReplicas=lambda lfns, _: {"Successful": {LFN: {"SE-LOCAL": ""}}},
+        getFileMetadata=lambda lfns: {"Successful": {LFN: metadata}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"Size": "lots", "Checksum": "1"}, "no usable size"),
+        ({"Size": float("inf")}, "no usable size"),
+        ("not a dict", "unexpected answer"),
+    ],
+)
+def test_nonsense_catalogue_metadata_is_a_data_error(
+    tmp_path: Path, metadata: Any, match: str
+) -> None:
+    se = Service(receive_file=lambda file_id, sink: 0)
+    with pytest.raises(data.DataError, match=match):
+        manager(replicas_of(metadata), se).download(LFN, tmp_path / "in.txt")
+    assert "receive_file" not in se.calls
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(errno.ENOSPC, DiskFullError), (errno.EACCES, SandboxError)]
+)
+def test_a_local_write_error_stops_at_once(
+    tmp_path: Path, code: int, error: type[SandboxError]
+) -> None:
+    """No space (or no permission) in the job directory: another replica would not help,
+    and the disk-full error keeps its own exit code."""
+
+    def receive(file_id: str, sink: Path) -> int:
+        raise OSError(code, "write failed", str(sink))
+
+    se = Service(receive_file=receive)
+    catalog = replicas_of({"Size": 3})
+    catalog.methods["getReplicas"] = lambda lfns, _: {
+        "Successful": {LFN: {"SE-LOCAL": "", "SE-OTHER": ""}}
+    }
+    with pytest.raises(error) as info:
+        manager(catalog, se).download(LFN, tmp_path / "in.txt")
+    assert not isinstance(info.value, data.DataError) and se.calls == ["receive_file"]
+    assert not (tmp_path / "in.txt.part").exists()

@@ -1,0 +1,352 @@
+"""Real pilots and a real stub with a fault-injecting proxy between them (testbed/faultproxy.py):
+connection resets, a lost match reply, a 60 s blackout, a stub restart, kill -9 of a pilot.
+
+Each test asserts from the stub's records and from the execution log the payloads write:
+every job Done exactly once, executed exactly once, its output retrievable, nothing left
+Matched/Running, and no ERROR line in the pilots' logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server_stub.server import StubServer
+from testbed.faultcheck import error_lines, executions, judge, recorder_jdl
+from testbed.faultproxy import FaultProxy, Faults
+from tests.conftest import Stub, start_stub
+from tests.payloads.support import (
+    PYTHON,
+    SYSTEM_PYTHON,
+    describe,
+    kill_marked,
+    marked_processes,
+    minor_statuses,
+    new_mark,
+    nobody_command,
+    nobody_dir,
+    pilot_process,
+    pwd_nobody,
+    start_pilot,
+    wait_for,
+)
+from tests.test_isolation import needs_bwrap
+
+QUICK = ["--disable-check", "cpu", "--check-timeout", "10"]
+
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[tuple[Stub, FaultProxy]]:
+    stub = start_stub(tmp_path / "stub")
+    host, port = stub.server.httpd.server_address[:2]
+    proxy = FaultProxy((str(host), int(port)), max_seconds=600).start()
+    yield stub, proxy
+    proxy.stop()
+    stub.client.close()
+    stub.server.stop()
+
+
+def through(stub: Stub, proxy: FaultProxy) -> Stub:
+    """The stub as pilots see it: behind the proxy."""
+    return dataclasses.replace(stub, url=proxy.url)
+
+
+def finish(pilots: list[subprocess.Popen[str]], timeout: float) -> list[int | None]:
+    codes: list[int | None] = []
+    deadline = time.monotonic() + timeout
+    for pilot in pilots:
+        try:
+            codes.append(pilot.wait(max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pilot.kill()
+            pilot.wait(10)
+            codes.append(None)
+    return codes
+
+
+def logs(tmp_path: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(tmp_path.glob("p*/pilot.log")))
+
+
+def all_running(stub: Stub, jobs: list[int]) -> bool:
+    return all(("Running", "Application") in minor_statuses(stub, j) for j in jobs)
+
+
+def test_ten_percent_resets_and_delays(faulty: tuple[Stub, FaultProxy], tmp_path: Path) -> None:
+    stub, proxy = faulty
+    proxy.set_faults(Faults(reset_fraction=0.1, reset_after_max=3000, delay=(0.0, 0.03), seed=7))
+    log = tmp_path / "executions.log"
+    jobs = stub.submit(recorder_jdl(log, 0.2, extra="Parameters = 16;"))
+    seen = through(stub, proxy)
+    pilots = [
+        start_pilot(seen, tmp_path / f"p{i}", "--cores", "2", "--idle-timeout", "8", *QUICK)
+        for i in range(2)
+    ]
+    codes = finish(pilots, 150)
+    verdict = judge(stub.client, stub.server.settings.db, jobs, log)
+    assert proxy.resets > 0  # the faults happened
+    assert verdict.perfect, (verdict, logs(tmp_path)[-3000:])
+    assert codes == [0, 0], logs(tmp_path)[-3000:]
+    assert error_lines(logs(tmp_path)) == []
+
+
+def test_lost_match_reply_strands_no_job(faulty: tuple[Stub, FaultProxy], tmp_path: Path) -> None:
+    stub, proxy = faulty
+    log = tmp_path / "executions.log"
+    jobs = stub.submit(recorder_jdl(log, 0.1, extra="Parameters = 2;"))
+    proxy.drop_replies(b"POST /api/jobs/match", 1)
+    pilot = start_pilot(through(stub, proxy), tmp_path / "p0", "--idle-timeout", "2", *QUICK)
+    assert finish([pilot], 60) == [0], logs(tmp_path)[-3000:]
+    assert proxy.lost_replies == 1
+    verdict = judge(stub.client, stub.server.settings.db, jobs, log)
+    assert verdict.perfect, verdict
+    # the first job was claimed by the request whose reply was lost, and still ran first
+    assert stub.client.job(jobs[0])["reschedules"] == 0
+    assert error_lines(logs(tmp_path)) == []
+
+
+@pytest.mark.slow
+def test_sixty_second_blackout_while_jobs_run_and_finish(
+    faulty: tuple[Stub, FaultProxy], tmp_path: Path
+) -> None:
+    """Default settings but a short idle timeout: the jobs end during the blackout; their
+    outputs and final statuses arrive after it, nothing runs twice, the pilot exits 0."""
+    stub, proxy = faulty
+    log = tmp_path / "executions.log"
+    jobs = stub.submit(recorder_jdl(log, 8, extra="Parameters = 3;"))
+    pilot = start_pilot(
+        through(stub, proxy), tmp_path / "p0", "--cores", "3", "--idle-timeout", "5", *QUICK
+    )
+    try:
+        assert wait_for(lambda: all_running(stub, jobs), 60)
+        proxy.blackout(True)
+        assert wait_for(lambda: sum(executions(log).values()) == 3, 20)
+        time.sleep(60)
+        proxy.blackout(False)
+        assert finish([pilot], 60) == [0], logs(tmp_path)[-3000:]
+    finally:
+        if pilot.poll() is None:
+            pilot.kill()
+    assert proxy.refused > 0  # the pilot did try during the blackout
+    verdict = judge(stub.client, stub.server.settings.db, jobs, log)
+    assert verdict.perfect, (verdict, logs(tmp_path)[-3000:])
+    assert error_lines(logs(tmp_path)) == []
+    for job in jobs:
+        history = minor_statuses(stub, job)
+        assert ("Completing", "Uploading Output Sandbox") in history
+        assert history[-1] == ("Done", "Execution Complete")
+
+
+def test_stub_restart_mid_run(faulty: tuple[Stub, FaultProxy], tmp_path: Path) -> None:
+    """The stub stops while jobs run and starts again on the same database (elsewhere:
+    the proxy follows it); the pilot carries on, nothing is lost or run twice."""
+    stub, proxy = faulty
+    log = tmp_path / "executions.log"
+    jobs = stub.submit(recorder_jdl(log, 3, extra="Parameters = 4;"))
+    pilot = start_pilot(
+        through(stub, proxy), tmp_path / "p0", "--cores", "2", "--idle-timeout", "8", *QUICK
+    )
+    try:
+        assert wait_for(lambda: all_running(stub, jobs[:2]), 60)
+        stub.server.stop()  # down: the proxy answers every connection with a reset
+        time.sleep(6)  # the first two jobs end meanwhile
+        stub.server = StubServer(stub.server.settings)
+        stub.server.start()
+        host, port = stub.server.httpd.server_address[:2]
+        proxy.retarget((str(host), int(port)))
+        stub.client.close()
+        stub.client = type(stub.client)(stub.server.url)
+        stub.url = stub.server.url
+        assert finish([pilot], 90) == [0], logs(tmp_path)[-3000:]
+    finally:
+        if pilot.poll() is None:
+            pilot.kill()
+    verdict = judge(stub.client, stub.server.settings.db, jobs, log)
+    assert verdict.perfect, (verdict, logs(tmp_path)[-3000:])
+    assert error_lines(logs(tmp_path)) == []
+
+
+def test_repeated_updates_record_once_and_final_repeat_succeeds(stub: Stub) -> None:
+    """The stub's side of retries: the same update twice is one history row; a final
+    status repeated after its token was revoked succeeds; anything new with that token
+    does not."""
+    import httpx
+
+    (job,) = stub.submit('Executable = "/bin/true";')
+    body = {"pilot": "p1", "resources": {}, "request_id": "r" * 32}
+    now = time.time()
+    with httpx.Client(base_url=stub.url) as http:
+        first = http.post("/api/jobs/match", json=body).json()
+        again = http.post("/api/jobs/match", json=body).json()  # the first reply was "lost"
+        assert again["job_id"] == first["job_id"] == job
+        assert (
+            http.post("/api/jobs/match", json={**body, "request_id": "s" * 32}).status_code == 204
+        )
+        assert again["token"] == first["token"]  # the same answer: the pilot holds one token
+        token = {"X-Job-Token": again["token"]}
+        running = {str(job): {f"{now + 1}": {"Status": "Running", "MinorStatus": "Application"}}}
+        stranger = {"X-Job-Token": "not-the-token"}
+        assert http.patch("/api/jobs/status", json=running, headers=stranger).status_code == 403
+        for _ in range(2):
+            assert http.patch("/api/jobs/status", json=running, headers=token).status_code == 200
+        final = {str(job): {f"{now + 2}": {"Status": "Done", "MinorStatus": "Execution Complete"}}}
+        for _ in range(2):
+            answer = http.patch("/api/jobs/status", json=final, headers=token)
+            assert answer.status_code == 200, answer.text
+        late = {str(job): {f"{now + 3}": {"Status": "Failed", "MinorStatus": "late"}}}
+        assert http.patch("/api/jobs/status", json=late, headers=token).status_code == 403
+        beat = http.patch("/api/jobs/heartbeat", json={str(job): {}}, headers=token)
+        assert beat.status_code == 403
+        # a replay once the job has moved on is refused, not answered with a new token
+        assert http.post("/api/jobs/match", json=body).status_code == 409
+    history = minor_statuses(stub, job)
+    assert history.count(("Running", "Application")) == 1
+    assert history.count(("Done", "Execution Complete")) == 1
+    assert history[-1] == ("Done", "Execution Complete")
+
+
+def test_output_upload_that_fails_for_good_fails_the_job_and_keeps_its_directory(
+    faulty: tuple[Stub, FaultProxy], tmp_path: Path
+) -> None:
+    stub, proxy = faulty
+    log = tmp_path / "executions.log"
+    (job,) = stub.submit(recorder_jdl(log, 0.1))
+    proxy.drop_replies(b"PUT /api/sandboxes/", 1000)  # every upload's answer is lost
+    pilot = start_pilot(
+        through(stub, proxy), tmp_path / "p0", "--retry-for", "3", "--idle-timeout", "1", *QUICK
+    )
+    assert finish([pilot], 60) == [0], logs(tmp_path)[-3000:]
+    info = stub.client.job(job)
+    assert info["status"] == "Failed"
+    assert info["minor_status"].startswith("Output sandbox upload failed: ")
+    assert info["output_sandbox"] is None
+    kept = tmp_path / "p0" / "w" / f"job-{job}"
+    assert (kept / "out").read_text() == f"job {job} done\n"
+    errors = error_lines(logs(tmp_path))
+    assert len(errors) == 1 and f"job directory kept: {kept}" in errors[0], errors
+    assert "Done" not in [s for s, _ in minor_statuses(stub, job)]
+
+
+def test_undelivered_reports_exit_23_and_the_next_pilot_sends_them(
+    faulty: tuple[Stub, FaultProxy], tmp_path: Path
+) -> None:
+    """Every status reply is lost: the stub records the updates, the pilot cannot know,
+    gives up after --retry-for, exits 23 and leaves its journal; a pilot started later on
+    the same work directory sends it again: repeats, recorded once, accepted although
+    the final status revoked the job token."""
+    stub, proxy = faulty
+    log = tmp_path / "executions.log"
+    (job,) = stub.submit(recorder_jdl(log, 0.2))
+    proxy.drop_replies(b"PATCH /api/jobs/status", 10**6)
+    seen = through(stub, proxy)
+    first = start_pilot(seen, tmp_path / "p0", "--retry-for", "0", "--idle-timeout", "1", *QUICK)
+    code = finish([first], 60)
+    journal = tmp_path / "p0" / "w" / "outbox" / f"job-{job}.jsonl"
+    assert code == [23], logs(tmp_path)[-3000:]
+    assert journal.exists()
+    assert "job report(s) not delivered" in (tmp_path / "p0" / "pilot.log").read_text()
+    assert stub.status(job) == "Done"  # it did arrive; only the replies were lost
+    proxy.keep_replies()
+    # a later pilot on the same work directory (p0/w)
+    again = start_pilot(seen, tmp_path / "p0", "--idle-timeout", "1", *QUICK)
+    assert finish([again], 60) == [0], (tmp_path / "p0" / "pilot.log").read_text()[-3000:]
+    assert not journal.exists()
+    verdict = judge(stub.client, stub.server.settings.db, [job], log)
+    assert verdict.perfect, verdict
+    history = minor_statuses(stub, job)
+    assert history.count(("Done", "Execution Complete")) == 1
+    assert history.count(("Running", "Application")) == 1
+
+
+@pytest.mark.slow
+def test_kill_acts_within_thirty_seconds_by_default(stub: Stub, tmp_path: Path) -> None:
+    """Default --heartbeat-interval (300 s) and --command-interval (20 s)."""
+    log = tmp_path / "executions.log"
+    (job,) = stub.submit(recorder_jdl(log, 120))
+    pilot = start_pilot(stub, tmp_path / "p0", "--idle-timeout", "1", *QUICK)
+    try:
+        assert wait_for(lambda: all_running(stub, [job]), 60)
+        asked = time.monotonic()
+        stub.client.kill(job)
+        assert wait_for(lambda: stub.status(job) == "Killed", 40)
+        took = time.monotonic() - asked
+        assert finish([pilot], 30) == [0]
+    finally:
+        if pilot.poll() is None:
+            pilot.kill()
+    assert took < 30, took  # a behaviour bound (the default poll is 20 s), not a speed goal
+    assert minor_statuses(stub, job)[-1] == ("Killed", "Killed by user")
+
+
+# -- kill -9 of the pilot: no payload process survives it --------------------------------
+
+
+def _kill9_leaves_no_payload(
+    stub: Stub,
+    work: Path,
+    log: Path,
+    argv0: list[str],
+    env: dict[str, str] | None,
+    *extra: str,
+) -> None:
+    mark = new_mark("kill9")
+    python = SYSTEM_PYTHON if argv0 or extra else PYTHON
+    jdl = recorder_jdl(log, 120, python=python)
+    jdl = jdl.replace(f"rec {log} 120", f"{mark} {log} 120 daemon")
+    (job,) = stub.submit(jdl)
+    args = ["--idle-timeout", "1", *QUICK, *extra]
+    launcher = start_pilot(stub, work, *args, env=env, argv0=argv0)
+    try:
+        assert wait_for(lambda: all_running(stub, [job]), 60), (work / "pilot.log").read_text()
+        # main, its child, the daemon (and bwrap's processes when isolated)
+        assert wait_for(lambda: len(marked_processes(mark)) >= 3, 10)
+        time.sleep(0.5)
+        os.kill(pilot_process(launcher), signal.SIGKILL)
+        launcher.wait(10)
+        gone = wait_for(lambda: not marked_processes(mark), 5)
+        report = work / "w" / "guardian.log"
+        # written after its last round
+        wait_for(lambda: report.exists() and "killed" in report.read_text(), 5)
+        said = report.read_text() if report.exists() else "(no guardian.log)"
+        assert gone, (describe(marked_processes(mark)), said)
+        assert "process(es) of 1 job(s) killed" in said
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        kill_marked(mark)
+
+
+def test_kill9_of_the_pilot_leaves_no_payload_process(stub: Stub, tmp_path: Path) -> None:
+    _kill9_leaves_no_payload(stub, tmp_path / "p0", tmp_path / "executions.log", [], None)
+
+
+def test_kill9_of_an_unprivileged_pilot_leaves_no_payload_process(stub: Stub) -> None:
+    """As user nobody the guardian reads only its own user's /proc entries: enough."""
+    argv0, env = nobody_command()
+    work = nobody_dir()
+    try:
+        log = work / "executions.log"
+        log.touch()
+        os.chown(log, pwd_nobody(), pwd_nobody())
+        _kill9_leaves_no_payload(stub, work, log, argv0, env)
+        assert (work / "w").stat().st_uid == pwd_nobody()  # the pilot really was nobody
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_kill9_of_a_pilot_with_bubblewrap_leaves_no_payload_process(
+    stub: Stub, tmp_path: Path
+) -> None:
+    """With --isolation bwrap the payload's PID namespace dies with bwrap as well."""
+    needs_bwrap()
+    # the sandbox's /tmp is private: the payload writes its log in its job directory
+    _kill9_leaves_no_payload(
+        stub, tmp_path / "p0", Path("executions.log"), [], None, "--isolation", "bwrap"
+    )

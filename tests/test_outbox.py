@@ -1,0 +1,150 @@
+"""The outbox on its own: journaled before sending, in order per job, retried within its
+budget, refusals final, and what a dead pilot left is sent by the next one."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pilot.backends.base import JobStatus, MatchedJob, StatusUpdate
+from pilot.backends.outbox import Outbox, OutboxBackend, RetryBudget
+from pilot.errors import AuthError, ServerError, ServerUnreachable
+
+FAST = RetryBudget(retry_for=5.0, min_wait=0.01, max_wait=0.02)
+
+
+class FlakyBackend:
+    """Fails the first ``failures`` calls with ``error``, then records what it is sent."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
+        self.failures = failures
+        self.error = error or ServerUnreachable("down")
+        self.calls = 0
+        self.sent: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def _maybe_fail(self) -> None:
+        with self.lock:
+            self.calls += 1
+            if self.failures > 0:
+                self.failures -= 1
+                raise self.error
+
+    def set_status(self, job: MatchedJob, update: StatusUpdate) -> None:
+        self.set_statuses(job, [update])
+
+    def set_statuses(self, job: MatchedJob, updates: Sequence[StatusUpdate]) -> None:
+        self._maybe_fail()
+        self.sent.extend((job.job_id, (u.status, u.minor)) for u in updates)
+
+    def store_output_sandbox(self, job: MatchedJob, archive: Path) -> None:
+        self._maybe_fail()
+        self.sent.append((job.job_id, ("output", archive.read_text())))
+
+    def store_lfn(self, job: MatchedJob, lfn: str, source: Path) -> None:
+        self._maybe_fail()
+        self.sent.append((job.job_id, ("lfn", lfn)))
+
+    def poll_commands(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        return []
+
+    def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
+        return ()
+
+
+JOB = MatchedJob("7", "", "secret-token")
+
+
+def statuses(backend: OutboxBackend) -> None:
+    backend.set_status(JOB, StatusUpdate(JobStatus.RUNNING, "Application"))
+    backend.set_status(JOB, StatusUpdate(JobStatus.COMPLETING, "Uploading Output Sandbox"))
+    backend.set_status(JOB, StatusUpdate(JobStatus.DONE, "Execution Complete"))
+
+
+def test_delivered_in_order_after_retries_and_journal_removed(tmp_path: Path) -> None:
+    inner = FlakyBackend(failures=3)
+    outbox = Outbox(inner, tmp_path / "outbox", FAST)
+    backend = OutboxBackend(inner, outbox)  # type: ignore[arg-type]
+    archive = tmp_path / "out.tar"
+    archive.write_text("payload output")
+    backend.set_status(JOB, StatusUpdate(JobStatus.RUNNING, "Application"))
+    backend.store_output_sandbox(JOB, archive)  # waits for its delivery
+    backend.set_status(JOB, StatusUpdate(JobStatus.DONE, "Execution Complete"))
+    assert outbox.drain(10) == 0
+    assert [what for _, what in inner.sent] == [
+        (JobStatus.RUNNING, "Application"),
+        ("output", "payload output"),
+        (JobStatus.DONE, "Execution Complete"),
+    ]
+    assert inner.calls == 3 + 3
+    assert list((tmp_path / "outbox").iterdir()) == []  # all delivered: nothing owed
+
+
+def test_given_up_after_the_budget_and_left_in_the_journal(tmp_path: Path) -> None:
+    inner = FlakyBackend(failures=10**6)
+    budget = RetryBudget(retry_for=0.3, min_wait=0.01, max_wait=0.05)
+    outbox = Outbox(inner, tmp_path / "outbox", budget)
+    statuses(OutboxBackend(inner, outbox))  # type: ignore[arg-type]
+    assert outbox.drain(10) == 3  # merged into one call, given up together
+    assert inner.sent == []
+    journal = tmp_path / "outbox" / "job-7.jsonl"
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert records[0] == {"job": "7", "token": "secret-token"}
+    assert [r["minor"] for r in records if "seq" in r] == [
+        "Application",
+        "Uploading Output Sandbox",
+        "Execution Complete",
+    ]
+    assert journal.stat().st_mode & 0o077 == 0  # it holds the job token: owner only
+
+    # A later pilot on the same work directory sends what is owed (the stub takes the
+    # repeats of anything that did arrive as no-ops).
+    later = FlakyBackend()
+    again = Outbox(later, tmp_path / "outbox", FAST)
+    assert again.recover() == 3
+    assert again.drain(10) == 0
+    assert [what for _, what in later.sent] == [
+        (JobStatus.RUNNING, "Application"),
+        (JobStatus.COMPLETING, "Uploading Output Sandbox"),
+        (JobStatus.DONE, "Execution Complete"),
+    ]
+    assert not journal.exists()
+
+
+def test_refusals_are_final_and_not_retried(tmp_path: Path) -> None:
+    for error in (AuthError("403 no", 403), ServerError("409 already Done", 409)):
+        inner = FlakyBackend(failures=1, error=error)
+        outbox = Outbox(inner, tmp_path / f"outbox-{error.status}", FAST)
+        backend = OutboxBackend(inner, outbox)  # type: ignore[arg-type]
+        backend.set_status(JOB, StatusUpdate(JobStatus.DONE, "Execution Complete"))
+        assert outbox.drain(10) == 0  # refused for good: counted as delivered-or-refused
+        assert inner.calls == 1
+
+
+def test_a_server_error_is_retried(tmp_path: Path) -> None:
+    inner = FlakyBackend(failures=2, error=ServerError("POST x: server error 500", 500))
+    outbox = Outbox(inner, tmp_path / "outbox", FAST)
+    statuses(OutboxBackend(inner, outbox))  # type: ignore[arg-type]
+    assert outbox.drain(10) == 0
+    assert len(inner.sent) == 3 and inner.failures == 0  # both failures met, then delivered
+
+
+def test_retry_settings_are_checked_where_they_enter() -> None:
+    import pytest
+
+    from pilot import config
+    from pilot.errors import UsageError
+
+    cfg, _ = config.load({"retry_for": "90", "server_timeout": "5"}, env={})
+    assert (cfg.retry_for, cfg.server_timeout, cfg.command_interval) == (90.0, 5.0, 20.0)
+    assert config.load({}, env={})[0].retry_for is None  # until the slot ends
+    for name, bad in (("server_timeout", "0"), ("retry_for", "-1"), ("command_interval", "0.1")):
+        with pytest.raises(UsageError, match=f"^{name}: .* is outside"):
+            config.load({name: bad}, env={})
+    with pytest.raises(UsageError, match=r"^retry_for: cannot use 'soon'"):
+        config.load({}, env={"PILOT_RETRY_FOR": "soon"})
