@@ -191,6 +191,24 @@ def test_failed_job_shows_its_exit_code(
     assert "Status=Failed;" in line and f"MinorStatus={minor};" in line, line
 
 
+def test_a_final_status_in_the_same_millisecond_as_the_last_one_lands(
+    dirac_server: DiracServer,
+    backend: DiracBackend,
+    tmp_path: Path,
+) -> None:
+    """DIRAC rounds a status's time to the millisecond and ignores an update older than
+    the newest: Completing at .xxx6 (stored as .xxx+1) then Done 0.2 ms later was dropped,
+    leaving the job Completing (seen in the full suite)."""
+    job_id, job = running_job(dirac_server, backend, tmp_path)
+    start = int(time.time() * 1000) / 1000 + 0.0006  # rounds up in DIRAC's table
+    completing = StatusUpdate(JobStatus.COMPLETING, Minor.OD_UPLOADED, timestamp=start)
+    backend.set_status(job, completing)
+    done = StatusUpdate(JobStatus.DONE, Minor.EXECUTION_COMPLETE, "exit code 0", start + 0.0002)
+    backend.set_status(job, done)
+    line = cli_status(dirac_server, job_id)
+    assert "Status=Done;" in line and "ApplicationStatus=exit code 0;" in line, line
+
+
 def test_register_marks_a_known_pilot_running(
     dirac_server: DiracServer,
     backend: DiracBackend,

@@ -169,6 +169,8 @@ class DiracBackend:
         self._cs_lock = threading.Lock()
         self._ctx = ctx
         self._data: data.DataManager | None = None
+        self._last_ms: dict[str, int] = {}  # per job: the last status time sent (ms)
+        self._times_lock = threading.Lock()
 
     def _client(self, url: str, ctx: ssl.SSLContext) -> DisetClient:
         s = self.settings
@@ -368,9 +370,22 @@ class DiracBackend:
             )
         elif fields:
             fields["Source"] = self.settings.source
-            self.job_state.call("setJobStatusBulk", job_id, {dirac_time(update.timestamp): fields})
+            when = dirac_time(self._status_ms(job.job_id, update.timestamp) / 1000)
+            self.job_state.call("setJobStatusBulk", job_id, {when: fields})
         if update.extra:
             self._set_parameters(job_id, update.extra)
+
+    def _status_ms(self, job_id: str, timestamp: float) -> int:
+        """The update's time in whole milliseconds, each later than the job's last one.
+
+        DIRAC keeps a status's time to the millisecond, rounded (``StatusTimeOrder``), and
+        ignores an update older than the newest it has: two updates within one
+        millisecond (an intermediate status, then at once the final one) could drop the
+        final one, leaving a Done job Completing on the server."""
+        with self._times_lock:
+            ms = max(int(timestamp * 1000), self._last_ms.get(job_id, 0) + 1)
+            self._last_ms[job_id] = ms
+        return ms
 
     def _set_parameters(self, job_id: int | str, extra: Mapping[str, Any]) -> None:
         """Job parameters (DIRAC keeps them in OpenSearch): best effort, never fatal."""
