@@ -413,11 +413,11 @@ def cmd_run(cfg: config.PilotConfig, buffer: LogBuffer) -> int:
     from pilot.job import guardian
 
     cfg = _work_dir(cfg)
+    creds = pilot_credentials(cfg)  # a bad or expired proxy stops the pilot here, before any call
+    backend = make_backend(cfg, creds)  # starts no thread
     guardian.start(cfg.resolved_work_dir() / "guardian.log")  # it forks: before any thread
     stop = agent.Stop()
     install_signal_handlers(stop)
-    creds = pilot_credentials(cfg)  # a bad or expired proxy stops the pilot here, before any call
-    backend = make_backend(cfg, creds)
     if isinstance(backend, StubBackend):
         backend.http.prepare()  # overlaps the HTTP stack's set-up with the node checks
     log.info(

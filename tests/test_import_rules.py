@@ -32,6 +32,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "pilot.proc": BASE,
     "pilot.cgroups": BASE,
     "pilot.config": BASE,
+    "pilot.cliutil": BASE,  # what both command lines share (help layout, error lines)
     "pilot.grid": BASE,
     "pilot.node": (*BASE, "pilot.config", "pilot.proc", "pilot.cgroups", "pilot.api"),
     "pilot.api": (*BASE, "pilot.proc", "pilot.cgroups", "pilot.grid", "pilot.node.batch"),
