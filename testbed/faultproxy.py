@@ -8,9 +8,10 @@
     proxy.retarget(("127.0.0.1", new_port))          # the server came back elsewhere
     proxy.stop()
 
-Each accepted connection gets its fate when it opens: with ``reset_fraction`` it is cut
-(RST to both sides) after a random number of bytes in either direction; every forwarded
-chunk may wait ``delay`` seconds (a random value in the range). Both ends must be on
+Each request gets its fate as the client sends it: with ``reset_fraction`` its connection
+is cut (RST to both sides) after a random number of bytes in either direction (deciding
+per request, not per connection, keeps the rate when clients keep connections alive);
+every forwarded chunk may wait ``delay`` seconds (a random value in the range). Both ends must be on
 loopback; the proxy accepts at most ``max_connections`` connections over its life and
 stops by itself after ``max_seconds``, so a test that forgets it cannot run forever.
 """
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Faults:
-    reset_fraction: float = 0.0  # share of connections cut after a random number of bytes
+    reset_fraction: float = 0.0  # share of requests whose connection is cut after a while
     reset_after_max: int = 4096  # the cut comes after 0..this many bytes
     delay: tuple[float, float] = (0.0, 0.0)  # seconds added before each forwarded chunk
     seed: int | None = None
@@ -59,6 +60,7 @@ class _Link:
         self.upstream = upstream
         self.budget = budget  # bytes left before a planned reset; -1: none planned
         self.doomed_reply = False  # a request whose reply is to be lost went through
+        self.last_to_server = False  # the direction of the last chunk forwarded
         self.closed = False
         self.lock = threading.Lock()
 
@@ -95,6 +97,10 @@ class _Link:
             self.proxy.lost_replies += 1
             self.cut()  # the server acted on the request; the client never hears of it
             return False
+        starts_request = to_server and not self.last_to_server  # the client speaks anew
+        self.last_to_server = to_server
+        if starts_request and self.budget < 0 and self.proxy.doom_request():
+            self.budget = self.proxy.rng.randint(0, self.proxy.faults.reset_after_max)
         if self.budget >= 0:
             if len(data) >= self.budget:
                 with contextlib.suppress(OSError):
@@ -164,6 +170,10 @@ class FaultProxy:
         if dark:
             self._cut_all()
 
+    def doom_request(self) -> bool:
+        """Whether the request starting now is to have its connection cut."""
+        return self.faults.reset_fraction > 0 and self.rng.random() < self.faults.reset_fraction
+
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
 
@@ -228,10 +238,7 @@ class FaultProxy:
                 self.refused += 1
                 _reset(client)  # the server is down: the client sees a reset
                 continue
-            budget = -1
-            if self.rng.random() < self.faults.reset_fraction:
-                budget = self.rng.randint(0, self.faults.reset_after_max)
-            link = _Link(self, client, upstream, budget)
+            link = _Link(self, client, upstream, -1)
             with self._lock:
                 self._links.add(link)
             threading.Thread(target=link.run, name="fault-link", daemon=True).start()

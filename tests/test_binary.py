@@ -40,7 +40,8 @@ SAMPLE_PLUGIN = REPO / "tests" / "plugins" / "sample_vo_plugin"
 FLOOR = (2, 28)  # EL8's glibc (build/rootfs.py, FLOOR_HEADER)
 MAX_BYTES = 25 * 1024 * 1024
 BUILD_TIMEOUT = 1700
-FAST = ["--idle-timeout", "1", "--disable-check", "cpu", "--check-timeout", "10"]
+CHECK_FAST = ["--disable-check", "cpu", "--check-timeout", "10"]  # `check` runs no loop
+FAST = ["--idle-timeout", "1", *CHECK_FAST]
 
 
 def _require_build_tools() -> None:
@@ -211,7 +212,7 @@ def test_unpacks_under_tmpdir_when_tmp_is_noexec(pilot_binary: Path) -> None:
 
 def test_check_json_in_bullseye(pilot_binary: Path, minbase: Path, tmp_path: Path) -> None:
     assert not (minbase / "usr/bin/python3").exists()  # no Python of ours on that node
-    done = in_bullseye(minbase, pilot_binary, ["check", "--json", *FAST], tmp_path)
+    done = in_bullseye(minbase, pilot_binary, ["check", "--json", *CHECK_FAST], tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["fit"] is True
@@ -227,7 +228,7 @@ def test_proxy_read_in_bullseye(pilot_binary: Path, minbase: Path, tmp_path: Pat
     user = P.issue_user(P.make_ca(), cn="binary proxy user")
     P.write_private(tmp_path / "x509up", P.proxy_pem(P.issue_proxy(user), [user.cert]))
     env = ["X509_USER_PROXY=/srv/work/x509up"]
-    done = in_bullseye(minbase, pilot_binary, ["check", "--json", *FAST], tmp_path, env=env)
+    done = in_bullseye(minbase, pilot_binary, ["check", "--json", *CHECK_FAST], tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     results = {r["name"]: r for r in json.loads(done.stdout)["checks"]["results"]}
     credentials = results["credentials"]
@@ -259,7 +260,7 @@ def test_full_job_in_bullseye(
 def test_plugin_bundled_at_build_time_is_discovered(pilot_binary: Path, tmp_path: Path) -> None:
     build_binary("--plugin", str(SAMPLE_PLUGIN), "--output", str(PLUGIN_BINARY))
     done = subprocess.run(
-        [str(PLUGIN_BINARY), "check", "--json", *FAST],
+        [str(PLUGIN_BINARY), "check", "--json", *CHECK_FAST],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -277,7 +278,7 @@ def test_plugin_installed_beside_the_binary_is_found_through_plugin_path(
 ) -> None:
     site = plugin_dir(tmp_path)  # as `pip install --target` leaves a pure-Python plugin
     done = subprocess.run(
-        [str(pilot_binary), "check", "--json", "--plugin-path", str(site), *FAST],
+        [str(pilot_binary), "check", "--json", "--plugin-path", str(site), *CHECK_FAST],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

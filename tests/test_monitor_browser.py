@@ -54,14 +54,14 @@ def cli_submit(stub: Stub, folder: Path, name: str, jdl: str) -> list[int]:
     path = folder / f"{name}.jdl"
     path.write_text(jdl)
     done = subprocess.run(
-        [str(BIN / "pilot-stub"), "--server", stub.url, "submit", str(path)],
+        [str(BIN / "pilot-stub"), "--server", stub.url, "submit", "--json", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
         env=pilot_env(),
     )
     assert done.returncode == 0, done.stderr
-    return [int(line) for line in done.stdout.split()]
+    return [int(i) for row in json.loads(done.stdout) for i in row["JobID"]]
 
 
 def no_alert(driver: Any) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from pilot.errors import CredentialError, ExitCode
 from pilot.grid.resolve import NO_CREDENTIALS, hidden_paths, resolve
 from testbed.pki import build_pki, issue_proxy, now, proxy_pem
-from tests.conftest import FAST, Stub, pilot_env, run_pilot
+from tests.conftest import CHECK_FAST, FAST, Stub, pilot_env, run_pilot
 
 
 def _proxy(tmp_path: Path, *, expired: bool = False) -> Path:
@@ -166,7 +166,7 @@ def test_missing_named_proxy_is_exit_31_on_every_backend(
 
 def test_check_still_reports_a_missing_named_proxy(tmp_path: Path) -> None:
     env = _env(X509_USER_PROXY=str(tmp_path / "absent"))
-    done = run_pilot(["check", "--json", *FAST], cwd=tmp_path, env=env, timeout=60)
+    done = run_pilot(["check", "--json", *CHECK_FAST], cwd=tmp_path, env=env, timeout=60)
     assert '"name": "credentials"' in done.stdout, done.stderr
     assert f"no X.509 proxy at {tmp_path / 'absent'}" in done.stdout
     assert os.path.basename(str(tmp_path / "absent")) in done.stderr  # and says why
