@@ -218,15 +218,24 @@ class StubApp:
         return Response(200, self.store.history(int(job_id)))
 
     def kill(self, request: Request, job_id: str) -> Response:
+        self._owner_only(request, int(job_id), "kill")
         return Response(200, {"job_id": int(job_id), "result": self.store.kill(int(job_id))})
 
     def reschedule(self, request: Request, job_id: str) -> Response:
+        self._owner_only(request, int(job_id), "reschedule")
         result = self.store.reschedule(int(job_id))
         return Response(200, {"job_id": int(job_id), "result": result})
 
     def delete(self, request: Request, job_id: str) -> Response:
+        self._owner_only(request, int(job_id), "delete")
         self.store.delete(int(job_id))
         return Response(200, {"job_id": int(job_id), "result": "Deleted"})
+
+    def _owner_only(self, request: Request, job_id: int, action: str) -> None:
+        """A caller with an identity (certificate, user token) acts on its own jobs only,
+        as in the monitor; an open stub (no identity) lets anyone."""
+        if request.identity is not None and self.store.job(job_id).get("owner") != request.identity:
+            raise StoreError(f"only the job's owner may {action} job {job_id}", 403)
 
     # -- pilot side ---------------------------------------------------------------------
 

@@ -321,14 +321,14 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--insecure", action="store_true", help="allow plain HTTP off loopback")
     serve.add_argument(
         "--workers",
-        type=_number(int, 1),
+        type=_number(int, 1, 1024),
         default=16,
         metavar="N",
         help="threads serving requests (default: %(default)s)",
     )
     serve.add_argument(
         "--max-connections",
-        type=_number(int, 1),
+        type=_number(int, 1, 100_000),
         default=1000,
         metavar="N",
         help="open client connections; beyond, the idlest is closed or new ones wait"
@@ -336,7 +336,7 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--keepalive-timeout",
-        type=_number(float, 0.001),
+        type=_number(float, 0.001, 3600),
         default=30.0,
         metavar="S",
         help="seconds an idle client connection is kept open (default: %(default)s)",

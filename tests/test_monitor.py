@@ -226,6 +226,29 @@ def test_only_the_owner_may_kill_or_reschedule(tmp_path: Path) -> None:
     assert store.job(job)["status"] == "Killed"
 
 
+def test_the_json_api_lets_only_the_owner_kill_reschedule_or_delete(tmp_path: Path) -> None:
+    """The same rule as the pages: bob's certificate cannot end alice's job over the API."""
+    store = Store(tmp_path / "stub.db")
+    app = StubApp(
+        store,
+        SandboxStore(tmp_path / "sb", 1 << 20),
+        auth=AuthPolicy(frozenset({"p"}), frozenset({"u"})),
+    )
+    job = store.submit({"Executable": "/bin/true"}, "/DC=org/CN=alice")
+    alice = {"stub.peer_identity": "/DC=org/CN=alice", "wsgi.url_scheme": "https"}
+    bob = {"stub.peer_identity": "/DC=org/CN=bob", "wsgi.url_scheme": "https"}
+    for method, path in (
+        ("POST", f"/api/jobs/{job}/kill"),
+        ("POST", f"/api/jobs/{job}/reschedule"),
+        ("DELETE", f"/api/jobs/{job}"),
+    ):
+        status, _, body = _call(app, method, path, CONTENT_LENGTH="0", **bob)
+        assert status.startswith("403") and "only the job's owner" in body, (path, body)
+    assert store.job(job)["status"] == "Waiting"
+    status, _, _ = _call(app, "POST", f"/api/jobs/{job}/kill", CONTENT_LENGTH="0", **alice)
+    assert status.startswith("200") and store.job(job)["status"] == "Killed"
+
+
 def test_client_certificate_is_the_identity_over_tls(tmp_path: Path, pki: Pki) -> None:
     stub = _https_stub(tmp_path / "mtls", pki, require_cert=True, auth=AuthPolicy())
     try:
