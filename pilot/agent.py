@@ -299,6 +299,7 @@ class Agent:
         self.job_settings = settings or job_settings(config, desc, isolation.NO_ISOLATION)
         self.next_stray_reap = 0.0
         self.outage_since: float | None = None  # the server has not answered since then
+        self.loop_over = threading.Event()
 
     @property
     def desc(self) -> resources.ResourceDescription:
@@ -327,11 +328,17 @@ class Agent:
     # -- the loop -----------------------------------------------------------------------
 
     def run(self) -> AgentSummary:
+        poller = threading.Thread(target=self._poll_commands, name="commands", daemon=True)
+        poller.start()
+        try:
+            return self._loop()
+        finally:
+            self.loop_over.set()  # the command poll ends with the loop
+
+    def _loop(self) -> AgentSummary:
         backoff = MIN_BACKOFF_S
         idle_since: float | None = None
         reason = "idle"
-        poller = threading.Thread(target=self._poll_commands, name="commands", daemon=True)
-        poller.start()
         while True:
             self._reap()
             why = self._why_not_take()
@@ -397,7 +404,7 @@ class Agent:
         """Every ``--command-interval`` s, while jobs run, ask for their commands (Kill):
         one light read per pilot, so a kill acts within that interval, not a heartbeat's."""
         interval = self.config.command_interval
-        while not self.stop.wait(interval):
+        while not self.loop_over.wait(interval) and not self.stop.is_set():
             running = {job_id: r.runner for job_id, r in list(self.running.items())}
             if not running:
                 continue
