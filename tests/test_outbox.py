@@ -148,3 +148,47 @@ def test_retry_settings_are_checked_where_they_enter() -> None:
             config.load({name: bad}, env={})
     with pytest.raises(UsageError, match=r"^PILOT_RETRY_FOR=soon: not a number"):
         config.load({}, env={"PILOT_RETRY_FOR": "soon"})
+
+
+HEAD = '{"job":"7","token":"secret-token"}\n'
+
+
+def entry(seq: int, status: str) -> str:
+    fields = {"status": status, "minor": "m", "application": None, "timestamp": 1.0 + seq}
+    return json.dumps({"seq": seq, "kind": "status", **fields, "extra": {}}) + "\n"
+
+
+class DownForDone:
+    """Takes every status but Done (one call each: no ``set_statuses``)."""
+
+    name = "down-for-done"
+
+    def __init__(self) -> None:
+        self.sent: list[JobStatus | None] = []
+
+    def set_status(self, job: MatchedJob, update: StatusUpdate) -> None:
+        if update.status is JobStatus.DONE:
+            raise ServerUnreachable("down")
+        self.sent.append(update.status)
+
+
+def test_recover_skips_a_line_cut_short_and_ends_it_before_appending(tmp_path: Path) -> None:
+    """A pilot killed (or a disk filled) mid-line leaves a last line cut short: the entries
+    before it are still sent, and the next line written does not join the broken one."""
+    box = tmp_path / "outbox"
+    box.mkdir()
+    journal = box / "job-7.jsonl"
+    journal.write_text(HEAD + entry(0, "Running") + entry(1, "Done") + '{"seq":2,"kind":"sta')
+    inner = DownForDone()
+    outbox = Outbox(inner, box, RetryBudget(retry_for=0.0))
+    assert outbox.recover() == 2
+    assert outbox.drain(10) == 1  # Running delivered, Done given up: still owed
+    assert inner.sent == [JobStatus.RUNNING]
+    lines = journal.read_text().splitlines()
+    assert lines[-2:] == ['{"seq":2,"kind":"sta', '{"ack":0}']
+    later = FlakyBackend()
+    again = Outbox(later, box, FAST)
+    assert again.recover() == 1  # the acknowledgement was read: only Done is owed
+    assert again.drain(10) == 0
+    assert [what for _, what in later.sent] == [(JobStatus.DONE, "m")]
+    assert not journal.exists()

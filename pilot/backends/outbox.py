@@ -91,7 +91,7 @@ class _Entry:
 
 
 class _JobQueue:
-    def __init__(self, job: MatchedJob, path: Path, next_seq: int = 0) -> None:
+    def __init__(self, job: MatchedJob, path: Path, next_seq: int = 0, torn: bool = False) -> None:
         self.job = job
         self.path = path
         self.pending: deque[_Entry] = deque()
@@ -100,12 +100,15 @@ class _JobQueue:
         self.final_posted = False
         self.owed = False  # an entry was given up on: the journal must stay
         self.file: IO[str] | None = None
+        self.torn = torn  # the journal ends in a line cut short: end it before appending
 
     def append(self, record: Mapping[str, Any]) -> None:
         if self.file is None:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self.file = os.fdopen(fd, "a", buffering=1)
-        self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        self.file.write("\n" + line if self.torn else line)
+        self.torn = False
 
     def close(self) -> None:
         if self.file is not None:
@@ -310,27 +313,36 @@ class Outbox:
 
     def recover(self) -> int:
         """Queue again what journals left by an earlier pilot in this work directory still
-        owe; returns how many entries that is."""
+        owe; returns how many entries that is. A line that is not a record (cut short by
+        the pilot's death or a full disk, or garbage) is skipped, not the whole journal."""
         count = 0
         for path in sorted(self.directory.glob("job-*.jsonl")):
             try:
-                records = [json.loads(line) for line in path.read_text().splitlines() if line]
+                text = path.read_text()
             except (OSError, ValueError) as exc:
                 log.warning("outbox journal %s unreadable (%s): left alone", path, exc)
                 continue
-            if not records or "job" not in records[0]:
+            records, skipped = _records(text)
+            if skipped:
+                log.warning("outbox journal %s: %d line(s) not readable: skipped", path, skipped)
+            head = records[0] if records else {}
+            token = head.get("token")
+            if "job" not in head:
+                log.warning("outbox journal %s names no job: left alone", path)
                 continue
-            job = MatchedJob(str(records[0]["job"]), "", records[0].get("token"))
+            job = MatchedJob(str(head["job"]), "", token if isinstance(token, str) else None)
+            entries = [r for r in records if "seq" in r]
             acked = {r["ack"] for r in records if "ack" in r}
-            owed = [r for r in records if "seq" in r and r["seq"] not in acked]
+            owed = [r for r in entries if r["seq"] not in acked]
             if not owed:
                 path.unlink(missing_ok=True)
                 continue
             with self._cond:
                 if job.job_id in self._queues:
                     continue
-                top = max(r["seq"] for r in records if "seq" in r)
-                queue = _JobQueue(job, path, next_seq=top + 1)
+                top = max(r["seq"] for r in entries)
+                torn = not text.endswith("\n")
+                queue = _JobQueue(job, path, next_seq=top + 1, torn=torn)
                 queue.final_posted = True  # nothing more will come for it
                 self._queues[job.job_id] = queue
                 for record in owed:
@@ -346,6 +358,33 @@ class Outbox:
             )
             count += len(owed)
         return count
+
+
+def _records(text: str) -> tuple[list[dict[str, Any]], int]:
+    """A journal's records (its head, entries and acknowledgements), and how many of its
+    lines were none of those."""
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and (
+            "job" in record
+            or (_is_int(record.get("seq")) and isinstance(record.get("kind"), str))
+            or _is_int(record.get("ack"))
+        ):
+            records.append(record)
+        else:
+            skipped += 1
+    return records, skipped
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _update(data: Mapping[str, Any]) -> StatusUpdate:
