@@ -192,3 +192,28 @@ def test_recover_skips_a_line_cut_short_and_ends_it_before_appending(tmp_path: P
     assert again.drain(10) == 0
     assert [what for _, what in later.sent] == [(JobStatus.DONE, "m")]
     assert not journal.exists()
+
+
+def test_recover_survives_garbled_and_foreign_journals(tmp_path: Path) -> None:
+    """Nonsense in a journal (another version's records, garbage, a directory by a
+    journal's name) costs the unusable entries only: no traceback, no hang."""
+    box = tmp_path / "outbox"
+    box.mkdir()
+    (box / "job-1.jsonl").write_text('{"seq":0,"status":"Running"}\n[1,2]\n\n')  # no head
+    (box / "job-2.jsonl").mkdir()
+    (box / "job-3.jsonl").write_bytes(b"\xff\xfe\x00")
+    (box / "job-4.jsonl").write_text(
+        '{"job":"4","token":7}\n{"seq":"0","kind":"status"}\n{"seq":1}\n'
+        '{"seq":2,"kind":"status","status":"Bogus","timestamp":1}\n'
+        '{"seq":3,"kind":"output","archive":"/nonexistent/out.tar"}\n'
+        '{"seq":4,"kind":"status","status":"Done","minor":"m","timestamp":"soon"}\n'
+        '{"seq":5,"kind":"teleport"}\n'
+        + entry(6, "Done")
+    )
+    inner = FlakyBackend()
+    outbox = Outbox(inner, box, FAST)
+    assert outbox.recover() == 5  # job 4's well-formed entries: 2, 3, 4, 5 and 6
+    assert outbox.drain(10) == 0  # the unusable ones refused for good: nothing hangs
+    assert [what for _, what in inner.sent] == [(JobStatus.DONE, "m")]
+    assert not (box / "job-4.jsonl").exists()
+    assert sorted(p.name for p in box.iterdir()) == ["job-1.jsonl", "job-2.jsonl", "job-3.jsonl"]

@@ -266,6 +266,11 @@ class Outbox:
                 self._stop.wait(wait * random.uniform(0.5, 1.0))
                 wait = min(wait * 2, self.budget.max_wait)
                 continue
+            except Exception as exc:  # an entry that cannot be sent at all
+                # (a journal entry a later pilot cannot use: its archive gone, a field
+                # garbled): refused for good, so that its waiter and drain() do not hang
+                log.error("job %s: %s cannot be sent: %r", job.job_id, what, exc)
+                return PilotError(f"{what} cannot be sent: {exc}")
             if first_failure is not None:
                 log.info(
                     "job %s: %s delivered after %.0f s of retries",
