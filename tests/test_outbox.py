@@ -217,3 +217,42 @@ def test_recover_survives_garbled_and_foreign_journals(tmp_path: Path) -> None:
     assert [what for _, what in inner.sent] == [(JobStatus.DONE, "m")]
     assert not (box / "job-4.jsonl").exists()
     assert sorted(p.name for p in box.iterdir()) == ["job-1.jsonl", "job-2.jsonl", "job-3.jsonl"]
+
+
+def test_an_upload_given_up_is_the_jobs_failure_not_a_debt(tmp_path: Path) -> None:
+    """The job is reported Failed when its upload is given up: a later pilot must not
+    send that upload (the outbox's copy of the archive is gone by then anyway)."""
+    inner = FlakyBackend(failures=10**6)
+    box = tmp_path / "outbox"
+    outbox = Outbox(inner, box, RetryBudget(retry_for=0.05, min_wait=0.01, max_wait=0.02))
+    backend = OutboxBackend(inner, outbox)  # type: ignore[arg-type]
+    archive = tmp_path / "out.tar"
+    archive.write_text("payload output")
+    try:
+        backend.store_output_sandbox(JOB, archive)
+    except ServerUnreachable:
+        pass
+    else:
+        raise AssertionError("the upload was given up: its caller must hear of it")
+    inner.failures = 0
+    backend.set_status(JOB, StatusUpdate(JobStatus.FAILED, "Output sandbox upload failed"))
+    assert outbox.drain(10) == 0
+    assert [what for _, what in inner.sent] == [(JobStatus.FAILED, "Output sandbox upload failed")]
+    assert list(box.iterdir()) == []  # nothing owed, no copy left behind
+
+
+def test_recovered_upload_removes_the_outbox_copy_of_its_archive(tmp_path: Path) -> None:
+    """A pilot killed while its upload was retried leaves the archive's copy in the
+    outbox; the later pilot that sends it removes it."""
+    box = tmp_path / "outbox"
+    box.mkdir()
+    (box / "out-7.tar").write_text("payload output")
+    upload = {"seq": 1, "kind": "output", "archive": str(box / "out-7.tar")}
+    journal = HEAD + entry(0, "Running") + '{"ack":0}\n' + json.dumps(upload) + "\n"
+    (box / "job-7.jsonl").write_text(journal)
+    inner = FlakyBackend()
+    outbox = Outbox(inner, box, FAST)
+    assert outbox.recover() == 1
+    assert outbox.drain(10) == 0
+    assert [what for _, what in inner.sent] == [("output", "payload output")]
+    assert list(box.iterdir()) == []

@@ -189,7 +189,9 @@ class Outbox:
                             break
                         batch.append(more)
             error = self._attempt(queue.job, batch)
-            owed = error is not None and retryable(error)  # given up: still owed
+            # A status given up on is still owed (a later pilot sends it); an upload given
+            # up on is its waiting job's failure (reported Failed), not a debt.
+            owed = error is not None and retryable(error) and batch[0].kind == "status"
             with self._cond:
                 for entry in batch:
                     queue.pending.popleft()
@@ -201,7 +203,16 @@ class Outbox:
                         if error is not None:
                             ack["refused"] = str(error)
                         self._journal(queue, ack)
+                        self._discard_copy(entry)
                     entry.done.set()
+
+    def _discard_copy(self, entry: _Entry) -> None:
+        """Remove the outbox's own copy of an upload's file once its entry is settled
+        (the copy a dead pilot left for a later one, which has sent it now)."""
+        if entry.kind == "output":
+            kept = Path(str(entry.data.get("archive", "")))
+            if kept.parent == self.directory:
+                kept.unlink(missing_ok=True)
 
     def _send(self, job: MatchedJob, batch: Sequence[_Entry]) -> None:
         first = batch[0]
