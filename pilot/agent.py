@@ -610,7 +610,7 @@ def run(
             len(summary.outcomes),
             stop_reason(summary.reason, config, stop),
         )
-        undelivered = reports.drain(config.grace if stop.is_set() else None)
+        undelivered = reports.drain(stop=stop.event, grace=config.grace)  # a signal: grace only
         reports = None
         if undelivered:
             log.error(

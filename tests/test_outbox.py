@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pilot.backends import outbox as outbox_module
 from pilot.backends.base import JobStatus, MatchedJob, StatusUpdate
 from pilot.backends.outbox import Outbox, OutboxBackend, RetryBudget
 from pilot.errors import AuthError, ServerError, ServerUnreachable
@@ -207,8 +211,7 @@ def test_recover_survives_garbled_and_foreign_journals(tmp_path: Path) -> None:
         '{"seq":2,"kind":"status","status":"Bogus","timestamp":1}\n'
         '{"seq":3,"kind":"output","archive":"/nonexistent/out.tar"}\n'
         '{"seq":4,"kind":"status","status":"Done","minor":"m","timestamp":"soon"}\n'
-        '{"seq":5,"kind":"teleport"}\n'
-        + entry(6, "Done")
+        '{"seq":5,"kind":"teleport"}\n' + entry(6, "Done")
     )
     inner = FlakyBackend()
     outbox = Outbox(inner, box, FAST)
@@ -256,3 +259,48 @@ def test_recovered_upload_removes_the_outbox_copy_of_its_archive(tmp_path: Path)
     assert outbox.drain(10) == 0
     assert [what for _, what in inner.sent] == [("output", "payload output")]
     assert list(box.iterdir()) == []
+
+
+class Hanging(FlakyBackend):
+    """Every status call hangs (a server that takes the request and never answers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def set_statuses(self, job: MatchedJob, updates: Sequence[StatusUpdate]) -> None:
+        self.release.wait(60)
+        raise ServerUnreachable("timed out")
+
+
+def test_calls_in_flight_hold_the_end_up_join_s_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """drain() waits for calls still in flight JOIN_S seconds in all, not per job."""
+    monkeypatch.setattr(outbox_module, "JOIN_S", 1.0)
+    inner = Hanging()
+    outbox = Outbox(inner, tmp_path / "outbox", FAST)
+    backend = OutboxBackend(inner, outbox)  # type: ignore[arg-type]
+    for job_id in "123":
+        backend.set_status(MatchedJob(job_id, "", "t"), StatusUpdate(JobStatus.DONE, "x"))
+    start = time.monotonic()
+    assert outbox.drain(0.0) == 3
+    assert time.monotonic() - start < 2.5  # one JOIN_S, not three
+    inner.release.set()
+
+
+def test_a_stop_signal_during_the_final_drain_cuts_it_to_the_grace_time(tmp_path: Path) -> None:
+    """The pilot's last wait for its reports (retried until the slot ends) hears a stop
+    signal: --grace seconds more, then it exits with the rest journaled."""
+    inner = FlakyBackend(failures=10**6)
+    far = RetryBudget(slot_end=time.monotonic() + 3600, min_wait=0.01, max_wait=0.02)
+    outbox = Outbox(inner, tmp_path / "outbox", far)
+    backend = OutboxBackend(inner, outbox)  # type: ignore[arg-type]
+    backend.set_status(JOB, StatusUpdate(JobStatus.DONE, "x"))
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    result: list[int] = []
+    drain = threading.Thread(target=lambda: result.append(outbox.drain(stop=stop, grace=0.2)))
+    drain.start()
+    drain.join(10)
+    assert result == [1]  # ended in time, the Done status journaled as owed

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 MIN_WAIT_S = 0.5
 MAX_WAIT_S = 15.0
 WARN_EVERY_S = 60.0  # while an entry is retried, one warning per this many seconds
+JOIN_S = 5.0  # at the end, how long calls in flight get to finish (all together)
 
 
 def retryable(exc: PilotError) -> bool:
@@ -303,22 +304,33 @@ class Outbox:
         with self._cond:
             return sum(len(q.pending) for q in self._queues.values())
 
-    def drain(self, timeout: float | None = None) -> int:
+    def drain(
+        self,
+        timeout: float | None = None,
+        stop: threading.Event | None = None,
+        grace: float = 0.0,
+    ) -> int:
         """Wait until every queued entry is delivered or given up (each within its own
-        budget), at most ``timeout`` seconds; then cut retries short. Returns how many
-        entries were not delivered (journaled for a later pilot)."""
+        budget), at most ``timeout`` seconds, and once ``stop`` is set (or :meth:`hurry`
+        was called) no longer than the grace time; then cut retries short and give calls
+        still in flight ``JOIN_S`` seconds in all. Returns how many entries were not
+        delivered (journaled for a later pilot)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while any(q.worker is not None for q in self._queues.values()):
-                left = None if deadline is None else deadline - time.monotonic()
+                if stop is not None and stop.is_set():
+                    self.hurry(grace)
+                ends = [end for end in (deadline, self._cap) if end is not None]
+                left = min(ends) - time.monotonic() if ends else None
                 if left is not None and left <= 0:
                     break
-                self._cond.wait(left if left is not None else 1.0)
+                self._cond.wait(1.0 if left is None else min(left, 1.0))
         self._stop.set()
         with self._cond:
             workers = [q.worker for q in self._queues.values() if q.worker is not None]
+        end = time.monotonic() + JOIN_S
         for worker in workers:
-            worker.join(5.0)
+            worker.join(max(0.0, end - time.monotonic()))
         with self._cond:
             left_over = sum(len(q.pending) for q in self._queues.values())
             for queue in self._queues.values():
