@@ -212,6 +212,33 @@ def test_repeated_updates_record_once_and_final_repeat_succeeds(stub: Stub) -> N
     assert history[-1] == ("Done", "Execution Complete")
 
 
+def test_a_lost_match_reply_whose_job_moved_on_is_no_job(stub: Stub) -> None:
+    """The job claimed for a match whose reply was lost is deleted (or rescheduled after a
+    long outage) before the pilot asks again: the stub refuses the replay (409); the
+    pilot takes that as "no job", not as a reason to exit, and asks anew."""
+    import httpx
+
+    from pilot.backends.stub import HttpClient, StubBackend
+
+    first, second = (
+        stub.submit('Executable = "/bin/true";'),
+        stub.submit('Executable = "/bin/true";'),
+    )
+    backend = StubBackend(HttpClient(stub.url))
+    backend.stamp = "p1"
+    body = {"pilot": "p1", "resources": {}, "request_id": "r" * 32}
+    with httpx.Client(base_url=stub.url) as http:  # the request whose reply is lost
+        assert http.post("/api/jobs/match", json=body).json()["job_id"] == first[0]
+    stub.client.delete(first[0])
+    backend._request_id = "r" * 32  # as the pilot keeps it after a lost reply
+    try:
+        assert backend.match({}) is None
+        job = backend.match({})
+        assert job is not None and job.job_id == str(second[0])
+    finally:
+        backend.close()
+
+
 def test_output_upload_that_fails_for_good_fails_the_job_and_keeps_its_directory(
     faulty: tuple[Stub, FaultProxy], tmp_path: Path
 ) -> None:

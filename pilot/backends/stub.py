@@ -393,6 +393,10 @@ class StubBackend:
             if exc.status is None or exc.status >= 500:
                 raise
             self._request_id = None  # a definite answer
+            if exc.status == 409:  # the job claimed for a lost reply has moved on (deleted,
+                # or rescheduled during a long outage): this pilot holds nothing; ask anew
+                log.warning("match: %s; asking again", exc)
+                return None
             raise
         self._request_id = None
         if answer is None:
