@@ -239,6 +239,46 @@ def test_a_lost_match_reply_whose_job_moved_on_is_no_job(stub: Stub) -> None:
         backend.close()
 
 
+def test_recovered_reports_of_a_job_that_moved_on_are_dropped_quietly(
+    stub: Stub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pilot died with a journal; meanwhile its job was deleted (or rescheduled as
+    stalled): the stub no longer takes its token. The next pilot's recovery sends the
+    journal once, takes the 403 as final, removes the journal and logs no error."""
+    import json
+    import logging
+
+    from pilot.backends.outbox import Outbox, RetryBudget
+    from pilot.backends.stub import HttpClient, StubBackend
+
+    (job,) = stub.submit('Executable = "/bin/true";')
+    backend = StubBackend(HttpClient(stub.url))
+    backend.stamp = "p1"
+    try:
+        matched = backend.match({})
+        assert matched is not None and matched.job_id == str(job)
+        stub.client.delete(job)
+        box = tmp_path / "outbox"
+        box.mkdir()
+        done = {"status": "Done", "minor": "Execution Complete", "timestamp": time.time()}
+        (box / f"job-{job}.jsonl").write_text(
+            json.dumps({"job": str(job), "token": matched.token})
+            + "\n"
+            + json.dumps({"seq": 0, "kind": "status", **done})
+            + "\n"
+        )
+        outbox = Outbox(backend, box, RetryBudget(retry_for=5.0))
+        with caplog.at_level(logging.INFO, logger="pilot.backends.outbox"):
+            assert outbox.recover() == 1
+            assert outbox.drain(30) == 0
+    finally:
+        backend.close()
+    assert list(box.iterdir()) == []
+    assert stub.status(job) == "Deleted"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("refused" in r.getMessage() for r in caplog.records)
+
+
 def test_output_upload_that_fails_for_good_fails_the_job_and_keeps_its_directory(
     faulty: tuple[Stub, FaultProxy], tmp_path: Path
 ) -> None:

@@ -102,6 +102,7 @@ class _JobQueue:
         self.owed = False  # an entry was given up on: the journal must stay
         self.file: IO[str] | None = None
         self.torn = torn  # the journal ends in a line cut short: end it before appending
+        self.recovered = False  # left by an earlier pilot
 
     def append(self, record: Mapping[str, Any]) -> None:
         if self.file is None:
@@ -189,7 +190,7 @@ class Outbox:
                         if more.kind != "status":
                             break
                         batch.append(more)
-            error = self._attempt(queue.job, batch)
+            error = self._attempt(queue.job, batch, queue.recovered)
             # A status given up on is still owed (a later pilot sends it); an upload given
             # up on is its waiting job's failure (reported Failed), not a debt.
             owed = error is not None and retryable(error) and batch[0].kind == "status"
@@ -232,7 +233,9 @@ class Outbox:
         else:
             raise PilotError(f"unknown outbox entry {first.kind!r}")
 
-    def _attempt(self, job: MatchedJob, batch: Sequence[_Entry]) -> PilotError | None:
+    def _attempt(
+        self, job: MatchedJob, batch: Sequence[_Entry], recovered: bool = False
+    ) -> PilotError | None:
         what = _describe(batch)
         first = batch[0]
         wait = self.budget.min_wait
@@ -248,8 +251,12 @@ class Outbox:
                 deadline = self.budget.deadline(first_failure)
                 if self._cap is not None:
                     deadline = min(deadline, self._cap)
-                # An upload's failure goes to its waiting caller, which reports it.
-                level = logging.ERROR if first.kind == "status" else logging.WARNING
+                # An upload's failure goes to its waiting caller, which reports it; a
+                # report left by an earlier pilot is refused when its job has moved on
+                # (rescheduled after that pilot's death): no error of this pilot.
+                level = (
+                    logging.ERROR if first.kind == "status" and not recovered else logging.WARNING
+                )
                 if not retryable(exc):
                     log.log(level, "job %s: %s refused: %s", job.job_id, what, exc)
                     return exc
@@ -372,6 +379,7 @@ class Outbox:
                 torn = not text.endswith("\n")
                 queue = _JobQueue(job, path, next_seq=top + 1, torn=torn)
                 queue.final_posted = True  # nothing more will come for it
+                queue.recovered = True
                 self._queues[job.job_id] = queue
                 for record in owed:
                     data = {k: v for k, v in record.items() if k not in ("seq", "kind")}
