@@ -304,3 +304,22 @@ def test_a_stop_signal_during_the_final_drain_cuts_it_to_the_grace_time(tmp_path
     drain.start()
     drain.join(10)
     assert result == [1]  # ended in time, the Done status journaled as owed
+
+
+def test_a_journal_on_a_full_disk_costs_only_its_survival(tmp_path: Path) -> None:
+    """Writes to the journal fail with ENOSPC (it is /dev/full): the entries are still
+    delivered, in order, and nothing hangs or raises."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    box = tmp_path / "outbox"
+    box.mkdir()
+    (box / "job-7.jsonl").symlink_to("/dev/full")
+    inner = FlakyBackend(failures=2)
+    outbox = Outbox(inner, box, FAST)
+    statuses(OutboxBackend(inner, outbox))  # type: ignore[arg-type]
+    assert outbox.drain(10) == 0
+    assert [what for _, what in inner.sent] == [
+        (JobStatus.RUNNING, "Application"),
+        (JobStatus.COMPLETING, "Uploading Output Sandbox"),
+        (JobStatus.DONE, "Execution Complete"),
+    ]
