@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -269,7 +270,8 @@ class StubApp:
         for job_id, updates in body.items():
             jid = _job_id(job_id)
             spent = self.store.check_token(jid, request.job_token, spent_ok=True)
-            items = sorted((_timestamp(k), _object(v)) for k, v in _object(updates).items())
+            stamped = [(_timestamp(k), _object(v)) for k, v in _object(updates).items()]
+            items = sorted(stamped, key=lambda item: item[0])  # "1" and "1.0": one time
             if spent and not all(
                 self.store.has_update(jid, ts, str(u.get("Source", "Pilot"))) for ts, u in items
             ):  # the job has ended: only repeats of what its pilot already sent succeed
@@ -439,9 +441,13 @@ def _job_id(value: str) -> int:
 
 def _timestamp(value: str) -> float:
     try:
-        return float(value)
+        stamp = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(stamp):  # NaN would be stored as NULL (a 500)
+            raise StoreError(f"bad timestamp {value!r}")
+        return stamp
     try:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:

@@ -212,6 +212,25 @@ def test_repeated_updates_record_once_and_final_repeat_succeeds(stub: Stub) -> N
     assert history[-1] == ("Done", "Execution Complete")
 
 
+def test_status_nonsense_times_are_refused_not_a_server_error(stub: Stub) -> None:
+    """Two spellings of one time with different updates, NaN or infinite times: 200 or
+    400, never a 500 (a tie compared the updates; NaN went to the database as NULL)."""
+    import httpx
+
+    (job,) = stub.submit('Executable = "/bin/true";')
+    body = {"pilot": "p1", "resources": {}, "request_id": "r" * 32}
+    with httpx.Client(base_url=stub.url) as http:
+        token = {"X-Job-Token": http.post("/api/jobs/match", json=body).json()["token"]}
+        tie = {str(job): {"5": {"Status": "Running"}, "5.0": {"MinorStatus": "Application"}}}
+        assert http.patch("/api/jobs/status", json=tie, headers=token).status_code == 200
+        for stamp in ("nan", "inf", "-inf"):
+            bad = {str(job): {stamp: {"MinorStatus": "x"}}}
+            answer = http.patch("/api/jobs/status", json=bad, headers=token)
+            assert answer.status_code == 400, answer.text
+            assert "bad timestamp" in answer.text
+    assert stub.status(job) == "Running"
+
+
 def test_a_lost_match_reply_whose_job_moved_on_is_no_job(stub: Stub) -> None:
     """The job claimed for a match whose reply was lost is deleted (or rescheduled after a
     long outage) before the pilot asks again: the stub refuses the replay (409); the
