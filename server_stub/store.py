@@ -453,15 +453,7 @@ class Store:
 
     def has_update(self, job_id: int, ts: float, source: str = "Pilot") -> bool:
         """Whether the update stamped ``ts`` from ``source`` is already recorded."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT 1 FROM history WHERE job_id = ? AND ts = ? AND source = ?",
-                (job_id, ts, source),
-            )
-            .fetchone()
-        )
-        return row is not None
+        return _has_update(self._conn(), job_id, ts, source)
 
     def set_status(self, job_id: int, update: Mapping[str, Any], ts: float) -> None:
         status = update.get("Status")
@@ -472,11 +464,7 @@ class Store:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
-            repeated = db.execute(
-                "SELECT 1 FROM history WHERE job_id = ? AND ts = ? AND source = ?",
-                (job_id, ts, source),
-            ).fetchone()
-            if repeated is not None:
+            if _has_update(db, job_id, ts, source):
                 return  # a retry of an update already recorded: nothing to do
             if row["status"] in FINAL_STATUSES and status not in (None, row["status"]):
                 raise StoreError(f"job {job_id} is already {row['status']}", 409)
@@ -925,6 +913,13 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, Mapping):
         return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     return bool(a == b)
+
+
+def _has_update(db: sqlite3.Connection, job_id: int, ts: float, source: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM history WHERE job_id = ? AND ts = ? AND source = ?", (job_id, ts, source)
+    ).fetchone()
+    return row is not None
 
 
 def _add_column(db: sqlite3.Connection, table: str, column: str, kind: str) -> None:
