@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS match_requests (
     pilot TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS match_requests_created ON match_requests(created);
 """
 MATCH_REQUEST_KEEP_S = 7 * 86400.0  # how long a match request id is remembered
 

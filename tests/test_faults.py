@@ -231,6 +231,21 @@ def test_status_nonsense_times_are_refused_not_a_server_error(stub: Stub) -> Non
     assert stub.status(job) == "Running"
 
 
+def test_forgetting_old_match_requests_is_no_table_scan(stub: Stub) -> None:
+    """Every claim forgets request ids older than a week: on an index, not by reading a
+    week of requests (300000 rows: 17 ms inside the matching transaction)."""
+    import sqlite3
+
+    from server_stub.store import MATCH_REQUEST_KEEP_S
+
+    with sqlite3.connect(stub.server.settings.db) as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM match_requests WHERE created < ?",
+            (time.time() - MATCH_REQUEST_KEEP_S,),
+        ).fetchall()
+    assert any("USING INDEX match_requests_created" in str(row) for row in plan), plan
+
+
 def test_a_lost_match_reply_whose_job_moved_on_is_no_job(stub: Stub) -> None:
     """The job claimed for a match whose reply was lost is deleted (or rescheduled after a
     long outage) before the pilot asks again: the stub refuses the replay (409); the
