@@ -442,7 +442,9 @@ def _describe(batch: Sequence[_Entry]) -> str:
         return f"status update ({shown or 'application status'})"
     if first.kind == "output":
         return "output sandbox upload"
-    return f"output data {first.data.get('lfn')}"
+    if first.kind == "lfn":
+        return f"output data {first.data.get('lfn')}"
+    return f"{first.kind!r} report"  # a kind this version does not know (a newer pilot's)
 
 
 class OutboxBackend:
