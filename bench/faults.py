@@ -47,13 +47,33 @@ def one_run(folder: Path, faults: bool) -> tuple[float, str, list[int | None], s
     client = UserClient(url)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     proxy = FaultProxy((host, int(port)), max_seconds=900).start()
+    pilots: list[subprocess.Popen[bytes]] = []
+    try:  # whatever goes wrong, no stub or pilot is left running
+        return _measure(folder, faults, client, proxy, pilots)
+    finally:
+        for pilot in pilots:
+            if pilot.poll() is None:
+                pilot.send_signal(signal.SIGKILL)
+                pilot.wait()
+        proxy.stop()
+        client.close()
+        stub.terminate()
+        stub.wait(10)
+
+
+def _measure(
+    folder: Path,
+    faults: bool,
+    client: UserClient,
+    proxy: FaultProxy,
+    pilots: list[subprocess.Popen[bytes]],
+) -> tuple[float, str, list[int | None], str]:
     if faults:
         proxy.set_faults(Faults(reset_fraction=0.1, reset_after_max=3000, seed=12))
     log = folder / "executions.log"
     jdl = folder / "jobs.jdl"
     jdl.write_text(recorder_jdl(log, JOB_SECONDS, extra=f"Parameters = {JOBS};"))
     jobs = submit_file(client, jdl)
-    pilots = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("PILOT_")}
     start = time.monotonic()
     for i in range(PILOTS):
@@ -90,10 +110,6 @@ def one_run(folder: Path, faults: bool) -> tuple[float, str, list[int | None], s
     verdict = judge(client, folder / "stub.db", jobs, log)
     logs = [(folder / f"p{i}" / "pilot.log").read_text() for i in range(PILOTS)]
     errors = sum(len(error_lines(text)) for text in logs)
-    proxy.stop()
-    client.close()
-    stub.terminate()
-    stub.wait(10)
     line = (
         f"jobs={verdict.jobs} done={verdict.done} executed_twice={verdict.executed_twice}"
         f" lost_outputs={verdict.lost_outputs} stranded={verdict.stranded}"
