@@ -323,3 +323,27 @@ def test_a_journal_on_a_full_disk_costs_only_its_survival(tmp_path: Path) -> Non
         (JobStatus.COMPLETING, "Uploading Output Sandbox"),
         (JobStatus.DONE, "Execution Complete"),
     ]
+
+
+def test_a_journal_a_running_pilot_holds_is_left_to_it(tmp_path: Path) -> None:
+    """Pilots sharing a --work-dir: one starting later does not take over the journals of
+    one still running (it would send them too, and remove them while they are written);
+    the lock goes with the pilot, kill -9 included, so a dead pilot's journals are sent."""
+    box = tmp_path / "outbox"
+    inner = FlakyBackend(failures=10**6)
+    running = Outbox(inner, box, RetryBudget(retry_for=30.0, min_wait=0.01, max_wait=0.02))
+    statuses(OutboxBackend(inner, running))  # type: ignore[arg-type]
+    later = FlakyBackend()
+    starting = Outbox(later, box, FAST)
+    assert starting.recover() == 0
+    assert starting.drain(5) == 0
+    assert later.sent == []
+    assert (box / "job-7.jsonl").exists()
+    inner.failures = 0  # the server is back: the running pilot delivers its own
+    assert running.drain(10) == 0
+    assert [what for _, what in inner.sent] == [
+        (JobStatus.RUNNING, "Application"),
+        (JobStatus.COMPLETING, "Uploading Output Sandbox"),
+        (JobStatus.DONE, "Execution Complete"),
+    ]
+    assert not (box / "job-7.jsonl").exists()

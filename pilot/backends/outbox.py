@@ -14,7 +14,9 @@ A journal line is written before its entry is sent and an acknowledgement line a
 is delivered (or refused for good), so a journal tells what is still owed: a pilot that
 must exit with undelivered entries says so (``Undelivered``, exit code 23) and leaves
 the journals; a later pilot started on the same work directory sends what they still
-hold. Journals are plain appends without ``fsync``: they survive the pilot's death
+hold. A pilot holds its journals locked (``flock``, dropped by the kernel however the
+pilot ends), so pilots that share a work directory leave each other's journals alone.
+Journals are plain appends without ``fsync``: they survive the pilot's death
 (``kill -9``), not the node's. A job's journal is removed once everything in it is
 delivered.
 
@@ -27,6 +29,7 @@ the job is ``Done`` depends on them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -107,6 +110,7 @@ class _JobQueue:
     def append(self, record: Mapping[str, Any]) -> None:
         if self.file is None:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            _locked(fd)  # ours: another pilot's recover() leaves it alone
             self.file = os.fdopen(fd, "a", buffering=1)
         line = json.dumps(record, separators=(",", ":")) + "\n"
         self.file.write("\n" + line if self.torn else line)
@@ -150,12 +154,16 @@ class Outbox:
             if kind == "status" and data.get("status") in FINAL_STATUSES:
                 queue.final_posted = True
             if queue.worker is None:
-                queue.worker = threading.Thread(
-                    target=self._deliver_all, args=(queue,), name=f"outbox-{job.job_id}"
-                )
-                queue.worker.daemon = True
-                queue.worker.start()
+                self._spawn(queue)
             return entry
+
+    def _spawn(self, queue: _JobQueue) -> None:
+        """Start the queue's sender (``self._cond`` held)."""
+        queue.worker = threading.Thread(
+            target=self._deliver_all, args=(queue,), name=f"outbox-{queue.job.job_id}"
+        )
+        queue.worker.daemon = True
+        queue.worker.start()
 
     def _journal(self, queue: _JobQueue, record: Mapping[str, Any]) -> None:
         """Append to the job's journal; a journal that cannot be written (full disk) only
@@ -349,51 +357,78 @@ class Outbox:
     def recover(self) -> int:
         """Queue again what journals left by an earlier pilot in this work directory still
         owe; returns how many entries that is. A line that is not a record (cut short by
-        the pilot's death or a full disk, or garbage) is skipped, not the whole journal."""
+        the pilot's death or a full disk, or garbage) is skipped, not the whole journal;
+        a journal another running pilot holds (a shared ``--work-dir``) is left to it."""
         count = 0
         for path in sorted(self.directory.glob("job-*.jsonl")):
             try:
-                text = path.read_text()
-            except (OSError, ValueError) as exc:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            except OSError as exc:
                 log.warning("outbox journal %s unreadable (%s): left alone", path, exc)
                 continue
-            records, skipped = _records(text)
-            if skipped:
-                log.warning("outbox journal %s: %d line(s) not readable: skipped", path, skipped)
-            head = records[0] if records else {}
-            token = head.get("token")
-            if "job" not in head:
-                log.warning("outbox journal %s names no job: left alone", path)
-                continue
-            job = MatchedJob(str(head["job"]), "", token if isinstance(token, str) else None)
-            entries = [r for r in records if "seq" in r]
-            acked = {r["ack"] for r in records if "ack" in r}
-            owed = [r for r in entries if r["seq"] not in acked]
-            if not owed:
-                path.unlink(missing_ok=True)
-                continue
-            with self._cond:
-                if job.job_id in self._queues:
-                    continue
-                top = max(r["seq"] for r in entries)
-                torn = not text.endswith("\n")
-                queue = _JobQueue(job, path, next_seq=top + 1, torn=torn)
-                queue.final_posted = True  # nothing more will come for it
-                queue.recovered = True
-                self._queues[job.job_id] = queue
-                for record in owed:
-                    data = {k: v for k, v in record.items() if k not in ("seq", "kind")}
-                    queue.pending.append(_Entry(record["seq"], record["kind"], data))
-                queue.worker = threading.Thread(
-                    target=self._deliver_all, args=(queue,), name=f"outbox-{job.job_id}"
-                )
-                queue.worker.daemon = True
-                queue.worker.start()
-            log.info(
-                "job %s: %d report(s) left by an earlier pilot: sending", job.job_id, len(owed)
-            )
-            count += len(owed)
+            queue = None
+            try:
+                if _locked(fd):
+                    queue = self._recover_one(path)
+                else:
+                    log.info("outbox journal %s: a running pilot holds it: left alone", path)
+            finally:
+                if queue is None:
+                    os.close(fd)
+            if queue is not None:  # it keeps the journal, and its lock, open
+                queue.file = os.fdopen(fd, "a", buffering=1)
+                count += len(queue.pending)
+                with self._cond:
+                    self._queues[queue.job.job_id] = queue
+                    self._spawn(queue)
         return count
+
+    def _recover_one(self, path: Path) -> _JobQueue | None:
+        """The queue of what the journal at ``path`` still owes, or None."""
+        try:
+            text = path.read_text()
+        except (OSError, ValueError) as exc:
+            log.warning("outbox journal %s unreadable (%s): left alone", path, exc)
+            return None
+        records, skipped = _records(text)
+        if skipped:
+            log.warning("outbox journal %s: %d line(s) not readable: skipped", path, skipped)
+        head = records[0] if records else {}
+        token = head.get("token")
+        if "job" not in head:
+            log.warning("outbox journal %s names no job: left alone", path)
+            return None
+        job = MatchedJob(str(head["job"]), "", token if isinstance(token, str) else None)
+        entries = [r for r in records if "seq" in r]
+        acked = {r["ack"] for r in records if "ack" in r}
+        owed = [r for r in entries if r["seq"] not in acked]
+        if not owed:
+            path.unlink(missing_ok=True)
+            return None
+        with self._cond:
+            if job.job_id in self._queues:
+                return None
+        top = max(r["seq"] for r in entries)
+        queue = _JobQueue(job, path, next_seq=top + 1, torn=not text.endswith("\n"))
+        queue.final_posted = True  # nothing more will come for it
+        queue.recovered = True
+        for record in owed:
+            data = {k: v for k, v in record.items() if k not in ("seq", "kind")}
+            queue.pending.append(_Entry(record["seq"], record["kind"], data))
+        log.info("job %s: %d report(s) left by an earlier pilot: sending", job.job_id, len(owed))
+        return queue
+
+
+def _locked(fd: int) -> bool:
+    """Lock a journal for this pilot (``flock``: the kernel drops the lock when the pilot
+    dies, ``kill -9`` included); False if another running pilot holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass  # a file system without locks: go on unlocked
+    return True
 
 
 def _records(text: str) -> tuple[list[dict[str, Any]], int]:
