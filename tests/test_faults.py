@@ -451,3 +451,29 @@ def test_kill9_of_a_pilot_with_bubblewrap_leaves_no_payload_process(
     _kill9_leaves_no_payload(
         stub, tmp_path / "p0", Path("executions.log"), [], None, "--isolation", "bwrap"
     )
+
+
+def test_the_guardian_spares_a_process_that_took_a_job_process_number() -> None:
+    """After the pilot's death the guardian kills a job's processes by (pid, start time),
+    so a process that got a number the job used is spared, and a job whose end the pilot
+    told it is left alone; the same process under its own key is killed."""
+    from pilot.job import guardian, proctable
+
+    bystander = subprocess.Popen(["sleep", "30"])
+    ended = subprocess.Popen(["true"], start_new_session=True)
+    ended.wait()  # a session of the job that is over: nothing in it now
+    try:
+        start = proctable.scan()[bystander.pid].start
+        jobs: dict[str, int] = {}
+        seen: dict[str, set[tuple[int, int]]] = {}
+        for line in ("+ a 1", "p a 1 1", "- a", f"+ b {ended.pid}", f"p b {bystander.pid} 1"):
+            guardian._apply(line.split(), jobs, seen)
+        assert jobs == {"b": ended.pid}  # job a ended: forgotten
+        assert guardian.end_jobs(jobs, seen) == 0  # the number, not the process
+        assert bystander.poll() is None
+        seen["b"].add((bystander.pid, start))
+        assert guardian.end_jobs(jobs, seen) == 1
+        assert bystander.wait(5) == -signal.SIGKILL
+    finally:
+        bystander.kill()
+        bystander.wait()
