@@ -347,3 +347,27 @@ def test_a_journal_a_running_pilot_holds_is_left_to_it(tmp_path: Path) -> None:
         (JobStatus.DONE, "Execution Complete"),
     ]
     assert not (box / "job-7.jsonl").exists()
+
+
+def test_a_malformed_commands_answer_is_a_server_error_not_a_dead_poll() -> None:
+    """The command poll thread catches the pilot's errors only: a reply that is not a list
+    of commands used to end it (KeyError), and kills then waited for heartbeats."""
+    from pilot.backends.stub import StubBackend
+
+    class Answers:
+        def __init__(self, answer: Any) -> None:
+            self.answer = answer
+
+        def json(self, *args: Any, **kwargs: Any) -> Any:
+            return self.answer
+
+    job = MatchedJob("7", "", token="t")
+    for bad in ({"job_id": 7}, [{"command": "Kill"}], [7], "Kill"):
+        backend = StubBackend(Answers(bad))  # type: ignore[arg-type]
+        with pytest.raises(ServerError, match="not a list of commands"):
+            backend.poll_commands(["7"])
+        with pytest.raises(ServerError, match="not a list of commands"):
+            backend.heartbeat(job, {})
+    good = StubBackend(Answers([{"job_id": 7, "command": "Kill"}]))  # type: ignore[arg-type]
+    assert good.poll_commands(["7"]) == [("7", "Kill")]
+    assert good.heartbeat(job, {}) == ("Kill",)

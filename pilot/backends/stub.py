@@ -425,14 +425,15 @@ class StubBackend:
         """The server's pending commands (``Kill``) for these running jobs: a light read."""
         body = {"pilot": self.stamp, "jobs": [int(j) for j in job_ids]}
         answer = self.http.json("POST", "/api/jobs/commands", json=body)
-        return [(str(c["job_id"]), str(c["command"])) for c in answer or ()]
+        return _commands(answer, "/api/jobs/commands")
 
     def heartbeat(self, job: MatchedJob, metrics: Mapping[str, Any]) -> tuple[str, ...]:
         body = {job.job_id: dict(metrics)}
         answer = self.http.json(
             "PATCH", "/api/jobs/heartbeat", json=body, headers=self._job_headers(job)
         )
-        return tuple(str(c["command"]) for c in answer or () if str(c.get("job_id")) == job.job_id)
+        pairs = _commands(answer, "/api/jobs/heartbeat")
+        return tuple(command for job_id, command in pairs if job_id == job.job_id)
 
     def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
         paths = []
@@ -485,6 +486,15 @@ class StubBackend:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _commands(answer: Any, path: str) -> list[tuple[str, str]]:
+    """``[{job_id, command}]`` as ``(job_id, command)`` pairs; anything else is the
+    server's error, not the pilot's crash."""
+    try:
+        return [(str(c["job_id"]), str(c["command"])) for c in answer or ()]
+    except (KeyError, TypeError) as exc:
+        raise ServerError(f"{path}: not a list of commands ({exc!r})") from None
 
 
 def _status_fields(update: StatusUpdate) -> dict[str, Any]:
