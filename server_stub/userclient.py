@@ -65,13 +65,14 @@ class UserClient(HttpClient):
 
         Fetching again replaces what an earlier fetch wrote there (the sandbox is unpacked
         beside ``target`` first, so a refused archive leaves ``target`` as it was)."""
-        target.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".get-output-") as tmp:
             packed = Path(tmp) / "output.tar.gz"
             self.download(f"/api/jobs/{job_id}/sandbox/output", packed)
             unpacked = Path(tmp) / "files"
             unpacked.mkdir()
             names = archive.safe_unpack(packed, unpacked)
+            target.mkdir(exist_ok=True)  # only now: a failed fetch leaves no empty DIR/ID
             for entry in sorted(unpacked.iterdir()):
                 old = target / entry.name
                 if old.is_dir() and not old.is_symlink():

@@ -152,6 +152,13 @@ def test_peek_parameters_and_jdl_of_a_job_that_ran(stub: Stub, tmp_path: Path) -
     assert (tmp_path / "o" / str(job) / "StdOut").read_text().endswith("second line\n")
 
 
+def test_failed_get_output_leaves_no_empty_job_directory(stub: Stub, tmp_path: Path) -> None:
+    (job,) = stub.submit('Executable = "/bin/true";')
+    done = cli("--server", stub.url, "get-output", str(job), "--dir", str(tmp_path / "o"))
+    assert done.returncode == 2 and "has no output sandbox" in done.stderr
+    assert not (tmp_path / "o" / str(job)).exists()
+
+
 def test_url_file_from_the_environment(stub: Stub, tmp_path: Path) -> None:
     url_file = tmp_path / "url"
     url_file.write_text(stub.url + "\n")
