@@ -413,9 +413,9 @@ def _main(argv: Sequence[str] | None) -> int:
         with user_client(args, args.issuer) as client:
             return run_client_command(client, args)
     except PilotError as exc:
-        refused = exit_code(exc) != int(exc.exit_code)  # the stub said no to this request
-        message = _reason(exc) if refused else str(exc)
-        about = f"job {args.id}: " if refused and isinstance(getattr(args, "id", None), int) else ""
+        message = _reason(exc) if refused(exc) else str(exc)
+        job = getattr(args, "id", None)
+        about = f"job {job}: " if refused(exc) and isinstance(job, int) else ""
         print(f"pilot-stub: {about}{message}", file=sys.stderr)
         return exit_code(exc)
     except BrokenPipeError:
@@ -426,6 +426,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)
+
+
+def refused(exc: PilotError) -> bool:
+    """The stub said no to this request (no such job, already ended...): other requests
+    may still work, unlike a wrong URL, an unreachable server or refused credentials."""
+    return exit_code(exc) != int(exc.exit_code)
 
 
 def exit_code(exc: PilotError) -> int:
@@ -679,7 +685,7 @@ def per_job(
         try:
             done.append(action(jid))
         except PilotError as exc:
-            if isinstance(exc, ServerUnreachable | AuthError):
+            if not refused(exc):
                 raise  # nothing else will work either
             print(f"pilot-stub: job {jid}: {_reason(exc)}", file=sys.stderr)
             code = code or exit_code(exc)

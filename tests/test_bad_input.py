@@ -182,6 +182,9 @@ CASES = [
     stub("url-file-garbage", "jobs", "--url-file", "{file}", says="not a server URL"),
     stub("https-to-http", "--server", "{stub_https}", "jobs", says="does not speak TLS"),
     stub("not-a-matcher", "--server", "{html}", "jobs", says="not from a pilot-agent matcher"),
+    # a wrong URL is said once, not once for each job id
+    stub("kill-not-a-matcher", "--server", "{html}", "kill", "1", "2", says="check the server"),
+    stub("status-https-to-http", "--server", "{stub_https}", "status", "1", "2", says="TLS"),
     # -- pilot-stub: jobs and files -----------------------------------------------------------
     stub("status-word", "--server", "{stub}", "status", "abc", says="'abc' is not a job id"),
     stub("status-zero", "--server", "{stub}", "status", "0", says="'0' is not a job id"),
