@@ -85,10 +85,15 @@ def _number(kind: type, low: float, high: float | None = None) -> Callable[[str]
     return convert
 
 
+MAX_JOB_ID = (1 << 63) - 1  # SQLite's largest integer: the stub stores no job beyond
+
+
 def job_id(text: str) -> int:
     value = text.strip()
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a whole number >= 1)")
+    if not value.isdecimal() or len(value) > 19 or not 1 <= int(value) <= MAX_JOB_ID:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a job id (a whole number 1..{MAX_JOB_ID})"
+        )
     return int(value)
 
 

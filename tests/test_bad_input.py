@@ -188,6 +188,10 @@ CASES = [
     # -- pilot-stub: jobs and files -----------------------------------------------------------
     stub("status-word", "--server", "{stub}", "status", "abc", says="'abc' is not a job id"),
     stub("status-zero", "--server", "{stub}", "status", "0", says="'0' is not a job id"),
+    # beyond SQLite's integers the stub answered 500 "internal server error"
+    stub("status-id-huge", "--server", "{stub}", "status", "9" * 23, says="is not a job id"),
+    stub("get-jdl-id-huge", "--server", "{stub}", "get-jdl", "9" * 19, says="1..92233"),
+    stub("status-id-superscript", "--server", "{stub}", "status", "\u00b2", says="not a job id"),
     stub("status-nothing", "--server", "{stub}", "status", says="give job ids"),
     stub("status-id-file", "--server", "{stub}", "status", "-f", "/nonexistent", says="-f"),
     stub("status-id-garbage", "--server", "{stub}", "status", "-f", "{file}", says=":1:"),
