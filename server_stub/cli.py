@@ -485,6 +485,8 @@ def user_client(args: argparse.Namespace, issuer: credentials.Proxy | None = Non
     if url.startswith("https://"):
         proxy_path = getattr(args, "proxy", None)
         proxy = credentials.load_proxy(proxy_path) if proxy_path else issuer
+        if proxy is not None:
+            credentials.validate(proxy)  # expired: said here, not as the server's TLS alert
         verify = credentials.ssl_context(
             proxy, getattr(args, "ca_dir", None), getattr(args, "ca_file", None)
         )
