@@ -603,17 +603,30 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_submit(client: UserClient, args: argparse.Namespace) -> int:
+    """Each file's ids are said (and appended to ``-f FILE``) as soon as it is submitted,
+    so that a later file's mistake loses none of them; with ``--json``, the list of the
+    files submitted so far is printed whatever happens."""
     rows = []
-    for path in args.jdl:
-        ids = submit_file(client, path)
-        rows.append({"file": str(path), "JobID": ids})
-        if not args.json:
-            print(f"JobID = {ids[0]}" if len(ids) == 1 else f"JobID = {ids}")
-        if args.id_file is not None:
-            with args.id_file.open("a") as fh:
-                fh.writelines(f"{i}\n" for i in ids)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    ids_out = None
+    if args.id_file is not None:  # opened before anything is submitted: a bad path costs none
+        try:
+            ids_out = args.id_file.open("a")
+        except OSError as exc:
+            raise UsageError(f"-f {args.id_file}: {exc.strerror or exc}") from None
+    try:
+        for path in args.jdl:
+            ids = submit_file(client, path)
+            rows.append({"file": str(path), "JobID": ids})
+            if not args.json:
+                print(f"JobID = {ids[0]}" if len(ids) == 1 else f"JobID = {ids}", flush=True)
+            if ids_out is not None:
+                ids_out.writelines(f"{i}\n" for i in ids)
+                ids_out.flush()
+    finally:
+        if ids_out is not None:
+            ids_out.close()
+        if args.json:
+            print(json.dumps(rows, indent=2))
     return 0
 
 

@@ -48,6 +48,21 @@ def test_submit_prints_job_ids_and_appends_them_to_a_file(stub: Stub, tmp_path: 
     assert row["file"] == str(jdl) and len(row["JobID"]) == 1
 
 
+def test_submit_loses_no_job_id_when_something_else_fails(stub: Stub, tmp_path: Path) -> None:
+    jdl = write_job(tmp_path)
+    bad = tmp_path / "bad.jdl"
+    bad.write_text('Executable = "x";\nArguments = "open\n')
+    no_file = cli("--server", stub.url, "submit", str(jdl), "-f", str(tmp_path))
+    assert no_file.returncode == 2 and no_file.stderr.startswith(f"pilot-stub: -f {tmp_path}:")
+    assert stub.client.jobs() == []  # refused before anything was submitted
+    ids_file = tmp_path / "ids"
+    half = cli("--server", stub.url, "submit", "--json", str(jdl), str(bad), "-f", str(ids_file))
+    assert half.returncode == 10 and "bad.jdl:2:" in half.stderr
+    (row,) = json.loads(half.stdout)  # the first file's job is said, in JSON too
+    assert row["JobID"] == [job["job_id"] for job in stub.client.jobs()]
+    assert ids_file.read_text().split() == [str(i) for i in row["JobID"]]
+
+
 def test_same_sandbox_is_stored_once(stub: Stub, tmp_path: Path) -> None:
     jdl = write_job(tmp_path)
     first = stub.client.get_jdl(int(cli("--server", stub.url, "submit", str(jdl)).stdout[8:]))
