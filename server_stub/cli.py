@@ -543,6 +543,8 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--sandbox-dir {sandbox_dir}: not a directory")
     if args.url_file is not None and not args.url_file.parent.is_dir():
         raise UsageError(f"--url-file {args.url_file}: no directory {args.url_file.parent}")
+    if args.url_file is not None and args.url_file.is_dir():
+        raise UsageError(f"--url-file {args.url_file}: is a directory; give a file name")
     ssl_context, auth = server_security(args)
     settings = ServerSettings(
         db=args.db,
@@ -576,7 +578,10 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     server.start()
     if args.url_file:
-        args.url_file.write_text(server.url + "\n")
+        # whole or not at all: a client polling for the file never reads it half written
+        part = args.url_file.with_name(f".{args.url_file.name}.part")
+        part.write_text(server.url + "\n")
+        os.replace(part, args.url_file)
     print(server.url, flush=True)
     log.info("matcher stub listening on %s (database %s)", server.url, settings.db)
     stop = threading.Event()

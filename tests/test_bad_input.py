@@ -170,6 +170,7 @@ CASES = [
     stub("serve-client-cert", "serve", "--require-client-cert", says="needs --cert"),
     stub("serve-key-alone", "serve", "--key", "{file}", says="--key needs --cert"),
     stub("serve-url-file", "serve", "--url-file", "/nonexistent/url", says="--url-file"),
+    stub("serve-url-file-dir", "serve", "--url-file", "{tmp}", says="--url-file"),
     stub("serve-sandbox-dir", "serve", "--sandbox-dir", "{file}/x", says="plain.txt/x"),
     stub("serve-token-file", "serve", "--pilot-token-file", "/nonexistent", says="/nonexistent"),
     # -- pilot-stub: where the server is ------------------------------------------------------
