@@ -9,6 +9,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import httpx
+import pytest
+
+from pilot.errors import ServerUnreachable
+from server_stub.userclient import UserClient
 from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot
 
 
@@ -61,6 +66,23 @@ def test_submit_loses_no_job_id_when_something_else_fails(stub: Stub, tmp_path: 
     (row,) = json.loads(half.stdout)  # the first file's job is said, in JSON too
     assert row["JobID"] == [job["job_id"] for job in stub.client.jobs()]
     assert ids_file.read_text().split() == [str(i) for i in row["JobID"]]
+
+
+class _LosesAnswers(httpx.HTTPTransport):
+    """The request reaches the stub; its answer never comes back."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        super().handle_request(request).read()
+        raise httpx.ReadError("connection reset by peer")
+
+
+def test_a_lost_answer_to_a_submission_is_not_retried(stub: Stub) -> None:
+    client = UserClient(stub.url, transport=_LosesAnswers())
+    with pytest.raises(ServerUnreachable, match="its jobs may be stored: see pilot-stub jobs"):
+        client.submit('Executable = "/bin/true";')
+    assert len(stub.client.jobs()) == 1  # stored once, not once per try
+    with pytest.raises(ServerUnreachable):  # a read is still retried, and then given up
+        client.jobs()
 
 
 def test_same_sandbox_is_stored_once(stub: Stub, tmp_path: Path) -> None:
