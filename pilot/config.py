@@ -438,12 +438,16 @@ def _to_number(kind: str, value: Any, text_source: bool) -> int | float:
     if kind == "int":
         if isinstance(value, float):
             raise _Bad("not a whole number")
+        if isinstance(value, int):
+            return value
         try:
-            return int(str(value).strip(), 10)
+            return int(value.strip(), 10)
         except ValueError:
             raise _Bad("not a whole number") from None
     try:
         number = float(value)
+    except OverflowError:  # a TOML integer beyond any float
+        raise _Bad("too small" if isinstance(value, int) and value < 0 else "too large") from None
     except ValueError:
         raise _Bad("not a number") from None
     if not math.isfinite(number):
@@ -513,7 +517,7 @@ def _read_file(path: Path) -> dict[str, tuple[str, Any]]:
         raise UsageError(f"cannot read configuration {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a text file (TOML expected)") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     flat: dict[str, tuple[str, Any]] = {}
     items = list(data.items())
@@ -675,7 +679,9 @@ def _option_fits(kind: str, value: Any) -> bool:
     if kind in ("int", "number"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
-        return math.isfinite(value) and (kind == "number" or isinstance(value, int))
+        if isinstance(value, int):
+            return True  # (math.isfinite overflows on a TOML integer beyond any float)
+        return kind == "number" and math.isfinite(value)
     if kind in ("str", "path"):
         return isinstance(value, str) and bool(value)
     return isinstance(value, list) and all(isinstance(v, str) and v for v in value)

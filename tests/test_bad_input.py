@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pilot import config
 from pilot.errors import ExitCode
 from tests.conftest import BIN, Stub, pilot_env, start_stub
 
@@ -130,6 +131,11 @@ CASES = [
     toml("toml-check-timeout-huge", "[checks.disk]\ntimeout = 1e300\n", "timeout = 1e+300: too"),
     toml("toml-dirac-timeout-huge", "[dirac]\ntimeout = 1e10\n", "[dirac] timeout = 1"),
     toml("toml-stalled-huge", "stalled_window = 1e300\n", "stalled_window = 1e+300: too large"),
+    # TOML integers beyond any float (OverflowError) or beyond int() of a text (ValueError)
+    toml("toml-int-beyond-float", f"idle_timeout = {'9' * 400}\n", "9: too large; expected"),
+    toml("toml-int-very-negative", f"grace = -{'9' * 400}\n", "9: too small; expected"),
+    toml("toml-table-beyond-float", f"[checks.disk]\ntimeout = {'9' * 400}\n", "9: too large"),
+    toml("toml-int-beyond-text", f"cores = {'9' * 5000}\n", "not valid TOML: Exceeds"),
     toml("toml-choice", 'log_format = "xml"\n', 'log_format = "xml"'),
     toml("toml-type", "isolation = 3\n", "isolation = 3"),
     toml("toml-site-empty", 'site = ""\n', 'site = ""'),
@@ -342,6 +348,14 @@ def test_the_table_is_big_enough() -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.prog}-{c.name}")
 def test_bad_input(case: Case, world: dict[str, str]) -> None:
     _check(_run(case, world, case.argv), case, case.code)
+
+
+def test_a_check_option_beyond_any_float_is_a_whole_number(tmp_path: Path) -> None:
+    """``[checks.disk] min_free_mb = 999...9`` (400 digits) made math.isfinite overflow."""
+    path = tmp_path / "huge.toml"
+    path.write_text(f"[checks.disk]\nmin_free_mb = {'9' * 400}\n")
+    cfg, origins = config.load({}, env={}, config_file=path)
+    config.check_options(cfg, origins, {"disk": {"min_free_mb": "int"}})
 
 
 SETTINGS = [c for c in CASES if c.setting]
