@@ -311,7 +311,7 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--reap-interval",
-        type=_number(float, 0.1),
+        type=_number(float, 0.1, 3600),  # a wait past threading.TIMEOUT_MAX ended the reaper
         default=30.0,
         metavar="S",
         help="seconds between stalled-job sweeps (default: %(default)s)",

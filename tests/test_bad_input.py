@@ -171,6 +171,7 @@ CASES = [
     stub("serve-off-loopback", "serve", "--host", "192.0.2.1", says="--insecure"),
     stub("serve-sandbox-limit", "serve", "--max-sandbox-mb", "0", says="--max-sandbox-mb"),
     stub("serve-stalled-nan", "serve", "--stalled-after", "nan", says="--stalled-after"),
+    stub("serve-reap-huge", "serve", "--reap-interval", "1e300", says="out of range: 0.1..3600"),
     stub("serve-workers-huge", "serve", "--workers", "100000", says="out of range: 1..1024"),
     stub("serve-conns-huge", "serve", "--max-connections", "1e9", says="--max-connections"),
     stub("serve-client-cert", "serve", "--require-client-cert", says="needs --cert"),
