@@ -873,12 +873,16 @@ def cmd_get_output(client: UserClient, args: argparse.Namespace) -> int:
 
 
 def lfn_of(text: str) -> str:
-    """``LFN:/vo/x`` as given, or ``/vo/x`` made into one; anything else is refused."""
-    if text.startswith("LFN:/"):
-        return text
-    if text.startswith("/") and not text.startswith("//"):
-        return "LFN:" + text
-    raise UsageError(f"{text!r} is not an LFN: write LFN:/vo/path or /vo/path")
+    """``LFN:/vo/x`` as given, or ``/vo/x`` made into one; anything else is refused,
+    and so are paths that name no file (``/``, ``/vo/..``, ``/vo/``) and ``?`` or ``#``,
+    which the stub's URL would cut off (the file would be stored under another name)."""
+    path = text.removeprefix("LFN:")
+    parts = path.split("/")
+    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
+        raise UsageError(f"{text!r} is not an LFN: write LFN:/vo/path or /vo/path")
+    if "?" in path or "#" in path:
+        raise UsageError(f"{text!r}: an LFN here may not hold '?' or '#'")
+    return "LFN:" + path
 
 
 def cmd_put_file(client: UserClient, args: argparse.Namespace) -> int:

@@ -221,6 +221,10 @@ CASES = [
     stub("peek-unknown", "--server", "{stub}", "peek", "999", says="job 999: no such job"),
     stub("peek-lines", "--server", "{stub}", "peek", "1", "-n", "0", says="--lines"),
     stub("get-file-not-lfn", "--server", "{stub}", "get-file", "vo/x", says="not an LFN"),
+    stub("get-file-root", "--server", "{stub}", "get-file", "/", says="'/' is not an LFN"),
+    stub("get-file-dots", "--server", "{stub}", "get-file", "/vo/..", says="not an LFN"),
+    stub("put-file-dir-lfn", "--server", "{stub}", "put-file", "/vo/", "{file}", says="not an"),
+    stub("put-file-query", "--server", "{stub}", "put-file", "/vo/a?b", "{file}", says="'?'"),
     stub("get-file-unknown", "--server", "{stub}", "get-file", "/vo/none", says="no file"),
     stub(
         "get-file-dir", "--server", "{stub}", "get-file", "/vo/x", "--dir", "{file}", says="--dir"
