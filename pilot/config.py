@@ -117,14 +117,17 @@ def _f(
 
 
 def _server_url(value: Any) -> str | None:
-    parts = urlsplit(str(value))
+    try:
+        parts = urlsplit(str(value))
+    except ValueError:  # an unclosed [IPv6 address
+        return "not a server URL"
     if parts.scheme not in SERVER_SCHEMES or not parts.hostname:
         return "not a server URL"
     try:
-        parts.port  # noqa: B018  (raises on a port out of range or not a number)
+        port = parts.port  # raises on a port out of range or not a number
     except ValueError:
-        return "the URL's port is not a number in 1..65535"
-    return None
+        port = 0
+    return "the URL's port is not a number in 1..65535" if port == 0 else None
 
 
 def _names(value: Any) -> str | None:
@@ -577,7 +580,10 @@ def _table_number(path: Path, where: str, value: Any, like: str) -> None:
 
 
 def _dips(path: Path, where: str, value: Any) -> None:
-    parts = urlsplit(value) if isinstance(value, str) else None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:  # an unclosed [IPv6 address
+        parts = None
     if parts is None or parts.scheme != "dips" or not parts.hostname:
         raise UsageError(
             f"{path}: {where} = {format_value(value)}:"
