@@ -905,7 +905,12 @@ def cmd_get_file(client: UserClient, args: argparse.Namespace) -> int:
     return 0
 
 
+PILOT_STAMP = re.compile(r"[\w.:@-]{1,128}")  # as the stub's route for a pilot's log takes it
+
+
 def cmd_pilots(client: UserClient, args: argparse.Namespace) -> int:
+    if args.log is not None and not PILOT_STAMP.fullmatch(args.log):
+        raise UsageError(f"--log {args.log!r}: not a pilot stamp (see pilot-stub pilots)")
     if args.log:
         text = client.pilot_log(args.log)
         _emit(args, {"stamp": args.log, "log": text}, text.rstrip("\n"))

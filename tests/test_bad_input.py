@@ -263,6 +263,8 @@ CASES = [
         "submit-no-input", "--server", "{stub}", "submit", "{lost_jdl}", code=SANDBOX, says="lost"
     ),
     stub("pilot-log-unknown", "--server", "{stub}", "pilots", "--log", "nobody", says="nobody"),
+    stub("pilot-log-path", "--server", "{stub}", "pilots", "--log", "a/b", says="not a pilot"),
+    stub("pilot-log-empty", "--server", "{stub}", "pilots", "--log", "", says="--log ''"),
     stub("no-such-command", "frobnicate", says="invalid choice"),
     stub("jobs-status", "--server", "{stub}", "jobs", "--status", "Waitng", says="'Waiting'"),
     stub("jobs-bad-flag", "jobs", "--bogus", says="--bogus"),
