@@ -124,3 +124,11 @@ class TerminalProgress:
         self.stream.write("\r" + line.ljust(60) + ("\n" if finished else ""))
         self.stream.flush()
         self.drawn = not finished
+
+    def end_line(self) -> None:
+        """End a line left unfinished (a transfer that failed), so that what is said
+        next starts a line of its own."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False

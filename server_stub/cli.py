@@ -408,9 +408,16 @@ def _main(argv: Sequence[str] | None) -> int:
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
+    progress = None
     if args.command != "serve" and not verbose and sys.stderr.isatty():
         logging.getLogger("pilot.job.outpack").setLevel(logging.INFO)  # "packing N files"
-        stub_client.progress_hook = cliutil.TerminalProgress(sys.stderr)
+        progress = stub_client.progress_hook = cliutil.TerminalProgress(sys.stderr)
+
+    def say(text: str) -> None:
+        if progress is not None:
+            progress.end_line()  # a transfer's progress line, cut short by this error
+        print(f"pilot-stub: {text}", file=sys.stderr)
+
     try:
         if args.command == "serve":
             return serve(args)
@@ -421,13 +428,13 @@ def _main(argv: Sequence[str] | None) -> int:
         message = _reason(exc) if refused(exc) else str(exc)
         job = getattr(args, "id", None)
         about = f"job {job}: " if refused(exc) and isinstance(job, int) else ""
-        print(f"pilot-stub: {about}{message}", file=sys.stderr)
+        say(f"{about}{message}")
         return exit_code(exc)
     except BrokenPipeError:
         raise
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"pilot-stub: {exc.strerror or exc}{where}", file=sys.stderr)
+        say(f"{exc.strerror or exc}{where}")
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)
