@@ -620,7 +620,8 @@ def check_paths(cfg: PilotConfig, origins: Mapping[str, str]) -> None:
     if cfg.work_dir is not None and cfg.work_dir.exists() and not cfg.work_dir.is_dir():
         raise UsageError(f"{where_of('work_dir', origins)} {cfg.work_dir}: not a directory")
     if cfg.proxy is not None and not cfg.proxy.is_file():
-        raise UsageError(f"{where_of('proxy', origins)} {cfg.proxy}: no such file")
+        what = "not a file" if cfg.proxy.exists() else "no such file"
+        raise UsageError(f"{where_of('proxy', origins)} {cfg.proxy}: {what}")
 
 
 def check_names(cfg: PilotConfig, origins: Mapping[str, str], known: Iterable[str]) -> None:

@@ -98,6 +98,7 @@ CASES = [
     run("plugin-path-missing", "--plugin-path", "/nonexistent", says="--plugin-path"),
     run("apptainer-no-image", "--isolation", "apptainer", says="--apptainer-image"),
     run("proxy-missing", "--proxy", "/nonexistent/proxy", says="--proxy /nonexistent/proxy"),
+    run("proxy-dir", "--proxy", "{tmp}", says=": not a file"),
     run("work-dir-file", "--work-dir", "{file}", says="--work-dir"),
     pilot("unknown-flag", "run", "--no-such-flag", says="unrecognized arguments"),
     pilot("flag-without-value", "run", "--cores", says="--cores"),
