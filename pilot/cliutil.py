@@ -35,14 +35,19 @@ def exit_codes_epilog() -> str:
 def check_server_url(url: str, where: str, schemes: Sequence[str] = ("http", "https")) -> str:
     """A usable server URL or a UsageError naming ``where`` (flag, variable or file)."""
     text = url.strip()
-    parts = urlsplit(text)
     shown = " or ".join(f"{s}://HOST:PORT" for s in schemes)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unclosed [IPv6 address
+        parts = urlsplit("")
     if parts.scheme not in schemes or not parts.hostname:
         raise UsageError(f"{where} {url!r}: not a server URL; expected {shown}")
     try:
-        parts.port  # noqa: B018  (raises when not a number or out of range)
+        port = parts.port  # raises when not a number or out of range
     except ValueError:
-        raise UsageError(f"{where} {url!r}: the port is not a number in 1..65535") from None
+        port = 0
+    if port == 0:
+        raise UsageError(f"{where} {url!r}: the port is not a number in 1..65535")
     return text.rstrip("/")
 
 
@@ -119,3 +124,11 @@ class TerminalProgress:
         self.stream.write("\r" + line.ljust(60) + ("\n" if finished else ""))
         self.stream.flush()
         self.drawn = not finished
+
+    def end_line(self) -> None:
+        """End a line left unfinished (a transfer that failed), so that what is said
+        next starts a line of its own."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False

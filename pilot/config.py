@@ -37,6 +37,12 @@ GROUP_COMMANDS: dict[str, frozenset[str]] = {
     "logging": frozenset({"run", "check", "local"}),
 }
 SERVER_SCHEMES = ("http", "https", "dips")
+# High bounds. Times: every interval ends up in a thread wait, which overflows past
+# threading.TIMEOUT_MAX (~292 years), and far below that a typo only makes a pilot that
+# never stops, never reports or never kills. Sizes: beyond any real node.
+HOUR, DAY, DAYS_30 = 3600, 86400, 30 * 86400
+MAX_CORES = 1 << 16
+MAX_MB = 1 << 30  # 1 PiB
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,17 @@ def _f(
 
 
 def _server_url(value: Any) -> str | None:
-    parts = urlsplit(str(value))
+    try:
+        parts = urlsplit(str(value))
+    except ValueError:  # an unclosed [IPv6 address
+        return "not a server URL"
     if parts.scheme not in SERVER_SCHEMES or not parts.hostname:
         return "not a server URL"
     try:
-        parts.port  # noqa: B018  (raises on a port out of range or not a number)
+        port = parts.port  # raises on a port out of range or not a number
     except ValueError:
-        return "the URL's port is not a number in 1..65535"
-    return None
+        port = 0
+    return "the URL's port is not a number in 1..65535" if port == 0 else None
 
 
 def _names(value: Any) -> str | None:
@@ -158,22 +167,35 @@ class PilotConfig:
         None, "path", "work directory", "slot", unset="a new pilot-* directory here"
     )
     idle_timeout: float = _f(
-        60.0, "float", "stop after this long without a match", "loop", unit="s", low=0
+        60.0, "float", "stop after this long without a match", "loop", unit="s", low=0, high=DAYS_30
     )
     max_jobs: int | None = _f(None, "int", "stop after this many jobs", "loop", low=1)
     max_concurrent: int | None = _f(None, "int", "at most this many jobs at once", "loop", low=1)
     cores: int | None = _f(
-        None, "int", "override the detected number of cores", "slot", low=1, unset="detected"
+        None,
+        "int",
+        "override the detected number of cores",
+        "slot",
+        low=1,
+        high=MAX_CORES,
+        unset="detected",
     )
     memory_mb: int | None = _f(
-        None, "int", "override the detected memory", "slot", unit="MB", low=1, unset="detected"
+        None,
+        "int",
+        "override the detected memory",
+        "slot",
+        unit="MB",
+        low=1,
+        high=MAX_MB,
+        unset="detected",
     )
     cpu_margin: float = _f(
         0.1, "float", "fraction of CPU time kept back when matching", "slot", low=0, high=0.9
     )
     # the server: per-call timeout, and how long undelivered reports are retried
     server_timeout: float = _f(
-        30.0, "float", "timeout of one server call", "server", unit="s", low=0.1, high=3600
+        30.0, "float", "timeout of one server call", "server", unit="s", low=0.1, high=HOUR
     )
     retry_for: float | None = _f(
         None,
@@ -182,7 +204,7 @@ class PilotConfig:
         "loop",
         unit="s",
         low=0,
-        high=30 * 86400,
+        high=DAYS_30,
         unset="until the slot ends",
     )
     command_interval: float = _f(
@@ -192,7 +214,7 @@ class PilotConfig:
         "loop",
         unit="s",
         low=1,
-        high=3600,
+        high=HOUR,
     )
     # checks
     checks_dir: Path | None = _f(None, "path", "directory of executable checks", "checks")
@@ -202,25 +224,33 @@ class PilotConfig:
     disable_check: list[str] = _f([], "list", "checks not to run", "checks", check=_names)
     require_check: list[str] = _f([], "list", "checks that must pass", "checks", check=_names)
     check_timeout: float = _f(
-        30.0, "float", "default timeout of one check", "checks", unit="s", above=0
+        30.0, "float", "default timeout of one check", "checks", unit="s", above=0, high=HOUR
     )
     failure_sleep: float = _f(
-        0.0, "float", "hold the slot this long after a failed check", "checks", unit="s", low=0
+        0.0,
+        "float",
+        "hold the slot this long after a failed check",
+        "checks",
+        unit="s",
+        low=0,
+        high=DAYS_30,
     )
     checks: dict[str, Any] = _f(
         {}, "table", "[checks.<name>] options", "checks", env=False, cli=False
     )
     # execution and watchdog
     heartbeat_interval: float = _f(
-        300.0, "float", "time between heartbeats", "job", unit="s", low=0.1
+        300.0, "float", "time between heartbeats", "job", unit="s", low=0.1, high=DAY
     )
     sample_interval: float = _f(
-        5.0, "float", "time between watchdog samples", "job", unit="s", low=0.05
+        5.0, "float", "time between watchdog samples", "job", unit="s", low=0.05, high=HOUR
     )
     stalled_window: float = _f(
-        1800.0, "float", "window for stalled detection", "job", unit="s", above=0
+        1800.0, "float", "window for stalled detection", "job", unit="s", above=0, high=DAYS_30
     )
-    grace: float = _f(30.0, "float", "time between SIGTERM and SIGKILL", "job", unit="s", low=0)
+    grace: float = _f(
+        30.0, "float", "time between SIGTERM and SIGKILL", "job", unit="s", low=0, high=HOUR
+    )
     isolation: str = _f(
         "none", "str", "payload isolation", "job", choices=("auto", "bwrap", "apptainer", "none")
     )
@@ -411,12 +441,16 @@ def _to_number(kind: str, value: Any, text_source: bool) -> int | float:
     if kind == "int":
         if isinstance(value, float):
             raise _Bad("not a whole number")
+        if isinstance(value, int):
+            return value
         try:
-            return int(str(value).strip(), 10)
+            return int(value.strip(), 10)
         except ValueError:
             raise _Bad("not a whole number") from None
     try:
         number = float(value)
+    except OverflowError:  # a TOML integer beyond any float
+        raise _Bad("too small" if isinstance(value, int) and value < 0 else "too large") from None
     except ValueError:
         raise _Bad("not a number") from None
     if not math.isfinite(number):
@@ -486,7 +520,7 @@ def _read_file(path: Path) -> dict[str, tuple[str, Any]]:
         raise UsageError(f"cannot read configuration {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a text file (TOML expected)") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     flat: dict[str, tuple[str, Any]] = {}
     items = list(data.items())
@@ -509,13 +543,7 @@ def _check_tables(values: Mapping[str, Any], path: Path) -> None:
                 f" a table; expected [checks.{name}] with key = value lines"
             )
         if "timeout" in table:
-            timeout = table["timeout"]
-            good = isinstance(timeout, int | float) and not isinstance(timeout, bool)
-            if not good or not math.isfinite(timeout) or timeout <= 0:
-                raise UsageError(
-                    f"{path}: [checks.{name}] timeout = {format_value(timeout)}: "
-                    "expected a number > 0 (s)"
-                )
+            _table_number(path, f"[checks.{name}] timeout", table["timeout"], "check_timeout")
     for key, value in values.get("dirac", {}).items():
         norm = str(key).lower().replace("_", "")
         known = {k.replace("_", ""): k for k in DIRAC_KEYS}
@@ -525,11 +553,7 @@ def _check_tables(values: Mapping[str, Any], path: Path) -> None:
                 f"{path}: [dirac] unknown key {key!r}{hint} (known: {', '.join(DIRAC_KEYS)})"
             )
         if norm == "timeout":
-            good = isinstance(value, int | float) and not isinstance(value, bool)
-            if not good or not math.isfinite(value) or value <= 0:
-                raise UsageError(
-                    f"{path}: [dirac] timeout = {format_value(value)}: expected a number > 0 (s)"
-                )
+            _table_number(path, f"[dirac] {key}", value, "server_timeout")
         elif norm == "storageelements":
             if not isinstance(value, dict):
                 raise UsageError(
@@ -544,8 +568,22 @@ def _check_tables(values: Mapping[str, Any], path: Path) -> None:
             _dips(path, f"[dirac] {key}", value)
 
 
+def _table_number(path: Path, where: str, value: Any, like: str) -> None:
+    """A number in a table, held to the bounds of the setting ``like``."""
+    spec = SPECS[like]
+    try:
+        _check_range(spec, _to_number(spec.kind, value, text_source=False))
+    except _Bad as exc:
+        raise UsageError(
+            f"{path}: {where} = {format_value(value)}: {exc}; expected {spec.allowed()}"
+        ) from None
+
+
 def _dips(path: Path, where: str, value: Any) -> None:
-    parts = urlsplit(value) if isinstance(value, str) else None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:  # an unclosed [IPv6 address
+        parts = None
     if parts is None or parts.scheme != "dips" or not parts.hostname:
         raise UsageError(
             f"{path}: {where} = {format_value(value)}:"
@@ -582,7 +620,8 @@ def check_paths(cfg: PilotConfig, origins: Mapping[str, str]) -> None:
     if cfg.work_dir is not None and cfg.work_dir.exists() and not cfg.work_dir.is_dir():
         raise UsageError(f"{where_of('work_dir', origins)} {cfg.work_dir}: not a directory")
     if cfg.proxy is not None and not cfg.proxy.is_file():
-        raise UsageError(f"{where_of('proxy', origins)} {cfg.proxy}: no such file")
+        what = "not a file" if cfg.proxy.exists() else "no such file"
+        raise UsageError(f"{where_of('proxy', origins)} {cfg.proxy}: {what}")
 
 
 def check_names(cfg: PilotConfig, origins: Mapping[str, str], known: Iterable[str]) -> None:
@@ -647,7 +686,9 @@ def _option_fits(kind: str, value: Any) -> bool:
     if kind in ("int", "number"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
-        return math.isfinite(value) and (kind == "number" or isinstance(value, int))
+        if isinstance(value, int):
+            return True  # (math.isfinite overflows on a TOML integer beyond any float)
+        return kind == "number" and math.isfinite(value)
     if kind in ("str", "path"):
         return isinstance(value, str) and bool(value)
     return isinstance(value, list) and all(isinstance(v, str) and v for v in value)

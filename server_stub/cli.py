@@ -85,10 +85,15 @@ def _number(kind: type, low: float, high: float | None = None) -> Callable[[str]
     return convert
 
 
+MAX_JOB_ID = (1 << 63) - 1  # SQLite's largest integer: the stub stores no job beyond
+
+
 def job_id(text: str) -> int:
     value = text.strip()
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a whole number >= 1)")
+    if not value.isdecimal() or len(value) > 19 or not 1 <= int(value) <= MAX_JOB_ID:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a job id (a whole number 1..{MAX_JOB_ID})"
+        )
     return int(value)
 
 
@@ -306,7 +311,7 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--reap-interval",
-        type=_number(float, 0.1),
+        type=_number(float, 0.1, 3600),  # a wait past threading.TIMEOUT_MAX ended the reaper
         default=30.0,
         metavar="S",
         help="seconds between stalled-job sweeps (default: %(default)s)",
@@ -403,9 +408,16 @@ def _main(argv: Sequence[str] | None) -> int:
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
+    progress = None
     if args.command != "serve" and not verbose and sys.stderr.isatty():
         logging.getLogger("pilot.job.outpack").setLevel(logging.INFO)  # "packing N files"
-        stub_client.progress_hook = cliutil.TerminalProgress(sys.stderr)
+        progress = stub_client.progress_hook = cliutil.TerminalProgress(sys.stderr)
+
+    def say(text: str) -> None:
+        if progress is not None:
+            progress.end_line()  # a transfer's progress line, cut short by this error
+        print(f"pilot-stub: {text}", file=sys.stderr)
+
     try:
         if args.command == "serve":
             return serve(args)
@@ -413,19 +425,25 @@ def _main(argv: Sequence[str] | None) -> int:
         with user_client(args, args.issuer) as client:
             return run_client_command(client, args)
     except PilotError as exc:
-        refused = exit_code(exc) != int(exc.exit_code)  # the stub said no to this request
-        message = _reason(exc) if refused else str(exc)
-        about = f"job {args.id}: " if refused and isinstance(getattr(args, "id", None), int) else ""
-        print(f"pilot-stub: {about}{message}", file=sys.stderr)
+        message = _reason(exc) if refused(exc) else str(exc)
+        job = getattr(args, "id", None)
+        about = f"job {job}: " if refused(exc) and isinstance(job, int) else ""
+        say(f"{about}{message}")
         return exit_code(exc)
     except BrokenPipeError:
         raise
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"pilot-stub: {exc.strerror or exc}{where}", file=sys.stderr)
+        say(f"{exc.strerror or exc}{where}")
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
         return int(ExitCode.SIGNALLED)
+
+
+def refused(exc: PilotError) -> bool:
+    """The stub said no to this request (no such job, already ended...): other requests
+    may still work, unlike a wrong URL, an unreachable server or refused credentials."""
+    return exit_code(exc) != int(exc.exit_code)
 
 
 def exit_code(exc: PilotError) -> int:
@@ -474,6 +492,8 @@ def user_client(args: argparse.Namespace, issuer: credentials.Proxy | None = Non
     if url.startswith("https://"):
         proxy_path = getattr(args, "proxy", None)
         proxy = credentials.load_proxy(proxy_path) if proxy_path else issuer
+        if proxy is not None:
+            credentials.validate(proxy)  # expired: said here, not as the server's TLS alert
         verify = credentials.ssl_context(
             proxy, getattr(args, "ca_dir", None), getattr(args, "ca_file", None)
         )
@@ -530,6 +550,8 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--sandbox-dir {sandbox_dir}: not a directory")
     if args.url_file is not None and not args.url_file.parent.is_dir():
         raise UsageError(f"--url-file {args.url_file}: no directory {args.url_file.parent}")
+    if args.url_file is not None and args.url_file.is_dir():
+        raise UsageError(f"--url-file {args.url_file}: is a directory; give a file name")
     ssl_context, auth = server_security(args)
     settings = ServerSettings(
         db=args.db,
@@ -563,7 +585,10 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     server.start()
     if args.url_file:
-        args.url_file.write_text(server.url + "\n")
+        # whole or not at all: a client polling for the file never reads it half written
+        part = args.url_file.with_name(f".{args.url_file.name}.part")
+        part.write_text(server.url + "\n")
+        os.replace(part, args.url_file)
     print(server.url, flush=True)
     log.info("matcher stub listening on %s (database %s)", server.url, settings.db)
     stop = threading.Event()
@@ -590,17 +615,30 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_submit(client: UserClient, args: argparse.Namespace) -> int:
+    """Each file's ids are said (and appended to ``-f FILE``) as soon as it is submitted,
+    so that a later file's mistake loses none of them; with ``--json``, the list of the
+    files submitted so far is printed whatever happens."""
     rows = []
-    for path in args.jdl:
-        ids = submit_file(client, path)
-        rows.append({"file": str(path), "JobID": ids})
-        if not args.json:
-            print(f"JobID = {ids[0]}" if len(ids) == 1 else f"JobID = {ids}")
-        if args.id_file is not None:
-            with args.id_file.open("a") as fh:
-                fh.writelines(f"{i}\n" for i in ids)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    ids_out = None
+    if args.id_file is not None:  # opened before anything is submitted: a bad path costs none
+        try:
+            ids_out = args.id_file.open("a")
+        except OSError as exc:
+            raise UsageError(f"-f {args.id_file}: {exc.strerror or exc}") from None
+    try:
+        for path in args.jdl:
+            ids = submit_file(client, path)
+            rows.append({"file": str(path), "JobID": ids})
+            if not args.json:
+                print(f"JobID = {ids[0]}" if len(ids) == 1 else f"JobID = {ids}", flush=True)
+            if ids_out is not None:
+                ids_out.writelines(f"{i}\n" for i in ids)
+                ids_out.flush()
+    finally:
+        if ids_out is not None:
+            ids_out.close()
+        if args.json:
+            print(json.dumps(rows, indent=2))
     return 0
 
 
@@ -679,7 +717,7 @@ def per_job(
         try:
             done.append(action(jid))
         except PilotError as exc:
-            if isinstance(exc, ServerUnreachable | AuthError):
+            if not refused(exc):
                 raise  # nothing else will work either
             print(f"pilot-stub: job {jid}: {_reason(exc)}", file=sys.stderr)
             code = code or exit_code(exc)
@@ -842,12 +880,16 @@ def cmd_get_output(client: UserClient, args: argparse.Namespace) -> int:
 
 
 def lfn_of(text: str) -> str:
-    """``LFN:/vo/x`` as given, or ``/vo/x`` made into one; anything else is refused."""
-    if text.startswith("LFN:/"):
-        return text
-    if text.startswith("/") and not text.startswith("//"):
-        return "LFN:" + text
-    raise UsageError(f"{text!r} is not an LFN: write LFN:/vo/path or /vo/path")
+    """``LFN:/vo/x`` as given, or ``/vo/x`` made into one; anything else is refused,
+    and so are paths that name no file (``/``, ``/vo/..``, ``/vo/``) and ``?`` or ``#``,
+    which the stub's URL would cut off (the file would be stored under another name)."""
+    path = text.removeprefix("LFN:")
+    parts = path.split("/")
+    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
+        raise UsageError(f"{text!r} is not an LFN: write LFN:/vo/path or /vo/path")
+    if "?" in path or "#" in path:
+        raise UsageError(f"{text!r}: an LFN here may not hold '?' or '#'")
+    return "LFN:" + path
 
 
 def cmd_put_file(client: UserClient, args: argparse.Namespace) -> int:
@@ -870,7 +912,12 @@ def cmd_get_file(client: UserClient, args: argparse.Namespace) -> int:
     return 0
 
 
+PILOT_STAMP = re.compile(r"[\w.:@-]{1,128}")  # as the stub's route for a pilot's log takes it
+
+
 def cmd_pilots(client: UserClient, args: argparse.Namespace) -> int:
+    if args.log is not None and not PILOT_STAMP.fullmatch(args.log):
+        raise UsageError(f"--log {args.log!r}: not a pilot stamp (see pilot-stub pilots)")
     if args.log:
         text = client.pilot_log(args.log)
         _emit(args, {"stamp": args.log, "log": text}, text.rstrip("\n"))

@@ -8,9 +8,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from pilot.backends.stub import HttpClient, RetryPolicy, sha256_file
+from pilot.errors import ServerUnreachable
 from pilot.grid import credentials
 from pilot.job import archive
+
+SUBMIT = "/api/jobs/jdl"
+# Failures after the whole request went out: the stub may have acted on it.
+_ANSWER_LOST = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError)
 
 
 class UserClient(HttpClient):
@@ -22,8 +29,23 @@ class UserClient(HttpClient):
         super().__init__(base_url, **kwargs)
 
     def submit(self, jdl_text: str) -> list[int]:
-        answer = self.json("POST", "/api/jobs/jdl", json=[jdl_text])
+        """Submit a JDL; its answer lost is not retried (see :meth:`_send_once`)."""
+        answer = self.json("POST", SUBMIT, json=[jdl_text])
         return [int(row["JobID"]) for row in answer]
+
+    def _send_once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One try; a submission whose answer was lost is not tried again, since the stub
+        may have stored its jobs already and a second try would store them twice."""
+        try:
+            return super()._send_once(method, path, **kwargs)
+        except _ANSWER_LOST as exc:
+            if (method, path) != ("POST", SUBMIT):
+                raise
+            raise ServerUnreachable(
+                f"{self.base_url}: the answer to the submission was lost"
+                f" ({exc or type(exc).__name__}); its jobs may be stored:"
+                " see pilot-stub jobs before submitting again"
+            ) from exc
 
     def put_sandbox(self, path: Path) -> str:
         sha = sha256_file(path)
@@ -65,13 +87,14 @@ class UserClient(HttpClient):
 
         Fetching again replaces what an earlier fetch wrote there (the sandbox is unpacked
         beside ``target`` first, so a refused archive leaves ``target`` as it was)."""
-        target.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".get-output-") as tmp:
             packed = Path(tmp) / "output.tar.gz"
             self.download(f"/api/jobs/{job_id}/sandbox/output", packed)
             unpacked = Path(tmp) / "files"
             unpacked.mkdir()
             names = archive.safe_unpack(packed, unpacked)
+            target.mkdir(exist_ok=True)  # only now: a failed fetch leaves no empty DIR/ID
             for entry in sorted(unpacked.iterdir()):
                 old = target / entry.name
                 if old.is_dir() and not old.is_symlink():

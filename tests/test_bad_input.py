@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pilot import config
 from pilot.errors import ExitCode
 from tests.conftest import BIN, Stub, pilot_env, start_stub
 
@@ -71,6 +72,12 @@ CASES = [
     run("payload-proxy", "--payload-proxy", "sometimes", says="one of full, limited, off"),
     run("payload-proxy-hours", "--payload-proxy-max-hours", "1e6", says="too large"),
     run("max-output-zero", "--max-output-mb", "0", says="--max-output-mb 0"),
+    # past threading.TIMEOUT_MAX a wait raises OverflowError in the thread that waits
+    run("heartbeat-huge", "--heartbeat-interval", "1e10", says="--heartbeat-interval 1e10: too"),
+    run("grace-huge", "--grace", "1e300", says="--grace 1e300: too large"),
+    run("check-timeout-huge", "--check-timeout", "1e300", says="--check-timeout 1e300: too"),
+    run("cores-huge", "--cores", "99999999999999999999999", says="too large"),
+    run("memory-huge", "--memory-mb", "99999999999999999999999", says="--memory-mb"),
     run("isolation-unknown", "--isolation", "chroot", says="one of auto, bwrap"),
     run("isolation-typo", "--isolation", "bwarp", says="did you mean 'bwrap'"),
     run("log-format", "--log-format", "xml", says="--log-format xml"),
@@ -79,6 +86,8 @@ CASES = [
     run("server-no-scheme", "--server", "localhost:8080", says="not a server URL"),
     run("server-ftp", "--server", "ftp://example.org", says="--server ftp://example.org"),
     run("server-port", "--server", "http://127.0.0.1:99999", says="port"),
+    run("server-port-zero", "--server", "http://127.0.0.1:0", says="port is not a number in 1"),
+    run("server-ipv6-open", "--server", "http://[::1", says="not a server URL"),
     run("site-empty", "--site", "", says="--site"),
     run("tags-blank", "--tags", "a b", says="'a b' is not a name"),
     run("disable-unknown", "--disable-check", "nosuch", says="--disable-check nosuch"),
@@ -89,6 +98,7 @@ CASES = [
     run("plugin-path-missing", "--plugin-path", "/nonexistent", says="--plugin-path"),
     run("apptainer-no-image", "--isolation", "apptainer", says="--apptainer-image"),
     run("proxy-missing", "--proxy", "/nonexistent/proxy", says="--proxy /nonexistent/proxy"),
+    run("proxy-dir", "--proxy", "{tmp}", says=": not a file"),
     run("work-dir-file", "--work-dir", "{file}", says="--work-dir"),
     pilot("unknown-flag", "run", "--no-such-flag", says="unrecognized arguments"),
     pilot("flag-without-value", "run", "--cores", says="--cores"),
@@ -104,6 +114,8 @@ CASES = [
     run("env-config-empty", says="PILOT_CONFIG=", PILOT_CONFIG=""),
     run("env-disable", says="PILOT_DISABLE_CHECK nosuch", PILOT_DISABLE_CHECK="nosuch"),
     run("env-sample", says="PILOT_SAMPLE_INTERVAL=0", PILOT_SAMPLE_INTERVAL="0"),
+    run("env-failure-sleep-huge", says="PILOT_FAILURE_SLEEP=1e10", PILOT_FAILURE_SLEEP="1e10"),
+    run("env-idle-huge", says="PILOT_IDLE_TIMEOUT=1e300", PILOT_IDLE_TIMEOUT="1e300"),
     # -- pilot: TOML -----------------------------------------------------------------------
     toml("toml-bool-int", "max_jobs = true\n", "max_jobs = true: not a whole number"),
     toml("toml-quoted-number", 'idle_timeout = "30"\n', 'idle_timeout = "30"'),
@@ -112,6 +124,7 @@ CASES = [
     toml("toml-checks-typo", "[checks.dsk]\nmin_free_mb = 1\n", "did you mean 'disk'"),
     toml("toml-dirac-typo", '[dirac]\nmatchr = "dips://h:1/a/b"\n', "did you mean 'matcher'"),
     toml("toml-dirac-scheme", '[dirac]\nmatcher = "http://h/x"\n', "dips://"),
+    toml("toml-dirac-ipv6-open", '[dirac]\nmatcher = "dips://[::1"\n', "dips://HOST:PORT"),
     toml("toml-unknown", 'sitte = "X"\n', "did you mean 'site'"),
     toml("toml-syntax", "site = \n", "not valid TOML"),
     toml("toml-list-items", "tags = [1, 2]\n", "tags = [1, 2]"),
@@ -119,6 +132,14 @@ CASES = [
     toml("toml-option-type", '[checks.disk]\nmin_free_mb = "lots"\n', 'min_free_mb = "lots"'),
     toml("toml-option-list", '[checks.cvmfs]\nrepositories = "a.org"\n', "a list of texts"),
     toml("toml-check-timeout", "[checks.disk]\ntimeout = -1\n", "timeout = -1"),
+    toml("toml-check-timeout-huge", "[checks.disk]\ntimeout = 1e300\n", "timeout = 1e+300: too"),
+    toml("toml-dirac-timeout-huge", "[dirac]\ntimeout = 1e10\n", "[dirac] timeout = 1"),
+    toml("toml-stalled-huge", "stalled_window = 1e300\n", "stalled_window = 1e+300: too large"),
+    # TOML integers beyond any float (OverflowError) or beyond int() of a text (ValueError)
+    toml("toml-int-beyond-float", f"idle_timeout = {'9' * 400}\n", "9: too large; expected"),
+    toml("toml-int-very-negative", f"grace = -{'9' * 400}\n", "9: too small; expected"),
+    toml("toml-table-beyond-float", f"[checks.disk]\ntimeout = {'9' * 400}\n", "9: too large"),
+    toml("toml-int-beyond-text", f"cores = {'9' * 5000}\n", "not valid TOML: Exceeds"),
     toml("toml-choice", 'log_format = "xml"\n', 'log_format = "xml"'),
     toml("toml-type", "isolation = 3\n", "isolation = 3"),
     toml("toml-site-empty", 'site = ""\n', 'site = ""'),
@@ -154,16 +175,20 @@ CASES = [
     stub("serve-off-loopback", "serve", "--host", "192.0.2.1", says="--insecure"),
     stub("serve-sandbox-limit", "serve", "--max-sandbox-mb", "0", says="--max-sandbox-mb"),
     stub("serve-stalled-nan", "serve", "--stalled-after", "nan", says="--stalled-after"),
+    stub("serve-reap-huge", "serve", "--reap-interval", "1e300", says="out of range: 0.1..3600"),
     stub("serve-workers-huge", "serve", "--workers", "100000", says="out of range: 1..1024"),
     stub("serve-conns-huge", "serve", "--max-connections", "1e9", says="--max-connections"),
     stub("serve-client-cert", "serve", "--require-client-cert", says="needs --cert"),
     stub("serve-key-alone", "serve", "--key", "{file}", says="--key needs --cert"),
     stub("serve-url-file", "serve", "--url-file", "/nonexistent/url", says="--url-file"),
+    stub("serve-url-file-dir", "serve", "--url-file", "{tmp}", says="--url-file"),
     stub("serve-sandbox-dir", "serve", "--sandbox-dir", "{file}/x", says="plain.txt/x"),
     stub("serve-token-file", "serve", "--pilot-token-file", "/nonexistent", says="/nonexistent"),
     # -- pilot-stub: where the server is ------------------------------------------------------
     stub("no-server", "status", "1", says="no server"),
     stub("server-no-scheme", "--server", "localhost:1", "status", "1", says="not a server URL"),
+    stub("server-ipv6-open", "--server", "http://[::1", "jobs", says="not a server URL"),
+    stub("server-port-zero", "--server", "http://127.0.0.1:0", "jobs", says="port is not a"),
     stub("server-after-command", "status", "1", "--server", "ftp://x", says="--server 'ftp://x'"),
     stub("env-server", "jobs", says="PILOT_SERVER 'localhost:1'", PILOT_SERVER="localhost:1"),
     stub("url-file-missing", "--url-file", "/nonexistent", "jobs", says="--url-file /nonexistent"),
@@ -171,9 +196,16 @@ CASES = [
     stub("url-file-garbage", "jobs", "--url-file", "{file}", says="not a server URL"),
     stub("https-to-http", "--server", "{stub_https}", "jobs", says="does not speak TLS"),
     stub("not-a-matcher", "--server", "{html}", "jobs", says="not from a pilot-agent matcher"),
+    # a wrong URL is said once, not once for each job id
+    stub("kill-not-a-matcher", "--server", "{html}", "kill", "1", "2", says="check the server"),
+    stub("status-https-to-http", "--server", "{stub_https}", "status", "1", "2", says="TLS"),
     # -- pilot-stub: jobs and files -----------------------------------------------------------
     stub("status-word", "--server", "{stub}", "status", "abc", says="'abc' is not a job id"),
     stub("status-zero", "--server", "{stub}", "status", "0", says="'0' is not a job id"),
+    # beyond SQLite's integers the stub answered 500 "internal server error"
+    stub("status-id-huge", "--server", "{stub}", "status", "9" * 23, says="is not a job id"),
+    stub("get-jdl-id-huge", "--server", "{stub}", "get-jdl", "9" * 19, says="1..92233"),
+    stub("status-id-superscript", "--server", "{stub}", "status", "\u00b2", says="not a job id"),
     stub("status-nothing", "--server", "{stub}", "status", says="give job ids"),
     stub("status-id-file", "--server", "{stub}", "status", "-f", "/nonexistent", says="-f"),
     stub("status-id-garbage", "--server", "{stub}", "status", "-f", "{file}", says=":1:"),
@@ -195,6 +227,10 @@ CASES = [
     stub("peek-unknown", "--server", "{stub}", "peek", "999", says="job 999: no such job"),
     stub("peek-lines", "--server", "{stub}", "peek", "1", "-n", "0", says="--lines"),
     stub("get-file-not-lfn", "--server", "{stub}", "get-file", "vo/x", says="not an LFN"),
+    stub("get-file-root", "--server", "{stub}", "get-file", "/", says="'/' is not an LFN"),
+    stub("get-file-dots", "--server", "{stub}", "get-file", "/vo/..", says="not an LFN"),
+    stub("put-file-dir-lfn", "--server", "{stub}", "put-file", "/vo/", "{file}", says="not an"),
+    stub("put-file-query", "--server", "{stub}", "put-file", "/vo/a?b", "{file}", says="'?'"),
     stub("get-file-unknown", "--server", "{stub}", "get-file", "/vo/none", says="no file"),
     stub(
         "get-file-dir", "--server", "{stub}", "get-file", "/vo/x", "--dir", "{file}", says="--dir"
@@ -228,6 +264,8 @@ CASES = [
         "submit-no-input", "--server", "{stub}", "submit", "{lost_jdl}", code=SANDBOX, says="lost"
     ),
     stub("pilot-log-unknown", "--server", "{stub}", "pilots", "--log", "nobody", says="nobody"),
+    stub("pilot-log-path", "--server", "{stub}", "pilots", "--log", "a/b", says="not a pilot"),
+    stub("pilot-log-empty", "--server", "{stub}", "pilots", "--log", "", says="--log ''"),
     stub("no-such-command", "frobnicate", says="invalid choice"),
     stub("jobs-status", "--server", "{stub}", "jobs", "--status", "Waitng", says="'Waiting'"),
     stub("jobs-bad-flag", "jobs", "--bogus", says="--bogus"),
@@ -323,6 +361,14 @@ def test_the_table_is_big_enough() -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.prog}-{c.name}")
 def test_bad_input(case: Case, world: dict[str, str]) -> None:
     _check(_run(case, world, case.argv), case, case.code)
+
+
+def test_a_check_option_beyond_any_float_is_a_whole_number(tmp_path: Path) -> None:
+    """``[checks.disk] min_free_mb = 999...9`` (400 digits) made math.isfinite overflow."""
+    path = tmp_path / "huge.toml"
+    path.write_text(f"[checks.disk]\nmin_free_mb = {'9' * 400}\n")
+    cfg, origins = config.load({}, env={}, config_file=path)
+    config.check_options(cfg, origins, {"disk": {"min_free_mb": "int"}})
 
 
 SETTINGS = [c for c in CASES if c.setting]

@@ -4,6 +4,7 @@ and how settings are understood (the same from the file, the environment and fla
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pilot import cli, config
+from pilot import cli, cliutil, config
 from pilot.errors import UsageError
 from server_stub import cli as stub_cli
 from tests.conftest import BIN, FAST, REPO, Stub, pilot_env, run_pilot
@@ -168,3 +169,25 @@ def test_the_readme_dirac_table_is_a_valid_configuration(tmp_path: Path) -> None
     conf.write_text('[dirac.storage_elements]\nSE-DISK = "https://se.example.org/x"\n')
     with pytest.raises(UsageError, match=r"\[dirac.storage_elements\] SE-DISK"):
         config.load({}, env={}, config_file=conf)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_progress_line_cut_short_is_ended_before_the_error() -> None:
+    screen = _Terminal()
+    progress = cliutil.TerminalProgress(screen, interval=0)
+    progress.end_line()
+    assert screen.getvalue() == ""  # nothing drawn: nothing to end
+    progress("upload big.bin", 6 << 20, 24 << 20, False)
+    progress.end_line()  # the upload failed here
+    print("pilot-stub: the error", file=screen)
+    assert screen.getvalue().splitlines()[-1] == "pilot-stub: the error"
+    before = screen.getvalue()
+    progress("upload big.bin", 24 << 20, 24 << 20, True)
+    drawn = screen.getvalue()[len(before) :]
+    progress.end_line()  # a finished line ends itself: nothing more
+    assert drawn.startswith("\rupload big.bin: 24.0 of 24.0 MiB 100 %") and drawn.endswith("\n")
+    assert screen.getvalue() == before + drawn

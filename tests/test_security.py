@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pilot.errors import AuthError
+from pilot.errors import AuthError, ExitCode
 from pilot.grid import credentials
 from server_stub.app import AuthPolicy
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
 from testbed.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
-from tests.conftest import FAST, Stub, pilot_env, run_pilot, secret
+from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot, secret
 
 PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 PILOT_TOKEN = secret("pilot-secret-1234")
@@ -191,3 +191,25 @@ def test_payload_never_sees_the_proxy_or_token(stub: Stub, pki: Pki, tmp_path: P
     seen = (tmp_path / "o" / "env.txt").read_text()
     assert "proxy=none" in seen and PAYLOAD_TOKEN not in seen
     assert str(proxy) not in seen and not PEM_KEY.search(done.stderr)
+
+
+def test_stub_client_with_an_expired_proxy_says_so(mtls_stub: Stub, pki: Pki) -> None:
+    """`pilot-stub --proxy` with an expired proxy: one line naming it (exit 31, as a
+    pilot's), not a TLS alert from the server."""
+    old = issue_proxy(
+        pki.user, not_before=now() - timedelta(hours=3), not_after=now() - timedelta(hours=1)
+    )
+    expired = pki.proxy_file("expired-user", proxy_pem(old, [pki.user.cert]))
+    done = subprocess.run(
+        [
+            *(str(BIN / "pilot-stub"), "--server", mtls_stub.url, "jobs"),
+            *("--proxy", str(expired), "--ca-file", str(pki.ca_file)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_pilot_env(pki),
+    )
+    lines = done.stderr.splitlines()
+    assert done.returncode == int(ExitCode.CREDENTIALS), done.stderr
+    assert len(lines) == 1 and f"proxy {expired} expired at" in lines[0], done.stderr

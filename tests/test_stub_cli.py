@@ -9,6 +9,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import httpx
+import pytest
+
+from pilot.errors import ServerUnreachable
+from server_stub.userclient import UserClient
 from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot
 
 
@@ -46,6 +51,38 @@ def test_submit_prints_job_ids_and_appends_them_to_a_file(stub: Stub, tmp_path: 
     as_json = cli("--server", stub.url, "submit", "--json", str(jdl))
     (row,) = json.loads(as_json.stdout)
     assert row["file"] == str(jdl) and len(row["JobID"]) == 1
+
+
+def test_submit_loses_no_job_id_when_something_else_fails(stub: Stub, tmp_path: Path) -> None:
+    jdl = write_job(tmp_path)
+    bad = tmp_path / "bad.jdl"
+    bad.write_text('Executable = "x";\nArguments = "open\n')
+    no_file = cli("--server", stub.url, "submit", str(jdl), "-f", str(tmp_path))
+    assert no_file.returncode == 2 and no_file.stderr.startswith(f"pilot-stub: -f {tmp_path}:")
+    assert stub.client.jobs() == []  # refused before anything was submitted
+    ids_file = tmp_path / "ids"
+    half = cli("--server", stub.url, "submit", "--json", str(jdl), str(bad), "-f", str(ids_file))
+    assert half.returncode == 10 and "bad.jdl:2:" in half.stderr
+    (row,) = json.loads(half.stdout)  # the first file's job is said, in JSON too
+    assert row["JobID"] == [job["job_id"] for job in stub.client.jobs()]
+    assert ids_file.read_text().split() == [str(i) for i in row["JobID"]]
+
+
+class _LosesAnswers(httpx.HTTPTransport):
+    """The request reaches the stub; its answer never comes back."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        super().handle_request(request).read()
+        raise httpx.ReadError("connection reset by peer")
+
+
+def test_a_lost_answer_to_a_submission_is_not_retried(stub: Stub) -> None:
+    client = UserClient(stub.url, transport=_LosesAnswers())
+    with pytest.raises(ServerUnreachable, match="its jobs may be stored: see pilot-stub jobs"):
+        client.submit('Executable = "/bin/true";')
+    assert len(stub.client.jobs()) == 1  # stored once, not once per try
+    with pytest.raises(ServerUnreachable):  # a read is still retried, and then given up
+        client.jobs()
 
 
 def test_same_sandbox_is_stored_once(stub: Stub, tmp_path: Path) -> None:
@@ -150,6 +187,13 @@ def test_peek_parameters_and_jdl_of_a_job_that_ran(stub: Stub, tmp_path: Path) -
         got = cli("--server", stub.url, "get-output", str(job), "--dir", str(tmp_path / "o"))
         assert got.returncode == 0 and got.stdout.startswith("1 file(s)"), got.stderr
     assert (tmp_path / "o" / str(job) / "StdOut").read_text().endswith("second line\n")
+
+
+def test_failed_get_output_leaves_no_empty_job_directory(stub: Stub, tmp_path: Path) -> None:
+    (job,) = stub.submit('Executable = "/bin/true";')
+    done = cli("--server", stub.url, "get-output", str(job), "--dir", str(tmp_path / "o"))
+    assert done.returncode == 2 and "has no output sandbox" in done.stderr
+    assert not (tmp_path / "o" / str(job)).exists()
 
 
 def test_url_file_from_the_environment(stub: Stub, tmp_path: Path) -> None:
