@@ -172,6 +172,8 @@ class StubApp:
             response = Response(exc.status, {"detail": str(exc)})
         except jdl.JDLError as exc:
             response = Response(400, {"detail": f"invalid JDL: {exc}"})
+        except OverflowError:  # SQLite's integers are 64-bit: no job, size or time beyond
+            response = Response(400, {"detail": "a number in the request is out of range"})
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             response = Response(500, {"detail": "internal server error"})

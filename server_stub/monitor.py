@@ -141,6 +141,8 @@ class Monitor:
             answer = self._error(exc.status, str(exc), environ)
         except StoreError as exc:
             answer = self._error(exc.status, str(exc), environ)
+        except OverflowError:  # a job id beyond SQLite's 64-bit integers: no such job
+            answer = self._error(404, "no such job", environ)
         except Exception:
             log.exception("monitor: internal error on %s", environ.get("PATH_INFO"))
             answer = self._error(500, "internal error (see the stub's log)", environ)

@@ -120,3 +120,25 @@ def test_oversized_output_still_returns_stdout_and_stderr(stub: Stub, tmp_path: 
     names = stub.client.get_output(job, tmp_path / "o")
     assert sorted(names) == ["StdErr", "StdOut"]
     assert (tmp_path / "o" / "StdOut").read_text() == "out\n"
+
+
+def test_an_lfn_with_query_or_fragment_characters_keeps_its_whole_name(
+    stub: Stub, tmp_path: Path
+) -> None:
+    """The catalogue route carries the LFN escaped: ``?`` and ``#`` used to cut the name
+    short (``LFN:/vo/a?b`` was stored as ``LFN:/vo/a``)."""
+    from pilot.backends.base import MatchedJob
+    from pilot.backends.stub import HttpClient, StubBackend
+
+    source = tmp_path / "result.txt"
+    source.write_bytes(b"odd name\n")
+    job = MatchedJob("1", "")
+    with HttpClient(stub.url) as http:
+        backend = StubBackend(http)
+        for lfn in ("LFN:/vo/a?b=1", "LFN:/vo/c#d", "LFN:/vo/e%20f"):
+            backend.store_lfn(job, lfn, source)
+            backend.fetch_lfn(job, lfn, tmp_path / "back")
+            assert (tmp_path / "back").read_bytes() == b"odd name\n"
+            assert stub.server.store.file(lfn)["sha256"] == hashlib.sha256(b"odd name\n").hexdigest()
+        with pytest.raises(ServerError, match="404"):
+            backend.fetch_lfn(job, "LFN:/vo/a", tmp_path / "cut")  # never stored under that

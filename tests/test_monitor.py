@@ -567,3 +567,18 @@ def test_the_api_refuses_requests_from_other_sites(stub: Stub) -> None:
         assert stub.status(job) == "Waiting"
         own = web.post("/api/jobs/jdl", content=payload, headers={"Origin": stub.url})
         assert own.status_code == 200  # the server's own pages may
+
+
+def test_a_job_id_beyond_64_bits_is_no_server_error(stub: Stub) -> None:
+    """SQLite's integers are 64-bit: a bigger id was a 500 'internal error' and a logged
+    traceback, on the API and on the pages."""
+    huge = "9" * 30
+    for method, path in (
+        ("GET", f"/api/jobs/{huge}"),
+        ("POST", f"/api/jobs/{huge}/kill"),
+        ("GET", f"/api/jobs/{huge}/sandbox/output"),
+    ):
+        answer = httpx.request(method, stub.url + path, timeout=10)
+        assert answer.status_code == 400 and "out of range" in answer.text, (path, answer.text)
+    page = httpx.get(f"{stub.url}/jobs/{huge}", timeout=10)
+    assert page.status_code == 404 and "no such job" in page.text

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -457,7 +458,7 @@ class StubBackend:
         )
 
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
-        entry = self.http.json("GET", f"/api/files/{lfn}")
+        entry = self.http.json("GET", _file_route(lfn))
         self.http.download(f"/api/sandboxes/{entry['sha256']}", dest, entry["sha256"])
 
     def store_lfn(
@@ -466,7 +467,7 @@ class StubBackend:
         sha = sha256_file(source)
         self.http.upload(f"/api/sandboxes/{sha}", source)
         body = {"sha256": sha, "size": source.stat().st_size}
-        self.http.json("PUT", f"/api/files/{lfn}", json=body, headers=self._job_headers(job))
+        self.http.json("PUT", _file_route(lfn), json=body, headers=self._job_headers(job))
 
     def delegate_proxy(
         self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
@@ -486,6 +487,11 @@ class StubBackend:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _file_route(lfn: str) -> str:
+    """The catalogue route of ``lfn``, escaped: a ``?`` or ``#`` in a name is the name's."""
+    return "/api/files/" + quote(lfn, safe="/:")
 
 
 def _commands(answer: Any, path: str) -> list[tuple[str, str]]:
