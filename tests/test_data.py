@@ -139,6 +139,7 @@ def test_an_lfn_with_query_or_fragment_characters_keeps_its_whole_name(
             backend.store_lfn(job, lfn, source)
             backend.fetch_lfn(job, lfn, tmp_path / "back")
             assert (tmp_path / "back").read_bytes() == b"odd name\n"
-            assert stub.server.store.file(lfn)["sha256"] == hashlib.sha256(b"odd name\n").hexdigest()
+            stored = stub.server.store.file(lfn)["sha256"]
+            assert stored == hashlib.sha256(b"odd name\n").hexdigest()
         with pytest.raises(ServerError, match="404"):
             backend.fetch_lfn(job, "LFN:/vo/a", tmp_path / "cut")  # never stored under that
