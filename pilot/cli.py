@@ -288,10 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error already printed
-        return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    args = cliutil.parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     logging_on = False
     try:
         if args.command == "jdl":

@@ -193,7 +193,11 @@ def _call(app: StubApp, method: str, path: str, **environ: Any) -> tuple[str, di
     return got["status"], got["headers"], body
 
 
-def test_only_the_owner_may_kill_or_reschedule(tmp_path: Path) -> None:
+def _alice_and_bob(
+    tmp_path: Path,
+) -> tuple[Store, StubApp, int, dict[str, str], dict[str, str]]:
+    """A stub that needs tokens or certificates, a job of alice's, and the WSGI environ
+    entries of alice's and bob's client certificates."""
     store = Store(tmp_path / "stub.db")
     app = StubApp(
         store,
@@ -203,6 +207,11 @@ def test_only_the_owner_may_kill_or_reschedule(tmp_path: Path) -> None:
     job = store.submit({"Executable": "/bin/true"}, "/DC=org/CN=alice")
     alice = {"stub.peer_identity": "/DC=org/CN=alice", "wsgi.url_scheme": "https"}
     bob = {"stub.peer_identity": "/DC=org/CN=bob", "wsgi.url_scheme": "https"}
+    return store, app, job, alice, bob
+
+
+def test_only_the_owner_may_kill_or_reschedule(tmp_path: Path) -> None:
+    store, app, job, alice, bob = _alice_and_bob(tmp_path)
     results = {}
     for name, who in (("bob", bob), ("alice", alice)):
         cookie = f"monitor_session={name}-" + "x" * 40
@@ -228,15 +237,7 @@ def test_only_the_owner_may_kill_or_reschedule(tmp_path: Path) -> None:
 
 def test_the_json_api_lets_only_the_owner_kill_reschedule_or_delete(tmp_path: Path) -> None:
     """The same rule as the pages: bob's certificate cannot end alice's job over the API."""
-    store = Store(tmp_path / "stub.db")
-    app = StubApp(
-        store,
-        SandboxStore(tmp_path / "sb", 1 << 20),
-        auth=AuthPolicy(frozenset({"p"}), frozenset({"u"})),
-    )
-    job = store.submit({"Executable": "/bin/true"}, "/DC=org/CN=alice")
-    alice = {"stub.peer_identity": "/DC=org/CN=alice", "wsgi.url_scheme": "https"}
-    bob = {"stub.peer_identity": "/DC=org/CN=bob", "wsgi.url_scheme": "https"}
+    store, app, job, alice, bob = _alice_and_bob(tmp_path)
     for method, path in (
         ("POST", f"/api/jobs/{job}/kill"),
         ("POST", f"/api/jobs/{job}/reschedule"),
