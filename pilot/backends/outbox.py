@@ -58,6 +58,7 @@ MIN_WAIT_S = 0.5
 MAX_WAIT_S = 15.0
 WARN_EVERY_S = 60.0  # while an entry is retried, one warning per this many seconds
 JOIN_S = 5.0  # at the end, how long calls in flight get to finish (all together)
+LINGER_S = 2.0  # how long a job's idle sender waits for its next report
 
 
 def retryable(exc: PilotError) -> bool:
@@ -136,6 +137,7 @@ class Outbox:
         self._stop = threading.Event()  # cut retries short (the pilot must exit now)
         self._cap: float | None = None  # no retry past this (the pilot was told to stop)
         self.given_up = 0  # entries that could not be delivered in their budget
+        self._draining = False  # the pilot is ending: no sender waits for more reports
 
     # -- posting ------------------------------------------------------------------------
 
@@ -153,17 +155,19 @@ class Outbox:
             queue.pending.append(entry)
             if kind == "status" and data.get("status") in FINAL_STATUSES:
                 queue.final_posted = True
-            if queue.worker is None:
-                self._spawn(queue)
-            return entry
+            sender = self._sender(queue) if queue.worker is None else None
+            self._cond.notify_all()  # a sender waiting for the job's next report: here it is
+        if sender is not None:
+            sender.start()  # outside the lock: the sender's first step takes it
+        return entry
 
-    def _spawn(self, queue: _JobQueue) -> None:
-        """Start the queue's sender (``self._cond`` held)."""
+    def _sender(self, queue: _JobQueue) -> threading.Thread:
+        """The queue's sender, made (``self._cond`` held) but not started."""
         queue.worker = threading.Thread(
             target=self._deliver_all, args=(queue,), name=f"outbox-{queue.job.job_id}"
         )
         queue.worker.daemon = True
-        queue.worker.start()
+        return queue.worker
 
     def _journal(self, queue: _JobQueue, record: Mapping[str, Any]) -> None:
         """Append to the job's journal; a journal that cannot be written (full disk) only
@@ -183,6 +187,13 @@ class Outbox:
     def _deliver_all(self, queue: _JobQueue) -> None:
         while True:
             with self._cond:
+                if not queue.pending and not queue.final_posted:
+                    # the job's next report usually follows soon: wait for it rather than
+                    # make the job's thread start a new sender for each
+                    self._cond.wait_for(
+                        lambda: bool(queue.pending) or queue.final_posted or self._draining,
+                        LINGER_S,
+                    )
                 if not queue.pending:
                     queue.worker = None
                     if queue.final_posted and not queue.owed:  # over, everything delivered
@@ -332,6 +343,8 @@ class Outbox:
         delivered (journaled for a later pilot)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            self._draining = True  # senders waiting for a job's next report end now
+            self._cond.notify_all()
             while any(q.worker is not None for q in self._queues.values()):
                 if stop is not None and stop.is_set():
                     self.hurry(grace)
@@ -345,7 +358,8 @@ class Outbox:
             workers = [q.worker for q in self._queues.values() if q.worker is not None]
         end = time.monotonic() + JOIN_S
         for worker in workers:
-            worker.join(max(0.0, end - time.monotonic()))
+            with contextlib.suppress(RuntimeError):  # made by a post, not started yet
+                worker.join(max(0.0, end - time.monotonic()))
         with self._cond:
             left_over = sum(len(q.pending) for q in self._queues.values())
             for queue in self._queues.values():
@@ -380,7 +394,8 @@ class Outbox:
                 count += len(queue.pending)
                 with self._cond:
                     self._queues[queue.job.job_id] = queue
-                    self._spawn(queue)
+                    sender = self._sender(queue)
+                sender.start()
         return count
 
     def _recover_one(self, path: Path) -> _JobQueue | None:

@@ -360,7 +360,7 @@ class _Supervisor:
         if ending is not None:
             log.info("payload %d: %s: stopping it", self.proc.pid, ending.minor)
             self._terminate()
-        scanned = proctable.scan()  # one full look at the node serves the count and the result
+        scanned = self._final_look()  # serves the count and the result
         leftovers = len(self.tree.live(scanned))
         table: Mapping[int, proctable.ProcStat] | None = scanned
         if leftovers:
@@ -374,6 +374,21 @@ class _Supervisor:
         if ending is None and self.pump.truncated():
             ending = self._output_ending()  # it ended by itself, but its output is cut
         return self._result(ending, leftovers, wall, table)
+
+    def _final_look(self) -> Mapping[int, proctable.ProcStat]:
+        """The processes that can belong to the job once its main process has ended.
+
+        :meth:`ProcessTree.members` only follows the pilot's children and the job's
+        processes seen before, so a walk from those (:meth:`ProcessTree.nearby`) holds all
+        it can find, without reading the whole process table (thousands of processes on
+        a big node, at every job's end). A walk can miss a process forked while it runs,
+        but not one that outlives two walks: two that find nothing of the job are enough;
+        when one finds something, the full scan decides, as for any kill."""
+        for _ in range(2):
+            table = self.tree.nearby()
+            if self.tree.live(table):
+                return proctable.scan()
+        return table
 
     def _output_ending(self) -> Ending:
         cap = self.sup.max_stdout_bytes / job_limits.MB
