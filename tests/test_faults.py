@@ -407,7 +407,7 @@ def _kill9_leaves_no_payload(
     try:
         assert wait_for(lambda: all_running(stub, [job]), 60), (work / "pilot.log").read_text()
         # main, its child, the daemon (and bwrap's processes when isolated)
-        assert wait_for(lambda: len(marked_processes(mark)) >= 3, 10)
+        assert wait_for(lambda: len(marked_processes(mark)) >= 3, 30), marked_processes(mark)
         time.sleep(0.5)
         os.kill(pilot_process(launcher), signal.SIGKILL)
         launcher.wait(10)

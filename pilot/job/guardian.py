@@ -147,8 +147,11 @@ def _guard(read_fd: int, write_fd: int, parent: int, report: Path | None) -> Non
     for name in _IGNORED:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
 
+    listening = True  # the parent's death ends the read loop once, by EOF or by signal
+
     def gone(signum: int, frame: object) -> None:
-        raise _ParentGone
+        if listening:  # after EOF ended the loop, the signal that follows changes nothing
+            raise _ParentGone
 
     signal.signal(PARENT_DEATH_SIGNAL, gone)
     with contextlib.suppress(OSError, AttributeError):
@@ -168,8 +171,10 @@ def _guard(read_fd: int, write_fd: int, parent: int, report: Path | None) -> Non
             *lines, buffered = buffered.split(b"\n")
             for line in lines:
                 _apply(line.decode(errors="replace").split(), jobs, seen)
+        listening = False
     except _ParentGone:
         pass
+    listening = False
     signal.signal(PARENT_DEATH_SIGNAL, signal.SIG_IGN)
     with contextlib.suppress(OSError):  # what the pilot wrote just before it died
         os.set_blocking(read_fd, False)
