@@ -19,9 +19,17 @@ RECORDER = Path(__file__).resolve().parent / "recorder.py"
 UNFINISHED = ("Received", "Waiting", "Matched", "Running", "Completing", "Stalled")
 
 
-def recorder_jdl(log: Path, seconds: float, *, extra: str = "", python: str = PYTHON) -> str:
-    """A job that appends its id to ``log``, sleeps, and prints ``job <id> done``."""
-    args = f"{RECORDER} rec {log} {seconds}"
+def recorder_jdl(
+    log: Path,
+    seconds: float,
+    *,
+    extra: str = "",
+    python: str = PYTHON,
+    script: str | Path = RECORDER,
+) -> str:
+    """A job that appends its id to ``log``, sleeps, and prints ``job <id> done``
+    (``script``: the recorder as the payload finds it, e.g. in its input sandbox)."""
+    args = f"{script} rec {log} {seconds}"
     return (
         f'Executable = "{python}"; Arguments = "{args}"; StdOutput = "out"; StdError = "err";'
         f' OutputSandbox = {{"out", "err"}}; {extra}'

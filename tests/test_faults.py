@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from server_stub.server import StubServer
-from testbed.faultcheck import error_lines, executions, judge, recorder_jdl
+from testbed.faultcheck import RECORDER, error_lines, executions, judge, recorder_jdl
 from testbed.faultproxy import FaultProxy, Faults
 from tests.conftest import Stub, start_stub
 from tests.payloads.support import (
@@ -399,9 +399,12 @@ def _kill9_leaves_no_payload(
 ) -> None:
     mark = new_mark("kill9")
     python = SYSTEM_PYTHON if argv0 or extra else PYTHON
-    jdl = recorder_jdl(log, 120, python=python)
+    # the recorder travels in the input sandbox: an isolated payload sees no repository
+    # that lives under /tmp (a clone there), the sandbox's /tmp being its own
+    sandbox = 'InputSandbox = {"recorder.py"};'
+    jdl = recorder_jdl(log, 120, python=python, script="recorder.py", extra=sandbox)
     jdl = jdl.replace(f"rec {log} 120", f"{mark} {log} 120 daemon")
-    (job,) = stub.submit(jdl)
+    (job,) = stub.submit(jdl, files={"recorder.py": RECORDER.read_text()})
     args = ["--idle-timeout", "1", *QUICK, *extra]
     launcher = start_pilot(stub, work, *args, env=env, argv0=argv0)
     try:
