@@ -79,13 +79,15 @@ def pilot_binary() -> Path:
 
 
 def test_build_from_an_empty_work_folder(tmp_path: Path) -> None:
-    """What a fresh machine does: no build folder, no stamp of installed packages (the
-    bullseye tree itself is reused). Nothing may assume a folder or stamp of an earlier run."""
+    """What a fresh machine does: no build folder and no output folder (the bullseye tree
+    and its installed packages are reused: reinstalling them took 3 of the suite's 12
+    minutes; the install into a folder that does not exist yet is
+    test_build_script.py::test_an_install_into_a_work_folder_that_does_not_exist_yet).
+    Nothing may assume a folder of an earlier run."""
     _require_build_tools()
     work, output = tmp_path / "new" / "work", tmp_path / "out" / "pilot"
-    build_binary("--work-dir", str(work), "--output", str(output), "--force", "--reinstall")
-    lock = (REPO / "requirements" / "binary.lock").read_text()
-    assert (work / "requirements.txt").read_text() == lock
+    build_binary("--work-dir", str(work), "--output", str(output), "--force")
+    assert (work / "dist" / "pilot").is_file()
     done = subprocess.run([str(output), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
 

@@ -121,3 +121,27 @@ def test_an_interrupted_reinstall_does_not_pass_for_done(
     with pytest.raises(KeyboardInterrupt):
         build.ensure_build_python(root, tmp_path / "work")
     assert not stamp.exists()
+
+
+def test_an_install_into_a_work_folder_that_does_not_exist_yet(
+    build: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A fresh machine: no work folder, no stamp. The locked requirements were written into
+    a folder nothing had made (FileNotFoundError); now the folder is made, the lock is the
+    requirements file, the wheels are fetched into it and the install runs, then stamps."""
+    root, work = tmp_path / "root", tmp_path / "new" / "work"
+    calls: list[str] = []
+    monkeypatch.setattr(
+        build, "download_wheels", lambda req, dest: calls.append(f"download {req} {dest}")
+    )
+    monkeypatch.setattr(build, "run", lambda argv, **kw: calls.append("install"))
+    (root / build.rootfs.PYTHON_PREFIX.lstrip("/")).mkdir(parents=True)
+    build.ensure_build_python(root, work)
+    lock = build.BINARY_LOCK.read_text()
+    assert (work / "requirements.txt").read_text() == lock
+    assert calls == [f"download {work / 'requirements.txt'} {work / 'wheels'}", "install"]
+    stamp = root / build.rootfs.PYTHON_PREFIX.lstrip("/") / "pilot-build-pins.txt"
+    assert stamp.read_text() == lock
+    calls.clear()
+    build.ensure_build_python(root, tmp_path / "other")  # stamped: nothing to do
+    assert calls == []
