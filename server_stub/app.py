@@ -19,7 +19,7 @@ from http import HTTPStatus
 from typing import Any, BinaryIO
 
 from pilot.job import jdl
-from server_stub.monitor import Monitor, Refused
+from server_stub.monitor import Monitor, Refused, may_act
 from server_stub.proxies import ProxyStore
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store, StoreError
@@ -235,9 +235,8 @@ class StubApp:
         return Response(200, {"job_id": int(job_id), "result": "Deleted"})
 
     def _owner_only(self, request: Request, job_id: int, action: str) -> None:
-        """A caller with an identity (certificate, user token) acts on its own jobs only,
-        as in the monitor; an open stub (no identity) lets anyone."""
-        if request.identity is not None and self.store.job(job_id).get("owner") != request.identity:
+        # no identity here means an open stub: authorize() refused the rest already
+        if not may_act(request.identity, self.store.job(job_id), open_stub=True):
             raise StoreError(f"only the job's owner may {action} job {job_id}", 403)
 
     # -- pilot side ---------------------------------------------------------------------

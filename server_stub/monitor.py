@@ -107,6 +107,15 @@ class Visitor:
     new_sid: bool
 
 
+def may_act(identity: str | None, job: Mapping[str, Any], open_stub: bool) -> bool:
+    """Whether a caller may kill, reschedule or delete ``job``: someone with an identity
+    (certificate, user token) acts on their own jobs only; without one, only on an open
+    stub. The pages and the JSON API both ask this."""
+    if identity is None:
+        return open_stub
+    return identity == job.get("owner")
+
+
 class Monitor:
     def __init__(self, store: Store, sandboxes: SandboxStore, auth: AuthPolicy) -> None:
         self.store = store
@@ -332,11 +341,7 @@ class Monitor:
         return _redirect(f"/jobs/{job_id}?" + _query(result=result))
 
     def _may_act(self, visitor: Visitor, job: Mapping[str, Any]) -> bool:
-        """Someone with an identity (certificate, user token) acts on their own jobs only;
-        without one, only on an open stub, where the API lets anyone too."""
-        if visitor.identity is None:
-            return self._open
-        return visitor.identity == job.get("owner")
+        return may_act(visitor.identity, job, self._open)
 
     # -- who is asking --------------------------------------------------------------------
 

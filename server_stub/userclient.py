@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from pilot.backends.stub import HttpClient, RetryPolicy, sha256_file
+from pilot.backends.stub import HttpClient, RetryPolicy, file_route, sha256_file
 from pilot.errors import ServerUnreachable
 from pilot.grid import credentials
 from pilot.job import archive
@@ -79,7 +79,7 @@ class UserClient(HttpClient):
 
     def get_file(self, lfn: str, dest: Path) -> int:
         """Download the catalogue file ``lfn`` to ``dest`` (checked against its sha256)."""
-        entry = self.json("GET", f"/api/files/{lfn}")
+        entry = self.json("GET", file_route(lfn))
         return self.download(f"/api/sandboxes/{entry['sha256']}", dest, str(entry["sha256"]))
 
     def get_output(self, job_id: int, target: Path) -> list[str]:
@@ -124,5 +124,5 @@ class UserClient(HttpClient):
 
     def put_file(self, lfn: str, path: Path) -> str:
         sha = self.put_sandbox(path)
-        self.json("PUT", f"/api/files/{lfn}", json={"sha256": sha, "size": path.stat().st_size})
+        self.json("PUT", file_route(lfn), json={"sha256": sha, "size": path.stat().st_size})
         return sha

@@ -458,7 +458,7 @@ class StubBackend:
         )
 
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
-        entry = self.http.json("GET", _file_route(lfn))
+        entry = self.http.json("GET", file_route(lfn))
         self.http.download(f"/api/sandboxes/{entry['sha256']}", dest, entry["sha256"])
 
     def store_lfn(
@@ -467,7 +467,7 @@ class StubBackend:
         sha = sha256_file(source)
         self.http.upload(f"/api/sandboxes/{sha}", source)
         body = {"sha256": sha, "size": source.stat().st_size}
-        self.http.json("PUT", _file_route(lfn), json=body, headers=self._job_headers(job))
+        self.http.json("PUT", file_route(lfn), json=body, headers=self._job_headers(job))
 
     def delegate_proxy(
         self, job: MatchedJob, request_pem: str, lifetime: int, limited: bool
@@ -489,7 +489,7 @@ class StubBackend:
         self.http.close()
 
 
-def _file_route(lfn: str) -> str:
+def file_route(lfn: str) -> str:
     """The catalogue route of ``lfn``, escaped: a ``?`` or ``#`` in a name is the name's."""
     return "/api/files/" + quote(lfn, safe="/:")
 
