@@ -71,10 +71,14 @@ class CredentialsCheck:
             where = f"at {path}" if path is not None else "(X509_USER_PROXY unset)"
             return CheckOutcome(status, f"no X.509 proxy {where}", facts)
         min_left = timedelta(seconds=float(ctx.option(NAME, "min_time_left", 600)))
-        try:
-            proxy = load_proxy(path)
-        except CredentialError as exc:
-            return CheckOutcome(Status.FAILED, f"cannot read proxy: {exc}", facts)
+        resolved = ctx.credentials.proxy
+        if resolved is not None and resolved.path == path:
+            proxy = resolved  # the pilot read it already: one read and one parse per start
+        else:
+            try:
+                proxy = load_proxy(path)
+            except CredentialError as exc:
+                return CheckOutcome(Status.FAILED, f"cannot read proxy: {exc}", facts)
         facts.update(_proxy_facts(proxy))
         try:
             validate_proxy(proxy, min_left)

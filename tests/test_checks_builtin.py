@@ -444,6 +444,20 @@ def test_credentials_valid_proxy(tmp_path: Path, no_tokens: pytest.MonkeyPatch) 
     assert 7200 - 120 < outcome.facts["time_left"] <= 7200
 
 
+def test_credentials_reports_the_proxy_the_pilot_resolved_without_reading_it_again(
+    tmp_path: Path, no_tokens: pytest.MonkeyPatch
+) -> None:
+    proxy = tmp_path / "x509up"
+    _proxy(proxy, dt.datetime.now(dt.UTC) + dt.timedelta(hours=2))
+    no_tokens.setenv("X509_USER_PROXY", str(proxy))
+    info = BatchInfo("local", None, 1, None, None)
+    ctx = CheckContext(tmp_path, info, {}, credentials=resolve())  # loaded, as `pilot run` does
+    proxy.write_text("not a certificate")  # a second read would fail
+    outcome = CredentialsCheck().run(ctx)
+    assert outcome.status is Status.PASSED, outcome.message
+    assert outcome.facts["identity"] == "CN=Test User,O=Pilot Tests"
+
+
 def test_credentials_expired_absent_and_garbage(
     tmp_path: Path, no_tokens: pytest.MonkeyPatch
 ) -> None:
