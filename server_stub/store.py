@@ -559,6 +559,8 @@ class Store:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
+            if row["status"] == JobStatus.DELETED:  # a new command, not a retry of one
+                raise StoreError(f"job {job_id} is already Deleted", 409)
             if row["status"] in (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING):
                 db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
             self._record(db, job_id, JobStatus.DELETED, Minor.DELETED_BY_USER, None, "JobManager")

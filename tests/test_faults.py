@@ -529,10 +529,10 @@ def test_a_user_command_whose_reply_is_lost_acts_once_and_succeeds(
     assert _history_count(stub, job, *row) == 1
     if command == "reschedule":
         assert stub.client.job(job)["reschedules"] == 1
-    if command == "kill" and before == "Waiting":
+    if command != "reschedule" and before == "Waiting":
         again = cli("--server", proxy.url, command, str(job))  # a new command, not a retry
         assert again.returncode == 2
-        assert again.stderr.strip() == f"pilot-stub: job {job}: is already Killed"
+        assert again.stderr.strip() == f"pilot-stub: job {job}: is already {row[0]}"
         assert _history_count(stub, job, *row) == 1
 
 
