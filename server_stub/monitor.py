@@ -239,7 +239,7 @@ class Monitor:
             self.store.history(job_id),
             self.store.jdl_of(job_id),
             may_act=self._may_act(visitor, job),
-            csrf=self._csrf(visitor.sid),
+            csrf=self.csrf_token(visitor.sid),
             result=result if result in RESULTS else None,
             killable=job["status"] in KILLABLE,
             reschedulable=job["status"] in RESCHEDULABLE,
@@ -290,7 +290,7 @@ class Monitor:
             main,
             section=section,
             who=visitor.identity,
-            csrf=self._csrf(visitor.sid),
+            csrf=self.csrf_token(visitor.sid),
             live="/live?" + _query(path=target) if live else None,
             version=_version(main) if live else None,
         )
@@ -400,11 +400,12 @@ class Monitor:
     def _login_form(
         self, visitor: Visitor, environ: Environ, target: str, error: str | None
     ) -> Answer:
-        title, main = pages.login_page(self._csrf(visitor.sid), target, error)
+        title, main = pages.login_page(self.csrf_token(visitor.sid), target, error)
         body = pages.frame(title, main, section="", who=None, csrf=None, live=None, version=None)
         return Answer(200, [body], headers=self._cookie(visitor, environ))
 
-    def _csrf(self, sid: str) -> str:
+    def csrf_token(self, sid: str) -> str:
+        """The token a form of the session ``sid`` must carry (an HMAC of the session id)."""
         return hmac.new(self._secret, sid.encode(), hashlib.sha256).hexdigest()
 
     def _cookie(self, visitor: Visitor, environ: Environ) -> list[tuple[str, str]]:
@@ -466,7 +467,7 @@ class Monitor:
         raw = environ["wsgi.input"].read(length) if length > 0 else b""
         form = _parse_query(raw.decode("utf-8", "replace"))
         if visitor.new_sid or not hmac.compare_digest(
-            form.get("csrf", ""), self._csrf(visitor.sid)
+            form.get("csrf", ""), self.csrf_token(visitor.sid)
         ):
             raise Refused(403, "form expired or not from this site: reload the page and retry")
         return form

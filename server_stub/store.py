@@ -142,7 +142,7 @@ class Store:
         self._write = threading.Lock()
         self._pending: list[tuple[int, int | None, str]] = []  # index changes of this tx
         self.queues = TaskQueues()
-        db = self._conn()
+        db = self.connection()
         db.executescript(SCHEMA)
         _add_column(db, "jobs", "spent_token_hash", "TEXT")
         for row in db.execute(
@@ -151,7 +151,9 @@ class Store:
         ):
             self.queues.add(int(row["id"]), int(row["priority"]), row["requirements"])
 
-    def _conn(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the database (opened on first use); writes go
+        through :meth:`transaction`."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -162,8 +164,10 @@ class Store:
         return conn
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE, serialised with the other writers):
+        committed when the block ends, rolled back if it raises."""
+        db = self.connection()
         with self._write:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -221,7 +225,7 @@ class Store:
             previous = attrs
         now = time.time()
         ids: list[int] = []
-        with self._tx() as db:
+        with self.transaction() as db:
             for text, priority, requirements, name in rows:
                 cur = db.execute(
                     "INSERT INTO jobs (jdl, owner, status, minor, priority, requirements,"
@@ -290,7 +294,7 @@ class Store:
         )
 
     def job(self, job_id: int) -> dict[str, Any]:
-        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise StoreError(f"no job {job_id}", 404)
         return _job_view(row)
@@ -299,11 +303,11 @@ class Store:
         sql, args = "SELECT * FROM jobs", tuple[str, ...]()
         if status:
             sql, args = sql + " WHERE status = ?", (status,)
-        return [_job_view(r) for r in self._conn().execute(sql + " ORDER BY id", args)]
+        return [_job_view(r) for r in self.connection().execute(sql + " ORDER BY id", args)]
 
     def history(self, job_id: int) -> list[dict[str, Any]]:
         self.job(job_id)
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             "SELECT * FROM history WHERE job_id = ? ORDER BY ts, rowid", (job_id,)
         )
         return [
@@ -318,7 +322,7 @@ class Store:
         ]
 
     def jdl_of(self, job_id: int) -> str:
-        row = self._conn().execute("SELECT jdl FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self.connection().execute("SELECT jdl FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise StoreError(f"no job {job_id}", 404)
         return str(row["jdl"])
@@ -337,7 +341,7 @@ class Store:
 
         A ``request_id`` seen before answers with the job it claimed then (its reply was
         lost), with the same token, as long as that job is still only Matched."""
-        with self._tx() as db:
+        with self.transaction() as db:
             if request_id and not dry_run:
                 again = self._replay(db, request_id, pilot)
                 if again is not None:
@@ -445,7 +449,7 @@ class Store:
         """Refuse (403) a token that is not the job's; True when it is the job's spent
         token (revoked by the job's final status) and ``spent_ok`` lets it through."""
         row = (
-            self._conn()
+            self.connection()
             .execute("SELECT token_hash, spent_token_hash FROM jobs WHERE id = ?", (job_id,))
             .fetchone()
         )
@@ -461,14 +465,14 @@ class Store:
 
     def has_update(self, job_id: int, ts: float, source: str = "Pilot") -> bool:
         """Whether the update stamped ``ts`` from ``source`` is already recorded."""
-        return _has_update(self._conn(), job_id, ts, source)
+        return _has_update(self.connection(), job_id, ts, source)
 
     def set_status(self, job_id: int, update: Mapping[str, Any], ts: float) -> None:
         status = update.get("Status")
         if status is not None and status not in set(JobStatus):
             raise StoreError(f"unknown status {status!r}")
         source = str(update.get("Source", "Pilot"))
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
@@ -502,14 +506,14 @@ class Store:
         if not job_ids:
             return []
         marks = ",".join("?" * len(job_ids))
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             f"SELECT id FROM jobs WHERE kill_requested = 1 AND pilot = ? AND id IN ({marks})",
             (pilot, *job_ids),
         )
         return [(int(r["id"]), "Kill") for r in rows]
 
     def heartbeat(self, job_id: int, data: Mapping[str, Any]) -> list[str]:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE jobs SET heartbeat = ?, heartbeat_data = ? WHERE id = ?",
                 (time.time(), json.dumps(data), job_id),
@@ -518,7 +522,7 @@ class Store:
         return ["Kill"] if row and row["kill_requested"] else []
 
     def attach_output(self, job_id: int, sha256: str) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("UPDATE jobs SET output_sandbox = ? WHERE id = ?", (sha256, job_id))
 
     def output_of(self, job_id: int) -> str:
@@ -536,7 +540,7 @@ class Store:
 
     def kill(self, job_id: int, request_id: str | None = None) -> str:
         """Kill a job: immediately when it is not running, else on the next heartbeat."""
-        with self._tx() as db:
+        with self.transaction() as db:
             if (again := _answered(db, request_id, "kill", job_id)) is not None:
                 return again
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -553,7 +557,7 @@ class Store:
             return _answer(db, request_id, "kill", job_id, Minor.KILL_REQUESTED)
 
     def delete(self, job_id: int, request_id: str | None = None) -> str:
-        with self._tx() as db:
+        with self.transaction() as db:
             if (again := _answered(db, request_id, "delete", job_id)) is not None:
                 return again
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -572,7 +576,7 @@ class Store:
     def reap_stalled(self, timeout: float, max_reschedules: int) -> list[int]:
         """Jobs whose pilot went silent: Stalled, then back to Waiting or Failed."""
         limit = time.time() - timeout
-        with self._tx() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT id, reschedules FROM jobs WHERE status IN (?, ?, ?) AND heartbeat < ?",
                 (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING, limit),
@@ -611,7 +615,7 @@ class Store:
     # -- pilots and files ---------------------------------------------------------------
 
     def register_pilot(self, stamp: str, info: Mapping[str, Any]) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO pilots (stamp, registered, info) VALUES (?, ?, ?)"
                 " ON CONFLICT(stamp) DO UPDATE SET info = excluded.info",
@@ -619,7 +623,7 @@ class Store:
             )
 
     def pilots(self) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             "SELECT stamp, registered, info FROM pilots ORDER BY registered"
         )
         return [
@@ -628,19 +632,21 @@ class Store:
         ]
 
     def set_pilot_log(self, stamp: str, text: str) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             cur = db.execute("UPDATE pilots SET log = ? WHERE stamp = ?", (text, stamp))
             if cur.rowcount == 0:
                 raise StoreError(f"no pilot {stamp}", 404)
 
     def pilot_log(self, stamp: str) -> str:
-        row = self._conn().execute("SELECT log FROM pilots WHERE stamp = ?", (stamp,)).fetchone()
+        row = (
+            self.connection().execute("SELECT log FROM pilots WHERE stamp = ?", (stamp,)).fetchone()
+        )
         if row is None:
             raise StoreError(f"no pilot {stamp}", 404)
         return str(row["log"] or "")
 
     def put_file(self, lfn: str, sha256: str, size: int) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO files VALUES (?, ?, ?) ON CONFLICT(lfn) DO UPDATE"
                 " SET sha256 = excluded.sha256, size = excluded.size",
@@ -648,7 +654,7 @@ class Store:
             )
 
     def file(self, lfn: str) -> dict[str, Any]:
-        row = self._conn().execute("SELECT * FROM files WHERE lfn = ?", (lfn,)).fetchone()
+        row = self.connection().execute("SELECT * FROM files WHERE lfn = ?", (lfn,)).fetchone()
         if row is None:
             raise StoreError(f"no file {lfn}", 404)
         return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
@@ -658,7 +664,7 @@ class Store:
     # on indexes (MONITOR_INDEXES), so that pages stay fast at 10^5 jobs (bench/monitor.py).
 
     def ensure_monitor_indexes(self) -> None:
-        db = self._conn()
+        db = self.connection()
         columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
         if "name" not in columns:  # a database written before the monitor existed
             db.execute("ALTER TABLE jobs ADD COLUMN name TEXT NOT NULL DEFAULT ''")
@@ -677,7 +683,7 @@ class Store:
         where, args = _monitor_where(filters)
         column = MONITOR_SORTS[sort]
         way = "DESC" if descending else "ASC"
-        db = self._conn()
+        db = self.connection()
         total = int(db.execute(f"SELECT COUNT(*) FROM jobs{where}", args).fetchone()[0])
         order = f"ORDER BY {column} {way}, id {way}"
         # The page's ids first, from narrow indexes; then only those rows (with their JDL).
@@ -692,7 +698,7 @@ class Store:
         """Distinct values of an exact-match filter column (read from its index)."""
         if column not in ("status", "site", "owner"):
             raise ValueError(f"no choices for {column!r}")
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             f"SELECT DISTINCT {column} FROM jobs WHERE {column} IS NOT NULL"
             f" ORDER BY {column} LIMIT ?",
             (limit,),
@@ -700,7 +706,7 @@ class Store:
         return [str(r[0]) for r in rows]
 
     def jobs_of_pilot(self, stamp: str, limit: int = 500) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             f"SELECT {_LIST_COLUMNS} FROM jobs WHERE pilot = ? ORDER BY id DESC LIMIT ?",
             (stamp, limit),
         )
@@ -708,7 +714,7 @@ class Store:
 
     def pilot(self, stamp: str) -> dict[str, Any]:
         row = (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT stamp, registered, info, length(log) AS log_size FROM pilots"
                 " WHERE stamp = ?",
@@ -722,7 +728,7 @@ class Store:
 
     def monitor_pilots(self, offset: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
         """A page of pilots, newest first, each with the number of jobs it holds or ran."""
-        db = self._conn()
+        db = self.connection()
         total = int(db.execute("SELECT COUNT(*) FROM pilots").fetchone()[0])
         rows = db.execute(
             "SELECT stamp, registered, info, length(log) AS log_size,"
@@ -735,7 +741,7 @@ class Store:
     def reschedule(self, job_id: int, request_id: str | None = None) -> str:
         """Put a finished or stalled job back to Waiting (a user's reschedule); a retry
         with the same ``request_id`` answers again without rescheduling twice."""
-        with self._tx() as db:
+        with self.transaction() as db:
             if (again := _answered(db, request_id, "reschedule", job_id)) is not None:
                 return again
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -761,13 +767,13 @@ class Store:
 
     def add_proxy_request(self, request_id: str, key_pem: bytes, max_age: float) -> None:
         now = time.time()
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM proxy_requests WHERE created < ?", (now - max_age,))
             db.execute("INSERT INTO proxy_requests VALUES (?, ?, ?)", (request_id, key_pem, now))
 
     def take_proxy_request(self, request_id: str, max_age: float) -> bytes:
         """The key of a pending upload request, removed (each request is used once)."""
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT key_pem, created FROM proxy_requests WHERE id = ?", (request_id,)
             ).fetchone()
@@ -777,7 +783,7 @@ class Store:
         return bytes(row["key_pem"])
 
     def put_proxy(self, owner: str, pem: bytes, not_after: float) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO proxies VALUES (?, ?, ?, ?) ON CONFLICT(owner) DO UPDATE"
                 " SET pem = excluded.pem, not_after = excluded.not_after,"
@@ -787,7 +793,7 @@ class Store:
 
     def proxy_of(self, owner: str) -> tuple[bytes, float] | None:
         row = (
-            self._conn()
+            self.connection()
             .execute("SELECT pem, not_after FROM proxies WHERE owner = ?", (owner,))
             .fetchone()
         )

@@ -682,10 +682,10 @@ def test_a_retried_final_status_is_spaced_and_then_its_job_forgotten(
     fake.replies["setJobStatusBulk"] = {"OK": False, "Message": "database busy"}
     with pytest.raises(DisetError, match="database busy"):
         backend.set_status(JOB, done)
-    assert JOB.job_id in backend._last_ms  # the failed final status keeps the job's time
+    assert JOB.job_id in backend.timed_jobs()  # the failed final status keeps the job's time
     del fake.replies["setJobStatusBulk"]
     backend.set_status(JOB, done)  # the outbox's retry: the same update
-    assert backend._last_ms == {}
+    assert backend.timed_jobs() == []
     stamps = [next(iter(args[1])) for _, action, args in fake.calls if action == "setJobStatusBulk"]
     assert len(stamps) == 3 and stamps[0] < stamps[1] < stamps[2], stamps
 
@@ -708,9 +708,9 @@ def test_the_status_times_table_does_not_grow_over_many_jobs(
         job = MatchedJob(str(n), "[]")
         backend.set_status(job, StatusUpdate(JobStatus.RUNNING, "Application"))
         backend.set_status(job, StatusUpdate(application="half way"))
-        assert list(backend._last_ms) == [str(n)]
+        assert backend.timed_jobs() == [str(n)]
         backend.set_status(job, StatusUpdate(ends[n % 3], "Ended"))
-        assert backend._last_ms == {}
+        assert backend.timed_jobs() == []
     assert len(sent) == 3 * 3000
 
 

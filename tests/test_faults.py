@@ -264,7 +264,7 @@ def test_a_lost_match_reply_whose_job_moved_on_is_no_job(stub: Stub) -> None:
     with httpx.Client(base_url=stub.url) as http:  # the request whose reply is lost
         assert http.post("/api/jobs/match", json=body).json()["job_id"] == first[0]
     stub.client.delete(first[0])
-    backend._request_id = "r" * 32  # as the pilot keeps it after a lost reply
+    backend.pending_request = "r" * 32  # as the pilot keeps it after a lost reply
     try:
         assert backend.match({}) is None
         job = backend.match({})
@@ -470,7 +470,7 @@ def test_the_guardian_spares_a_process_that_took_a_job_process_number() -> None:
         jobs: dict[str, int] = {}
         seen: dict[str, set[tuple[int, int]]] = {}
         for line in ("+ a 1", "p a 1 1", "- a", f"+ b {ended.pid}", f"p b {bystander.pid} 1"):
-            guardian._apply(line.split(), jobs, seen)
+            guardian.apply_line(line.split(), jobs, seen)
         assert jobs == {"b": ended.pid}  # job a ended: forgotten
         assert guardian.end_jobs(jobs, seen) == 0  # the number, not the process
         assert bystander.poll() is None

@@ -3,7 +3,14 @@
 1. ``checks/`` imports nothing from ``pilot`` but ``pilot.api``.
 2. ``pilot`` imports ``checks`` only where the built-ins are registered (``pilot/cli.py``).
 3. No module imports another module's private (``_name``) names, nor reaches into them
-   through an imported module (a package's own ``_module`` files are its business).
+   through an imported module however it was imported (``import a.b as x; x._f``,
+   ``import a.b; a.b._f``, ``from a import b as x; x._f``). This holds for the tests, the
+   test bed and the benchmarks too: what a test needs is a public, documented name, or it
+   tests through the public API. A module named ``_name.py`` is private to its package: the
+   package's modules may import it, and so may the package's own tests
+   (``tests/test_<package>.py``, ``tests/test_<package>_*.py``) as a whole module, to test
+   it directly; none may import a private name from it. Shared test helpers live in public
+   modules (``tests/conftest.py``, ``tests/tls.py``, ``testbed/``), not in test files.
 4. Each stage subpackage of ``pilot`` imports only what its docstring allows.
 5. Benchmarks (and the test bed they share with the tests) import nothing from ``tests/``.
 """
@@ -21,7 +28,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CODE = ("pilot", "checks", "server_stub", "bench", "testbed")
+CODE = ("pilot", "checks", "server_stub", "bench", "testbed", "tests")
 REGISTRATION = "pilot.cli"  # the one module of pilot that may import checks
 
 # What each part of pilot may import from pilot (prefixes; "pilot" alone is the package's
@@ -85,18 +92,27 @@ def sources() -> Iterator[tuple[str, Path, ast.Module]]:
     yield from _parsed()
 
 
-def imports(module: str, path: Path, tree: ast.Module) -> Iterator[Import]:
+def _from_imports(
+    module: str, path: Path, tree: ast.Module
+) -> Iterator[tuple[str, ast.ImportFrom]]:
+    """Each ``from x import ...`` with the absolute name of ``x``."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(tree):  # function-level and TYPE_CHECKING imports count too
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield Import(module, alias.name, (), node.lineno)
-        elif isinstance(node, ast.ImportFrom):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
             target = node.module or ""
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join([*base, target] if target else base)
-            yield Import(module, target, tuple(a.name for a in node.names), node.lineno)
+            yield target, node
+
+
+def imports(module: str, path: Path, tree: ast.Module) -> Iterator[Import]:
+    for node in ast.walk(tree):  # function-level and TYPE_CHECKING imports count too
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(module, alias.name, (), node.lineno)
+    for target, node in _from_imports(module, path, tree):
+        yield Import(module, target, tuple(a.name for a in node.names), node.lineno)
 
 
 @functools.cache
@@ -164,6 +180,16 @@ def _same_package(module: str, target: str) -> bool:
     return target.rpartition(".")[0] == module.rpartition(".")[0] or within(target, module)
 
 
+def _own_tests(module: str, target: str) -> bool:
+    """``tests.test_checks_builtin`` is a test of the ``checks`` package: it may import
+    that package's private modules (``checks._db12``), though no private name in them."""
+    top = target.partition(".")[0]
+    return within(module.rpartition(".")[0], "tests") and (
+        module.rpartition(".")[2] == f"test_{top}"
+        or module.rpartition(".")[2].startswith(f"test_{top}_")
+    )
+
+
 def test_no_module_imports_another_modules_private_names() -> None:
     bad = []
     for imp in all_imports():
@@ -171,31 +197,120 @@ def test_no_module_imports_another_modules_private_names() -> None:
             continue
         for name in imp.names:
             full = f"{imp.target}.{name}"
-            if _private(name) and not (full in MODULES and _same_package(imp.module, full)):
+            if _private(name) and not (
+                full in MODULES
+                and (_same_package(imp.module, full) or _own_tests(imp.module, full))
+            ):
                 bad.append(f"{imp.module}:{imp.line} imports {full}")
         if _private(imp.target.rpartition(".")[2]) and not _same_package(imp.module, imp.target):
             bad.append(f"{imp.module}:{imp.line} imports private module {imp.target}")
     assert bad == []
 
 
-def test_no_module_reaches_into_another_modules_private_names() -> None:
+def _dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for a chain of attributes on a name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def bindings(module: str, path: Path, tree: ast.Module) -> dict[str, str]:
+    """The local names a module binds to modules of the code base, and to what.
+
+    ``import a.b.c`` binds ``a`` (to ``a``), ``import a.b as x`` binds ``x`` to ``a.b``,
+    ``from a import b`` and ``from a import b as x`` bind ``b``/``x`` to ``a.b`` when that is
+    a module."""
+    bound = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    bound[alias.asname] = alias.name
+                else:
+                    top = alias.name.partition(".")[0]
+                    bound[top] = top
+    for imp, node in _from_imports(module, path, tree):
+        for alias in node.names:
+            if f"{imp}.{alias.name}" in MODULES:
+                bound[alias.asname or alias.name] = f"{imp}.{alias.name}"
+    return bound
+
+
+def private_uses(module: str, path: Path, tree: ast.Module) -> list[str]:
+    """Every ``m._x`` where ``m`` (an import, aliased or a dotted chain) names another
+    module of the code base and ``_x`` is private to it."""
+    bound = bindings(module, path, tree)
     bad = []
-    for module, path, tree in sources():
-        aliases = {}
-        for imp in imports(module, path, tree):
-            for name in imp.names:
-                if f"{imp.target}.{name}" in MODULES:
-                    aliases[name] = f"{imp.target}.{name}"
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Attribute)
-                and isinstance(node.value, ast.Name)
-                and node.value.id in aliases
-                and _private(node.attr)
-                and not _same_package(module, f"{aliases[node.value.id]}.{node.attr}")
-            ):
-                bad.append(f"{module}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not _private(node.attr):
+            continue
+        chain = _dotted(node.value)
+        if chain is None:
+            continue
+        head, _, rest = chain.partition(".")
+        if head not in bound:
+            continue
+        owner = ".".join(filter(None, [bound[head], rest]))
+        if owner not in MODULES:
+            continue
+        if owner == module or _same_package(module, f"{owner}.{node.attr}"):
+            continue
+        bad.append(f"{module}:{node.lineno} uses {owner}.{node.attr}")
+    return bad
+
+
+def test_no_module_reaches_into_another_modules_private_names() -> None:
+    bad = [use for module, path, tree in sources() for use in private_uses(module, path, tree)]
     assert bad == []
+
+
+# Private names of the standard library the tests may use: os._exit is documented public
+# API; argparse offers no public way to list a parser's options and subcommands.
+STDLIB_PRIVATE = {"_exit", "_actions", "_SubParsersAction", "_HelpAction"}
+
+
+def test_tests_touch_no_private_attribute_of_an_object() -> None:
+    """Beyond imports: no test reads or sets ``obj._x`` of an object of the code base
+    (``backend._request_id``, ``store._conn()``); an object's own methods use ``self._x``."""
+    bad = [
+        f"{module}:{node.lineno} uses {ast.unparse(node)}"
+        for module, _, tree in sources()
+        if within(module, "tests")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and _private(node.attr)
+        and node.attr not in STDLIB_PRIVATE
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
+    assert bad == []
+
+
+SNIPPETS = {
+    "import pilot.job.guardian as gg\ngg._apply": "pilot.job.guardian._apply",
+    "import pilot.job.guardian\npilot.job.guardian._apply": "pilot.job.guardian._apply",
+    "from pilot.job import guardian as gd\ngd._apply": "pilot.job.guardian._apply",
+    "from pilot.job import guardian\nguardian._apply": "pilot.job.guardian._apply",
+    "from pilot import job\njob.guardian._apply": "pilot.job.guardian._apply",
+    "import pilot\ndef f():\n    return pilot.job.guardian._apply": "pilot.job.guardian._apply",
+}
+
+
+@pytest.mark.parametrize("source", sorted(SNIPPETS))
+def test_the_private_name_rule_catches_every_import_form(source: str) -> None:
+    path = REPO / "pilot" / "agent.py"
+    found = private_uses("pilot.agent", path, ast.parse(source))
+    assert found == [f"pilot.agent:{source.count(chr(10)) + 1} uses {SNIPPETS[source]}"]
+
+
+def test_the_private_name_rule_allows_public_and_own_names() -> None:
+    path = REPO / "pilot" / "job" / "guardian.py"
+    source = "import pilot.job.guardian as g\ng.apply\nfrom pilot.job import jdl\njdl.parse\n"
+    assert private_uses("pilot.job.guardian", path, ast.parse(source)) == []
+    assert private_uses("pilot.job.guardian", path, ast.parse("import os\nos._exit")) == []
 
 
 def _rule_for(module: str) -> tuple[str, tuple[str, ...]] | None:

@@ -25,7 +25,7 @@ from server_stub.sandboxes import SandboxStore
 from server_stub.store import MONITOR_SORTS, Store, StoreError
 from testbed.pki import Pki, pki_fixture  # noqa: F401 (session fixture)
 from tests.conftest import BIN, Stub, pilot_env, secret, start_stub
-from tests.test_security import _https_stub, _proxy_file
+from tests.tls import https_stub, proxy_file
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 RES = {"Site": "S", "CPUTime": 10**6, "NumberOfProcessors": 1}
@@ -218,7 +218,7 @@ def test_only_the_owner_may_kill_or_reschedule(tmp_path: Path) -> None:
         status, _, page = _call(app, "GET", f"/jobs/{job}", HTTP_COOKIE=cookie, **who)
         assert status.startswith("200")
         assert ('id="kill"' in page) == (name == "alice")
-        form = f"csrf={app.monitor._csrf(name + '-' + 'x' * 40)}".encode()
+        form = f"csrf={app.monitor.csrf_token(name + '-' + 'x' * 40)}".encode()
         results[name] = _call(
             app,
             "POST",
@@ -251,11 +251,11 @@ def test_the_json_api_lets_only_the_owner_kill_reschedule_or_delete(tmp_path: Pa
 
 
 def test_client_certificate_is_the_identity_over_tls(tmp_path: Path, pki: Pki) -> None:
-    stub = _https_stub(tmp_path / "mtls", pki, require_cert=True, auth=AuthPolicy())
+    stub = https_stub(tmp_path / "mtls", pki, require_cert=True, auth=AuthPolicy())
     try:
         (mine,) = stub.submit('Executable = "/bin/true";')
         theirs = stub.server.store.submit({"Executable": "/bin/true"}, "/O=DIRACTest/CN=other")
-        proxy = credentials.load_proxy(_proxy_file(pki, "monitor-user-proxy"))
+        proxy = credentials.load_proxy(proxy_file(pki, "monitor-user-proxy"))
         verify = credentials.ssl_context(proxy, ca_file=pki.ca_file)
         with httpx.Client(base_url=stub.url, verify=verify, follow_redirects=False) as web:
             page = web.get(f"/jobs/{mine}")
@@ -456,7 +456,7 @@ def test_table_queries_walk_indexes(many: Store) -> None:
     """Pages sorted by a column written once are read in index order (no sort of every
     row), exact filters use an index: what keeps a page fast at 10^5 jobs
     (bench/monitor.py measures it, also for the columns without an index)."""
-    db = many._conn()
+    db = many.connection()
 
     def plan(sql: str, args: tuple[Any, ...] = ()) -> str:
         return " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql, args))

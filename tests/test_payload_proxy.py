@@ -24,8 +24,8 @@ from server_stub import cli as stub_cli
 from server_stub.app import AuthPolicy
 from testbed.pki import Pki, issue_proxy, issue_user, now, pki_fixture, proxy_pem  # noqa: F401
 from tests.conftest import BIN, FAST, Stub, run_pilot, unavailable
-from tests.test_security import _https_stub
-from tests.test_security import _pilot_env as _env
+from tests.tls import https_stub
+from tests.tls import tls_pilot_env as _env
 
 OWNER_DN = "/O=DIRACTest/OU=users/CN=testuser"
 
@@ -58,7 +58,7 @@ def _spki(public_key: object) -> bytes:
 @pytest.fixture
 def proxy_stub(tmp_path: Path, pki: Pki) -> Iterator[Stub]:
     """An HTTPS stub that requires client certificates; the user talks to it with a proxy."""
-    stub = _https_stub(tmp_path / "stub", pki, require_cert=True, auth=AuthPolicy())
+    stub = https_stub(tmp_path / "stub", pki, require_cert=True, auth=AuthPolicy())
     yield stub
     stub.client.close()
     stub.server.stop()
@@ -329,8 +329,7 @@ def test_a_renewal_answered_after_remove_writes_no_file(pki: Pki, tmp_path: Path
     holder.remove()
     assert not holder.path.exists()
     signer.release.set()
-    assert holder._thread is not None
-    holder._thread.join(30)
+    holder.join(30)
     assert signer.calls == 2 and not holder.path.exists()
 
 

@@ -16,10 +16,10 @@ import pytest
 from pilot.errors import AuthError, ExitCode
 from pilot.grid import credentials
 from server_stub.app import AuthPolicy
-from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
 from testbed.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
-from tests.conftest import BIN, FAST, Stub, pilot_env, run_pilot, secret
+from tests.conftest import BIN, FAST, Stub, run_pilot, secret
+from tests.tls import https_stub, proxy_file, tls_pilot_env
 
 PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 PILOT_TOKEN = secret("pilot-secret-1234")
@@ -27,47 +27,18 @@ USER_TOKEN = secret("user-secret-5678")
 PAYLOAD_TOKEN = secret("tok-abcdef-123456")
 
 
-def _proxy_file(pki: Pki, name: str, hours: float = 12.0) -> Path:
-    proxy = issue_proxy(pki.user, not_after=now() + timedelta(hours=hours))
-    return pki.proxy_file(name, proxy_pem(proxy, [pki.user.cert]))
-
-
-def _https_stub(tmp: Path, pki: Pki, *, require_cert: bool, auth: AuthPolicy) -> Stub:
-    ctx = credentials.server_ssl_context(
-        pki.hostcert, pki.hostkey, ca_file=pki.ca_file, require_client_cert=require_cert
-    )
-    server = StubServer(
-        ServerSettings(db=tmp / "stub.db", sandbox_dir=tmp / "sb", ssl_context=ctx, auth=auth)
-    )
-    server.start()
-    user_proxy = credentials.load_proxy(_proxy_file(pki, f"user-{tmp.name}"))
-    client_ctx = credentials.ssl_context(user_proxy, ca_file=pki.ca_file)
-    token = next(iter(auth.user_tokens), None)
-    client = UserClient(server.url, verify=client_ctx, bearer=token)
-    return Stub(server.url, server, client, tmp)
-
-
 @pytest.fixture
 def mtls_stub(tmp_path: Path, pki: Pki) -> Iterator[Stub]:
-    stub = _https_stub(tmp_path / "mtls", pki, require_cert=True, auth=AuthPolicy())
+    stub = https_stub(tmp_path / "mtls", pki, require_cert=True, auth=AuthPolicy())
     yield stub
     stub.server.stop()
-
-
-def _pilot_env(pki: Pki, **extra: str) -> dict[str, str]:
-    env = pilot_env(X509_CERT_FILE=str(pki.ca_file))
-    for var in ("X509_USER_PROXY", "BEARER_TOKEN", "BEARER_TOKEN_FILE", "X509_CERT_DIR"):
-        env.pop(var, None)
-    env["XDG_RUNTIME_DIR"] = str(pki.root / "no-runtime")
-    env.update(extra)
-    return env
 
 
 def test_mutual_tls_with_a_proxy(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> None:
     (job,) = mtls_stub.submit('Executable = "/bin/echo"; Arguments = "over TLS";')
     assert mtls_stub.client.job(job)["owner"] == "/O=DIRACTest/OU=users/CN=testuser"
-    proxy = _proxy_file(pki, "pilot-proxy")
-    env = _pilot_env(pki, X509_USER_PROXY=str(proxy))
+    proxy = proxy_file(pki, "pilot-proxy")
+    env = tls_pilot_env(pki, X509_USER_PROXY=str(proxy))
     done = run_pilot(["run", "--server", mtls_stub.url, *FAST], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert mtls_stub.status(job) == "Done"
@@ -87,7 +58,7 @@ def test_tls_connection_kept_alive_with_the_client_identity(mtls_stub: Stub) -> 
 
 def test_pilot_without_certificate_is_refused(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> None:
     (job,) = mtls_stub.submit('Executable = "/bin/true";')
-    env = _pilot_env(pki)  # no proxy named anywhere (a named but missing one is exit 31)
+    env = tls_pilot_env(pki)  # no proxy named anywhere (a named but missing one is exit 31)
     done = run_pilot(
         ["run", "--server", mtls_stub.url, "--proxy", "", *FAST], cwd=tmp_path, env=env, timeout=120
     )
@@ -104,7 +75,7 @@ def test_expired_proxy_stops_the_pilot_before_any_match(
         pki.user, not_before=now() - timedelta(hours=3), not_after=now() - timedelta(hours=1)
     )
     path = pki.proxy_file("expired-proxy", proxy_pem(expired, [pki.user.cert]))
-    env = _pilot_env(pki, X509_USER_PROXY=str(path))
+    env = tls_pilot_env(pki, X509_USER_PROXY=str(path))
     done = run_pilot(["run", "--server", mtls_stub.url, *FAST], cwd=tmp_path, env=env)
     assert done.returncode == 31, done.stderr
     assert "expired" in done.stderr
@@ -115,7 +86,7 @@ def test_expired_proxy_stops_the_pilot_before_any_match(
 
 def test_bearer_tokens_for_pilots_and_users(tmp_path: Path, pki: Pki) -> None:
     auth = AuthPolicy(frozenset({PILOT_TOKEN}), frozenset({USER_TOKEN}))
-    stub = _https_stub(tmp_path / "tok", pki, require_cert=False, auth=auth)
+    stub = https_stub(tmp_path / "tok", pki, require_cert=False, auth=auth)
     try:
         (job,) = stub.submit('Executable = "/bin/true";')
         with (
@@ -127,7 +98,7 @@ def test_bearer_tokens_for_pilots_and_users(tmp_path: Path, pki: Pki) -> None:
             pytest.raises(AuthError, match="403"),
         ):
             as_pilot.submit('Executable = "/bin/true";')
-        env = _pilot_env(pki)
+        env = tls_pilot_env(pki)
         refused = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path, env=env)
         assert refused.returncode == 22 and "401" in refused.stderr
         env["BEARER_TOKEN"] = PILOT_TOKEN
@@ -168,7 +139,7 @@ def test_grid_proxy_init_proxy_drives_the_pilot(mtls_stub: Stub, pki: Pki, tmp_p
         env={**os.environ, "X509_CERT_DIR": str(pki.ca_dir())},
     )
     assert made.returncode == 0, made.stderr + made.stdout
-    env = _pilot_env(pki, X509_USER_PROXY=str(out))
+    env = tls_pilot_env(pki, X509_USER_PROXY=str(out))
     check = run_pilot(["check", "--disable-check", "cpu"], cwd=tmp_path, env=env)
     assert "/O=DIRACTest/OU=users/CN=testuser" in check.stdout
     assert re.search(r"credentials\s+PASSED.*[12]\.\d h left", check.stdout), check.stdout
@@ -179,12 +150,12 @@ def test_grid_proxy_init_proxy_drives_the_pilot(mtls_stub: Stub, pki: Pki, tmp_p
 
 
 def test_payload_never_sees_the_proxy_or_token(stub: Stub, pki: Pki, tmp_path: Path) -> None:
-    proxy = _proxy_file(pki, "visible-proxy")
+    proxy = proxy_file(pki, "visible-proxy")
     (job,) = stub.submit(
         'Executable = "/bin/sh"; Arguments = "-c \'env; echo proxy=${X509_USER_PROXY:-none}\'";'
         ' StdOutput = "env.txt"; OutputSandbox = {"env.txt"};'
     )
-    env = _pilot_env(pki, X509_USER_PROXY=str(proxy), BEARER_TOKEN=PAYLOAD_TOKEN)
+    env = tls_pilot_env(pki, X509_USER_PROXY=str(proxy), BEARER_TOKEN=PAYLOAD_TOKEN)
     done = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     stub.client.get_output(job, tmp_path / "o")
@@ -208,7 +179,7 @@ def test_stub_client_with_an_expired_proxy_says_so(mtls_stub: Stub, pki: Pki) ->
         capture_output=True,
         text=True,
         timeout=60,
-        env=_pilot_env(pki),
+        env=tls_pilot_env(pki),
     )
     lines = done.stderr.splitlines()
     assert done.returncode == int(ExitCode.CREDENTIALS), done.stderr

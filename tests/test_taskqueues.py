@@ -262,7 +262,7 @@ def test_a_full_disk_refuses_writes_with_503_and_keeps_the_index(tmp_path: Path)
     store = Store(tmp_path / "s.db")
     app = StubApp(store, SandboxStore(tmp_path / "sb", 1 << 20))  # (its indexes written)
     first = _submit(store, "", 2)
-    db = store._conn()  # this thread's connection: the one the calls below use
+    db = store.connection()  # this thread's connection: the one the calls below use
     db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
     big = f'Executable = "/bin/true"; Arguments = "{"x" * 2000}"; Parameters = 50;'
     with pytest.raises(StoreError) as refused:
@@ -292,7 +292,7 @@ store = Store(Path({str(tmp_path / "s.db")!r}))
 jobs = jdl.expand(jdl.parse('Executable = "/bin/true"; Parameters = 3;'))
 store.submit_many(jobs, "tester")
 store.match({{"Site": "A.site"}}, "p", dry_run=False)
-with store._tx() as db:
+with store.transaction() as db:
     db.execute("UPDATE jobs SET status = 'Killed' WHERE id = 2")
     db.execute("INSERT INTO jobs (jdl, status, requirements, submitted, updated)"
                " VALUES ('[]', 'Waiting', '{{}}', 1, 1)")

@@ -373,7 +373,9 @@ class StubBackend:
     def __init__(self, http: HttpClient) -> None:
         self.http = http
         self.stamp = ""
-        self._request_id: str | None = None  # a match request not yet answered for sure
+        # the id of a match request not yet answered for sure (its reply may have been lost):
+        # the next match() sends it again
+        self.pending_request: str | None = None
 
     def register(self, stamp: str, info: Mapping[str, Any]) -> None:
         self.stamp = stamp
@@ -383,9 +385,13 @@ class StubBackend:
         """Ask for a job. The request carries an id that its retries reuse, also after
         the call gave up (the server may have claimed a job whose reply was lost): the
         stub answers a known id with the job it claimed for it."""
-        if self._request_id is None:
-            self._request_id = os.urandom(16).hex()
-        body = {"pilot": self.stamp, "resources": dict(resources), "request_id": self._request_id}
+        if self.pending_request is None:
+            self.pending_request = os.urandom(16).hex()
+        body = {
+            "pilot": self.stamp,
+            "resources": dict(resources),
+            "request_id": self.pending_request,
+        }
         try:
             answer = self.http.json("POST", "/api/jobs/match", json=body)
         except ServerUnreachable:
@@ -393,13 +399,13 @@ class StubBackend:
         except ServerError as exc:
             if exc.status is None or exc.status >= 500:
                 raise
-            self._request_id = None  # a definite answer
+            self.pending_request = None  # a definite answer
             if exc.status == 409:  # the job claimed for a lost reply has moved on (deleted,
                 # or rescheduled during a long outage): this pilot holds nothing; ask anew
                 log.warning("match: %s; asking again", exc)
                 return None
             raise
-        self._request_id = None
+        self.pending_request = None
         if answer is None:
             return None
         extra = {OWNER_PROXY: bool(answer["owner_proxy"])} if "owner_proxy" in answer else {}

@@ -159,6 +159,11 @@ class PayloadProxy:
             if self._stop.wait(min(300.0, max(5.0, left / 4))):
                 return
 
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the renewal thread (if one started) to end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def remove(self) -> None:
         """Stop renewing and delete the file (before the output sandbox is packed)."""
         self._stop.set()

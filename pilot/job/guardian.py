@@ -170,7 +170,7 @@ def _guard(read_fd: int, write_fd: int, parent: int, report: Path | None) -> Non
             buffered += data
             *lines, buffered = buffered.split(b"\n")
             for line in lines:
-                _apply(line.decode(errors="replace").split(), jobs, seen)
+                apply_line(line.decode(errors="replace").split(), jobs, seen)
         listening = False
     except _ParentGone:
         pass
@@ -181,7 +181,7 @@ def _guard(read_fd: int, write_fd: int, parent: int, report: Path | None) -> Non
         while data := os.read(read_fd, 65536):
             buffered += data
     for line in buffered.split(b"\n"):
-        _apply(line.decode(errors="replace").split(), jobs, seen)
+        apply_line(line.decode(errors="replace").split(), jobs, seen)
     if not jobs:
         return
     killed = end_jobs(jobs, seen)
@@ -193,7 +193,12 @@ def _guard(read_fd: int, write_fd: int, parent: int, report: Path | None) -> Non
             )
 
 
-def _apply(words: list[str], jobs: dict[str, int], seen: dict[str, set[tuple[int, int]]]) -> None:
+def apply_line(
+    words: list[str], jobs: dict[str, int], seen: dict[str, set[tuple[int, int]]]
+) -> None:
+    """Take one line the pilot wrote (split into words) into the guardian's view:
+    ``+ MARK SID`` a job started, ``p MARK PID START`` a process seen in it, ``- MARK`` the
+    job ended. A malformed line is ignored."""
     try:
         if words[0] == "+":
             jobs[words[1]] = int(words[2])

@@ -378,6 +378,12 @@ class DiracBackend:
         if update.extra:
             self._set_parameters(job_id, update.extra)
 
+    def timed_jobs(self) -> list[str]:
+        """The jobs whose last status time is kept (see ``_status_ms``): those whose final
+        status has not landed yet."""
+        with self._times_lock:
+            return list(self._last_ms)
+
     def _status_ms(self, job_id: str, timestamp: float) -> int:
         """The update's time in whole milliseconds, each later than the job's last one.
 
