@@ -35,7 +35,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qs, quote, urlsplit
 
-from pilot.backends.base import FINAL_STATUSES, JobStatus
+from pilot.backends.base import FINAL_STATUSES, JobStatus, Minor
 from server_stub import monitor_pages as pages
 from server_stub.markup import Safe
 from server_stub.sandboxes import SandboxStore
@@ -71,7 +71,7 @@ SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 1000
 MAX_FORM_BYTES = 4096
 KILLABLE = frozenset(set(JobStatus) - FINAL_STATUSES)
-RESULTS = ("Killed", "Kill requested", "Rescheduled")  # what a redirect may announce
+RESULTS = (JobStatus.KILLED, Minor.KILL_REQUESTED, "Rescheduled")  # what a redirect may announce
 
 
 @dataclass(frozen=True)

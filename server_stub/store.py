@@ -551,7 +551,7 @@ class Store:
                 raise StoreError(f"job {job_id} is already {status}", 409)
             if status in (JobStatus.RECEIVED, JobStatus.WAITING, JobStatus.STALLED):
                 self._record(db, job_id, JobStatus.KILLED, Minor.KILLED_BY_USER, None, "JobManager")
-                return _answer(db, request_id, "kill", job_id, "Killed")
+                return _answer(db, request_id, "kill", job_id, JobStatus.KILLED)
             db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
             self._record(db, job_id, None, Minor.KILL_REQUESTED, None, "JobManager")
             return _answer(db, request_id, "kill", job_id, Minor.KILL_REQUESTED)
@@ -760,7 +760,7 @@ class Store:
                 " timing = NULL, reschedules = reschedules + 1 WHERE id = ?",
                 (job_id,),
             )
-            self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
+            self._record(db, job_id, JobStatus.WAITING, Minor.RESCHEDULED, "", "JobManager")
             return _answer(db, request_id, "reschedule", job_id, "Rescheduled")
 
     # -- stored proxies (delegation) --------------------------------------------------------

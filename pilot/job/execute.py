@@ -149,9 +149,9 @@ class LaunchError(Exception):
 
 
 class _Stream:
-    def __init__(self, name: str, path: Path, cap: int) -> None:
+    def __init__(self, name: str, path: Path, max_stdout_bytes: int) -> None:
         self.name = name
-        self.cap = cap
+        self.max_stdout_bytes = max_stdout_bytes
         self.read_fd, self.write_fd = os.pipe()
         self.file: IO[bytes] = path.open("ab", buffering=0)
         self.written = 0
@@ -160,7 +160,8 @@ class _Stream:
         self.tail = bytearray()
 
     def feed(self, data: bytes) -> None:
-        room = len(data) if self.cap <= 0 else max(0, self.cap - self.written)
+        limit = self.max_stdout_bytes
+        room = len(data) if limit <= 0 else max(0, limit - self.written)
         if room:
             self._write(data[:room])
             self.written += min(room, len(data))
@@ -185,10 +186,11 @@ class _Stream:
 class OutputPump:
     """Copies the payload's stdout/stderr pipes into files, up to a cap, in one thread."""
 
-    def __init__(self, stdout: Path, stderr: Path, cap: int) -> None:
-        self.streams = [_Stream("stdout", stdout, cap)]
+    def __init__(self, stdout: Path, stderr: Path, max_stdout_bytes: int) -> None:
+        """``max_stdout_bytes`` caps each stream (<= 0: no cap), as in Supervision."""
+        self.streams = [_Stream("stdout", stdout, max_stdout_bytes)]
         if stderr != stdout:
-            self.streams.append(_Stream("stderr", stderr, cap))
+            self.streams.append(_Stream("stderr", stderr, max_stdout_bytes))
         self._wake_r, self._wake_w = os.pipe()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
@@ -391,9 +393,9 @@ class _Supervisor:
         return table
 
     def _output_ending(self) -> Ending:
-        cap = self.sup.max_stdout_bytes / job_limits.MB
         what = " and ".join(self.pump.truncated())
-        return Ending(EndKind.LIMIT, job_limits.output_exceeded(what, cap))
+        mb = self.sup.max_stdout_bytes / job_limits.MB
+        return Ending(EndKind.LIMIT, job_limits.output_exceeded(what, mb))
 
     def _watch(self) -> Ending | None:
         next_sample = self.start + min(self.sup.sample_interval, 1.0)

@@ -119,9 +119,9 @@ def memory_exceeded(limits: Limits) -> str:
     return f"Job exceeded memory limit ({limits.memory_source or f'{limits.memory_mb:.0f} MB'})"
 
 
-def output_exceeded(streams: str, cap_mb: float) -> str:
-    """The minor status of a job whose output streams were cut at ``cap_mb``."""
-    return f"Job exceeded output limit ({streams} truncated at {cap_mb:g} MB)"
+def output_exceeded(streams: str, max_stdout_mb: float) -> str:
+    """The minor status of a job whose output streams were cut at ``max_stdout_mb``."""
+    return f"Job exceeded output limit ({streams} truncated at {max_stdout_mb:g} MB)"
 
 
 class LimitChecker:
