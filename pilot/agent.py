@@ -263,13 +263,15 @@ class RunningJob:
     thread: threading.Thread
 
 
-def parse_job(job: MatchedJob) -> jdl.JobDescription | None:
-    """The job's description, parsed once for the whole pilot (None: the runner reports
-    the bad JDL)."""
+def parse_job(job: MatchedJob) -> jdl.JobDescription | jdl.JDLError:
+    """The job's description, parsed once for the whole pilot (or taken as the backend
+    parsed it); a bad JDL gives its error, which the runner reports."""
+    if job.desc is not None:
+        return job.desc
     try:
         return jdl.load(job.jdl)
-    except jdl.JDLError:
-        return None
+    except jdl.JDLError as exc:
+        return exc
 
 
 class Agent:
@@ -435,7 +437,8 @@ class Agent:
         self, job: MatchedJob, free_cores: int, free_mem: int | None, match_s: float
     ) -> jobrun.JobRunner:
         desc = parse_job(job)  # the one parse of this job's JDL
-        cores, mem = self.slot.allocation(desc, free_cores, free_mem)
+        needs = desc if isinstance(desc, jdl.JobDescription) else None
+        cores, mem = self.slot.allocation(needs, free_cores, free_mem)
         self.slot.hold(job.job_id, cores, mem)
         runner = jobrun.JobRunner(
             self.backend,

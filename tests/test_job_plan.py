@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from traceback import extract_stack
 
 import pytest
 
 from pilot import agent
-from pilot.backends.base import InputKind, Inputs, classify
+from pilot.backends.base import InputKind, Inputs, MatchedJob, classify
 from pilot.backends.local import LocalBackend
+from pilot.backends.stub import HttpClient, StubBackend
 from pilot.config import PilotConfig
 from pilot.job import jdl
+from tests.conftest import Stub
 
 
 @pytest.mark.parametrize(
@@ -45,35 +51,89 @@ def test_inputs_keep_the_jobs_order_within_each_kind() -> None:
     assert desc.inputs is desc.inputs  # classified once per description
 
 
-def test_each_job_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass
+class Parses:
+    """Calls the pilot makes (not the stub serving it in this process): ``texts`` to
+    ``jdl.parse`` (also through ``jdl.load``), ``built`` to ``JobDescription.from_attrs``."""
+
+    texts: list[str] = field(default_factory=list)
+    built: list[str] = field(default_factory=list)
+
+
+def _by_the_pilot() -> bool:
+    return not any(f"{os.sep}server_stub{os.sep}" in frame.filename for frame in extract_stack())
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> Parses:
+    counted = Parses()
+    real_parse, real_build = jdl.parse, jdl.JobDescription.from_attrs
+
+    def parse(text: str | bytes) -> dict[str, jdl.Value]:
+        if _by_the_pilot():
+            counted.texts.append(text if isinstance(text, str) else text.decode())
+        return real_parse(text)
+
+    def from_attrs(attrs: Mapping[str, jdl.Value]) -> jdl.JobDescription:
+        if _by_the_pilot():
+            counted.built.append(jdl.dumps(attrs))
+        return real_build(attrs)
+
+    monkeypatch.setattr(jdl, "parse", parse)
+    monkeypatch.setattr(jdl.JobDescription, "from_attrs", from_attrs)
+    return counted
+
+
+PARAMETRIC = (
+    'Executable = "/bin/cat"; Arguments = "in.txt"; InputSandbox = {"in.txt"};'
+    ' StdOutput = "out"; OutputSandbox = {"out"}; Parameters = 3;'
+    " ParameterStart = 1; ParameterStep = 1;"
+)
+
+
+def test_each_local_job_is_parsed_once(tmp_path: Path, parses: Parses) -> None:
+    """``pilot local``: the file is parsed once and each job's description built once,
+    up front (a bad job is refused before any runs); the agent and runner reuse it."""
     (tmp_path / "in.txt").write_text("data\n")
-    (tmp_path / "job.jdl").write_text(
-        'Executable = "/bin/cat"; Arguments = "in.txt"; InputSandbox = {"in.txt"};'
-        ' StdOutput = "out"; OutputSandbox = {"out"}; Parameters = 3;'
-        ' ParameterStart = 1; ParameterStep = 1;'
-    )
+    (tmp_path / "job.jdl").write_text(PARAMETRIC)
     backend = LocalBackend.from_file(tmp_path / "job.jdl", tmp_path / "out")
     jobs = list(backend.jobs)
     assert len(jobs) == 3
-    parses: list[str] = []
-    loads: list[str] = []
-    real_parse, real_load = jdl.parse, jdl.load
-
-    def counting_parse(text: str | bytes) -> dict[str, jdl.Value]:
-        parses.append(text if isinstance(text, str) else text.decode())
-        return real_parse(text)
-
-    def counting_load(text: str | bytes) -> jdl.JobDescription:
-        loads.append(text if isinstance(text, str) else text.decode())
-        return real_load(text)
-
-    monkeypatch.setattr(jdl, "parse", counting_parse)
-    monkeypatch.setattr(jdl, "load", counting_load)
     config = PilotConfig(work_dir=tmp_path / "work", idle_timeout=0.0, max_concurrent=1)
     summary = agent.run(config, backend, agent.Stop(), finish_later=False)
     assert [o.status.value for o in summary.outcomes] == ["Done"] * 3
-    # one parse per job, by the agent right after the match; runner and backend share it
-    assert len(loads) == 3 and len(parses) == 3
-    assert sorted(loads) == sorted(j.jdl for j in jobs)
+    assert parses.texts == [PARAMETRIC]  # the file, once, in from_file
+    assert len(parses.built) == 3  # one description per job
     for n in (1, 2, 3):
         assert (tmp_path / "out" / f"local-{n}" / "out").read_text() == "data\n"
+
+
+def test_each_stub_job_is_parsed_once(stub: Stub, tmp_path: Path, parses: Parses) -> None:
+    """Against a real stub: one parse per matched job, by the agent right after the
+    match; slot, runner, staging and the backend's fetch share it."""
+    ids = stub.submit(PARAMETRIC, {"in.txt": "data\n"})
+    parses.texts.clear()
+    parses.built.clear()
+    backend = StubBackend(HttpClient(stub.url))
+    config = PilotConfig(work_dir=tmp_path / "work", idle_timeout=0.0, max_concurrent=1)
+    try:
+        summary = agent.run(config, backend, agent.Stop(), finish_later=False)
+    finally:
+        backend.close()
+    assert [o.status.value for o in summary.outcomes] == ["Done"] * 3
+    assert [stub.status(i) for i in ids] == ["Done"] * 3
+    assert len(parses.texts) == 3 and len(parses.built) == 3
+    assert sorted(parses.texts) == sorted(stub.client.get_jdl(i) for i in ids)
+
+
+def test_a_bad_jdl_is_parsed_once_and_its_error_reported(tmp_path: Path, parses: Parses) -> None:
+    """A job whose JDL does not parse: the agent's parse fails, the error is carried to
+    the runner, which reports it without parsing again."""
+    bad = MatchedJob("bad-1", 'Executable = "/bin/true"; Arguments = ;')
+    backend = LocalBackend(tmp_path / "job.jdl", tmp_path / "out", [bad])
+    config = PilotConfig(work_dir=tmp_path / "work", idle_timeout=0.0, max_concurrent=1)
+    summary = agent.run(config, backend, agent.Stop(), finish_later=False)
+    assert [o.status.value for o in summary.outcomes] == ["Failed"]
+    (final,) = [r for r in backend.history["bad-1"] if r["Status"] == "Failed"]
+    assert str(final["MinorStatus"]).startswith("Invalid JDL:")
+    assert parses.texts == [bad.jdl]

@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pilot.job.jdl import JobDescription
 
 
 class JobStatus(StrEnum):
@@ -121,6 +124,9 @@ class MatchedJob:
     jdl: str  # the job's JDL text, parsed by pilot.job.jdl
     token: str | None = None  # lets this pilot update this job and nothing else (stub)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # the parsed description when the backend already has it (local mode validates its
+    # whole file up front): the pilot then does not parse ``jdl`` again
+    desc: JobDescription | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

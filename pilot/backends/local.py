@@ -44,8 +44,9 @@ class LocalBackend:
         expanded = jdl.expand(jdl.parse(jdl_path.read_bytes()), max_jobs)
         jobs = []
         for n, attrs in enumerate(expanded, 1):
-            jdl.JobDescription.from_attrs(attrs)  # refuse a bad job before running any
-            jobs.append(MatchedJob(f"local-{n}", jdl.dumps(attrs), extra={OWNER_PROXY: False}))
+            desc = jdl.JobDescription.from_attrs(attrs)  # refuse a bad job before running any
+            extra = {OWNER_PROXY: False}
+            jobs.append(MatchedJob(f"local-{n}", jdl.dumps(attrs), extra=extra, desc=desc))
         return cls(jdl_path, output_dir, list(reversed(jobs)))
 
     def register(self, stamp: str, info: Mapping[str, Any]) -> None:

@@ -205,11 +205,12 @@ class JobRunner:
         memory_mb: int | None = None,
         slot_deadline: float | None = None,
         match_seconds: float | None = None,
-        desc: jdl.JobDescription | None = None,
+        desc: jdl.JobDescription | jdl.JDLError | None = None,
     ) -> None:
         self.backend = backend
         self.job = job
-        self.desc = desc  # parsed once, by whoever matched the job (else here)
+        # parsed once, by whoever matched the job (else here); a JDLError: the JDL is bad
+        self.desc = desc
         self.settings = settings
         self.cores = cores
         self.memory_mb = memory_mb
@@ -239,10 +240,14 @@ class JobRunner:
     def _parse_and_run(self) -> JobOutcome:
         job_id = self.job.job_id
         job_dir = self.settings.work_dir / f"job-{job_id}"
-        try:
-            desc = self.desc if self.desc is not None else jdl.load(self.job.jdl)
-        except jdl.JDLError as exc:
-            return self._finish(JobStatus.FAILED, f"Invalid JDL: {exc}", None)
+        desc = self.desc
+        if desc is None:
+            try:
+                desc = jdl.load(self.job.jdl)
+            except jdl.JDLError as exc:
+                desc = exc
+        if isinstance(desc, jdl.JDLError):
+            return self._finish(JobStatus.FAILED, f"Invalid JDL: {desc}", None)
         # started once the job is reported Running, stopped before its final status: a beat
         # on either side of those could put the job back to Running (DIRAC's heartbeat does
         # that to a Matched job, and its read-then-write may land after a later update)
