@@ -40,7 +40,7 @@ from typing import Any
 
 from pilot import __version__, cliutil
 from pilot.backends import stub as stub_client
-from pilot.backends.base import InputKind, JobStatus, classify
+from pilot.backends.base import InputKind, JobStatus, classify, lfn_path
 from pilot.backends.local import local_inputs
 from pilot.errors import (
     AuthError,
@@ -879,10 +879,10 @@ def cmd_get_output(client: UserClient, args: argparse.Namespace) -> int:
 
 
 def lfn_of(text: str) -> str:
-    """``LFN:/vo/x`` as given, or ``/vo/x`` made into one; anything else is refused,
+    """``LFN:/vo/x`` (prefix in any case), or ``/vo/x`` made into one; anything else is refused,
     and so are paths that name no file (``/``, ``/vo/..``, ``/vo/``) and ``?`` or ``#``,
     which the stub's URL would cut off (the file would be stored under another name)."""
-    path = text.removeprefix("LFN:")
+    path = lfn_path(text)  # the prefix in any case, as classify() reads it
     parts = path.split("/")
     if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
         raise UsageError(f"{text!r} is not an LFN: write LFN:/vo/path or /vo/path")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +12,14 @@ from traceback import extract_stack
 import pytest
 
 from pilot import agent
-from pilot.backends.base import InputKind, Inputs, MatchedJob, classify
+from pilot.backends.base import InputKind, Inputs, MatchedJob, as_lfn, classify, lfn_path
+from pilot.backends.dirac import data as dirac_data
 from pilot.backends.local import LocalBackend
 from pilot.backends.stub import HttpClient, StubBackend
 from pilot.config import PilotConfig
 from pilot.job import jdl
-from tests.conftest import Stub
+from server_stub import cli as stub_cli
+from tests.conftest import REPO, Stub
 
 
 @pytest.mark.parametrize(
@@ -137,3 +140,35 @@ def test_a_bad_jdl_is_parsed_once_and_its_error_reported(tmp_path: Path, parses:
     (final,) = [r for r in backend.history["bad-1"] if r["Status"] == "Failed"]
     assert str(final["MinorStatus"]).startswith("Invalid JDL:")
     assert parses.texts == [bad.jdl]
+
+
+@pytest.mark.parametrize(
+    ("entry", "path"),
+    [("LFN:/vo/a", "/vo/a"), ("lfn:/vo/a", "/vo/a"), ("/vo/a", "/vo/a"), ("Lfn:/x", "/x")],
+)
+def test_lfn_path_and_as_lfn(entry: str, path: str) -> None:
+    assert lfn_path(entry) == path
+    assert as_lfn(entry) == "LFN:" + path
+
+
+def test_every_lfn_prefix_is_read_as_classify_reads_it() -> None:
+    """The stub's CLI, the DIRAC data layer and the output stage take ``lfn:`` like
+    ``LFN:`` (once they checked the prefix themselves, case-sensitively in places)."""
+    assert stub_cli.lfn_of("lfn:/vo/x") == "LFN:/vo/x"
+    assert dirac_data.check_lfn("Lfn:/vo/a/b") == "/vo/a/b"
+    assert dirac_data.user_lfn("vo", "alice", "7", "lfn:/vo/abs", "f") == "/vo/abs/f"
+    assert dirac_data.user_lfn("vo", "alice", "7", "rel", "f") == "/vo/user/a/alice/rel/f"
+
+
+def test_no_module_reads_the_lfn_prefix_itself() -> None:
+    """``classify``/``lfn_path`` in pilot/backends/base.py are the only readers of it."""
+    pattern = re.compile(r"""(startswith|removeprefix)\(\s*["']LFN:|\[:4\]\.(upper|lower)\(\)""")
+    bad = [
+        f"{path.relative_to(REPO)}:{n}"
+        for top in ("pilot", "server_stub", "checks")
+        for path in sorted((REPO / top).rglob("*.py"))
+        if path != REPO / "pilot" / "backends" / "base.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert bad == []

@@ -95,6 +95,17 @@ def classify(entry: str) -> InputKind:
     return InputKind.LOCAL
 
 
+def lfn_path(entry: str) -> str:
+    """The catalogue path of an LFN entry (``LFN:/vo/a``, in any case, gives ``/vo/a``);
+    any other text as it is (an ``InputData`` path may be written without the prefix)."""
+    return entry[4:] if classify(entry) is InputKind.LFN else entry
+
+
+def as_lfn(entry: str) -> str:
+    """``entry`` spelt ``LFN:<path>``, whatever case its prefix had or if it had none."""
+    return "LFN:" + lfn_path(entry)
+
+
 @dataclass(frozen=True)
 class Inputs:
     """A job's ``InputSandbox`` entries sorted by kind, each kind in the job's order;

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot.backends.base import OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
+from pilot.backends.base import OWNER_PROXY, Inputs, MatchedJob, StatusUpdate, lfn_path
 from pilot.errors import NoStoredProxy, SandboxError
 from pilot.job import archive, jdl, outpack
 
@@ -100,7 +100,7 @@ class LocalBackend:
     def store_lfn(
         self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
     ) -> None:
-        target = self.output_dir / job.job_id / "OutputData" / lfn.removeprefix("LFN:").lstrip("/")
+        target = self.output_dir / job.job_id / "OutputData" / lfn_path(lfn).lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
 

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pilot.backends.base import Backend, InputKind, Inputs, MatchedJob, classify
+from pilot.backends.base import (
+    Backend,
+    InputKind,
+    Inputs,
+    MatchedJob,
+    as_lfn,
+    classify,
+    lfn_path,
+)
 from pilot.errors import DiskFullError, PilotError, SandboxError
 from pilot.job import archive, outpack
 from pilot.job.jdl import JobDescription
@@ -91,14 +99,16 @@ def stage_in(
     for entry in desc.input_sandbox:  # in the job's order
         kind = classify(entry)
         if kind is InputKind.LFN:
-            lfn = "LFN:" + entry[4:]
-            names.append(_fetch_one(backend, job, lfn, job_dir, fetch_url, LFN_SANDBOX_FAILED))
+            names.append(
+                _fetch_one(backend, job, as_lfn(entry), job_dir, fetch_url, LFN_SANDBOX_FAILED)
+            )
         elif kind is InputKind.URL:
             names.append(_fetch_one(backend, job, entry, job_dir, fetch_url, URL_FAILED))
     for lfn in desc.input_data:
         if lfn:
-            entry = "LFN:" + lfn[4:] if classify(lfn) is InputKind.LFN else f"LFN:{lfn}"
-            names.append(_fetch_one(backend, job, entry, job_dir, fetch_url, INPUT_DATA_FAILED))
+            names.append(
+                _fetch_one(backend, job, as_lfn(lfn), job_dir, fetch_url, INPUT_DATA_FAILED)
+            )
     if names:
         log.info("job %s: inputs staged (%d files)", job.job_id, len(names))
     return names
@@ -123,7 +133,7 @@ def _fetch_one(
         raise
     except PilotError as exc:
         text = str(exc)
-        detail = text if entry.removeprefix("LFN:") in text else f"{entry}: {text}"
+        detail = text if lfn_path(entry) in text else f"{entry}: {text}"
         raise SandboxError(f"{failure}: {detail}") from exc
     return name
 
@@ -205,12 +215,12 @@ def output_lfn(desc: JobDescription, job_id: str, name: str) -> str:
 def _output_files(job_dir: Path, pattern: str) -> list[tuple[Path, str | None]]:
     """Local files of one OutputData entry: ``LFN:/a/b/name`` is ``name`` stored as that
     LFN; anything else is a glob in the job directory, named by the backend's rule."""
-    if pattern[:4].upper() == "LFN:":
-        name = posixpath.basename(pattern[4:])
+    if classify(pattern) is InputKind.LFN:
+        name = posixpath.basename(lfn_path(pattern))
         path = job_dir / name
         if not name or not path.is_file() or path.is_symlink():
             return []
-        return [(path, "LFN:" + pattern[4:])]
+        return [(path, as_lfn(pattern))]
     if pattern.startswith("/") or ".." in Path(pattern).parts:
         raise OutputDataError(f"OutputData {pattern}: not a path inside the job directory")
     found = sorted(p for p in job_dir.glob(pattern) if p.is_file() and not p.is_symlink())

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pilot.backends.base import InputKind, classify, lfn_path
 from pilot.backends.dirac import cscfg
 from pilot.backends.dirac.diset import DisetClient, DisetError
 from pilot.errors import SandboxError, ServerUnreachable, write_error
@@ -56,7 +57,7 @@ class DataError(SandboxError):
 def check_lfn(lfn: str) -> str:
     """``LFN:/vo/a/b`` or ``/vo/a/b`` -> ``/vo/a/b``; refuses anything that could leave the
     storage element's base directory (``..``, ``.``, empty parts, odd characters)."""
-    path = lfn[4:] if lfn[:4].upper() == "LFN:" else lfn
+    path = lfn_path(lfn)
     parts = path.split("/")
     if (
         not path.startswith("/")
@@ -288,8 +289,8 @@ def user_lfn(vo: str, owner: str, job_id: str, output_path: str | None, name: st
     ``OutputPath`` that starts with ``LFN:`` is absolute."""
     base = f"/{vo}/user/{owner[:1]}/{owner}"
     if output_path:
-        if output_path.startswith("LFN:"):
-            base, rel = "", output_path[4:]
+        if classify(output_path) is InputKind.LFN:
+            base, rel = "", lfn_path(output_path)
         else:
             rel = output_path.lstrip("/")
     else:
