@@ -5,7 +5,8 @@ resolved from --proxy, X509_USER_PROXY or /tmp/x509up_u<uid>), ``required`` (boo
 default false: a missing proxy is a WARNING, true makes it FAILED), ``min_time_left``
 (seconds a proxy must still be valid, default 600). A proxy that exists but is expired,
 unreadable or malformed always FAILS.
-Only where a token was found is reported, never the token.
+The bearer token is the one the pilot resolved (``ctx.credentials.token``, found once);
+only where it was found is reported, never the token.
 """
 
 from __future__ import annotations
@@ -20,23 +21,22 @@ from pilot.api import (
     CheckOutcome,
     CredentialError,
     Status,
-    find_token,
     load_proxy,
     token_expiry,
     validate_proxy,
 )
 
 if TYPE_CHECKING:
-    from pilot.api import Proxy
+    from pilot.api import Credentials, Proxy
 
 NAME = "credentials"
 
 
-def _token_facts() -> dict[str, Any]:
-    try:
-        token = find_token()
-    except CredentialError as exc:
-        return {"token_source": None, "token_error": str(exc)}
+def _token_facts(found: Credentials) -> dict[str, Any]:
+    """Where the pilot found its token (as resolved once for the run), never the token."""
+    token = found.token
+    if found.token_error is not None:
+        return {"token_source": None, "token_error": found.token_error}
     if token is None:
         return {"token_source": None}
     expiry = token_expiry(token)
@@ -63,7 +63,7 @@ class CredentialsCheck:
     timeout: float | None = 10.0
 
     def run(self, ctx: CheckContext) -> CheckOutcome:
-        facts = _token_facts()
+        facts = _token_facts(ctx.credentials)
         configured = ctx.option(NAME, "proxy")
         path = Path(configured) if configured else ctx.credentials.proxy_path
         if path is None or not path.exists():

@@ -31,8 +31,8 @@ from checks.gpu import GpuCheck
 from checks.load import LoadCheck
 from checks.memory import MemoryCheck
 from checks.software import SoftwareCheck, dirac_platform, parse_os_release
-from pilot.api import CheckContext, CheckOutcome, Status
-from pilot.grid.resolve import resolve
+from pilot.api import CheckContext, CheckOutcome, CredentialError, Status, Token
+from pilot.grid.resolve import Credentials, resolve
 from pilot.node import checking
 from pilot.node.batch import BatchInfo
 from pilot.node.checking import CheckSettings
@@ -475,6 +475,32 @@ def test_credentials_expired_absent_and_garbage(
     no_tokens.setenv("X509_USER_PROXY", str(proxy))
     garbage = CredentialsCheck().run(context(tmp_path))
     assert garbage.status is Status.FAILED and "cannot read proxy" in garbage.message
+
+
+def test_credentials_check_reports_the_token_the_pilot_resolved(
+    tmp_path: Path, no_tokens: pytest.MonkeyPatch
+) -> None:
+    """The check looks for no token itself: it reports the one the pilot found once
+    (``ctx.credentials.token``), here with none in the environment, and never its value."""
+    secret = "eyJhbGciOiJSUzI1NiJ9.resolved-once"
+    found = Credentials(token=Token(secret, "BEARER_TOKEN"))
+    ctx = CheckContext(tmp_path, BatchInfo("local", None, 1, None, None), {}, credentials=found)
+    outcome = CredentialsCheck().run(ctx)
+    assert outcome.facts["token_source"] == "BEARER_TOKEN"
+    assert secret not in json.dumps(outcome.facts) and secret not in outcome.message
+
+
+def test_an_unreadable_token_is_carried_to_the_check_not_raised(
+    tmp_path: Path, no_tokens: pytest.MonkeyPatch
+) -> None:
+    no_tokens.setenv("BEARER_TOKEN_FILE", str(tmp_path / "missing-token"))
+    with pytest.raises(CredentialError, match="missing-token"):
+        resolve()  # pilot run stops on it (exit 31)
+    found = resolve(load=False)  # pilot check reports it
+    assert found.token is None and found.token_error and "missing-token" in found.token_error
+    outcome = CredentialsCheck().run(context(tmp_path))
+    assert outcome.facts["token_source"] is None
+    assert outcome.facts["token_error"] == found.token_error
 
 
 def test_credentials_token_discovery_order_never_reveals_the_token(

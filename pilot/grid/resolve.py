@@ -36,7 +36,8 @@ class Credentials:
     proxy: Proxy | None = None  # loaded and validated (None: no proxy, or not loaded)
     ca_dir: Path | None = None
     ca_file: Path | None = None
-    token: gridenv.Token | None = None
+    token: gridenv.Token | None = None  # found once; its value never shows in repr or logs
+    token_error: str | None = None  # why a named token is unusable (load=False reports it)
     hidden_paths: tuple[Path, ...] = ()  # what a payload must not read (real paths)
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -62,8 +63,10 @@ def resolve(
     The proxy is ``proxy``, else ``$X509_USER_PROXY``, else ``/tmp/x509up_u<uid>`` when it
     exists. The CAs are ``ca_dir`` / ``ca_file`` when either is configured, else
     ``$X509_CERT_DIR`` (or the standard directory) and ``$X509_CERT_FILE``. With
-    ``load=False`` the proxy is located but neither read nor validated (``pilot check``
-    leaves that to the credentials check, which reports rather than stops).
+    ``load=False`` the proxy is located but neither read nor validated, and a bearer token
+    that cannot be read is carried as ``token_error`` instead of raised (``pilot check``
+    leaves both to the credentials check, which reports rather than stops). The token is
+    looked for either way, once: the check reads it from here.
     """
     env = os.environ if env is None else env
     path = proxy if proxy is not None else gridenv.find_proxy(env)
@@ -83,13 +86,20 @@ def resolve(
     hidden = hidden_paths(env, path)
     if loaded is None and not named:
         path = None
-    token = gridenv.find_token(env) if load else None
+    token, token_error = None, None
+    try:
+        token = gridenv.find_token(env)
+    except CredentialError as exc:
+        if load:
+            raise
+        token_error = str(exc)
     return Credentials(
         proxy_path=path,
         proxy=loaded,
         ca_dir=ca_dir,
         ca_file=ca_file,
         token=token,
+        token_error=token_error,
         hidden_paths=hidden,
     )
 
