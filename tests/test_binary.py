@@ -130,9 +130,10 @@ def in_bullseye(
 
 def bundled_files(binary: Path, dest: Path) -> dict[str, Path]:
     """Extract every entry of the binary's PyInstaller archive into ``dest``, by name."""
-    readers = pytest.importorskip(
-        "PyInstaller.archive.readers", reason="needs pyinstaller in the dev environment"
-    )
+    try:
+        from PyInstaller.archive import readers
+    except ImportError:
+        unavailable("needs pyinstaller in the dev environment (make venv installs it)")
     archive = readers.CArchiveReader(str(binary))
     out = {}
     for index, name in enumerate(archive.toc):

@@ -27,13 +27,14 @@ from pilot.grid.credentials import (
 )
 from testbed import pki as P
 from testbed.pki import MtlsServer, Pki, pki_fixture, tls_ask  # noqa: F401
+from tests.conftest import unavailable
 
 FQANS = ("/dteam/Role=NULL/Capability=NULL", "/dteam/prod/Role=pilot/Capability=NULL")
 
 
 def need(tool: str, package: str) -> None:
     if shutil.which(tool) is None:
-        pytest.skip(f"needs {package} ({tool})")
+        unavailable(f"needs {package} ({tool}): make system-deps installs it")
 
 
 @pytest.fixture(scope="module")

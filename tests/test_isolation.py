@@ -12,7 +12,7 @@ import pytest
 from pilot.errors import CheckFailed
 from pilot.job import isolation
 from testbed.pki import build_pki, issue_proxy, proxy_pem
-from tests.conftest import FAST, Stub, pilot_env, run_pilot
+from tests.conftest import FAST, Stub, pilot_env, run_pilot, unavailable
 from tests.payloads.support import (
     MARK_ENV,
     PAYLOADS,
@@ -34,7 +34,7 @@ def write_proxy(path: Path) -> Path:
 def needs_bwrap() -> str:
     path = shutil.which("bwrap")
     if path is None:
-        pytest.skip("needs bwrap (bubblewrap): apt-get install bubblewrap")
+        unavailable("needs bwrap (bubblewrap): make system-deps installs it")
     return path
 
 
@@ -211,7 +211,7 @@ def test_isolation_as_an_ordinary_user(stub: Stub) -> None:
         code = pilot.wait(120)
         log = (work / "pilot.log").read_text()
         if code == 30 and "does not work here" in log:
-            pytest.skip(f"needs bwrap usable by nobody here (user namespaces): {log[-500:]}")
+            unavailable(f"needs bwrap usable by nobody here (user namespaces): {log[-500:]}")
         assert code == 0, log[-3000:]
         check_peek_output(stub, job, proxy, work, mark)
     finally:

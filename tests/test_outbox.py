@@ -16,6 +16,7 @@ from pilot.backends import outbox as outbox_module
 from pilot.backends.base import JobStatus, MatchedJob, StatusUpdate
 from pilot.backends.outbox import Outbox, OutboxBackend, RetryBudget
 from pilot.errors import AuthError, ServerError, ServerUnreachable
+from tests.conftest import unavailable
 
 FAST = RetryBudget(retry_for=5.0, min_wait=0.01, max_wait=0.02)
 
@@ -310,7 +311,7 @@ def test_a_journal_on_a_full_disk_costs_only_its_survival(tmp_path: Path) -> Non
     """Writes to the journal fail with ENOSPC (it is /dev/full): the entries are still
     delivered, in order, and nothing hangs or raises."""
     if not Path("/dev/full").exists():
-        pytest.skip("no /dev/full")
+        unavailable("needs /dev/full (the kernel's always-full device)")
     box = tmp_path / "outbox"
     box.mkdir()
     (box / "job-7.jsonl").symlink_to("/dev/full")

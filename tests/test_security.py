@@ -18,7 +18,7 @@ from pilot.grid import credentials
 from server_stub.app import AuthPolicy
 from server_stub.userclient import UserClient
 from testbed.pki import Pki, issue_proxy, now, pki_fixture, proxy_pem  # noqa: F401
-from tests.conftest import BIN, FAST, Stub, run_pilot, secret
+from tests.conftest import BIN, FAST, Stub, run_pilot, secret, unavailable
 from tests.tls import https_stub, proxy_file, tls_pilot_env
 
 PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
@@ -118,8 +118,9 @@ def test_bearer_tokens_for_pilots_and_users(tmp_path: Path, pki: Pki) -> None:
 GRID_PROXY_INIT = shutil.which("grid-proxy-init")
 
 
-@pytest.mark.skipif(GRID_PROXY_INIT is None, reason="needs globus-proxy-utils (grid-proxy-init)")
 def test_grid_proxy_init_proxy_drives_the_pilot(mtls_stub: Stub, pki: Pki, tmp_path: Path) -> None:
+    if GRID_PROXY_INIT is None:
+        unavailable("needs globus-proxy-utils (grid-proxy-init): make system-deps installs it")
     out = tmp_path / "x509up_gpi"
     made = subprocess.run(
         [

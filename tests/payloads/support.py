@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import BIN, Stub, pilot_env
+from tests.conftest import BIN, Stub, pilot_env, unavailable
 
 PAYLOADS = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -110,7 +110,8 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def nobody_command() -> tuple[list[str], dict[str, str]]:
-    """argv prefix and environment to run ``pilot`` as user nobody, or pytest.skip why not.
+    """argv prefix and environment to run ``pilot`` as user nobody; else the test is
+    ``unavailable`` (skipped saying why, failed under CI=true).
 
     The test venv's interpreter may live where nobody cannot go (/root), so the system
     Python (the same version on this platform) runs the venv's site-packages.
@@ -118,13 +119,11 @@ def nobody_command() -> tuple[list[str], dict[str, str]]:
     import shutil
     import sysconfig
 
-    import pytest
-
     if os.geteuid() != 0:
-        pytest.skip("needs root: to switch to user nobody with runuser")
+        unavailable("needs root: to switch to user nobody with runuser (CI runs as root)")
     runuser = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin")
     if runuser is None:
-        pytest.skip("needs runuser (util-linux) to switch to user nobody")
+        unavailable("needs runuser (util-linux) to switch to user nobody")
     site = sysconfig.get_paths()["purelib"]
     # site.addsitedir runs the venv's .pth files: the editable installs of the project
     # and of the sample VO plugin (whose entry point the checks load).
@@ -145,7 +144,7 @@ def nobody_command() -> tuple[list[str], dict[str, str]]:
         text=True,
     )
     if probe.returncode != 0:
-        pytest.skip(f"needs {SYSTEM_PYTHON} able to import the venv as nobody: {probe.stderr}")
+        unavailable(f"needs {SYSTEM_PYTHON} able to import the venv as nobody: {probe.stderr}")
     code += "from pilot.cli import main; sys.exit(main())"
     return [runuser, "-u", "nobody", "--", SYSTEM_PYTHON, "-S", "-c", code], pilot_env(HOME="/")
 
