@@ -14,8 +14,18 @@ longest (between requests) to make room, and when none is idle it stops acceptin
 one closes; new clients then wait in the kernel's listen backlog. A connection idle for
 ``keepalive_timeout`` is closed; a TLS handshake must be done within
 ``handshake_timeout`` of the connection, a request head within ``request_timeout`` of
-its first byte (or of the connection), and a body must keep coming (``request_timeout``
-per read).
+its first byte (or of the connection).
+
+Bodies and responses have a pace: once a request head is read, its body must arrive at
+an average of at least ``min_rate`` bytes a second after a grace of ``request_timeout``,
+that is by ``request_timeout + received / min_rate`` seconds after the head (each read
+waits at most ``request_timeout`` too), and the response must leave at that pace as well
+(counted from its first byte). A normal upload or download is far faster (the default, 16
+KiB/s, moves 1 GiB in 18 hours; loopback and WAN transfers move it in seconds to
+minutes), while a client that drips a body or reads a download a few bytes at a time
+would otherwise keep a worker for as long as it likes. A body that falls behind is
+answered ``408 Request Timeout`` and its connection closed; a response that falls
+behind has its connection closed; both are logged with the client's address.
 
 Requests: HTTP/1.0 and 1.1, bodies by ``Content-Length`` or chunked, ``Expect:
 100-continue``. Responses keep the connection when their length is known (or chunked
@@ -31,6 +41,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import queue
 import re
 import select
@@ -52,11 +63,21 @@ MAX_HEAD = 64 << 10  # request line + headers
 MAX_HEADERS = 100
 RECV = 256 << 10
 DRAIN_LIMIT = 1 << 20  # unread request body a connection is kept after
+SENDFILE = 1 << 20  # bytes per sendfile call
 
 
 _FIELD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
 
 _date_cache: tuple[int, str] = (0, "")
+
+
+def _peer(conn: Connection) -> str:
+    """The client's address for a log line."""
+    addr = conn.addr
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr) or "a local client"
 
 
 def _http_date() -> str:
@@ -80,6 +101,31 @@ class _Closed(Exception):
 
 class _Incomplete(Exception):
     """The client has not sent the rest of its handshake or request head yet."""
+
+
+class _SlowReader(Exception):
+    """The client does not take the response at the server's minimum pace."""
+
+
+class _Pace:
+    """The minimum pace of a body or a response: by ``grace + moved / rate`` seconds
+    after ``start``, ``moved`` bytes must have passed."""
+
+    __slots__ = ("grace", "moved", "rate", "start")
+
+    def __init__(self, grace: float, rate: float) -> None:
+        self.start = time.monotonic()
+        self.grace = grace
+        self.rate = rate
+        self.moved = 0
+
+    def wait(self) -> float:
+        """Seconds the next read or write may wait (at most ``grace``); 0 when behind."""
+        left = self.start + self.grace + self.moved / self.rate - time.monotonic()
+        return max(0.0, min(self.grace, left))
+
+    def describe(self) -> str:
+        return f"{self.moved} bytes in {time.monotonic() - self.start:.1f} s"
 
 
 class Connection:
@@ -127,17 +173,37 @@ class FileWrapper:
 class _Body:
     """``wsgi.input``: exactly the request's body, by length or chunked."""
 
-    def __init__(self, conn: Connection, length: int | None, chunked: bool) -> None:
+    def __init__(self, conn: Connection, length: int | None, chunked: bool, pace: _Pace) -> None:
         self.conn = conn
         self.remaining = length or 0  # of the body, or of the current chunk
         self.chunked = chunked
         self.done = not chunked and not length
+        self.pace = pace
+        self.failed: BadRequest | None = None  # why reading it stopped, once it did
+
+    def _recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the socket, waiting no longer than the pace allows."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            wait = self.pace.wait()
+            if wait <= 0:
+                raise TimeoutError
+            self.conn.sock.settimeout(wait)
+            data = self.conn.sock.recv(n)
+        except TimeoutError:
+            self.failed = BadRequest(
+                f"request body too slow ({self.pace.describe()})", "408 Request Timeout"
+            )
+            raise self.failed from None
+        self.pace.moved += len(data)
+        return data
 
     def _take(self, n: int) -> bytes:
         """Up to ``n`` bytes of the connection (at least one), from the buffer first."""
         buf = self.conn.buf
         if not buf:  # straight from the socket: never more than this body (or chunk) holds
-            data = self.conn.sock.recv(min(n, 1 << 20))
+            data = self._recv(min(n, 1 << 20))
             if not data:
                 raise BadRequest("body ended early")
             return data
@@ -148,8 +214,12 @@ class _Body:
     def _line(self) -> bytes:
         buf = self.conn.buf
         while (end := buf.find(b"\r\n")) < 0:
-            if len(buf) > 4096 or not self.conn.fill():
+            if len(buf) > 4096:
                 raise BadRequest("bad chunked body")
+            data = self._recv(RECV)
+            if not data:
+                raise BadRequest("bad chunked body")
+            buf += data
         line = bytes(buf[:end])
         del buf[: end + 2]
         return line
@@ -225,6 +295,7 @@ class HTTPServer:
         keepalive_timeout: float = 30.0,
         request_timeout: float = 60.0,
         handshake_timeout: float = 10.0,
+        min_rate: float = 16 << 10,
         linger: float = 0.05,
         backlog: int = 128,
     ) -> None:
@@ -247,8 +318,10 @@ class HTTPServer:
         self.keepalive_timeout = keepalive_timeout
         self.request_timeout = request_timeout
         self.handshake_timeout = handshake_timeout
+        self.min_rate = min_rate  # bytes/s a body or response must average (after grace)
         # connections accepted, requests read, idle ones closed to make room, idle now
-        self.stats = {"connections": 0, "requests": 0, "closed_idle": 0, "idle": 0}
+        # and connections closed for a body or a response below min_rate
+        self.stats = {"connections": 0, "requests": 0, "closed_idle": 0, "idle": 0, "slow": 0}
         self._open = 0
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
@@ -488,18 +561,35 @@ class HTTPServer:
         with self._lock:
             self.stats["requests"] += 1
         if environ.get("HTTP_EXPECT", "").lower() == "100-continue" and not body.done:
+            conn.sock.settimeout(self.request_timeout)
             conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             keep = self._respond(conn, environ, body, keep)
         except BadRequest as exc:
-            log.debug("bad request body from %s: %s", conn.addr, exc)
+            if exc.status.startswith("408"):
+                self._count_slow()
+                log.warning("%s: %s; answered 408 and closed", _peer(conn), exc)
+            else:
+                log.debug("bad request body from %s: %s", conn.addr, exc)
+            self._send_error(conn, exc.status, str(exc))
+            return False
+        except _SlowReader as exc:
+            self._count_slow()
+            log.warning("%s: response not read (%s); closed", _peer(conn), exc)
             return False
         if keep:
             try:
                 keep = body.drain(DRAIN_LIMIT)
-            except BadRequest:
+            except BadRequest as exc:
+                if exc.status.startswith("408"):
+                    self._count_slow()
+                    log.warning("%s: %s after the response; closed", _peer(conn), exc)
                 return False
         return keep
+
+    def _count_slow(self) -> None:
+        with self._lock:
+            self.stats["slow"] += 1
 
     def _read_head(self, conn: Connection) -> bytes | None:
         """The next request head; raises _Incomplete when the rest is not there yet."""
@@ -527,8 +617,6 @@ class HTTPServer:
         head = bytes(buf[:end])
         del buf[: end + 4]
         conn.head_since = None
-        if sock.gettimeout() != self.request_timeout:
-            sock.settimeout(self.request_timeout)  # for the body and the response
         return head
 
     def _environ(self, conn: Connection, head: bytes) -> tuple[dict[str, Any], _Body, bool]:
@@ -595,7 +683,8 @@ class HTTPServer:
         keep = "close" not in connection
         if version == "HTTP/1.0":
             keep = "keep-alive" in connection
-        environ["wsgi.input"] = body = _Body(conn, length, chunked)
+        pace = _Pace(self.request_timeout, self.min_rate)
+        environ["wsgi.input"] = body = _Body(conn, length, chunked, pace)
         return environ, body, keep
 
     def _respond(self, conn: Connection, environ: dict[str, Any], body: _Body, keep: bool) -> bool:
@@ -616,6 +705,11 @@ class HTTPServer:
             raise NotImplementedError("use the returned iterable")
 
         result = self.app(environ, start_response)
+        if body.failed is not None:  # whatever the application made of it: 408, closed
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise body.failed
         if not body.done and (body.chunked or body.remaining > DRAIN_LIMIT):
             keep = False  # too much body left unread to skip it for a next request
         try:
@@ -655,8 +749,9 @@ class HTTPServer:
         out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         started[2] = True
         sock = conn.sock
+        pace = _Pace(self.request_timeout, self.min_rate)
         if bodyless:
-            sock.sendall(out)
+            self._send(sock, pace, out)
             return keep
         if (
             isinstance(result, FileWrapper)
@@ -664,8 +759,8 @@ class HTTPServer:
             and not isinstance(sock, ssl.SSLSocket)
             and hasattr(result.filelike, "fileno")
         ):
-            sock.sendall(out)
-            sock.sendfile(result.filelike)
+            self._send(sock, pace, out)
+            self._sendfile(sock, pace, result.filelike)
             return keep
         for chunk in result:
             if not chunk:
@@ -675,13 +770,50 @@ class HTTPServer:
             else:
                 out += chunk
             if len(out) >= 1 << 16:
-                sock.sendall(out)
+                self._send(sock, pace, out)
                 out = b""
         if chunked:
             out += b"0\r\n\r\n"
         if out:
-            sock.sendall(out)
+            self._send(sock, pace, out)
         return keep
+
+    @staticmethod
+    def _send(sock: socket.socket, pace: _Pace, data: bytes) -> None:
+        """All of ``data``, as fast as the client takes it but not slower than the pace."""
+        view = memoryview(data)
+        while view:
+            wait = pace.wait()
+            if wait <= 0:
+                raise _SlowReader(pace.describe())
+            sock.settimeout(wait)
+            try:
+                sent = sock.send(view)
+            except TimeoutError:
+                raise _SlowReader(pace.describe()) from None
+            pace.moved += sent
+            view = view[sent:]
+
+    @staticmethod
+    def _sendfile(sock: socket.socket, pace: _Pace, filelike: BinaryIO) -> None:
+        """The rest of a file with ``sendfile``, at the pace like :meth:`_send`."""
+        fd = filelike.fileno()
+        offset = filelike.tell()
+        sock.settimeout(0)
+        poll = select.poll()
+        poll.register(sock, select.POLLOUT)
+        while True:
+            wait = pace.wait()
+            if wait <= 0 or not poll.poll(wait * 1000):
+                raise _SlowReader(pace.describe())
+            try:
+                sent = os.sendfile(sock.fileno(), fd, offset, SENDFILE)
+            except BlockingIOError:
+                continue
+            if sent == 0:
+                return
+            offset += sent
+            pace.moved += sent
 
     def _send_error(self, conn: Connection, status: str, message: str) -> None:
         body = json.dumps({"detail": message}).encode()
@@ -690,6 +822,7 @@ class HTTPServer:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
         with contextlib.suppress(OSError):
+            conn.sock.settimeout(min(self.request_timeout, 1.0))  # a few bytes: buffered
             conn.sock.sendall(head.encode() + body)
 
     # -- stopping -------------------------------------------------------------------------
