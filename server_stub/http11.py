@@ -16,16 +16,18 @@ one closes; new clients then wait in the kernel's listen backlog. A connection i
 ``handshake_timeout`` of the connection, a request head within ``request_timeout`` of
 its first byte (or of the connection).
 
-Bodies and responses have a pace: once a request head is read, its body must arrive at
-an average of at least ``min_rate`` bytes a second after a grace of ``request_timeout``,
-that is by ``request_timeout + received / min_rate`` seconds after the head (each read
-waits at most ``request_timeout`` too), and the response must leave at that pace as well
-(counted from its first byte). A normal upload or download is far faster (the default, 16
-KiB/s, moves 1 GiB in 18 hours; loopback and WAN transfers move it in seconds to
-minutes), while a client that drips a body or reads a download a few bytes at a time
-would otherwise keep a worker for as long as it likes. A body that falls behind is
-answered ``408 Request Timeout`` and its connection closed; a response that falls
-behind has its connection closed; both are logged with the client's address.
+Bodies and responses have a minimum pace: a worker may spend at most
+``request_timeout + moved / min_rate`` seconds waiting on the client's socket while a
+request's body comes in (``moved``: its bytes so far), and as long again while the
+response goes out; no single read or write waits more than ``request_timeout``. That is
+an average of ``min_rate`` bytes a second after a grace of ``request_timeout``. A normal
+upload or download is far faster (the default, 16 KiB/s, is 1 GiB in 18 hours; loopback
+and WAN transfers move it in seconds to minutes), while a client that drips a body or
+reads a download a few bytes at a time would otherwise keep a worker as long as it
+likes. The application's own time (between its reads of the body, or making the
+response) is not counted. A body that falls behind is answered ``408 Request Timeout``
+and its connection closed; a response that falls behind has its connection closed;
+both are logged as warnings naming the client's address.
 
 Requests: HTTP/1.0 and 1.1, bodies by ``Content-Length`` or chunked, ``Expect:
 100-continue``. Responses keep the connection when their length is known (or chunked
@@ -108,24 +110,29 @@ class _SlowReader(Exception):
 
 
 class _Pace:
-    """The minimum pace of a body or a response: by ``grace + moved / rate`` seconds
-    after ``start``, ``moved`` bytes must have passed."""
+    """The minimum pace of a body or a response: the time spent waiting on the client's
+    socket may not pass ``grace + moved / rate`` seconds for ``moved`` bytes (the
+    application's own time between reads or writes is not counted)."""
 
-    __slots__ = ("grace", "moved", "rate", "start")
+    __slots__ = ("grace", "moved", "rate", "waited")
 
     def __init__(self, grace: float, rate: float) -> None:
-        self.start = time.monotonic()
         self.grace = grace
         self.rate = rate
         self.moved = 0
+        self.waited = 0.0
 
     def wait(self) -> float:
         """Seconds the next read or write may wait (at most ``grace``); 0 when behind."""
-        left = self.start + self.grace + self.moved / self.rate - time.monotonic()
+        left = self.grace + self.moved / self.rate - self.waited
         return max(0.0, min(self.grace, left))
 
+    def count(self, moved: int, since: float) -> None:
+        self.moved += moved
+        self.waited += time.monotonic() - since
+
     def describe(self) -> str:
-        return f"{self.moved} bytes in {time.monotonic() - self.start:.1f} s"
+        return f"{self.moved} bytes in {self.waited:.1f} s of waiting on the client"
 
 
 class Connection:
@@ -185,6 +192,7 @@ class _Body:
         """Up to ``n`` bytes from the socket, waiting no longer than the pace allows."""
         if self.failed is not None:
             raise self.failed
+        since = time.monotonic()
         try:
             wait = self.pace.wait()
             if wait <= 0:
@@ -192,11 +200,12 @@ class _Body:
             self.conn.sock.settimeout(wait)
             data = self.conn.sock.recv(n)
         except TimeoutError:
+            self.pace.count(0, since)
             self.failed = BadRequest(
                 f"request body too slow ({self.pace.describe()})", "408 Request Timeout"
             )
             raise self.failed from None
-        self.pace.moved += len(data)
+        self.pace.count(len(data), since)
         return data
 
     def _take(self, n: int) -> bytes:
@@ -787,11 +796,13 @@ class HTTPServer:
             if wait <= 0:
                 raise _SlowReader(pace.describe())
             sock.settimeout(wait)
+            since = time.monotonic()
             try:
                 sent = sock.send(view)
             except TimeoutError:
+                pace.count(0, since)
                 raise _SlowReader(pace.describe()) from None
-            pace.moved += sent
+            pace.count(sent, since)
             view = view[sent:]
 
     @staticmethod
@@ -804,16 +815,19 @@ class HTTPServer:
         poll.register(sock, select.POLLOUT)
         while True:
             wait = pace.wait()
+            since = time.monotonic()
             if wait <= 0 or not poll.poll(wait * 1000):
+                pace.count(0, since)
                 raise _SlowReader(pace.describe())
             try:
                 sent = os.sendfile(sock.fileno(), fd, offset, SENDFILE)
             except BlockingIOError:
-                continue
+                sent = -1
+            pace.count(max(sent, 0), since)
             if sent == 0:
                 return
-            offset += sent
-            pace.moved += sent
+            if sent > 0:
+                offset += sent
 
     def _send_error(self, conn: Connection, status: str, message: str) -> None:
         body = json.dumps({"detail": message}).encode()
