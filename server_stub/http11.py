@@ -95,6 +95,7 @@ class BadRequest(Exception):
     def __init__(self, message: str, status: str = "400 Bad Request") -> None:
         super().__init__(message)
         self.status = status
+        self.answerable = True  # False once a response has started: then only close
 
 
 class _Closed(Exception):
@@ -580,7 +581,8 @@ class HTTPServer:
                 log.warning("%s: %s; answered 408 and closed", _peer(conn), exc)
             else:
                 log.debug("bad request body from %s: %s", conn.addr, exc)
-            self._send_error(conn, exc.status, str(exc))
+            if exc.answerable:
+                self._send_error(conn, exc.status, str(exc))
             return False
         except _SlowReader as exc:
             self._count_slow()
@@ -723,6 +725,9 @@ class HTTPServer:
             keep = False  # too much body left unread to skip it for a next request
         try:
             return self._write_response(conn, environ, started, result, keep)
+        except BadRequest as exc:  # the application read the body while answering
+            exc.answerable = not (started and started[2])
+            raise
         finally:
             close = getattr(result, "close", None)
             if close is not None:
