@@ -225,17 +225,18 @@ class StubApp:
 
     def kill(self, request: Request, job_id: str) -> Response:
         self._owner_only(request, int(job_id), "kill")
-        return Response(200, {"job_id": int(job_id), "result": self.store.kill(int(job_id))})
+        result = self.store.kill(int(job_id), _user_request_id(request))
+        return Response(200, {"job_id": int(job_id), "result": result})
 
     def reschedule(self, request: Request, job_id: str) -> Response:
         self._owner_only(request, int(job_id), "reschedule")
-        result = self.store.reschedule(int(job_id))
+        result = self.store.reschedule(int(job_id), _user_request_id(request))
         return Response(200, {"job_id": int(job_id), "result": result})
 
     def delete(self, request: Request, job_id: str) -> Response:
         self._owner_only(request, int(job_id), "delete")
-        self.store.delete(int(job_id))
-        return Response(200, {"job_id": int(job_id), "result": "Deleted"})
+        result = self.store.delete(int(job_id), _user_request_id(request))
+        return Response(200, {"job_id": int(job_id), "result": result})
 
     def _owner_only(self, request: Request, job_id: int, action: str) -> None:
         # no identity here means an open stub: authorize() refused the rest already
@@ -428,6 +429,16 @@ def _send(response: Response, environ: Environ, start_response: StartResponse) -
         status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     )
     return [data]
+
+
+def _user_request_id(request: Request) -> str | None:
+    """The ``X-Request-Id`` of a user's kill, delete or reschedule: its retries reuse it."""
+    value = request.headers.get("x-request-id")
+    if value is None:
+        return None
+    if not 8 <= len(value) <= 128:
+        raise StoreError("X-Request-Id must be 8 to 128 characters")
+    return value
 
 
 def _object(value: JSON) -> dict[str, Any]:

@@ -96,8 +96,15 @@ CREATE TABLE IF NOT EXISTS match_requests (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS match_requests_created ON match_requests(created);
+CREATE TABLE IF NOT EXISTS user_requests (
+    request_hash TEXT PRIMARY KEY,
+    result TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS user_requests_created ON user_requests(created);
 """
 MATCH_REQUEST_KEEP_S = 7 * 86400.0  # how long a match request id is remembered
+USER_REQUEST_KEEP_S = 7 * 86400.0  # how long a user's kill/delete/reschedule id is remembered
 
 
 class StoreError(Exception):
@@ -522,9 +529,16 @@ class Store:
 
     # -- user actions -------------------------------------------------------------------
 
-    def kill(self, job_id: int) -> str:
+    # A user's kill, delete or reschedule may carry a request id (``X-Request-Id``) that
+    # the client's retries of that one call reuse: a retry whose first try landed (its
+    # reply was lost) gets the first answer again and changes nothing. A new command has
+    # a new id, so killing a killed job on purpose still answers "already Killed".
+
+    def kill(self, job_id: int, request_id: str | None = None) -> str:
         """Kill a job: immediately when it is not running, else on the next heartbeat."""
         with self._tx() as db:
+            if (again := _answered(db, request_id, "kill", job_id)) is not None:
+                return again
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
@@ -533,20 +547,25 @@ class Store:
                 raise StoreError(f"job {job_id} is already {status}", 409)
             if status in (JobStatus.RECEIVED, JobStatus.WAITING, JobStatus.STALLED):
                 self._record(db, job_id, JobStatus.KILLED, Minor.KILLED_BY_USER, None, "JobManager")
-                return "Killed"
+                return _answer(db, request_id, "kill", job_id, "Killed")
             db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
             self._record(db, job_id, None, Minor.KILL_REQUESTED, None, "JobManager")
-            return Minor.KILL_REQUESTED
+            return _answer(db, request_id, "kill", job_id, Minor.KILL_REQUESTED)
 
-    def delete(self, job_id: int) -> None:
+    def delete(self, job_id: int, request_id: str | None = None) -> str:
         with self._tx() as db:
+            if (again := _answered(db, request_id, "delete", job_id)) is not None:
+                return again
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
+            if row["status"] == JobStatus.DELETED:  # a new command, not a retry of one
+                raise StoreError(f"job {job_id} is already Deleted", 409)
             if row["status"] in (JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING):
                 db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
             self._record(db, job_id, JobStatus.DELETED, Minor.DELETED_BY_USER, None, "JobManager")
             db.execute("UPDATE jobs SET token_hash = NULL WHERE id = ?", (job_id,))
+            return _answer(db, request_id, "delete", job_id, "Deleted")
 
     # -- stalled jobs -------------------------------------------------------------------
 
@@ -713,9 +732,12 @@ class Store:
         )
         return [{**_pilot_view(r), "jobs": r["jobs"]} for r in rows], total
 
-    def reschedule(self, job_id: int) -> str:
-        """Put a finished or stalled job back to Waiting (a user's reschedule)."""
+    def reschedule(self, job_id: int, request_id: str | None = None) -> str:
+        """Put a finished or stalled job back to Waiting (a user's reschedule); a retry
+        with the same ``request_id`` answers again without rescheduling twice."""
         with self._tx() as db:
+            if (again := _answered(db, request_id, "reschedule", job_id)) is not None:
+                return again
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
@@ -733,7 +755,7 @@ class Store:
                 (job_id,),
             )
             self._record(db, job_id, JobStatus.WAITING, "Job Rescheduled", "", "JobManager")
-        return "Rescheduled"
+            return _answer(db, request_id, "reschedule", job_id, "Rescheduled")
 
     # -- stored proxies (delegation) --------------------------------------------------------
 
@@ -919,6 +941,38 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, Mapping):
         return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     return bool(a == b)
+
+
+def _request_key(request_id: str, action: str, job_id: int) -> str:
+    return hash_token(f"{action}:{job_id}:{request_id}")
+
+
+def _answered(
+    db: sqlite3.Connection, request_id: str | None, action: str, job_id: int
+) -> str | None:
+    """The answer already given to this user request (a retry of it), or None."""
+    if not request_id:
+        return None
+    row = db.execute(
+        "SELECT result FROM user_requests WHERE request_hash = ?",
+        (_request_key(request_id, action, job_id),),
+    ).fetchone()
+    return None if row is None else str(row["result"])
+
+
+def _answer(
+    db: sqlite3.Connection, request_id: str | None, action: str, job_id: int, result: str
+) -> str:
+    """Remember ``result`` as the answer to this user request (same transaction as the
+    action: both land or neither); forget requests older than USER_REQUEST_KEEP_S."""
+    if request_id:
+        now = time.time()
+        db.execute("DELETE FROM user_requests WHERE created < ?", (now - USER_REQUEST_KEEP_S,))
+        db.execute(
+            "INSERT OR REPLACE INTO user_requests VALUES (?, ?, ?)",
+            (_request_key(request_id, action, job_id), result, now),
+        )
+    return result
 
 
 def _has_update(db: sqlite3.Connection, job_id: int, ts: float, source: str) -> bool:

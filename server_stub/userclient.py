@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from datetime import timedelta
@@ -66,13 +67,20 @@ class UserClient(HttpClient):
         return answer
 
     def kill(self, job_id: int) -> str:
-        return str(self.json("POST", f"/api/jobs/{job_id}/kill")["result"])
+        return self._act("POST", f"/api/jobs/{job_id}/kill")
 
     def reschedule(self, job_id: int) -> str:
-        return str(self.json("POST", f"/api/jobs/{job_id}/reschedule")["result"])
+        return self._act("POST", f"/api/jobs/{job_id}/reschedule")
 
     def delete(self, job_id: int) -> str:
-        return str(self.json("DELETE", f"/api/jobs/{job_id}")["result"])
+        return self._act("DELETE", f"/api/jobs/{job_id}")
+
+    def _act(self, method: str, path: str) -> str:
+        """A kill, delete or reschedule: one new request id, reused by the retries of this
+        call, so that a retry whose first try landed (its reply lost) gets the first answer
+        from the stub instead of "already Killed" or a second reschedule."""
+        headers = {"X-Request-Id": secrets.token_urlsafe(24)}
+        return str(self.json(method, path, headers=headers)["result"])
 
     def get_jdl(self, job_id: int) -> str:
         return str(self.json("GET", f"/api/jobs/{job_id}/jdl")["jdl"])

@@ -669,6 +669,51 @@ def test_status_updates(wms: tuple[FakeWms, FakeDiset, DiracBackend]) -> None:
     assert params[1:] == ("setJobParameters", [7, [["Timing.run", "1.5"]]])  # failure only logged
 
 
+def test_a_retried_final_status_is_spaced_and_then_its_job_forgotten(
+    wms: tuple[FakeWms, FakeDiset, DiracBackend],
+) -> None:
+    """The per-job time of the last status sent (kept so that a job's statuses reach
+    DIRAC at least 1 ms apart) stays while a final status has not landed: its retry is
+    still later than the status before it; once it lands, the job's entry goes."""
+    fake, _, backend = wms
+    start = int(time.time() * 1000) / 1000 + 0.0006
+    backend.set_status(JOB, StatusUpdate(JobStatus.COMPLETING, "Uploading", timestamp=start))
+    done = StatusUpdate(JobStatus.DONE, "Execution Complete", timestamp=start + 0.0002)
+    fake.replies["setJobStatusBulk"] = {"OK": False, "Message": "database busy"}
+    with pytest.raises(DisetError, match="database busy"):
+        backend.set_status(JOB, done)
+    assert JOB.job_id in backend._last_ms  # the failed final status keeps the job's time
+    del fake.replies["setJobStatusBulk"]
+    backend.set_status(JOB, done)  # the outbox's retry: the same update
+    assert backend._last_ms == {}
+    stamps = [next(iter(args[1])) for _, action, args in fake.calls if action == "setJobStatusBulk"]
+    assert len(stamps) == 3 and stamps[0] < stamps[1] < stamps[2], stamps
+
+
+def test_the_status_times_table_does_not_grow_over_many_jobs(
+    wms: tuple[FakeWms, FakeDiset, DiracBackend],
+) -> None:
+    """One entry per job while it runs, none once its final status has gone: a pilot
+    that runs thousands of jobs keeps no time of any ended one."""
+    _, _, backend = wms
+    sent: list[tuple[Any, ...]] = []
+
+    class JobState:
+        def call(self, *args: Any) -> None:
+            sent.append(args)
+
+    backend.job_state = JobState()  # type: ignore[assignment]
+    ends = [JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED]
+    for n in range(3000):
+        job = MatchedJob(str(n), "[]")
+        backend.set_status(job, StatusUpdate(JobStatus.RUNNING, "Application"))
+        backend.set_status(job, StatusUpdate(application="half way"))
+        assert list(backend._last_ms) == [str(n)]
+        backend.set_status(job, StatusUpdate(ends[n % 3], "Ended"))
+        assert backend._last_ms == {}
+    assert len(sent) == 3 * 3000
+
+
 def test_heartbeat_returns_commands(wms: tuple[FakeWms, FakeDiset, DiracBackend]) -> None:
     fake, _, backend = wms
     fake.replies["sendHeartBeat"] = s_ok({"Kill": ""})

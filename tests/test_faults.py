@@ -480,3 +480,103 @@ def test_the_guardian_spares_a_process_that_took_a_job_process_number() -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def _history_count(stub: Stub, job: int, status: str, minor: str) -> int:
+    return minor_statuses(stub, job).count((status, minor))
+
+
+def _matched(stub: Stub, job: int) -> None:
+    """Claim ``job`` as a pilot would (it becomes Matched: a kill waits for the pilot)."""
+    import httpx
+
+    body = {"pilot": "p1", "resources": {}, "request_id": "m" * 32}
+    with httpx.Client(base_url=stub.url) as http:
+        assert http.post("/api/jobs/match", json=body).json()["job_id"] == job
+
+
+@pytest.mark.parametrize(
+    ("command", "before", "said", "row"),
+    [
+        ("kill", "Waiting", "Killed", ("Killed", "Killed by user")),
+        ("kill", "Matched", "Kill requested", ("Matched", "Kill requested")),
+        ("delete", "Waiting", "Deleted", ("Deleted", "Deleted by user")),
+        ("reschedule", "Killed", "Rescheduled", ("Waiting", "Job Rescheduled")),
+    ],
+)
+def test_a_user_command_whose_reply_is_lost_acts_once_and_succeeds(
+    faulty: tuple[Stub, FaultProxy], command: str, before: str, said: str, row: tuple[str, str]
+) -> None:
+    """pilot-stub kill/delete/reschedule through the proxy, which loses the stub's reply
+    to the first try: the client's retry carries the same request id and gets the first
+    answer; the command exits 0, says what it did once, the history has one row of it.
+    The same command given again (a new request) is refused as before."""
+    from tests.test_stub_cli import cli
+
+    stub, proxy = faulty
+    (job,) = stub.submit('Executable = "/bin/true";')
+    if before == "Matched":
+        _matched(stub, job)
+    elif before == "Killed":
+        stub.client.kill(job)
+    assert stub.status(job) == before
+    method = "DELETE" if command == "delete" else "POST"
+    route = f"/api/jobs/{job}" + ("" if command == "delete" else f"/{command}")
+    proxy.drop_replies(f"{method} {route} ".encode(), 1)
+    done = cli("--server", proxy.url, command, str(job))
+    assert proxy.lost_replies == 1  # the first try did land and its reply was lost
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"job {job}: {said}\n", "")
+    assert _history_count(stub, job, *row) == 1
+    if command == "reschedule":
+        assert stub.client.job(job)["reschedules"] == 1
+    if command != "reschedule" and before == "Waiting":
+        again = cli("--server", proxy.url, command, str(job))  # a new command, not a retry
+        assert again.returncode == 2
+        assert again.stderr.strip() == f"pilot-stub: job {job}: is already {row[0]}"
+        assert _history_count(stub, job, *row) == 1
+
+
+def test_a_user_request_id_is_one_action_on_one_job(stub: Stub) -> None:
+    """The stub answers a repeated X-Request-Id with its first answer, for that action on
+    that job only; without the header (the monitor's API callers) every call acts anew;
+    a malformed id is refused with a line saying what to fix."""
+    import httpx
+
+    first, second = (stub.submit('Executable = "/bin/true";')[0] for _ in range(2))
+    rid = {"X-Request-Id": "q" * 16}
+    with httpx.Client(base_url=stub.url) as http:
+        for _ in range(2):
+            answer = http.post(f"/api/jobs/{first}/kill", headers=rid)
+            assert answer.json() == {"job_id": first, "result": "Killed"}
+        # the same id for another job, or another action, is another request
+        assert http.post(f"/api/jobs/{second}/kill", headers=rid).json()["result"] == "Killed"
+        back = http.post(f"/api/jobs/{first}/reschedule", headers=rid)
+        assert back.json()["result"] == "Rescheduled"
+        assert http.post(f"/api/jobs/{first}/reschedule", headers=rid).status_code == 200
+        assert stub.client.job(first)["reschedules"] == 1
+        plain = http.post(f"/api/jobs/{second}/kill")
+        assert plain.status_code == 409 and "already Killed" in plain.text
+        short = http.post(f"/api/jobs/{first}/kill", headers={"X-Request-Id": "short"})
+        assert short.status_code == 400
+        assert short.json()["detail"] == "X-Request-Id must be 8 to 128 characters"
+    assert minor_statuses(stub, first).count(("Killed", "Killed by user")) == 1
+
+
+def test_forgetting_old_user_requests_is_no_table_scan(stub: Stub) -> None:
+    """Every user request remembered forgets those older than a week, on an index."""
+    import sqlite3
+
+    from server_stub.store import USER_REQUEST_KEEP_S
+
+    (job,) = stub.submit('Executable = "/bin/true";')
+    with sqlite3.connect(stub.server.settings.db) as db:
+        db.execute("INSERT INTO user_requests VALUES ('old', 'Killed', 0)")
+    stub.client.kill(job)  # remembers its own request and forgets the old one
+    with sqlite3.connect(stub.server.settings.db) as db:
+        kept = [r[0] for r in db.execute("SELECT result FROM user_requests")]
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM user_requests WHERE created < ?",
+            (time.time() - USER_REQUEST_KEEP_S,),
+        ).fetchall()
+    assert kept == ["Killed"]
+    assert any("USING INDEX user_requests_created" in str(row) for row in plan), plan

@@ -349,6 +349,54 @@ def test_a_journal_a_running_pilot_holds_is_left_to_it(tmp_path: Path) -> None:
     assert not (box / "job-7.jsonl").exists()
 
 
+class RefusesToken(FlakyBackend):
+    """Unreachable for reports carrying ``token`` (an earlier run's), takes the others."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+        self.tokens: list[str | None] = []
+
+    def set_statuses(self, job: MatchedJob, updates: Sequence[StatusUpdate]) -> None:
+        if job.token == self.token:
+            raise ServerUnreachable("down for this token")
+        self.tokens.extend(job.token for _ in updates)
+        super().set_statuses(job, updates)
+
+
+def test_a_job_matched_again_reports_with_its_new_token_beside_a_recovered_journal(
+    tmp_path: Path,
+) -> None:
+    """A journal of job 7 left by an earlier pilot is still being retried when this pilot
+    matches job 7 again (rescheduled meanwhile): the new run's reports go with the new
+    token, in a journal of their own, and the old journal keeps its own token."""
+    box = tmp_path / "outbox"
+    box.mkdir()
+    (box / "job-7.jsonl").write_text(HEAD + entry(0, "Done"))
+    inner = RefusesToken("secret-token")
+    outbox = Outbox(inner, box, RetryBudget(retry_for=30.0, min_wait=0.01, max_wait=0.02))
+    assert outbox.recover() == 1
+    again = MatchedJob("7", "", "new-token")
+    wrapped = OutboxBackend(inner, outbox)  # type: ignore[arg-type]
+    wrapped.set_status(again, StatusUpdate(JobStatus.RUNNING, "Application"))
+    assert sorted(p.name for p in box.iterdir()) == ["job-7.1.jsonl", "job-7.jsonl"]
+    wrapped.set_status(again, StatusUpdate(JobStatus.DONE, "Execution Complete"))
+    deadline = time.monotonic() + 10
+    while (box / "job-7.1.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert inner.tokens == ["new-token", "new-token"]
+    assert [what for _, what in inner.sent] == [
+        (JobStatus.RUNNING, "Application"),
+        (JobStatus.DONE, "Execution Complete"),
+    ]
+    assert sorted(p.name for p in box.iterdir()) == ["job-7.jsonl"]  # still owed, its token
+    assert json.loads((box / "job-7.jsonl").read_text().splitlines()[0])["token"] == (
+        "secret-token"
+    )
+    outbox.hurry(0)
+    outbox.drain(5)
+
+
 def test_a_malformed_commands_answer_is_a_server_error_not_a_dead_poll() -> None:
     """The command poll thread catches the pilot's errors only: a reply that is not a list
     of commands used to end it (KeyError), and kills then waited for heartbeats."""

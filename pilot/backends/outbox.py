@@ -1,8 +1,10 @@
 """The pilot's outbox: every report about a job is journaled, then delivered in order.
 
 Status changes (with the application status and the final status) and output uploads
-of a job are appended to a journal in the work directory (``WORK/outbox/job-ID.jsonl``)
-before they are sent, and a thread per job sends them in the order they were made.
+of a job are appended to a journal in the work directory (``WORK/outbox/job-ID.jsonl``;
+one per run of a job: a job matched again while an earlier run's journal is still owed
+gets ``job-ID.N.jsonl``, and each run's reports go with that run's token) before they are
+sent, and a thread per job sends them in the order they were made.
 A transport failure or a 5xx answer is retried with a jittered back-off, for
 ``retry_for`` seconds from the first failure, by default until the batch slot ends less
 the grace time: a server that is away for minutes costs nothing but the wait. Other
@@ -107,6 +109,7 @@ class _JobQueue:
         self.file: IO[str] | None = None
         self.torn = torn  # the journal ends in a line cut short: end it before appending
         self.recovered = False  # left by an earlier pilot
+        self.key = path.stem  # one queue per journal
 
     def append(self, record: Mapping[str, Any]) -> None:
         if self.file is None:
@@ -144,10 +147,10 @@ class Outbox:
     def post(self, job: MatchedJob, kind: str, data: Mapping[str, Any]) -> _Entry:
         """Journal one entry and queue it for delivery after the job's earlier ones."""
         with self._cond:
-            queue = self._queues.get(job.job_id)
+            queue = self._queues.get(self._live_key(job))
             if queue is None:
-                path = self.directory / f"job-{job.job_id}.jsonl"
-                queue = self._queues[job.job_id] = _JobQueue(job, path)
+                queue = _JobQueue(job, self._new_journal(job.job_id))
+                self._queues[queue.key] = queue
                 self._journal(queue, {"job": job.job_id, "token": job.token})
             entry = _Entry(queue.next_seq, kind, dict(data))
             queue.next_seq += 1
@@ -160,6 +163,25 @@ class Outbox:
         if sender is not None:
             sender.start()  # outside the lock: the sender's first step takes it
         return entry
+
+    def _live_key(self, job: MatchedJob) -> str:
+        """The key of the queue this pilot's current run of ``job`` posts to: a queue
+        recovered from an earlier run, or an earlier match with another token (the job was
+        rescheduled and matched again), is not it: those reports go with their own token."""
+        for key, queue in self._queues.items():
+            same_run = (queue.job.job_id, queue.job.token) == (job.job_id, job.token)
+            if same_run and not queue.recovered:
+                return key
+        return ""
+
+    def _new_journal(self, job_id: str) -> Path:
+        """A journal name no queue or earlier journal of this work directory uses."""
+        path = self.directory / f"job-{job_id}.jsonl"
+        attempt = 0
+        while path.exists() or any(q.path == path for q in self._queues.values()):
+            attempt += 1
+            path = self.directory / f"job-{job_id}.{attempt}.jsonl"
+        return path
 
     def _sender(self, queue: _JobQueue) -> threading.Thread:
         """The queue's sender, made (``self._cond`` held) but not started."""
@@ -200,7 +222,7 @@ class Outbox:
                         queue.close()
                         with contextlib.suppress(OSError):
                             queue.path.unlink()
-                        del self._queues[queue.job.job_id]
+                        del self._queues[queue.key]
                     self._cond.notify_all()
                     return
                 batch = [queue.pending[0]]
@@ -393,7 +415,7 @@ class Outbox:
                 queue.file = os.fdopen(fd, "a", buffering=1)
                 count += len(queue.pending)
                 with self._cond:
-                    self._queues[queue.job.job_id] = queue
+                    self._queues[queue.key] = queue
                     sender = self._sender(queue)
                 sender.start()
         return count
@@ -421,7 +443,7 @@ class Outbox:
             path.unlink(missing_ok=True)
             return None
         with self._cond:
-            if job.job_id in self._queues:
+            if path.stem in self._queues:
                 return None
         top = max(r["seq"] for r in entries)
         queue = _JobQueue(job, path, next_seq=top + 1, torn=not text.endswith("\n"))

@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pilot import __version__
-from pilot.backends.base import Inputs, MatchedJob, StatusUpdate
+from pilot.backends.base import FINAL_STATUSES, Inputs, MatchedJob, StatusUpdate
 from pilot.backends.dirac import cscfg, data
 from pilot.backends.dirac.diset import DisetClient, DisetError, DisetProtocolError, parse_url
 from pilot.config import PilotConfig
@@ -372,6 +372,9 @@ class DiracBackend:
             fields["Source"] = self.settings.source
             when = dirac_time(self._status_ms(job.job_id, update.timestamp) / 1000)
             self.job_state.call("setJobStatusBulk", job_id, {when: fields})
+            if update.status in FINAL_STATUSES:  # landed: no later status of the job to space
+                with self._times_lock:
+                    self._last_ms.pop(job.job_id, None)
         if update.extra:
             self._set_parameters(job_id, update.extra)
 
@@ -381,7 +384,9 @@ class DiracBackend:
         DIRAC keeps a status's time to the millisecond, rounded (``StatusTimeOrder``), and
         ignores an update older than the newest it has: two updates within one
         millisecond (an intermediate status, then at once the final one) could drop the
-        final one, leaving a Done job Completing on the server."""
+        final one, leaving a Done job Completing on the server. A job's entry goes once
+        its final status has landed; a final status whose call failed (its reply lost,
+        say) keeps it, so that its retry is still spaced after the status before it."""
         with self._times_lock:
             ms = max(int(timestamp * 1000), self._last_ms.get(job_id, 0) + 1)
             self._last_ms[job_id] = ms
