@@ -271,6 +271,9 @@ class JobRunner:
         finally:
             if self.payload_proxy is not None:
                 self.payload_proxy.remove()
+                act_as_owner = getattr(self.backend, "use_owner_proxy", None)
+                if act_as_owner is not None:  # the job is over: forget its owner's proxy
+                    act_as_owner(self.job, None)
 
     def _get_payload_proxy(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome | None:
         """The job's delegated proxy (None: go on, with or without one; else the failure)."""
