@@ -71,6 +71,10 @@ def pilot_config(
         f'matcher = "{server.urls["matcher"]}"\n'
         f'jobstateupdate = "{server.urls["jobstateupdate"]}"\n'
         f'sandboxstore = "{server.urls["sandboxstore"]}"\n'
+        # the pilot (testpilot) stages each job's sandboxes as its owner, with the owner's
+        # proxy delegated by the ProxyManager: DIRAC serves a user's sandboxes only to them
+        f'proxymanager = "{server.urls["proxymanager"]}"\n'
+        f'configuration = "{server.urls["configuration"]}"\n'
     )
     return conf
 
