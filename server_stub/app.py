@@ -11,12 +11,14 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, BinaryIO
+
+from cryptography import x509
 
 from pilot.job import jdl
 from server_stub.monitor import Monitor, Refused, may_act
@@ -116,13 +118,14 @@ class StubApp:
         sandboxes: SandboxStore,
         max_parametric: int = 1000,
         auth: AuthPolicy | None = None,
+        proxy_cas: Sequence[x509.Certificate] = (),
     ) -> None:
         self.store = store
         self.sandboxes = sandboxes
         self.max_parametric = max_parametric
         self.auth = auth or AuthPolicy()
         self.monitor = Monitor(store, sandboxes, self.auth)  # the web pages, outside /api/
-        self.proxies = ProxyStore(store)
+        self.proxies = ProxyStore(store, proxy_cas)  # uploads must lead to one of these CAs
         self.routes: list[tuple[str, re.Pattern[str], Handler, Role]] = [
             ("POST", re.compile(r"/api/jobs/jdl"), self.submit, Role.USER),
             ("GET", re.compile(r"/api/jobs"), self.list_jobs, Role.USER),

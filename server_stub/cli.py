@@ -38,12 +38,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from pilot import __version__, cliutil
 from pilot.backends import stub as stub_client
 from pilot.backends.base import InputKind, JobStatus, classify
 from pilot.backends.local import local_inputs
 from pilot.errors import (
     AuthError,
+    CredentialError,
     ExitCode,
     PilotError,
     ServerError,
@@ -53,6 +56,7 @@ from pilot.errors import (
 from pilot.grid import credentials
 from pilot.job import jdl, outpack
 from server_stub.app import AuthPolicy
+from server_stub.proxies import load_trust
 from server_stub.server import ServerSettings, StubServer
 from server_stub.store import StoreError
 from server_stub.userclient import UserClient
@@ -522,6 +526,15 @@ def server_security(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, Au
     return ctx, auth
 
 
+def proxy_trust(args: argparse.Namespace) -> tuple[x509.Certificate, ...]:
+    """The CAs of --ca-dir/--ca-file, which uploaded proxies must lead to (none: the stub
+    refuses every upload, see README "The payload's own proxy")."""
+    try:
+        return load_trust(args.ca_dir, args.ca_file)
+    except CredentialError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check_db(path: Path) -> None:
     """The database path is a SQLite file or nothing yet, in an existing directory."""
     if path.is_dir():
@@ -568,6 +581,7 @@ def serve(args: argparse.Namespace) -> int:
         keepalive_timeout=args.keepalive_timeout,
         ssl_context=ssl_context,
         auth=auth,
+        proxy_cas=proxy_trust(args),
     )
     try:
         server = StubServer(settings)
