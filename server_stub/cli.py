@@ -978,7 +978,14 @@ def upload_issuer(args: argparse.Namespace) -> credentials.Proxy:
 
 
 def cmd_proxy_upload(client: UserClient, args: argparse.Namespace) -> int:
-    stored = client.proxy_upload(args.issuer, timedelta(hours=args.valid))
+    try:
+        stored = client.proxy_upload(args.issuer, timedelta(hours=args.valid))
+    except AuthError as exc:
+        if exc.status != 403:
+            raise
+        # the stub refused this proxy (untrusted CA, someone else's, a token caller):
+        # its one-line reason, without the request line and its one-time request id
+        raise AuthError(_reason(exc), exc.status) from None
     until = when(stored["not_after"])
     _emit(
         args,
