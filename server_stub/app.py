@@ -207,7 +207,7 @@ class StubApp:
         expanded = []
         for text in texts:
             expanded.extend(jdl.expand(jdl.parse(text), self.max_parametric))
-        owner = request.identity or request.headers.get("x-user")
+        owner = request.identity or _claimed_user(request)
         ids = self.store.submit_many(expanded, owner)  # all validated before any is stored
         return Response(200, [{"JobID": i, "Status": "Waiting"} for i in ids])
 
@@ -381,7 +381,7 @@ class StubApp:
         return Response(200, answer)
 
     def proxy_info(self, request: Request) -> Response:
-        return Response(200, self.proxies.info(request.identity or request.headers.get("x-user")))
+        return Response(200, self.proxies.info(request.identity or _claimed_user(request)))
 
     def put_file(self, request: Request, lfn: str) -> Response:
         body = _object(request.json())
@@ -429,6 +429,16 @@ def _send(response: Response, environ: Environ, start_response: StartResponse) -
         status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     )
     return [data]
+
+
+def _claimed_user(request: Request) -> str | None:
+    """The ``X-User`` header of a caller without identity (an open stub): a label, never a
+    DN, which only a client certificate proves (a job owned by a DN gets its delegated
+    proxy)."""
+    value = request.headers.get("x-user")
+    if value is not None and value.startswith("/"):
+        raise StoreError("X-User cannot be a DN: connect with that DN's client certificate", 403)
+    return value
 
 
 def _user_request_id(request: Request) -> str | None:

@@ -8,8 +8,9 @@ of its trust store (``pilot-stub serve --ca-dir/--ca-file``; with neither, every
 refused): RFC 3820 proxies, each signed by the next certificate, down to an end-entity
 certificate that a trusted CA signed, all valid now. The chain signs the key the stub has
 just made, so it proves its uploader holds a credential of its DN. The stored proxy is
-also tied to the caller: with a client certificate, the chain's DN must be the
-connection's; a bearer-token caller proves no DN and is refused (403). Delegation
+also tied to the caller: only a caller with a verified client certificate may store one,
+and the chain's DN must be the connection's; a bearer-token caller or one of an open stub
+proves no DN and is refused (403). Delegation
 to a job (``POST /api/jobs/{id}/proxy``, the job's token): the pilot sends a request for
 a key of its own, the stub signs a new proxy with the owner's stored one. No private key
 ever crosses the network.
@@ -134,9 +135,17 @@ class ProxyStore:
         chain_pem: str,
         caller: str | None,
     ) -> dict[str, Any]:
-        if caller is not None and not caller.startswith("/"):
-            # a bearer token: it proves no DN, and jobs submitted with it are owned by
-            # "user-token", never by a DN, so a stored proxy would serve none of them
+        # Only a caller with a verified DN (client certificate) may store a proxy: jobs
+        # are owned by that DN only when submitted with it (a bearer token's jobs are owned
+        # by "user-token", an open stub's by nobody), so a proxy stored by anyone else
+        # would serve none of theirs - or, on an open stub, whoever claims the DN.
+        if caller is None:
+            raise StoreError(
+                "proxy refused: no client certificate to tie it to; upload over HTTPS with"
+                " your certificate or proxy as the client certificate",
+                403,
+            )
+        if not caller.startswith("/"):
             raise StoreError(
                 "proxy refused: a bearer token proves no DN; upload over HTTPS with your"
                 " certificate or proxy as the client certificate",
@@ -160,7 +169,7 @@ class ProxyStore:
         except CredentialError as exc:
             raise StoreError(f"proxy refused: {exc}", 403) from None
         owner = proxy.identity_slash
-        if caller is not None and caller != owner:
+        if caller != owner:
             raise StoreError(f"a proxy of {owner} cannot be stored by {caller}", 403)
         not_after = proxy.not_after.timestamp()
         self.store.put_proxy(owner, pem, not_after)

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pilot.backends.base import MatchedJob
-from pilot.errors import CredentialError, NoStoredProxy, ServerError
+from pilot.errors import CredentialError, ExitCode, NoStoredProxy, ServerError
 from pilot.grid import credentials, voms
 from pilot.grid.voms import x509_slash_dn as slash_dn
 from pilot.job import delegation
@@ -27,7 +27,6 @@ from server_stub.proxies import load_trust
 from server_stub.server import ServerSettings, StubServer
 from server_stub.userclient import UserClient
 from testbed.pki import (  # noqa: F401
-    Issued,
     Pki,
     issue_proxy,
     issue_user,
@@ -35,7 +34,6 @@ from testbed.pki import (  # noqa: F401
     now,
     pki_fixture,
     proxy_pem,
-    write_private,
 )
 from tests.conftest import BIN, FAST, Stub, run_pilot, start_stub, unavailable
 from tests.test_security import _pilot_env as _env
@@ -75,14 +73,14 @@ def needs_bwrap() -> None:
         unavailable("needs bwrap (bubblewrap): apt-get install bubblewrap")
 
 
-def _trusting_stub(tmp: Path, pki: Pki, *, require_cert: bool = True) -> Stub:
+def _trusting_stub(tmp: Path, pki: Pki, *, require_cert: bool = True, cas: bool = True) -> Stub:
     """An HTTPS stub (client certificates required unless ``require_cert`` is false) whose
-    proxy uploads must lead to the test CA (``--ca-file``); the user talks to it with a
-    proxy of the test user."""
+    proxy uploads must lead to the test CA (``--ca-file``; none without ``cas``); the user
+    talks to it with a proxy of the test user."""
     ctx = credentials.server_ssl_context(
         pki.hostcert, pki.hostkey, ca_file=pki.ca_file, require_client_cert=require_cert
     )
-    trusted = load_trust(None, pki.ca_file)
+    trusted = load_trust(None, pki.ca_file) if cas else ()
     settings = ServerSettings(
         db=tmp / "stub.db", sandbox_dir=tmp / "sb", ssl_context=ctx, proxy_cas=trusted
     )
@@ -364,10 +362,11 @@ def test_proxy_upload_refuses_a_chain_from_an_untrusted_ca(proxy_stub: Stub, pki
     assert proxy_stub.server.store.proxy_of(OWNER_DN) == before
 
 
-def _plain_stub(tmp: Path, pki: Pki, *, cas: bool, user_token: str | None) -> Stub:
+def _token_stub(tmp: Path, pki: Pki, user_token: str | None) -> Stub:
+    """A plain HTTP stub on loopback with the test CA as its upload trust store: open, or
+    closed to users without ``user_token``."""
     auth = AuthPolicy(user_tokens=frozenset({user_token})) if user_token else AuthPolicy()
-    trusted = load_trust(None, pki.ca_file) if cas else ()
-    stub = start_stub(tmp, auth=auth, proxy_cas=trusted)
+    stub = start_stub(tmp, auth=auth, proxy_cas=load_trust(None, pki.ca_file))
     stub.client.close()
     return Stub(stub.url, stub.server, UserClient(stub.url, bearer=user_token), tmp)
 
@@ -387,12 +386,12 @@ def _one_line(done: subprocess.CompletedProcess[str]) -> str:
 def test_a_bearer_token_cannot_store_a_proxy(pki: Pki, tmp_path: Path) -> None:
     """The audit's case: a user-token holder stores a rogue chain claiming the test user's
     DN. A token proves no DN: refused (403), even with a genuine chain."""
-    stub = _plain_stub(tmp_path / "s", pki, cas=True, user_token="user-secret-1")
+    stub = _token_stub(tmp_path / "s", pki, "user-secret-1")
     try:
         with pytest.raises(ServerError, match=r"403 .*a bearer token proves no DN"):
             stub.client.proxy_upload(_rogue_testuser(), timedelta(hours=1))  # type: ignore[arg-type]
         genuine = _cli_upload(stub, pki, "--token", "user-secret-1")
-        assert genuine.returncode != 0
+        assert genuine.returncode == ExitCode.AUTH
         assert _one_line(genuine) == (
             "pilot-stub: proxy refused: a bearer token proves no DN; upload over HTTPS with"
             " your certificate or proxy as the client certificate"
@@ -403,11 +402,29 @@ def test_a_bearer_token_cannot_store_a_proxy(pki: Pki, tmp_path: Path) -> None:
         stub.server.stop()
 
 
-def test_a_stub_without_cas_refuses_every_upload(pki: Pki, tmp_path: Path) -> None:
-    stub = _plain_stub(tmp_path / "s", pki, cas=False, user_token=None)
+def test_an_open_stub_stores_no_proxy(pki: Pki, tmp_path: Path) -> None:
+    """Open loopback stub (no tokens, no TLS), even with a CA to check against: nothing
+    ties the DN to whoever submits jobs there, so no proxy is stored."""
+    stub = _token_stub(tmp_path / "s", pki, None)
     try:
         done = _cli_upload(stub, pki)
-        assert done.returncode != 0
+        assert done.returncode == ExitCode.AUTH
+        assert _one_line(done) == (
+            "pilot-stub: proxy refused: no client certificate to tie it to; upload over HTTPS"
+            " with your certificate or proxy as the client certificate"
+        )
+        assert stub.server.store.proxy_of(OWNER_DN) is None
+    finally:
+        stub.client.close()
+        stub.server.stop()
+
+
+def test_a_stub_without_cas_refuses_every_upload(pki: Pki, tmp_path: Path) -> None:
+    """HTTPS with client certificates but no --ca-dir/--ca-file for uploads: refused."""
+    stub = _trusting_stub(tmp_path / "s", pki, cas=False)
+    try:
+        done = _cli_upload(stub, pki, "--ca-file", str(pki.ca_file))
+        assert done.returncode == ExitCode.AUTH
         assert _one_line(done) == (
             "pilot-stub: proxy refused: this stub has no CA to check proxies against"
             " (start it with --ca-dir or --ca-file)"
@@ -418,34 +435,25 @@ def test_a_stub_without_cas_refuses_every_upload(pki: Pki, tmp_path: Path) -> No
         stub.server.stop()
 
 
-def test_an_open_stub_with_cas_stores_only_chains_it_can_verify(pki: Pki, tmp_path: Path) -> None:
-    """Open loopback stub (no tokens, no TLS) with --ca-file: the caller proves the DN by
-    the chain itself (it signs the key the stub just made, up to a trusted CA)."""
-    stub = _plain_stub(tmp_path / "s", pki, cas=True, user_token=None)
+def test_a_caller_without_certificate_cannot_claim_a_dn(pki: Pki, tmp_path: Path) -> None:
+    """Client certificates optional: a caller without one may not own its jobs as the test
+    user's DN through X-User (they would get that user's delegated proxy)."""
+    stub = _trusting_stub(tmp_path / "s", pki, require_cert=False)
+    anonymous = UserClient(stub.url, verify=credentials.ssl_context(None, ca_file=pki.ca_file))
     try:
-        rogue = _cli_upload_rogue(stub, pki, tmp_path)
-        assert rogue.returncode != 0
-        assert _one_line(rogue).startswith(
-            f"pilot-stub: proxy refused: {OWNER_DN} is not issued by a CA this stub trusts"
+        assert _proxy_upload(stub, pki).returncode == 0
+        jdl_text = 'Executable = "/bin/true";'
+        with pytest.raises(ServerError, match="403 X-User cannot be a DN"):
+            anonymous.json("POST", "/api/jobs/jdl", json=jdl_text, headers={"X-User": OWNER_DN})
+        assert stub.client.jobs() == []
+        (labelled,) = anonymous.json(
+            "POST", "/api/jobs/jdl", json=jdl_text, headers={"X-User": "alice"}
         )
-        assert stub.server.store.proxy_of(OWNER_DN) is None
-        done = _cli_upload(stub, pki)
-        assert done.returncode == 0 and f"proxy of {OWNER_DN} stored" in done.stdout, done.stderr
+        assert stub.client.job(labelled["JobID"])["owner"] == "alice"
     finally:
+        anonymous.close()
         stub.client.close()
         stub.server.stop()
-
-
-def _cli_upload_rogue(stub: Stub, pki: Pki, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    cert, key, _ = _rogue_testuser()
-    rogue = Issued(cert, key)  # type: ignore[arg-type]
-    cert_file = tmp_path / "rogue-cert.pem"
-    cert_file.write_bytes(rogue.cert_pem())
-    key_file = tmp_path / "rogue-key.pem"
-    write_private(key_file, rogue.key_pem())
-    argv = [str(BIN / "pilot-stub"), "--server", stub.url, "proxy-upload"]
-    argv += ["--cert", str(cert_file), "--key", str(key_file)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_env(pki))
 
 
 def test_serve_names_an_unusable_ca_option(
