@@ -382,13 +382,16 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
         "--ca-dir",
         type=Path,
         metavar="DIR",
-        help="CA directory (hash links) for client certificates (default: system CAs)",
+        help=(
+            "CA directory (hash links) for client certificates (default: system CAs)"
+            " and uploaded proxies (default: uploads refused)"
+        ),
     )
     tls.add_argument(
         "--ca-file",
         type=Path,
         metavar="FILE",
-        help="CA bundle for client certificates (default: none)",
+        help="CA bundle for client certificates and uploaded proxies (default: none)",
     )
 
 
