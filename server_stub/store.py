@@ -571,6 +571,7 @@ class Store:
                 self._record(db, job_id, JobStatus.KILLED, Minor.KILLED_BY_USER, None, "JobManager")
                 return _answer(db, request_id, "kill", job_id, "Killed")
             db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM payload_tokens WHERE job_id = ?", (job_id,))  # at once
             self._record(db, job_id, None, Minor.KILL_REQUESTED, None, "JobManager")
             return _answer(db, request_id, "kill", job_id, Minor.KILL_REQUESTED)
 
