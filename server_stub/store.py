@@ -710,11 +710,15 @@ class Store:
         token = payload_token(job_id, secret)
         expires = time.time() + min(lifetime, MAX_PAYLOAD_TOKEN_S)
         with self._tx() as db:
-            row = db.execute("SELECT status, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(
+                "SELECT status, owner, kill_requested FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise StoreError(f"no job {job_id}", 404)
             if row["status"] not in TOKEN_LIVE:
                 raise StoreError(f"job {job_id} is {row['status']}: no payload token", 409)
+            if row["kill_requested"]:
+                raise StoreError(f"job {job_id} is being killed: no payload token", 409)
             if not row["owner"]:
                 return None
             db.execute("DELETE FROM payload_tokens WHERE job_id = ?", (job_id,))

@@ -116,7 +116,10 @@ class PayloadToken:
 
 def write_token(path: Path, token: str) -> None:
     """Write the token file with mode 0600, atomically replacing ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise CredentialError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
