@@ -1,6 +1,6 @@
 """The matcher stub as a WSGI application (standard library only).
 
-Routes are shaped after DiracX's REST API; see ARCHITECTURE.md and the README. Pilot
+Routes are shaped after DiracX's REST API; the README's wire protocol section lists them. Pilot
 calls that change a job carry that job's token in the ``X-Job-Token`` header.
 """
 
