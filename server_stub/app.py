@@ -286,7 +286,9 @@ class StubApp:
             return Response(204)
         log.info("job %d matched to pilot %s", claim.job_id, pilot)
         answer = {"job_id": claim.job_id, "jdl": claim.jdl, "token": claim.token}
-        answer["owner_proxy"] = self.proxies.available(claim.job_id)
+        owner = self.store.job(claim.job_id)["owner"]
+        answer["owner"] = bool(owner)  # whether the job can have a payload token
+        answer["owner_proxy"] = self.proxies.available(owner)
         return Response(200, answer)
 
     def set_status(self, request: Request) -> Response:

@@ -22,7 +22,7 @@ from pilot.job import bearer
 from server_stub.app import AuthPolicy
 from server_stub.userclient import UserClient
 from testbed.pki import Pki, pki_fixture  # noqa: F401
-from tests.conftest import FAST, Stub, run_pilot, secret, start_stub
+from tests.conftest import BIN, FAST, Stub, run_pilot, secret, start_stub
 from tests.test_security import _https_stub
 from tests.test_security import _pilot_env as _env
 
@@ -70,6 +70,16 @@ call("own_status", "GET", "/api/jobs/" + own_job)
 call("other_status", "GET", "/api/jobs/" + other_job)
 call("kill_own", "POST", "/api/jobs/" + own_job + "/kill")
 call("submit", "POST", "/api/jobs/jdl", ["Executable = \"/bin/true\";"])
+# pilot-stub finds the token by WLCG discovery (BEARER_TOKEN_FILE), nothing given
+import subprocess
+cli = [sys.argv[4] + "/pilot-stub", "--server", url, "--ca-file", os.environ["X509_CERT_FILE"]]
+got = subprocess.run(
+    cli + ["get-file", "LFN:/owner/result.txt", "--dir", "fetched"], capture_output=True, text=True
+)
+if got.returncode:
+    print("cli_get=%d %s" % (got.returncode, got.stderr.strip().replace("\n", " ")))
+else:
+    print("cli_get=0 %s" % (open("fetched/result.txt", "rb").read() == content))
 """
 
 
@@ -115,7 +125,7 @@ def test_payload_uses_its_token_for_its_owners_files_only(
     assert token_stub.client.job(other_job)["owner"] == "user-token"
     (job,) = token_stub.submit(
         f'Executable = "{sys.executable}"; WallTime = 600;'
-        f' Arguments = "payload.py {token_stub.url} {other_job} {other_sha}";'
+        f' Arguments = "payload.py {token_stub.url} {other_job} {other_sha} {BIN}";'
         ' InputSandbox = {"payload.py"}; StdOutput = "out.txt";'
         ' OutputSandbox = {"out.txt", "tok.txt"};',
         {"payload.py": PAYLOAD},
@@ -140,6 +150,7 @@ def test_payload_uses_its_token_for_its_owners_files_only(
     for what in ("put_content", "put_file", "get_file", "get_content"):
         assert lines[what].startswith("201") or lines[what] == "200", (what, out)
     assert lines["same"] == "True", out
+    assert lines["cli_get"] == "0 True", out
     assert lines["own_status"] == "200", out
     for what in ("other_file", "other_content", "overwrite_other", "other_status"):
         assert lines[what].startswith("403"), (what, out)
@@ -211,6 +222,25 @@ def test_other_jobs_cannot_read_a_payload_token_under_isolation(
         outs[job] = (tmp_path / f"o{job}" / "out.txt").read_text()
         assert "own" in outs[job], outs[job]
     assert ("neighbour" in outs[second]) == (mode == "none"), outs[second]
+
+
+def test_a_job_without_an_owner_runs_without_a_token(stub: Stub, tmp_path: Path) -> None:
+    """An open stub: jobs have no owner identity, the match says so and the pilot asks
+    for no token; the payload has no BEARER_TOKEN_FILE, even when the JDL names one."""
+    (job,) = stub.submit(
+        'Executable = "/bin/sh"; Arguments = "-c \'echo file=${BEARER_TOKEN_FILE:-none}\'";'
+        ' ExecutionEnvironment = {"BEARER_TOKEN_FILE=/tmp/x", "BEARER_TOKEN=abc"};'
+        ' StdOutput = "out.txt"; OutputSandbox = {"out.txt"};'
+    )
+    assert stub.client.job(job)["owner"] is None
+    done = run_pilot(["run", "--server", stub.url, *FAST], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert stub.status(job) == "Done"
+    stub.client.get_output(job, tmp_path / "o")
+    assert (tmp_path / "o" / "out.txt").read_text().strip() == "file=none"
+    assert f"job {job}: runs without a payload token: no owner" in done.stderr
+    with sqlite3.connect(stub.tmp / "stub.db") as conn:
+        assert conn.execute("SELECT count(*) FROM payload_tokens").fetchone() == (0,)
 
 
 # -- the stub's side, over HTTP: minting, scope, expiry, revocation ------------------------

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from pilot.backends.base import OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
+from pilot.backends.base import OWNER_IDENTITY, OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
     NoStoredProxy,
@@ -403,6 +403,8 @@ class StubBackend:
         if answer is None:
             return None
         extra = {OWNER_PROXY: bool(answer["owner_proxy"])} if "owner_proxy" in answer else {}
+        if "owner" in answer:
+            extra[OWNER_IDENTITY] = bool(answer["owner"])
         return MatchedJob(str(answer["job_id"]), answer["jdl"], answer.get("token"), extra)
 
     def dry_run_match(self, resources: Mapping[str, Any]) -> dict[str, Any]:

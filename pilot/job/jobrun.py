@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
+from pilot.backends.base import (
+    OWNER_IDENTITY,
+    Backend,
+    JobStatus,
+    MatchedJob,
+    Minor,
+    StatusUpdate,
+)
 from pilot.errors import NoStoredProxy, PilotError, SandboxError
 from pilot.job import archive, bearer, delegation, execute, heartbeat, isolation, jdl, sandbox
 from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
@@ -291,6 +298,9 @@ class JobRunner:
         without one; else the failure, as for a failed delegation)."""
         mint = bearer.minter_of(self.backend)
         if mint is None:
+            return None
+        if self.job.extra.get(OWNER_IDENTITY) is False:  # the match said: nothing to mint
+            log.info("job %s: runs without a payload token: no owner", self.job.job_id)
             return None
         policy = self.settings.delegation
         wall = _seconds(desc, WALL_TIME_KEYS)
