@@ -499,3 +499,42 @@ def test_a_stub_that_refuses_fails_the_job(token_stub: Stub, pki: Pki, tmp_path:
     found = token_stub.client.job(job)
     assert found["status"] == "Failed"
     assert found["minor_status"].startswith(f"{bearer.FAILED_MINOR}: "), found
+
+
+def test_a_lost_mint_reply_is_retried_harmlessly(tmp_path: Path) -> None:
+    """The stub mints, its reply is lost on the way (the connection is reset): the pilot's
+    retry gets the same token, the stub holds one, and the payload can use it."""
+    from testbed.faultproxy import FaultProxy
+
+    stub = start_stub(tmp_path / "stub")
+    host, port = stub.server.httpd.server_address[:2]
+    proxy = FaultProxy((str(host), int(port)), max_seconds=300).start()
+    script = (
+        "import json, os, urllib.request, sys\n"
+        "req = urllib.request.Request(sys.argv[1] + '/api/jobs/' + os.environ['PILOT_JOB_ID'])\n"
+        "token = open(os.environ['BEARER_TOKEN_FILE']).read().strip()\n"
+        "req.add_header('Authorization', 'Bearer ' + token)\n"
+        "print(json.load(urllib.request.urlopen(req, timeout=30))['status'])\n"
+    )
+    try:
+        (tmp_path / "status.py").write_text(script)
+        with httpx.Client(base_url=stub.url, timeout=30) as client:
+            jdl = (
+                f'Executable = "{sys.executable}"; Arguments = "{tmp_path}/status.py {stub.url}";'
+                ' StdOutput = "out.txt"; OutputSandbox = {"out.txt"};'
+            )
+            answer = client.post("/api/jobs/jdl", json=[jdl], headers={"X-User": "alice"})
+            assert answer.status_code == 200, answer.text
+            job = int(answer.json()[0]["JobID"])
+        proxy.drop_replies(f"POST /api/jobs/{job}/bearer-token".encode(), 1)
+        done = run_pilot(["run", "--server", proxy.url, *FAST], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert proxy.lost_replies == 1
+        assert stub.status(job) == "Done", stub.client.logging_info(job)
+        stub.client.get_output(job, tmp_path / "o")
+        assert (tmp_path / "o" / "out.txt").read_text().strip() == "Running"
+        assert "payload token" in done.stderr
+    finally:
+        proxy.stop()
+        stub.client.close()
+        stub.server.stop()
