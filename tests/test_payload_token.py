@@ -538,3 +538,26 @@ def test_a_lost_mint_reply_is_retried_harmlessly(tmp_path: Path) -> None:
         proxy.stop()
         stub.client.close()
         stub.server.stop()
+
+
+def test_the_payload_environment_names_only_its_own_token(tmp_path: Path) -> None:
+    from pilot.job import jdl, jobrun
+
+    settings = jobrun.JobSettings(
+        work_dir=tmp_path,
+        pilot_reference="p",
+        site="S",
+        base_env={"PATH": "/bin", "BEARER_TOKEN": "pilot's", "BEARER_TOKEN_FILE": "/pilot"},
+    )
+    desc = jdl.JobDescription.from_attrs(
+        jdl.parse(
+            '[Executable = "true";'
+            ' ExecutionEnvironment = {"BEARER_TOKEN=x", "BEARER_TOKEN_FILE=/elsewhere"};]'
+        )
+    )
+    job_dir = tmp_path / "job-1"
+    without = jobrun.payload_env(desc, "1", settings, job_dir, 1)
+    assert "BEARER_TOKEN" not in without and "BEARER_TOKEN_FILE" not in without
+    own = jobrun.payload_env(desc, "1", settings, job_dir, 1, token=job_dir / bearer.TOKEN_FILE)
+    assert own["BEARER_TOKEN_FILE"] == str(job_dir / ".bearer-token")
+    assert "BEARER_TOKEN" not in own
