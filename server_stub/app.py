@@ -19,6 +19,7 @@ from http import HTTPStatus
 from typing import Any, BinaryIO
 
 from pilot.job import jdl
+from server_stub.http11 import BadRequest
 from server_stub.monitor import Monitor, Refused, may_act
 from server_stub.proxies import ProxyStore
 from server_stub.sandboxes import SandboxStore
@@ -185,6 +186,8 @@ class StubApp:
             response = Response(400, {"detail": f"invalid JDL: {exc}"})
         except OverflowError:  # SQLite's integers are 64-bit: no job, size or time beyond
             response = Response(400, {"detail": "a number in the request is out of range"})
+        except BadRequest:  # the request's body failed (too slow, malformed): the server answers
+            raise
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             response = Response(500, {"detail": "internal server error"})

@@ -914,7 +914,11 @@ RESCHEDULABLE = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, J
 # every job's JDL; one index there costs each pilot update far less than one per column
 # (the match and two status updates of a job: +15 % CPU with these indexes, +40 % with
 # one per column). The others serve the exact filters and the columns written once
-# (name, site, owner, pilot), in the table's default order.
+# (name, site, owner, pilot), in the table's default order. The application status
+# has one of its own too (mon_application): sorting by it deep into the list read and
+# sorted every row of mon_list (0.07-0.13 s a page at 10^5 jobs, bench/monitor.py);
+# a job is inserted with an empty one, so submitting appends to one end of the index
+# (10^5 submissions: no change in the stub's CPU time measured by bench/matcher.py).
 MONITOR_INDEXES = """
 CREATE INDEX IF NOT EXISTS mon_list ON jobs(id, status, minor, application, updated);
 CREATE INDEX IF NOT EXISTS mon_status ON jobs(status, id);
@@ -922,6 +926,7 @@ CREATE INDEX IF NOT EXISTS mon_site ON jobs(site, id);
 CREATE INDEX IF NOT EXISTS mon_owner ON jobs(owner, id);
 CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
 CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
+CREATE INDEX IF NOT EXISTS mon_application ON jobs(application, id);
 """
 _LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
 
