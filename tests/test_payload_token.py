@@ -165,7 +165,9 @@ def test_payload_uses_its_token_for_its_owners_files_only(
     assert "payload token" in done.stderr and token not in done.stderr + done.stdout
 
 
-def test_payload_reads_its_own_status(token_stub: Stub, pki: Pki, tmp_path: Path) -> None:
+def test_payload_reads_its_own_status_and_its_output_data_is_the_owners(
+    token_stub: Stub, pki: Pki, tmp_path: Path
+) -> None:
     script = (
         "import json, os, ssl, urllib.request, sys\n"
         "req = urllib.request.Request(sys.argv[1] + '/api/jobs/' + os.environ['PILOT_JOB_ID'])\n"
@@ -176,7 +178,8 @@ def test_payload_reads_its_own_status(token_stub: Stub, pki: Pki, tmp_path: Path
     )
     (job,) = token_stub.submit(
         f'Executable = "{sys.executable}"; Arguments = "s.py {token_stub.url}";'
-        ' InputSandbox = {"s.py"}; StdOutput = "out.txt"; OutputSandbox = {"out.txt"};',
+        ' InputSandbox = {"s.py"}; StdOutput = "out.txt"; OutputSandbox = {"out.txt"};'
+        ' OutputData = {"out.txt"}; OutputPath = "/owner/data";',
         {"s.py": script},
     )
     env = _env(pki, BEARER_TOKEN=PILOT_TOKEN)
@@ -184,6 +187,8 @@ def test_payload_reads_its_own_status(token_stub: Stub, pki: Pki, tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     token_stub.client.get_output(job, tmp_path / "o")
     assert (tmp_path / "o" / "out.txt").read_text().strip() == "Running"
+    # the pilot stored its OutputData with the job token: the file is the owner's
+    assert token_stub.server.store.file("LFN:/owner/data/out.txt")["owner"] == OWNER_DN
 
 
 @pytest.mark.parametrize("mode", ["bwrap", "none"])
