@@ -9,6 +9,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+
 from pilot.errors import CredentialError
 from pilot.grid import credentials
 from server_stub.app import AuthPolicy, StubApp
@@ -33,9 +35,12 @@ class ServerSettings:
     ssl_context: ssl.SSLContext | None = None
     insecure: bool = False  # allow plain HTTP on a non-loopback address
     auth: AuthPolicy = field(default_factory=lambda: AuthPolicy())
+    proxy_cas: tuple[x509.Certificate, ...] = ()  # CAs uploaded proxies must lead to
     workers: int = 16  # threads serving requests
     max_connections: int = 1000  # open client connections (kept alive or busy)
     keepalive_timeout: float = 30.0  # seconds an idle connection is kept
+    request_timeout: float = 60.0  # seconds for a request head; a body's and response's grace
+    min_rate: float = 16 << 10  # bytes/s a body or response must average after that grace
 
 
 def _peer_identity(conn: ssl.SSLSocket) -> str | None:
@@ -60,6 +65,7 @@ class StubServer:
             SandboxStore(settings.sandbox_dir, settings.max_sandbox_bytes),
             settings.max_parametric,
             settings.auth,
+            settings.proxy_cas,
         )
         # TLS handshakes happen in the worker threads, not in the accepting loop.
         self.httpd = HTTPServer(
@@ -70,6 +76,8 @@ class StubServer:
             workers=settings.workers,
             max_connections=settings.max_connections,
             keepalive_timeout=settings.keepalive_timeout,
+            request_timeout=settings.request_timeout,
+            min_rate=settings.min_rate,
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
