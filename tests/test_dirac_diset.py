@@ -780,7 +780,7 @@ def test_output_data_goes_to_the_first_output_se_that_works_without_reparsing(
     def no_parse(text: str) -> None:
         raise AssertionError("the JDL was parsed again")
 
-    monkeypatch.setattr(backend, "data_manager", Manager)
+    monkeypatch.setattr(backend, "data_manager", lambda job=None: Manager())
     monkeypatch.setattr(jdl, "load", no_parse)
     source = tmp_path / "result.txt"
     source.write_text("r")
