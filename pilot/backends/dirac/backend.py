@@ -25,8 +25,12 @@ upload_pilot_log       nothing: DIRAC's pilot logging service is HTTPS-only
 =====================  ============================================================
 
 Sandbox ``SB:`` entries are always fetched from the configured SandboxStore: DIRAC's
-sandbox SE is that very service (its DIP endpoint). Access to a user's sandbox follows
-DIRAC's rules for the pilot's identity (owner, JobSharing group, or JobAdministrator).
+sandbox SE is that very service (its DIP endpoint). Once the job's delegated proxy is
+handed over (``use_owner_proxy``, called by the job runner for each new or renewed payload
+proxy), that job's sandbox and data calls go out with it, as DIRAC's JobWrapper works
+with the payload's proxy: the SandboxStore serves a user's sandbox only to its owner
+(or JobAdministrator/JobMonitor), never to a GenericPilot identity. A job without a
+payload proxy uses the pilot's own identity for them.
 """
 
 from __future__ import annotations
