@@ -11,19 +11,21 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, BinaryIO
 
+from cryptography import x509
+
 from pilot.job import jdl
 from server_stub.http11 import BadRequest
 from server_stub.monitor import Monitor, Refused, may_act
 from server_stub.proxies import ProxyStore
 from server_stub.sandboxes import SandboxStore
-from server_stub.store import Store, StoreError
+from server_stub.store import PAYLOAD_TOKEN_PREFIX, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Request:
     headers: Mapping[str, str]
     environ: Environ
     identity: str | None = None
+    payload_job: int | None = None  # the job of the payload token the request came with
 
     def json(self, max_bytes: int = 64 << 20) -> JSON:
         length = int(self.headers.get("content-length") or 0)
@@ -117,13 +120,14 @@ class StubApp:
         sandboxes: SandboxStore,
         max_parametric: int = 1000,
         auth: AuthPolicy | None = None,
+        proxy_cas: Sequence[x509.Certificate] = (),
     ) -> None:
         self.store = store
         self.sandboxes = sandboxes
         self.max_parametric = max_parametric
         self.auth = auth or AuthPolicy()
         self.monitor = Monitor(store, sandboxes, self.auth)  # the web pages, outside /api/
-        self.proxies = ProxyStore(store)
+        self.proxies = ProxyStore(store, proxy_cas)  # uploads must lead to one of these CAs
         self.routes: list[tuple[str, re.Pattern[str], Handler, Role]] = [
             ("POST", re.compile(r"/api/jobs/jdl"), self.submit, Role.USER),
             ("GET", re.compile(r"/api/jobs"), self.list_jobs, Role.USER),
@@ -151,12 +155,22 @@ class StubApp:
             ("PUT", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.put_pilot_log, Role.PILOT),
             ("GET", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.get_pilot_log, Role.USER),
             ("POST", re.compile(r"/api/jobs/(\d+)/proxy"), self.delegate_proxy, Role.PILOT),
+            (
+                "POST",
+                re.compile(r"/api/jobs/(\d+)/bearer-token"),
+                self.mint_payload_token,
+                Role.PILOT,
+            ),
             ("POST", re.compile(r"/api/proxies/request"), self.proxy_request, Role.USER),
             ("PUT", re.compile(r"/api/proxies/request/([\w-]+)"), self.proxy_upload, Role.USER),
             ("GET", re.compile(r"/api/proxies"), self.proxy_info, Role.USER),
             ("PUT", re.compile(r"/api/files/(LFN:.+)"), self.put_file, Role.ANY),
             ("GET", re.compile(r"/api/files/(LFN:.+)"), self.get_file, Role.ANY),
         ]
+        # what a payload's bearer token opens: its owner's files and its own job's status
+        self.payload_routes: frozenset[Handler] = frozenset(
+            {self.get_job, self.put_file, self.get_file, self.put_sandbox, self.get_sandbox}
+        )
 
     # -- WSGI plumbing ------------------------------------------------------------------
 
@@ -191,6 +205,16 @@ class StubApp:
             if method != request.method:
                 allowed = True
                 continue
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and token.startswith(PAYLOAD_TOKEN_PREFIX):
+                job_id, owner = self.store.payload_token_owner(token)  # 401 when dead
+                if handler not in self.payload_routes:
+                    raise StoreError(
+                        "a payload token grants only its owner's files and its job's status",
+                        403,
+                    )
+                payload = replace(request, identity=owner, payload_job=job_id)
+                return handler(payload, *found.groups())
             identity = self.auth.authorize(role, request)
             return handler(replace(request, identity=identity), *found.groups())
         if allowed:
@@ -207,7 +231,7 @@ class StubApp:
         expanded = []
         for text in texts:
             expanded.extend(jdl.expand(jdl.parse(text), self.max_parametric))
-        owner = request.identity or request.headers.get("x-user")
+        owner = request.identity or _claimed_user(request)
         ids = self.store.submit_many(expanded, owner)  # all validated before any is stored
         return Response(200, [{"JobID": i, "Status": "Waiting"} for i in ids])
 
@@ -215,6 +239,8 @@ class StubApp:
         return Response(200, self.store.jobs(request.query.get("status")))
 
     def get_job(self, request: Request, job_id: str) -> Response:
+        if request.payload_job is not None and request.payload_job != int(job_id):
+            raise StoreError(f"a payload token grants no access to job {job_id}", 403)
         return Response(200, self.store.job(int(job_id)))
 
     def get_jdl(self, request: Request, job_id: str) -> Response:
@@ -266,7 +292,9 @@ class StubApp:
             return Response(204)
         log.info("job %d matched to pilot %s", claim.job_id, pilot)
         answer = {"job_id": claim.job_id, "jdl": claim.jdl, "token": claim.token}
-        answer["owner_proxy"] = self.proxies.available(claim.job_id)
+        owner = self.store.job(claim.job_id)["owner"]
+        answer["owner"] = bool(owner)  # whether the job can have a payload token
+        answer["owner_proxy"] = self.proxies.available(owner)
         return Response(200, answer)
 
     def set_status(self, request: Request) -> Response:
@@ -334,6 +362,10 @@ class StubApp:
         return Response(201, {"sha256": sha256, "size": size})
 
     def get_sandbox(self, request: Request, sha256: str) -> Response:
+        if request.payload_job is not None and not self.store.owns_content(
+            str(request.identity), sha256
+        ):
+            raise StoreError(f"{sha256} is not the content of a file of the job's owner", 403)
         fh, size = self.sandboxes.open(sha256)
         return Response(200, stream=fh, length=size, content_type="application/octet-stream")
 
@@ -370,6 +402,23 @@ class StubApp:
         )
         return Response(200, answer)
 
+    def mint_payload_token(self, request: Request, job_id: str) -> Response:
+        """The payload's bearer token (pilot, with the job's token): ``secret`` is the
+        pilot's, so that a retry or a renewal gets the same token."""
+        jid = int(job_id)
+        self.store.check_token(jid, request.job_token)
+        body = _object(request.json())
+        secret, wanted = body.get("secret"), body.get("lifetime")
+        if not (isinstance(secret, str) and 32 <= len(secret) <= 128):
+            raise StoreError("secret must be a string of 32 to 128 characters")
+        if not isinstance(wanted, int | float) or isinstance(wanted, bool) or not 60 <= wanted:
+            raise StoreError("lifetime must be a number of seconds, at least 60")
+        minted = self.store.mint_payload_token(jid, secret, float(wanted))
+        if minted is None:
+            return Response(200, {"token": None, "detail": f"job {jid} has no owner identity"})
+        log.info("job %d: payload token minted", jid)
+        return Response(200, {"token": minted[0], "expires": minted[1]})
+
     def proxy_request(self, request: Request) -> Response:
         return Response(200, self.proxies.new_upload())
 
@@ -381,18 +430,31 @@ class StubApp:
         return Response(200, answer)
 
     def proxy_info(self, request: Request) -> Response:
-        return Response(200, self.proxies.info(request.identity or request.headers.get("x-user")))
+        return Response(200, self.proxies.info(request.identity or _claimed_user(request)))
 
     def put_file(self, request: Request, lfn: str) -> Response:
         body = _object(request.json())
         sha = str(body.get("sha256", ""))
         if not self.sandboxes.exists(sha):
             raise StoreError(f"no stored content {sha}", 404)
-        self.store.put_file(lfn, sha, int(body.get("size", 0)))
+        owner = request.identity or _claimed_user(request)
+        job_id = body.get("job_id")  # a pilot storing a job's output: the job's owner's
+        if request.payload_job is None and isinstance(job_id, int) and request.job_token:
+            try:
+                self.store.check_token(job_id, request.job_token, spent_ok=True)
+            except StoreError:
+                pass  # not that job's token: the file is the caller's, as without one
+            else:
+                owner = self.store.job(job_id)["owner"]
+        only_owner = request.payload_job is not None
+        self.store.put_file(lfn, sha, int(body.get("size", 0)), owner, only_owner)
         return Response(200, {"lfn": lfn, "sha256": sha})
 
     def get_file(self, request: Request, lfn: str) -> Response:
-        return Response(200, self.store.file(lfn))
+        entry = self.store.file(lfn)
+        if request.payload_job is not None and entry["owner"] != request.identity:
+            raise StoreError(f"{lfn} is not a file of the job's owner", 403)
+        return Response(200, entry)
 
 
 def _request(environ: Environ) -> Request:
@@ -429,6 +491,16 @@ def _send(response: Response, environ: Environ, start_response: StartResponse) -
         status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     )
     return [data]
+
+
+def _claimed_user(request: Request) -> str | None:
+    """The ``X-User`` header of a caller without identity (an open stub): a label, never a
+    DN, which only a client certificate proves (a job owned by a DN gets its delegated
+    proxy)."""
+    value = request.headers.get("x-user")
+    if value is not None and value.startswith("/"):
+        raise StoreError("X-User cannot be a DN: connect with that DN's client certificate", 403)
+    return value
 
 
 def _user_request_id(request: Request) -> str | None:
