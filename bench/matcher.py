@@ -1,7 +1,13 @@
 """The matcher stub under load: matching rate with mostly unfit work waiting, many pilots.
 
+Both send what a pilot sends: its resource description as the pilot builds it
+(``ResourceDescription.as_dict()`` of ``with_free``: a PilotReference of its own per
+simulated pilot, a wall clock and CPUTime left that change at every request, disk,
+benchmark...) and a request id per request.
+
 (a) One keep-alive client (the standard library's: its own cost per request is a third
-    of httpx's, so the figure is mostly the stub's) asks for jobs while 10^5 jobs wait
+    of httpx's, so the figure is mostly the stub's), a new simulated pilot every
+    MATCHES_PER_PILOT requests, asks for jobs while 10^5 jobs wait
     in 1000 requirement shapes, 900 of which do not fit its resource description (other
     sites, banned site, platform, a tag it lacks, too many processors or too much memory
     or CPU time); the unfit jobs are the older ones, so they sit ahead of the fitting
@@ -12,7 +18,8 @@
     stub's resident memory read after each.
 (b) ``--pilots`` simulated pilots (threads in a few processes, each with its own
     keep-alive HTTP client) take ``--pilot-jobs`` short jobs: match, Running, Done. Every
-    job must end Done exactly once (checked in the stub's database afterwards).
+    job must end Done exactly once (checked in the stub's database afterwards); if not,
+    the bench exits 1 after its last line.
 
 Last line: ``mixed_per_s=<x> fitting_per_s=<y> ratio=<x/y>``; goals: ratio >= 0.8 and
 mixed_per_s >= 1000.
