@@ -8,8 +8,8 @@ JSON), filtered, sorted and cut to one page in Python, for the same page as
 ``/?status=Running&site=...&sort=updated``.
 
 Goal: a page in under 100 ms at 10^5 jobs on the 2-core development machine (sorting
-deep into the list by a column that pilots update, which has no index of its own, may
-take longer: see the README's design notes).
+deep into the list by minor status or update time, which pilots update and which have
+no index of their own, may take longer: see the README's design notes).
 Last line: ``worst_page_ms=<x> python_page_ms=<y> ratio=<y/x>``.
 """
 

@@ -58,6 +58,7 @@ def make_file(path: Path, size: int) -> str:
 
 
 def start_stub(tmp: Path) -> tuple[subprocess.Popen[str], str]:
+    (tmp / "db").mkdir(exist_ok=True)  # the stub wants its database's directory to exist
     return stubproc.start_stub(tmp / "db" / "s.db")
 
 

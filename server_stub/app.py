@@ -19,10 +19,11 @@ from http import HTTPStatus
 from typing import Any, BinaryIO
 
 from pilot.job import jdl
+from server_stub.http11 import BadRequest
 from server_stub.monitor import Monitor, Refused, may_act
 from server_stub.proxies import ProxyStore
 from server_stub.sandboxes import SandboxStore
-from server_stub.store import Store, StoreError
+from server_stub.store import PAYLOAD_TOKEN_PREFIX, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Request:
     headers: Mapping[str, str]
     environ: Environ
     identity: str | None = None
+    payload_job: int | None = None  # the job of the payload token the request came with
 
     def json(self, max_bytes: int = 64 << 20) -> JSON:
         length = int(self.headers.get("content-length") or 0)
@@ -150,12 +152,22 @@ class StubApp:
             ("PUT", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.put_pilot_log, Role.PILOT),
             ("GET", re.compile(r"/api/pilots/([\w.:@-]+)/log"), self.get_pilot_log, Role.USER),
             ("POST", re.compile(r"/api/jobs/(\d+)/proxy"), self.delegate_proxy, Role.PILOT),
+            (
+                "POST",
+                re.compile(r"/api/jobs/(\d+)/bearer-token"),
+                self.mint_payload_token,
+                Role.PILOT,
+            ),
             ("POST", re.compile(r"/api/proxies/request"), self.proxy_request, Role.USER),
             ("PUT", re.compile(r"/api/proxies/request/([\w-]+)"), self.proxy_upload, Role.USER),
             ("GET", re.compile(r"/api/proxies"), self.proxy_info, Role.USER),
             ("PUT", re.compile(r"/api/files/(LFN:.+)"), self.put_file, Role.ANY),
             ("GET", re.compile(r"/api/files/(LFN:.+)"), self.get_file, Role.ANY),
         ]
+        # what a payload's bearer token opens: its owner's files and its own job's status
+        self.payload_routes: frozenset[Handler] = frozenset(
+            {self.get_job, self.put_file, self.get_file, self.put_sandbox, self.get_sandbox}
+        )
 
     # -- WSGI plumbing ------------------------------------------------------------------
 
@@ -174,6 +186,8 @@ class StubApp:
             response = Response(400, {"detail": f"invalid JDL: {exc}"})
         except OverflowError:  # SQLite's integers are 64-bit: no job, size or time beyond
             response = Response(400, {"detail": "a number in the request is out of range"})
+        except BadRequest:  # the request's body failed (too slow, malformed): the server answers
+            raise
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             response = Response(500, {"detail": "internal server error"})
@@ -188,6 +202,16 @@ class StubApp:
             if method != request.method:
                 allowed = True
                 continue
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and token.startswith(PAYLOAD_TOKEN_PREFIX):
+                job_id, owner = self.store.payload_token_owner(token)  # 401 when dead
+                if handler not in self.payload_routes:
+                    raise StoreError(
+                        "a payload token grants only its owner's files and its job's status",
+                        403,
+                    )
+                payload = replace(request, identity=owner, payload_job=job_id)
+                return handler(payload, *found.groups())
             identity = self.auth.authorize(role, request)
             return handler(replace(request, identity=identity), *found.groups())
         if allowed:
@@ -212,6 +236,8 @@ class StubApp:
         return Response(200, self.store.jobs(request.query.get("status")))
 
     def get_job(self, request: Request, job_id: str) -> Response:
+        if request.payload_job is not None and request.payload_job != int(job_id):
+            raise StoreError(f"a payload token grants no access to job {job_id}", 403)
         return Response(200, self.store.job(int(job_id)))
 
     def get_jdl(self, request: Request, job_id: str) -> Response:
@@ -263,7 +289,9 @@ class StubApp:
             return Response(204)
         log.info("job %d matched to pilot %s", claim.job_id, pilot)
         answer = {"job_id": claim.job_id, "jdl": claim.jdl, "token": claim.token}
-        answer["owner_proxy"] = self.proxies.available(claim.job_id)
+        owner = self.store.job(claim.job_id)["owner"]
+        answer["owner"] = bool(owner)  # whether the job can have a payload token
+        answer["owner_proxy"] = self.proxies.available(owner)
         return Response(200, answer)
 
     def set_status(self, request: Request) -> Response:
@@ -331,6 +359,10 @@ class StubApp:
         return Response(201, {"sha256": sha256, "size": size})
 
     def get_sandbox(self, request: Request, sha256: str) -> Response:
+        if request.payload_job is not None and not self.store.owns_content(
+            str(request.identity), sha256
+        ):
+            raise StoreError(f"{sha256} is not the content of a file of the job's owner", 403)
         fh, size = self.sandboxes.open(sha256)
         return Response(200, stream=fh, length=size, content_type="application/octet-stream")
 
@@ -367,6 +399,23 @@ class StubApp:
         )
         return Response(200, answer)
 
+    def mint_payload_token(self, request: Request, job_id: str) -> Response:
+        """The payload's bearer token (pilot, with the job's token): ``secret`` is the
+        pilot's, so that a retry or a renewal gets the same token."""
+        jid = int(job_id)
+        self.store.check_token(jid, request.job_token)
+        body = _object(request.json())
+        secret, wanted = body.get("secret"), body.get("lifetime")
+        if not (isinstance(secret, str) and 32 <= len(secret) <= 128):
+            raise StoreError("secret must be a string of 32 to 128 characters")
+        if not isinstance(wanted, int | float) or isinstance(wanted, bool) or not 60 <= wanted:
+            raise StoreError("lifetime must be a number of seconds, at least 60")
+        minted = self.store.mint_payload_token(jid, secret, float(wanted))
+        if minted is None:
+            return Response(200, {"token": None, "detail": f"job {jid} has no owner identity"})
+        log.info("job %d: payload token minted", jid)
+        return Response(200, {"token": minted[0], "expires": minted[1]})
+
     def proxy_request(self, request: Request) -> Response:
         return Response(200, self.proxies.new_upload())
 
@@ -385,11 +434,24 @@ class StubApp:
         sha = str(body.get("sha256", ""))
         if not self.sandboxes.exists(sha):
             raise StoreError(f"no stored content {sha}", 404)
-        self.store.put_file(lfn, sha, int(body.get("size", 0)))
+        owner = request.identity or request.headers.get("x-user")
+        job_id = body.get("job_id")  # a pilot storing a job's output: the job's owner's
+        if request.payload_job is None and isinstance(job_id, int) and request.job_token:
+            try:
+                self.store.check_token(job_id, request.job_token, spent_ok=True)
+            except StoreError:
+                pass  # not that job's token: the file is the caller's, as without one
+            else:
+                owner = self.store.job(job_id)["owner"]
+        only_owner = request.payload_job is not None
+        self.store.put_file(lfn, sha, int(body.get("size", 0)), owner, only_owner)
         return Response(200, {"lfn": lfn, "sha256": sha})
 
     def get_file(self, request: Request, lfn: str) -> Response:
-        return Response(200, self.store.file(lfn))
+        entry = self.store.file(lfn)
+        if request.payload_job is not None and entry["owner"] != request.identity:
+            raise StoreError(f"{lfn} is not a file of the job's owner", 403)
+        return Response(200, entry)
 
 
 def _request(environ: Environ) -> Request:

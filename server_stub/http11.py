@@ -14,8 +14,20 @@ longest (between requests) to make room, and when none is idle it stops acceptin
 one closes; new clients then wait in the kernel's listen backlog. A connection idle for
 ``keepalive_timeout`` is closed; a TLS handshake must be done within
 ``handshake_timeout`` of the connection, a request head within ``request_timeout`` of
-its first byte (or of the connection), and a body must keep coming (``request_timeout``
-per read).
+its first byte (or of the connection).
+
+Bodies and responses have a minimum pace: a worker may spend at most
+``request_timeout + moved / min_rate`` seconds waiting on the client's socket while a
+request's body comes in (``moved``: its bytes so far), and as long again while the
+response goes out; no single read or write waits more than ``request_timeout``. That is
+an average of ``min_rate`` bytes a second after a grace of ``request_timeout``. A normal
+upload or download is far faster (the default, 16 KiB/s, is 1 GiB in 18 hours; loopback
+and WAN transfers move it in seconds to minutes), while a client that drips a body or
+reads a download a few bytes at a time would otherwise keep a worker as long as it
+likes. The application's own time (between its reads of the body, or making the
+response) is not counted. A body that falls behind is answered ``408 Request Timeout``
+and its connection closed; a response that falls behind has its connection closed;
+both are logged as warnings naming the client's address.
 
 Requests: HTTP/1.0 and 1.1, bodies by ``Content-Length`` or chunked, ``Expect:
 100-continue``. Responses keep the connection when their length is known (or chunked
@@ -31,6 +43,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import queue
 import re
 import select
@@ -52,11 +65,21 @@ MAX_HEAD = 64 << 10  # request line + headers
 MAX_HEADERS = 100
 RECV = 256 << 10
 DRAIN_LIMIT = 1 << 20  # unread request body a connection is kept after
+SENDFILE = 1 << 20  # bytes per sendfile call
 
 
 _FIELD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
 
 _date_cache: tuple[int, str] = (0, "")
+
+
+def _peer(conn: Connection) -> str:
+    """The client's address for a log line."""
+    addr = conn.addr
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr) or "a local client"
 
 
 def _http_date() -> str:
@@ -72,6 +95,7 @@ class BadRequest(Exception):
     def __init__(self, message: str, status: str = "400 Bad Request") -> None:
         super().__init__(message)
         self.status = status
+        self.answerable = True  # False once a response has started: then only close
 
 
 class _Closed(Exception):
@@ -80,6 +104,36 @@ class _Closed(Exception):
 
 class _Incomplete(Exception):
     """The client has not sent the rest of its handshake or request head yet."""
+
+
+class _SlowReader(Exception):
+    """The client does not take the response at the server's minimum pace."""
+
+
+class _Pace:
+    """The minimum pace of a body or a response: the time spent waiting on the client's
+    socket may not pass ``grace + moved / rate`` seconds for ``moved`` bytes (the
+    application's own time between reads or writes is not counted)."""
+
+    __slots__ = ("grace", "moved", "rate", "waited")
+
+    def __init__(self, grace: float, rate: float) -> None:
+        self.grace = grace
+        self.rate = rate
+        self.moved = 0
+        self.waited = 0.0
+
+    def wait(self) -> float:
+        """Seconds the next read or write may wait (at most ``grace``); 0 when behind."""
+        left = self.grace + self.moved / self.rate - self.waited
+        return max(0.0, min(self.grace, left))
+
+    def count(self, moved: int, since: float) -> None:
+        self.moved += moved
+        self.waited += time.monotonic() - since
+
+    def describe(self) -> str:
+        return f"{self.moved} bytes in {self.waited:.1f} s of waiting on the client"
 
 
 class Connection:
@@ -127,17 +181,39 @@ class FileWrapper:
 class _Body:
     """``wsgi.input``: exactly the request's body, by length or chunked."""
 
-    def __init__(self, conn: Connection, length: int | None, chunked: bool) -> None:
+    def __init__(self, conn: Connection, length: int | None, chunked: bool, pace: _Pace) -> None:
         self.conn = conn
         self.remaining = length or 0  # of the body, or of the current chunk
         self.chunked = chunked
         self.done = not chunked and not length
+        self.pace = pace
+        self.failed: BadRequest | None = None  # why reading it stopped, once it did
+
+    def _recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the socket, waiting no longer than the pace allows."""
+        if self.failed is not None:
+            raise self.failed
+        since = time.monotonic()
+        try:
+            wait = self.pace.wait()
+            if wait <= 0:
+                raise TimeoutError
+            self.conn.sock.settimeout(wait)
+            data = self.conn.sock.recv(n)
+        except TimeoutError:
+            self.pace.count(0, since)
+            self.failed = BadRequest(
+                f"request body too slow ({self.pace.describe()})", "408 Request Timeout"
+            )
+            raise self.failed from None
+        self.pace.count(len(data), since)
+        return data
 
     def _take(self, n: int) -> bytes:
         """Up to ``n`` bytes of the connection (at least one), from the buffer first."""
         buf = self.conn.buf
         if not buf:  # straight from the socket: never more than this body (or chunk) holds
-            data = self.conn.sock.recv(min(n, 1 << 20))
+            data = self._recv(min(n, 1 << 20))
             if not data:
                 raise BadRequest("body ended early")
             return data
@@ -148,8 +224,12 @@ class _Body:
     def _line(self) -> bytes:
         buf = self.conn.buf
         while (end := buf.find(b"\r\n")) < 0:
-            if len(buf) > 4096 or not self.conn.fill():
+            if len(buf) > 4096:
                 raise BadRequest("bad chunked body")
+            data = self._recv(RECV)
+            if not data:
+                raise BadRequest("bad chunked body")
+            buf += data
         line = bytes(buf[:end])
         del buf[: end + 2]
         return line
@@ -225,6 +305,7 @@ class HTTPServer:
         keepalive_timeout: float = 30.0,
         request_timeout: float = 60.0,
         handshake_timeout: float = 10.0,
+        min_rate: float = 16 << 10,
         linger: float = 0.05,
         backlog: int = 128,
     ) -> None:
@@ -247,8 +328,10 @@ class HTTPServer:
         self.keepalive_timeout = keepalive_timeout
         self.request_timeout = request_timeout
         self.handshake_timeout = handshake_timeout
+        self.min_rate = min_rate  # bytes/s a body or response must average (after grace)
         # connections accepted, requests read, idle ones closed to make room, idle now
-        self.stats = {"connections": 0, "requests": 0, "closed_idle": 0, "idle": 0}
+        # and connections closed for a body or a response below min_rate
+        self.stats = {"connections": 0, "requests": 0, "closed_idle": 0, "idle": 0, "slow": 0}
         self._open = 0
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
@@ -488,18 +571,36 @@ class HTTPServer:
         with self._lock:
             self.stats["requests"] += 1
         if environ.get("HTTP_EXPECT", "").lower() == "100-continue" and not body.done:
+            conn.sock.settimeout(self.request_timeout)
             conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             keep = self._respond(conn, environ, body, keep)
         except BadRequest as exc:
-            log.debug("bad request body from %s: %s", conn.addr, exc)
+            if exc.status.startswith("408"):
+                self._count_slow()
+                log.warning("%s: %s; answered 408 and closed", _peer(conn), exc)
+            else:
+                log.debug("bad request body from %s: %s", conn.addr, exc)
+            if exc.answerable:
+                self._send_error(conn, exc.status, str(exc))
+            return False
+        except _SlowReader as exc:
+            self._count_slow()
+            log.warning("%s: response not read (%s); closed", _peer(conn), exc)
             return False
         if keep:
             try:
                 keep = body.drain(DRAIN_LIMIT)
-            except BadRequest:
+            except BadRequest as exc:
+                if exc.status.startswith("408"):
+                    self._count_slow()
+                    log.warning("%s: %s after the response; closed", _peer(conn), exc)
                 return False
         return keep
+
+    def _count_slow(self) -> None:
+        with self._lock:
+            self.stats["slow"] += 1
 
     def _read_head(self, conn: Connection) -> bytes | None:
         """The next request head; raises _Incomplete when the rest is not there yet."""
@@ -527,8 +628,6 @@ class HTTPServer:
         head = bytes(buf[:end])
         del buf[: end + 4]
         conn.head_since = None
-        if sock.gettimeout() != self.request_timeout:
-            sock.settimeout(self.request_timeout)  # for the body and the response
         return head
 
     def _environ(self, conn: Connection, head: bytes) -> tuple[dict[str, Any], _Body, bool]:
@@ -595,7 +694,8 @@ class HTTPServer:
         keep = "close" not in connection
         if version == "HTTP/1.0":
             keep = "keep-alive" in connection
-        environ["wsgi.input"] = body = _Body(conn, length, chunked)
+        pace = _Pace(self.request_timeout, self.min_rate)
+        environ["wsgi.input"] = body = _Body(conn, length, chunked, pace)
         return environ, body, keep
 
     def _respond(self, conn: Connection, environ: dict[str, Any], body: _Body, keep: bool) -> bool:
@@ -616,10 +716,18 @@ class HTTPServer:
             raise NotImplementedError("use the returned iterable")
 
         result = self.app(environ, start_response)
+        if body.failed is not None:  # whatever the application made of it: 408, closed
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise body.failed
         if not body.done and (body.chunked or body.remaining > DRAIN_LIMIT):
             keep = False  # too much body left unread to skip it for a next request
         try:
             return self._write_response(conn, environ, started, result, keep)
+        except BadRequest as exc:  # the application read the body while answering
+            exc.answerable = not (started and started[2])
+            raise
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -655,8 +763,9 @@ class HTTPServer:
         out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         started[2] = True
         sock = conn.sock
+        pace = _Pace(self.request_timeout, self.min_rate)
         if bodyless:
-            sock.sendall(out)
+            self._send(sock, pace, out)
             return keep
         if (
             isinstance(result, FileWrapper)
@@ -664,8 +773,8 @@ class HTTPServer:
             and not isinstance(sock, ssl.SSLSocket)
             and hasattr(result.filelike, "fileno")
         ):
-            sock.sendall(out)
-            sock.sendfile(result.filelike)
+            self._send(sock, pace, out)
+            self._sendfile(sock, pace, result.filelike)
             return keep
         for chunk in result:
             if not chunk:
@@ -675,13 +784,55 @@ class HTTPServer:
             else:
                 out += chunk
             if len(out) >= 1 << 16:
-                sock.sendall(out)
+                self._send(sock, pace, out)
                 out = b""
         if chunked:
             out += b"0\r\n\r\n"
         if out:
-            sock.sendall(out)
+            self._send(sock, pace, out)
         return keep
+
+    @staticmethod
+    def _send(sock: socket.socket, pace: _Pace, data: bytes) -> None:
+        """All of ``data``, as fast as the client takes it but not slower than the pace."""
+        view = memoryview(data)
+        while view:
+            wait = pace.wait()
+            if wait <= 0:
+                raise _SlowReader(pace.describe())
+            sock.settimeout(wait)
+            since = time.monotonic()
+            try:
+                sent = sock.send(view)
+            except TimeoutError:
+                pace.count(0, since)
+                raise _SlowReader(pace.describe()) from None
+            pace.count(sent, since)
+            view = view[sent:]
+
+    @staticmethod
+    def _sendfile(sock: socket.socket, pace: _Pace, filelike: BinaryIO) -> None:
+        """The rest of a file with ``sendfile``, at the pace like :meth:`_send`."""
+        fd = filelike.fileno()
+        offset = filelike.tell()
+        sock.settimeout(0)
+        poll = select.poll()
+        poll.register(sock, select.POLLOUT)
+        while True:
+            wait = pace.wait()
+            since = time.monotonic()
+            if wait <= 0 or not poll.poll(wait * 1000):
+                pace.count(0, since)
+                raise _SlowReader(pace.describe())
+            try:
+                sent = os.sendfile(sock.fileno(), fd, offset, SENDFILE)
+            except BlockingIOError:
+                sent = -1
+            pace.count(max(sent, 0), since)
+            if sent == 0:
+                return
+            if sent > 0:
+                offset += sent
 
     def _send_error(self, conn: Connection, status: str, message: str) -> None:
         body = json.dumps({"detail": message}).encode()
@@ -690,6 +841,7 @@ class HTTPServer:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
         with contextlib.suppress(OSError):
+            conn.sock.settimeout(min(self.request_timeout, 1.0))  # a few bytes: buffered
             conn.sock.sendall(head.encode() + body)
 
     # -- stopping -------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from pilot.backends.base import FINAL_STATUSES, JobStatus
 from server_stub import monitor_pages as pages
+from server_stub.http11 import BadRequest
 from server_stub.markup import Safe
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import MONITOR_FILTERS, MONITOR_SORTS, RESCHEDULABLE, Store, StoreError
@@ -152,6 +153,8 @@ class Monitor:
             answer = self._error(exc.status, str(exc), environ)
         except OverflowError:  # a job id beyond SQLite's 64-bit integers: no such job
             answer = self._error(404, "no such job", environ)
+        except BadRequest:  # the request's body failed (too slow, malformed): the server answers
+            raise
         except Exception:
             log.exception("monitor: internal error on %s", environ.get("PATH_INFO"))
             answer = self._error(500, "internal error (see the stub's log)", environ)

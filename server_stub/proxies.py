@@ -73,9 +73,8 @@ class ProxyStore:
             raise StoreError(f"no proxy stored for {owner}", 404)
         return {"identity": owner, "not_after": found[1]}
 
-    def available(self, job_id: int) -> bool:
+    def available(self, owner: str | None) -> bool:
         """Whether the job's owner has a stored proxy that has not expired."""
-        owner = self.store.job(job_id)["owner"]
         found = self.store.proxy_of(owner) if owner else None
         return found is not None and found[1] > datetime.now(UTC).timestamp()
 

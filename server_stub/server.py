@@ -36,6 +36,8 @@ class ServerSettings:
     workers: int = 16  # threads serving requests
     max_connections: int = 1000  # open client connections (kept alive or busy)
     keepalive_timeout: float = 30.0  # seconds an idle connection is kept
+    request_timeout: float = 60.0  # seconds for a request head; a body's and response's grace
+    min_rate: float = 16 << 10  # bytes/s a body or response must average after that grace
 
 
 def _peer_identity(conn: ssl.SSLSocket) -> str | None:
@@ -70,6 +72,8 @@ class StubServer:
             workers=settings.workers,
             max_connections=settings.max_connections,
             keepalive_timeout=settings.keepalive_timeout,
+            request_timeout=settings.request_timeout,
+            min_rate=settings.min_rate,
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -102,9 +102,20 @@ CREATE TABLE IF NOT EXISTS user_requests (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS user_requests_created ON user_requests(created);
+CREATE TABLE IF NOT EXISTS payload_tokens (
+    token_hash TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payload_tokens_job ON payload_tokens(job_id);
 """
 MATCH_REQUEST_KEEP_S = 7 * 86400.0  # how long a match request id is remembered
 USER_REQUEST_KEEP_S = 7 * 86400.0  # how long a user's kill/delete/reschedule id is remembered
+PAYLOAD_TOKEN_PREFIX = "pjt."  # a payload's bearer token: never a pilot's or a user's
+MAX_PAYLOAD_TOKEN_S = 7 * 86400.0  # cap on one payload token's lifetime (as a delegated proxy's)
+# a payload token lives while its job runs: any other status revokes it
+TOKEN_LIVE = frozenset({JobStatus.MATCHED, JobStatus.RUNNING, JobStatus.COMPLETING})
 
 
 class StoreError(Exception):
@@ -133,6 +144,14 @@ def request_token(request_id: str, job_id: int) -> str:
     return hashlib.sha256(f"job-token:{job_id}:{request_id}".encode()).hexdigest()
 
 
+def payload_token(job_id: int, secret: str) -> str:
+    """The payload token of job ``job_id`` minted for the pilot's ``secret``: a retry of
+    the mint (its answer lost) or a renewal gets the same token, and only its hash is
+    stored."""
+    digest = hashlib.sha256(f"payload-token:{job_id}:{secret}".encode()).hexdigest()
+    return PAYLOAD_TOKEN_PREFIX + digest
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -145,6 +164,7 @@ class Store:
         db = self._conn()
         db.executescript(SCHEMA)
         _add_column(db, "jobs", "spent_token_hash", "TEXT")
+        _add_column(db, "files", "owner", "TEXT")
         for row in db.execute(
             "SELECT id, priority, requirements FROM jobs WHERE status = ? ORDER BY id",
             (JobStatus.WAITING,),
@@ -288,6 +308,8 @@ class Store:
             "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
             (job_id, ts, status, minor, application, source),
         )
+        if status not in TOKEN_LIVE:  # ended, killed, deleted, stalled or rescheduled
+            db.execute("DELETE FROM payload_tokens WHERE job_id = ?", (job_id,))
 
     def job(self, job_id: int) -> dict[str, Any]:
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -549,6 +571,7 @@ class Store:
                 self._record(db, job_id, JobStatus.KILLED, Minor.KILLED_BY_USER, None, "JobManager")
                 return _answer(db, request_id, "kill", job_id, "Killed")
             db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM payload_tokens WHERE job_id = ?", (job_id,))  # at once
             self._record(db, job_id, None, Minor.KILL_REQUESTED, None, "JobManager")
             return _answer(db, request_id, "kill", job_id, Minor.KILL_REQUESTED)
 
@@ -639,19 +662,89 @@ class Store:
             raise StoreError(f"no pilot {stamp}", 404)
         return str(row["log"] or "")
 
-    def put_file(self, lfn: str, sha256: str, size: int) -> None:
+    def put_file(
+        self, lfn: str, sha256: str, size: int, owner: str | None, only_owner: bool = False
+    ) -> None:
+        """Store ``lfn`` for ``owner``; with ``only_owner`` (a payload token) a file that
+        is someone else's is refused (403)."""
         with self._tx() as db:
+            if only_owner:
+                row = db.execute("SELECT owner FROM files WHERE lfn = ?", (lfn,)).fetchone()
+                if row is not None and row["owner"] != owner:
+                    raise StoreError(f"{lfn} is not a file of the job's owner", 403)
             db.execute(
-                "INSERT INTO files VALUES (?, ?, ?) ON CONFLICT(lfn) DO UPDATE"
-                " SET sha256 = excluded.sha256, size = excluded.size",
-                (lfn, sha256, size),
+                "INSERT INTO files (lfn, sha256, size, owner) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(lfn) DO UPDATE SET sha256 = excluded.sha256,"
+                " size = excluded.size, owner = excluded.owner",
+                (lfn, sha256, size, owner),
             )
 
     def file(self, lfn: str) -> dict[str, Any]:
         row = self._conn().execute("SELECT * FROM files WHERE lfn = ?", (lfn,)).fetchone()
         if row is None:
             raise StoreError(f"no file {lfn}", 404)
-        return {"lfn": row["lfn"], "sha256": row["sha256"], "size": row["size"]}
+        return {
+            "lfn": row["lfn"],
+            "sha256": row["sha256"],
+            "size": row["size"],
+            "owner": row["owner"],
+        }
+
+    def owns_content(self, owner: str, sha256: str) -> bool:
+        """Whether a catalogue file of ``owner`` has the content ``sha256``."""
+        row = (
+            self._conn()
+            .execute("SELECT 1 FROM files WHERE owner = ? AND sha256 = ? LIMIT 1", (owner, sha256))
+            .fetchone()
+        )
+        return row is not None
+
+    # -- payload tokens ---------------------------------------------------------------------
+
+    def mint_payload_token(
+        self, job_id: int, secret: str, lifetime: float
+    ) -> tuple[str, float] | None:
+        """The payload token of a running job and when it expires (a repeat with the same
+        ``secret`` gives the same token a new expiry: a retry or a renewal); None when the
+        job has no owner identity. A job has one payload token at a time."""
+        token = payload_token(job_id, secret)
+        expires = time.time() + min(lifetime, MAX_PAYLOAD_TOKEN_S)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT status, owner, kill_requested FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no job {job_id}", 404)
+            if row["status"] not in TOKEN_LIVE:
+                raise StoreError(f"job {job_id} is {row['status']}: no payload token", 409)
+            if row["kill_requested"]:
+                raise StoreError(f"job {job_id} is being killed: no payload token", 409)
+            if not row["owner"]:
+                return None
+            db.execute("DELETE FROM payload_tokens WHERE job_id = ?", (job_id,))
+            db.execute(
+                "INSERT INTO payload_tokens VALUES (?, ?, ?, ?)",
+                (hash_token(token), job_id, row["owner"], expires),
+            )
+        return token, expires
+
+    def payload_token_owner(self, token: str) -> tuple[int, str]:
+        """The job and owner of a live payload token; 401 when it is unknown, revoked
+        (its job ended) or expired."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT t.job_id, t.owner, t.expires, j.status FROM payload_tokens t"
+                " JOIN jobs j ON j.id = t.job_id WHERE t.token_hash = ?",
+                (hash_token(token),),
+            )
+            .fetchone()
+        )
+        if row is None or row["status"] not in TOKEN_LIVE:
+            raise StoreError("payload token unknown or revoked (its job has ended)", 401)
+        if row["expires"] <= time.time():
+            raise StoreError("payload token expired", 401)
+        return int(row["job_id"]), str(row["owner"])
 
     # -- Job and Pilot Monitor (server_stub/monitor.py): read queries and reschedule --------
     # Everything the web pages need is filtered, sorted, counted and paged here in SQL,
@@ -821,7 +914,11 @@ RESCHEDULABLE = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.KILLED, J
 # every job's JDL; one index there costs each pilot update far less than one per column
 # (the match and two status updates of a job: +15 % CPU with these indexes, +40 % with
 # one per column). The others serve the exact filters and the columns written once
-# (name, site, owner, pilot), in the table's default order.
+# (name, site, owner, pilot), in the table's default order. The application status
+# has one of its own too (mon_application): sorting by it deep into the list read and
+# sorted every row of mon_list (0.07-0.13 s a page at 10^5 jobs, bench/monitor.py);
+# a job is inserted with an empty one, so submitting appends to one end of the index
+# (10^5 submissions: no change in the stub's CPU time measured by bench/matcher.py).
 MONITOR_INDEXES = """
 CREATE INDEX IF NOT EXISTS mon_list ON jobs(id, status, minor, application, updated);
 CREATE INDEX IF NOT EXISTS mon_status ON jobs(status, id);
@@ -829,6 +926,7 @@ CREATE INDEX IF NOT EXISTS mon_site ON jobs(site, id);
 CREATE INDEX IF NOT EXISTS mon_owner ON jobs(owner, id);
 CREATE INDEX IF NOT EXISTS mon_name ON jobs(name, id);
 CREATE INDEX IF NOT EXISTS mon_pilot ON jobs(pilot, id);
+CREATE INDEX IF NOT EXISTS mon_application ON jobs(application, id);
 """
 _LIST_COLUMNS = "id, name, status, minor, application, site, owner, pilot, submitted, updated"
 

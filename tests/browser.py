@@ -83,11 +83,11 @@ def screenshot(driver: Any, name: str) -> Path:
 
 
 def eventually(what: Callable[[], Any], timeout: float, message: str) -> Any:
-    """Poll ``what`` (retrying while the page reloads under it) until it is true."""
-    from selenium.common.exceptions import (
-        NoSuchElementException,
-        StaleElementReferenceException,
-    )
+    """Poll ``what`` (retrying while the page reloads under it) until it is true. Any
+    WebDriver error is retried until the deadline: in the middle of a navigation (a form
+    posted, a redirect) Chromium may also answer "target frame detached" or "cannot
+    determine loading status", more often on a loaded host; the last one is reported."""
+    from selenium.common.exceptions import WebDriverException
 
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -96,7 +96,7 @@ def eventually(what: Callable[[], Any], timeout: float, message: str) -> Any:
             last = what()
             if last:
                 return last
-        except (StaleElementReferenceException, NoSuchElementException) as exc:
+        except WebDriverException as exc:  # stale or missing element, navigation
             last = exc
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} (last seen: {last!r})")

@@ -3,17 +3,21 @@ pipelining, chunked bodies, 100-continue, malformed requests and back-pressure."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import os
+import select
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
-from server_stub.http11 import HTTPServer
+from server_stub.http11 import FileWrapper, HTTPServer
 from tests.conftest import BIN, FAST, Stub, run_pilot, start_stub
 
 
@@ -326,6 +330,161 @@ def test_a_line_break_in_a_response_header_is_never_sent() -> None:
             while data := sock.recv(65536):
                 received += data
             assert b"planted" not in received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+# -- the pace of bodies and responses (HTTPServer's min_rate) ---------------------------
+
+
+@pytest.fixture
+def paced_stub(tmp_path: Path) -> Iterator[Stub]:
+    """Two workers; a body or response must average 64 KiB/s after half a second."""
+    handle = start_stub(tmp_path / "paced", workers=2, request_timeout=0.5, min_rate=64 << 10)
+    yield handle
+    handle.client.close()
+    handle.server.stop()
+
+
+def _drip(sock: socket.socket, answers: list[bytes]) -> None:
+    """Send a body a byte every 0.1 s until the server answers or closes (30 s at most);
+    ``answers`` gets what the server sent (empty if it only closed or reset)."""
+    for _ in range(300):
+        try:
+            sock.sendall(b"x")
+        except OSError:
+            break
+        if select.select([sock], [], [], 0.1)[0]:
+            break
+    received = b""
+    with contextlib.suppress(OSError):
+        while data := sock.recv(65536):
+            received += data
+    answers.append(received)
+
+
+def test_drip_fed_bodies_do_not_hold_the_workers(
+    paced_stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three clients that send a sandbox a byte every 0.1 s (the per-read time-out is
+    never reached) must not keep the two workers from a normal request; each is answered
+    408 (or closed) once it falls behind the minimum pace, with a log line naming it."""
+    caplog.set_level(logging.WARNING)
+    httpd = paced_stub.server.httpd
+    drips = [_raw(paced_stub) for _ in range(3)]
+    answers: list[bytes] = []
+    threads = []
+    for sock in drips:
+        sock.sendall(
+            f"PUT /api/sandboxes/{'0' * 64} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {1 << 20}\r\n\r\n".encode()
+        )
+        threads.append(threading.Thread(target=_drip, args=(sock, answers), daemon=True))
+        threads[-1].start()
+    _wait_for(lambda: httpd.stats["requests"] >= 2, "the drip clients' requests taken")
+    with socket.create_connection(httpd.server_address, timeout=10) as good:
+        good.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = _read_response(good, bytearray())
+    assert status == "HTTP/1.1 200 OK" and body == b"[]"
+    for thread in threads:
+        thread.join(timeout=40)
+        assert not thread.is_alive()
+    assert len(answers) == 3
+    for answer in answers:  # 408, or a reset when a byte crossed the server's close
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    assert httpd.stats["slow"] == 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for sock in drips:
+        port = sock.getsockname()[1]
+        assert f"127.0.0.1:{port}: request body too slow" in logged
+        sock.close()
+
+
+def test_a_normal_upload_and_download_keep_to_the_pace(paced_stub: Stub, tmp_path: Path) -> None:
+    """The pace is far below a real transfer: an 8 MiB sandbox goes up and comes back
+    (with sendfile) on a server whose grace is half a second."""
+    data = os.urandom(8 << 20)
+    path = tmp_path / "sandbox.bin"
+    path.write_bytes(data)
+    sha = paced_stub.client.put_sandbox(path)
+    assert sha == hashlib.sha256(data).hexdigest()
+    with _raw(paced_stub) as sock:
+        sock.sendall(f"GET /api/sandboxes/{sha} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status, _, body = _read_response(sock, bytearray())
+    assert status == "HTTP/1.1 200 OK" and body == data
+    assert paced_stub.server.httpd.stats["slow"] == 0
+
+
+BIG = 256 << 20  # a response far larger than what a slow reader takes in the test
+
+
+def _endless(environ: dict[str, object], start_response) -> Iterable[bytes]:  # type: ignore[no-untyped-def]
+    """Answers /file from a sparse file (sendfile), anything else from a generator."""
+    start_response("200 OK", [("Content-Length", str(BIG))])
+    if environ["PATH_INFO"] == "/file":
+        return FileWrapper(open(str(environ["test.file"]), "rb"))  # closed by the server
+    block = b"z" * (1 << 20)
+    return (block for _ in range(BIG >> 20))
+
+
+def _read_slowly(sock: socket.socket, got: list[int]) -> None:
+    """Read 512 KiB every 0.125 s (4 MiB/s) until the server closes (30 s at most)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for _ in range(240):
+            data = sock.recv(512 << 10)
+            if not data:
+                break
+            total += len(data)
+            time.sleep(0.125)
+    got.append(total)
+
+
+@pytest.mark.parametrize("path", ["/file", "/generated"])
+def test_slow_readers_of_a_large_response_do_not_hold_the_workers(
+    path: str, tmp_path: Path
+) -> None:
+    """Two clients reading a 256 MiB response at 4 MiB/s (fast enough for each write to
+    find room in the socket within request_timeout, so that they would keep the workers
+    for a minute) must not keep the two workers from a third client: the server asks for
+    32 MiB/s after a second's grace here, and closes them."""
+    sparse = tmp_path / "big"
+    with sparse.open("wb") as out:
+        out.truncate(BIG)
+
+    def app(environ: dict[str, object], start_response) -> Iterable[bytes]:  # type: ignore[no-untyped-def]
+        if environ["PATH_INFO"] == "/hello":
+            return _hello(environ, start_response)
+        return _endless({**environ, "test.file": sparse}, start_response)
+
+    httpd = HTTPServer(("127.0.0.1", 0), app, workers=2, request_timeout=1.0, min_rate=32 << 20)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        readers = []
+        for _ in range(2):
+            sock = socket.create_connection(httpd.server_address, timeout=10)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            readers.append(sock)
+        got: list[int] = []
+        threads = [
+            threading.Thread(target=_read_slowly, args=(s, got), daemon=True) for s in readers
+        ]
+        for thread in threads:
+            thread.start()
+        _wait_for(lambda: httpd.stats["requests"] == 2, "both downloads started")
+        with socket.create_connection(httpd.server_address, timeout=10) as good:
+            good.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = _read_response(good, bytearray())
+        assert status == "HTTP/1.1 200 OK" and body == b"hi"
+        for thread in threads:
+            thread.join(timeout=40)
+            assert not thread.is_alive()
+        assert len(got) == 2 and all(0 < n < BIG for n in got), got
+        assert httpd.stats["slow"] == 2
+        for sock in readers:
+            sock.close()
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -67,6 +67,8 @@ class Minor(StrEnum):
 # MatchedJob.extra key: False when the backend knows the job's owner has no stored proxy
 # (the pilot then makes no key pair for a delegation that cannot happen)
 OWNER_PROXY = "OwnerProxy"
+# MatchedJob.extra key: False when the job has no owner identity (no payload token to ask for)
+OWNER_IDENTITY = "OwnerIdentity"
 
 
 class InputKind(StrEnum):

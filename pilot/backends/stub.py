@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from pilot.backends.base import OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
+from pilot.backends.base import OWNER_IDENTITY, OWNER_PROXY, Inputs, MatchedJob, StatusUpdate
 from pilot.errors import (
     AuthError,
     NoStoredProxy,
@@ -403,6 +403,8 @@ class StubBackend:
         if answer is None:
             return None
         extra = {OWNER_PROXY: bool(answer["owner_proxy"])} if "owner_proxy" in answer else {}
+        if "owner" in answer:
+            extra[OWNER_IDENTITY] = bool(answer["owner"])
         return MatchedJob(str(answer["job_id"]), answer["jdl"], answer.get("token"), extra)
 
     def dry_run_match(self, resources: Mapping[str, Any]) -> dict[str, Any]:
@@ -466,7 +468,9 @@ class StubBackend:
     ) -> None:
         sha = sha256_file(source)
         self.http.upload(f"/api/sandboxes/{sha}", source)
-        body = {"sha256": sha, "size": source.stat().st_size}
+        body: dict[str, Any] = {"sha256": sha, "size": source.stat().st_size}
+        if job.job_id.isdigit():  # the stub records the file as the job's owner's
+            body["job_id"] = int(job.job_id)
         self.http.json("PUT", file_route(lfn), json=body, headers=self._job_headers(job))
 
     def delegate_proxy(
@@ -481,6 +485,28 @@ class StubBackend:
             detail = answer.get("detail") if isinstance(answer, dict) else None
             raise NoStoredProxy(str(detail or f"no proxy for the owner of job {job.job_id}"))
         return str(chain)
+
+    def payload_token(
+        self, job: MatchedJob, secret: str, lifetime: int
+    ) -> tuple[str, float] | None:
+        """A bearer token for the job's payload (its owner's files, its own status) and
+        when it expires; None when the job has no owner. The same ``secret`` gives the
+        same token, so a retry whose answer was lost, or a renewal, mints nothing new."""
+        body = {"secret": secret, "lifetime": lifetime}
+        answer = self.http.json(
+            "POST",
+            f"/api/jobs/{job.job_id}/bearer-token",
+            json=body,
+            headers=self._job_headers(job),
+        )
+        if not isinstance(answer, dict):
+            raise ServerError(f"/api/jobs/{job.job_id}/bearer-token: not a JSON object")
+        token, expires = answer.get("token"), answer.get("expires")
+        if token is None:
+            return None
+        if not isinstance(token, str) or not isinstance(expires, int | float):
+            raise ServerError(f"/api/jobs/{job.job_id}/bearer-token: no token and expiry")
+        return token, float(expires)
 
     def upload_pilot_log(self, stamp: str, text: str) -> None:
         self.http.json("PUT", f"/api/pilots/{stamp}/log", json={"log": text})

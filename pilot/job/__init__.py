@@ -6,7 +6,8 @@ Owns the job description language and its parametric expansion (:mod:`.jdl`,
 both need (:mod:`.fssafe`), running the payload (:mod:`.execute`) under the watchdog (the
 process table and reaping in :mod:`.proctable`, the limits and every "Job exceeded"
 message in :mod:`.limits`, the heartbeat in :mod:`.heartbeat`) inside its isolation
-(:mod:`.isolation`) with its delegated proxy (:mod:`.delegation`), the guardian process
+(:mod:`.isolation`) with its delegated proxy (:mod:`.delegation`) and bearer token
+(:mod:`.bearer`), the guardian process
 that ends a dead pilot's payloads (:mod:`.guardian`), and the sequence of
 all of these for one job (:mod:`.jobrun`). It may import ``pilot.errors``,
 ``pilot.config``, ``pilot.proc``, ``pilot.cgroups``, ``pilot.grid`` and, from the

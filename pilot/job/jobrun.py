@@ -16,9 +16,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pilot.backends.base import Backend, JobStatus, MatchedJob, Minor, StatusUpdate
+from pilot.backends.base import (
+    OWNER_IDENTITY,
+    Backend,
+    JobStatus,
+    MatchedJob,
+    Minor,
+    StatusUpdate,
+)
 from pilot.errors import NoStoredProxy, PilotError, SandboxError
-from pilot.job import archive, delegation, execute, heartbeat, isolation, jdl, sandbox
+from pilot.job import archive, bearer, delegation, execute, heartbeat, isolation, jdl, sandbox
 from pilot.job.isolation import NO_ISOLATION, CgroupParent, Isolation
 from pilot.job.limits import Limits
 
@@ -90,9 +97,11 @@ def payload_env(
     job_dir: Path,
     cores: int,
     proxy: Path | None = None,
+    token: Path | None = None,
 ) -> dict[str, str]:
     """The payload's environment: a few basics from the pilot's, our job facts, the JDL's,
-    and ``X509_USER_PROXY`` when the job has a delegated proxy of its own."""
+    ``X509_USER_PROXY`` when the job has a delegated proxy of its own and
+    ``BEARER_TOKEN_FILE`` when it has a bearer token of its own."""
     env = {k: settings.base_env[k] for k in BASE_ENV if k in settings.base_env}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update(
@@ -114,6 +123,10 @@ def payload_env(
     env.pop("X509_USER_PROXY", None)  # only ever the job's own delegated proxy
     if proxy is not None:
         env["X509_USER_PROXY"] = str(proxy)
+    for name in ("BEARER_TOKEN", "BEARER_TOKEN_FILE"):  # only ever the job's own token
+        env.pop(name, None)
+    if token is not None:
+        env["BEARER_TOKEN_FILE"] = str(token)
     return env
 
 
@@ -218,6 +231,7 @@ class JobRunner:
         self.timing: dict[str, float] = {}
         self.launched = threading.Event()  # set when the payload starts, or will not
         self.payload_proxy: delegation.PayloadProxy | None = None
+        self.payload_token: bearer.PayloadToken | None = None
         self.notes: list[str] = []  # for the final application status
         self.keep_job_dir = False  # kept when its output could not be delivered
         if match_seconds is not None:
@@ -264,13 +278,48 @@ class JobRunner:
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "tmp").mkdir(exist_ok=True)
         failure = self._get_payload_proxy(desc, job_dir)
-        if failure is not None:
-            return failure
         try:
+            if failure is None:
+                failure = self._get_payload_token(desc, job_dir)
+            if failure is not None:
+                return failure
             return self._stage_and_run(desc, job_dir)
         finally:
-            if self.payload_proxy is not None:
-                self.payload_proxy.remove()
+            self._remove_credentials()
+
+    def _remove_credentials(self) -> None:
+        if self.payload_proxy is not None:
+            self.payload_proxy.remove()
+        if self.payload_token is not None:
+            self.payload_token.remove()
+
+    def _get_payload_token(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome | None:
+        """The job's bearer token, where the backend mints them (None: go on, with or
+        without one; else the failure, as for a failed delegation)."""
+        mint = bearer.minter_of(self.backend)
+        if mint is None:
+            return None
+        if self.job.extra.get(OWNER_IDENTITY) is False:  # the match said: nothing to mint
+            log.info("job %s: runs without a payload token: no owner", self.job.job_id)
+            return None
+        policy = self.settings.delegation
+        wall = _seconds(desc, WALL_TIME_KEYS)
+        if self.slot_deadline is not None:
+            slot_left = self.slot_deadline - time.monotonic()
+            wall = slot_left if wall is None else min(wall, slot_left)
+        token = bearer.PayloadToken(
+            mint, self.job, job_dir, policy.lifetime(wall), policy.renew_fraction
+        )
+        try:
+            if not token.obtain():
+                log.info("job %s: runs without a payload token: no owner", self.job.job_id)
+                return None
+        except PilotError as exc:
+            log.error("job %s: payload token: %s", self.job.job_id, exc)
+            return self._finish(JobStatus.FAILED, f"{bearer.FAILED_MINOR}: {exc}", None)
+        token.start_renewal()
+        self.payload_token = token
+        return None
 
     def _get_payload_proxy(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome | None:
         """The job's delegated proxy (None: go on, with or without one; else the failure)."""
@@ -325,8 +374,7 @@ class JobRunner:
         if self.cancel.is_set():
             return self._finish(JobStatus.KILLED, self.cancel.reason, None)
         result = self._execute(desc, job_dir)
-        if self.payload_proxy is not None:
-            self.payload_proxy.remove()  # never packed into the output sandbox
+        self._remove_credentials()  # never packed into the output sandbox
         jobwrapper = bool(getattr(self.backend, "jobwrapper_rules", False))
         if jobwrapper and result.ending is None and result.signal is None:
             ok = result.exit_code == 0 and not result.unsaved
@@ -424,6 +472,7 @@ class JobRunner:
                 job_dir,
                 self.cores,
                 self.payload_proxy.path if self.payload_proxy is not None else None,
+                self.payload_token.path if self.payload_token is not None else None,
             ),
             stdout=stream_path(job_dir, desc.std_output, ".stdout"),
             stderr=stream_path(job_dir, desc.std_error or desc.std_output, ".stderr"),

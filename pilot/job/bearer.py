@@ -1,0 +1,131 @@
+"""The payload's own bearer token (stub backend): its owner's files, its own job's status.
+
+For each job the pilot asks its backend (``payload_token``, with that job's credentials)
+for a bearer token bound to the job and its owner. The pilot sends a random secret of its
+own and the stub derives the token from it and stores only its hash, so a retry whose
+answer was lost, or a renewal, gets the same token again (a renewal only moves its
+expiry). The token is written into the job directory (mode 0600) and given to the payload
+as ``BEARER_TOKEN_FILE``; the pilot's own token is never given. Its lifetime is the one
+of the payload proxy (the job's wall time plus a margin, capped); a job that outlives it
+has it renewed before it expires. The stub revokes it when the job ends; the pilot
+removes the file when the payload ends, before the output is packed.
+
+A backend without a token service (local, DIRAC) has no ``payload_token``: the payload
+runs without ``BEARER_TOKEN_FILE``, as it does when its job has no owner identity. A
+server that refuses or cannot be reached after the client's retries fails the job with
+:data:`FAILED_MINOR`, as a failed proxy delegation does; so does a file that cannot be
+written (disk full).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pilot.backends.base import MatchedJob
+from pilot.errors import CredentialError, PilotError
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = ".bearer-token"  # in the job directory; dot name: never globbed by "*"
+FAILED_MINOR = "Failed to get payload token"
+
+# (job, secret, lifetime) -> (token, expires as a Unix time), or None: the job has no owner
+Minter = Callable[[MatchedJob, str, int], "tuple[str, float] | None"]
+
+
+def minter_of(backend: object) -> Minter | None:
+    """The backend's token service, if it has one."""
+    found = getattr(backend, "payload_token", None)
+    return found if callable(found) else None
+
+
+class PayloadToken:
+    """One job's bearer token file: obtained, renewed in the background, removed."""
+
+    join_timeout = 30.0  # seconds remove() waits for a renewal under way
+
+    def __init__(
+        self,
+        mint: Minter,
+        job: MatchedJob,
+        job_dir: Path,
+        lifetime: int,
+        renew_fraction: float = 0.25,
+    ) -> None:
+        self.mint = mint
+        self.job = job
+        self.path = job_dir / TOKEN_FILE
+        self.lifetime = lifetime
+        self.renew_fraction = renew_fraction
+        self.expires = 0.0
+        self._secret = secrets.token_urlsafe(32)  # the same for every call of this job
+        self._stop = threading.Event()
+        self._file_lock = threading.Lock()  # a renewal never writes after remove()
+        self._thread: threading.Thread | None = None
+
+    def obtain(self) -> bool:
+        """Mint (or renew) the token and write the file; False when the job has no owner
+        identity. ServerError/CredentialError on failure."""
+        answer = self.mint(self.job, self._secret, self.lifetime)
+        if answer is None:
+            return False
+        token, expires = answer
+        with self._file_lock:
+            if self._stop.is_set():  # removed while the server answered: write nothing
+                return True
+            write_token(self.path, token)
+        self.expires = expires
+        left = int(expires - time.time())
+        log.info("job %s: payload token, %d s left", self.job.job_id, left)  # never the token
+        return True
+
+    def start_renewal(self) -> None:
+        self._thread = threading.Thread(
+            target=self._renew_loop, name=f"token-renewal-{self.job.job_id}", daemon=True
+        )
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        span = max(60.0, self.expires - time.time())
+        while True:
+            left = self.expires - time.time()
+            if self._stop.wait(max(1.0, left - span * self.renew_fraction)):
+                return
+            try:
+                self.obtain()
+            except PilotError as exc:  # the old token stays until it expires
+                log.warning("job %s: payload token not renewed: %s", self.job.job_id, exc)
+                if self._stop.wait(min(300.0, max(5.0, left / 4))):
+                    return
+
+    def remove(self) -> None:
+        """Stop renewing and delete the file (before the output sandbox is packed)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.join_timeout)
+        with self._file_lock:
+            self.path.unlink(missing_ok=True)
+
+
+def write_token(path: Path, token: str) -> None:
+    """Write the token file with mode 0600, atomically replacing ``path``."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise CredentialError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CredentialError(f"cannot write {path}: {exc.strerror or exc}") from exc
