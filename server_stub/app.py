@@ -11,12 +11,14 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, BinaryIO
+
+from cryptography import x509
 
 from pilot.job import jdl
 from server_stub.http11 import BadRequest
@@ -118,13 +120,14 @@ class StubApp:
         sandboxes: SandboxStore,
         max_parametric: int = 1000,
         auth: AuthPolicy | None = None,
+        proxy_cas: Sequence[x509.Certificate] = (),
     ) -> None:
         self.store = store
         self.sandboxes = sandboxes
         self.max_parametric = max_parametric
         self.auth = auth or AuthPolicy()
         self.monitor = Monitor(store, sandboxes, self.auth)  # the web pages, outside /api/
-        self.proxies = ProxyStore(store)
+        self.proxies = ProxyStore(store, proxy_cas)  # uploads must lead to one of these CAs
         self.routes: list[tuple[str, re.Pattern[str], Handler, Role]] = [
             ("POST", re.compile(r"/api/jobs/jdl"), self.submit, Role.USER),
             ("GET", re.compile(r"/api/jobs"), self.list_jobs, Role.USER),
@@ -228,7 +231,7 @@ class StubApp:
         expanded = []
         for text in texts:
             expanded.extend(jdl.expand(jdl.parse(text), self.max_parametric))
-        owner = request.identity or request.headers.get("x-user")
+        owner = request.identity or _claimed_user(request)
         ids = self.store.submit_many(expanded, owner)  # all validated before any is stored
         return Response(200, [{"JobID": i, "Status": "Waiting"} for i in ids])
 
@@ -427,14 +430,14 @@ class StubApp:
         return Response(200, answer)
 
     def proxy_info(self, request: Request) -> Response:
-        return Response(200, self.proxies.info(request.identity or request.headers.get("x-user")))
+        return Response(200, self.proxies.info(request.identity or _claimed_user(request)))
 
     def put_file(self, request: Request, lfn: str) -> Response:
         body = _object(request.json())
         sha = str(body.get("sha256", ""))
         if not self.sandboxes.exists(sha):
             raise StoreError(f"no stored content {sha}", 404)
-        owner = request.identity or request.headers.get("x-user")
+        owner = request.identity or _claimed_user(request)
         job_id = body.get("job_id")  # a pilot storing a job's output: the job's owner's
         if request.payload_job is None and isinstance(job_id, int) and request.job_token:
             try:
@@ -488,6 +491,16 @@ def _send(response: Response, environ: Environ, start_response: StartResponse) -
         status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     )
     return [data]
+
+
+def _claimed_user(request: Request) -> str | None:
+    """The ``X-User`` header of a caller without identity (an open stub): a label, never a
+    DN, which only a client certificate proves (a job owned by a DN gets its delegated
+    proxy)."""
+    value = request.headers.get("x-user")
+    if value is not None and value.startswith("/"):
+        raise StoreError("X-User cannot be a DN: connect with that DN's client certificate", 403)
+    return value
 
 
 def _user_request_id(request: Request) -> str | None:

@@ -38,12 +38,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from pilot import __version__, cliutil
 from pilot.backends import stub as stub_client
 from pilot.backends.base import InputKind, JobStatus, classify
 from pilot.backends.local import local_inputs
 from pilot.errors import (
     AuthError,
+    CredentialError,
     ExitCode,
     PilotError,
     ServerError,
@@ -53,6 +56,7 @@ from pilot.errors import (
 from pilot.grid import credentials
 from pilot.job import jdl, outpack
 from server_stub.app import AuthPolicy
+from server_stub.proxies import load_trust
 from server_stub.server import ServerSettings, StubServer
 from server_stub.store import StoreError
 from server_stub.userclient import UserClient
@@ -378,13 +382,16 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
         "--ca-dir",
         type=Path,
         metavar="DIR",
-        help="CA directory (hash links) for client certificates (default: system CAs)",
+        help=(
+            "CA directory (hash links) for client certificates (default: system CAs)"
+            " and uploaded proxies (default: uploads refused)"
+        ),
     )
     tls.add_argument(
         "--ca-file",
         type=Path,
         metavar="FILE",
-        help="CA bundle for client certificates (default: none)",
+        help="CA bundle for client certificates and uploaded proxies (default: none)",
     )
 
 
@@ -522,6 +529,15 @@ def server_security(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, Au
     return ctx, auth
 
 
+def proxy_trust(args: argparse.Namespace) -> tuple[x509.Certificate, ...]:
+    """The CAs of --ca-dir/--ca-file, which uploaded proxies must lead to (none: the stub
+    refuses every upload, see README "The payload's own proxy")."""
+    try:
+        return load_trust(args.ca_dir, args.ca_file)
+    except CredentialError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check_db(path: Path) -> None:
     """The database path is a SQLite file or nothing yet, in an existing directory."""
     if path.is_dir():
@@ -568,6 +584,7 @@ def serve(args: argparse.Namespace) -> int:
         keepalive_timeout=args.keepalive_timeout,
         ssl_context=ssl_context,
         auth=auth,
+        proxy_cas=proxy_trust(args),
     )
     try:
         server = StubServer(settings)
@@ -964,7 +981,14 @@ def upload_issuer(args: argparse.Namespace) -> credentials.Proxy:
 
 
 def cmd_proxy_upload(client: UserClient, args: argparse.Namespace) -> int:
-    stored = client.proxy_upload(args.issuer, timedelta(hours=args.valid))
+    try:
+        stored = client.proxy_upload(args.issuer, timedelta(hours=args.valid))
+    except AuthError as exc:
+        if exc.status != 403:
+            raise
+        # the stub refused this proxy (untrusted CA, someone else's, a token caller):
+        # its one-line reason, without the request line and its one-time request id
+        raise AuthError(_reason(exc), exc.status) from None
     until = when(stored["not_after"])
     _emit(
         args,

@@ -9,6 +9,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+
 from pilot.errors import CredentialError
 from pilot.grid import credentials
 from server_stub.app import AuthPolicy, StubApp
@@ -33,6 +35,7 @@ class ServerSettings:
     ssl_context: ssl.SSLContext | None = None
     insecure: bool = False  # allow plain HTTP on a non-loopback address
     auth: AuthPolicy = field(default_factory=lambda: AuthPolicy())
+    proxy_cas: tuple[x509.Certificate, ...] = ()  # CAs uploaded proxies must lead to
     workers: int = 16  # threads serving requests
     max_connections: int = 1000  # open client connections (kept alive or busy)
     keepalive_timeout: float = 30.0  # seconds an idle connection is kept
@@ -62,6 +65,7 @@ class StubServer:
             SandboxStore(settings.sandbox_dir, settings.max_sandbox_bytes),
             settings.max_parametric,
             settings.auth,
+            settings.proxy_cas,
         )
         # TLS handshakes happen in the worker threads, not in the accepting loop.
         self.httpd = HTTPServer(
