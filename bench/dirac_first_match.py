@@ -100,7 +100,7 @@ def dirac_client_match(server: DiracServer, tag: str) -> float:
         ],
         capture_output=True,
         text=True,
-        env=dict(server.env),
+        env=dict(server.env) | {"X509_USER_PROXY": str(server.pilot_proxy)},  # as our pilot
         check=True,
     )
     return float(out.stdout.split()[0])

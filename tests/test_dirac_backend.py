@@ -24,7 +24,8 @@ import pytest
 from pilot.backends.base import JobStatus, MatchedJob, Minor, StatusUpdate
 from pilot.backends.dirac.backend import DiracBackend
 from pilot.backends.dirac.diset import DisetClient
-from pilot.job import jdl
+from pilot.errors import SandboxError
+from pilot.job import delegation, jdl
 from testbed.dirac_server.fixture import DiracServer
 from testbed.dirac_server.jobs import cli_status, submit, unique_tag
 
@@ -106,7 +107,13 @@ class Timer:
 
 @pytest.fixture
 def backend(dirac_server: DiracServer) -> DiracBackend:
-    return DiracBackend(dirac_server.settings())
+    """As the pilot: its own proxy (testpilot), and the ProxyManager for its jobs' owners."""
+    return DiracBackend(
+        dirac_server.settings(
+            proxy_manager_url=dirac_server.urls["proxymanager"],
+            configuration_url=dirac_server.urls["configuration"],
+        )
+    )
 
 
 def test_job_cycle_input_and_output_sandbox(
@@ -128,6 +135,14 @@ def test_job_cycle_input_and_output_sandbox(
     dest = tmp_path / "in"
     dest.mkdir()
     inputs = jdl.load(job.jdl).inputs
+    # the pilot's own identity (testpilot, GenericPilot) may not read testuser's sandbox
+    with pytest.raises(SandboxError, match="Not authorized to access sandbox"):
+        backend.fetch_input_sandbox(job, inputs, dest)
+    # with the owner's delegated proxy (as the pilot gets it for the payload) it may
+    owner = delegation.PayloadProxy(
+        backend, job, tmp_path, 3600, delegation.DelegationPolicy()
+    ).obtain()
+    assert owner.identity_slash == dirac_server.user_dn != dirac_server.pilot_dn
     archives = timer("download", backend.fetch_input_sandbox, job, inputs, dest)
     assert len(archives) == 1 and archives[0].parent == dest
     with tarfile.open(archives[0]) as tf:
@@ -155,6 +170,9 @@ def test_job_cycle_input_and_output_sandbox(
     got = dirac_server.dirac("wms-job-get-output", "-D", str(out), job_id)
     assert got.ok, got.stdout + got.stderr
     assert (out / job_id / "std.out").read_bytes() == result
+    backend.use_owner_proxy(job, None)  # the job is over: the pilot's identity again
+    with pytest.raises(SandboxError, match="Not authorized to access sandbox"):
+        backend.fetch_input_sandbox(job, inputs, dest)
 
 
 def test_no_matching_job_is_none(dirac_server: DiracServer, backend: DiracBackend) -> None:

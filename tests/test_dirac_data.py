@@ -37,13 +37,10 @@ mkdir -p res && echo digest > "res/digest-$JOBID.txt"
 
 
 def data_config(server: DiracServer, tmp: Path, tag: str) -> Path:
-    """The pilot's configuration as a site would write it for data and payload proxies."""
+    """The pilot's configuration as a site would write it for data and payload proxies
+    (the ProxyManager and the Configuration Server are in every test pilot's)."""
     conf = pilot_config(server, tmp, tag)
-    with conf.open("a") as handle:
-        handle.write(
-            f'proxymanager = "{server.urls["proxymanager"]}"\n'
-            f'configuration = "{server.urls["configuration"]}"\n'
-        )
+    assert "proxymanager" in conf.read_text() and "configuration" in conf.read_text()
     return conf
 
 
@@ -114,12 +111,19 @@ def check_result(server: DiracServer, tmp: Path, job_id: str, tag: str, text: st
     assert (sandbox / job_id / f"digest-{job_id}.txt").read_text() == "digest\n"
     std_out = (sandbox / job_id / "std.out").read_text()
     assert "mode=600" in std_out and server.user_dn in std_out, std_out
+    assert server.pilot_dn not in std_out, std_out
     certs = x509.load_pem_x509_certificates((sandbox / job_id / "certs.pem").read_bytes())
     chain = [c.public_bytes(serialization.Encoding.DER) for c in certs]
-    assert credentials.identity_from_peer_chain(chain, slash=True) == server.user_dn
-    pilot = credentials.load_proxy(server.proxy)
+    # the payload's proxy is its owner's (testuser), never the pilot's (testpilot), which
+    # is another DIRAC user in another group: the pilot ran with its own proxy
+    identity = credentials.identity_from_peer_chain(chain, slash=True)
+    assert identity == server.user_dn and identity != server.pilot_dn
+    pilot = credentials.load_proxy(server.pilot_proxy)
+    assert pilot.identity_slash == server.pilot_dn
+    owner = credentials.load_proxy(server.proxy)
     fresh = spki(certs[0].public_key())
     assert fresh != spki(pilot.key.public_key())  # never the pilot's proxy
+    assert fresh != spki(owner.key.public_key())  # nor the owner's own
     assert all(fresh != spki(c.public_key()) for c in certs[1:])  # nor the stored one's
 
 
@@ -182,10 +186,89 @@ def test_output_upload_failure_fails_the_job_and_registers_nothing(
     assert "SE-LOCAL" not in replicas.stdout
 
 
+def submit_plain_job(
+    server: DiracServer, workdir: Path, tag: str, proxy: Path | None = None, **extra: str
+) -> str:
+    """``dirac-wms-job-submit`` (as testuser, or as the owner of ``proxy``) a job without
+    data that prints its proxy's identity; returns its id once it is Waiting."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "who.sh").write_text(
+        '#!/bin/sh\nvoms-proxy-info -file "${X509_USER_PROXY:-/nonexistent}" -identity'
+        ' || echo "no proxy"\n'
+    )
+    lines = [
+        f'JobName = "{tag}";',
+        'Executable = "who.sh";',
+        'InputSandbox = {"who.sh"};',
+        'StdOutput = "std.out";',
+        'StdError = "std.err";',
+        'OutputSandbox = {"std.out", "std.err"};',
+        "CPUTime = 1000;",
+        f'Tags = {{"{tag}"}};',
+        *(f"{key} = {value};" for key, value in extra.items()),
+    ]
+    (workdir / "job.jdl").write_text("[\n" + "\n".join(lines) + "\n]\n")
+    submitted = server.dirac("wms-job-submit", "job.jdl", cwd=workdir, proxy=proxy)
+    assert "JobID = " in submitted.stdout, submitted.stdout + submitted.stderr
+    job_id = submitted.stdout.split("JobID = ")[1].split()[0]
+    wait_for(server, job_id, "Waiting", timeout=120)
+    return job_id
+
+
+def test_an_owner_without_a_stored_proxy_fails_that_job_and_the_pilot_goes_on(
+    dirac_server: DiracServer, tmp_path: Path
+) -> None:
+    """otheruser never uploaded a proxy (dirac-proxy-init -N) and their job requires one:
+    the ProxyManager has nothing to delegate, that job fails with the payload proxy status,
+    and the same pilot takes testuser's job next and completes it with testuser's proxy."""
+    tag = unique_tag()
+    refused = submit_plain_job(
+        dirac_server,
+        tmp_path / "other",
+        tag,
+        proxy=dirac_server.other_proxy,
+        PayloadProxy='"Required"',
+    )
+    ok = submit_plain_job(dirac_server, tmp_path / "mine", tag)
+    done = run_with_config(dirac_server, data_config(dirac_server, tmp_path, tag), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = wait_for(dirac_server, refused, "Failed")
+    assert "Failed to get payload proxy" in line and "otheruser" in line, line
+    wait_for(dirac_server, ok, "Done")
+    assert f"job {refused}: Failed" in done.stderr and f"job {ok}: Done" in done.stderr
+    out = tmp_path / "out"
+    got = dirac_server.dirac("wms-job-get-output", "-D", str(out), ok)
+    assert got.ok, got.stdout + got.stderr
+    seen = (out / ok / "std.out").read_text().strip()  # the proxy's subject
+    assert seen.startswith(dirac_server.user_dn + "/CN="), seen
+
+
 def test_proxy_manager_refusal_fails_the_job_and_the_pilot_goes_on(
     dirac_server: DiracServer, tmp_path: Path
 ) -> None:
-    """In-process: a group without a stored proxy is NoStoredProxy; a refusal is an error."""
+    """The pilot's group (testvo_pilot_nodeleg) has GenericPilot but no delegation
+    property: the ProxyManager refuses getProxy (DIRAC's authorization layer: "Unauthorized
+    query"), so each job fails with the payload proxy status naming the refusal, the pilot
+    does not stop at the first one but takes the next, and it ends normally. The same
+    owner's jobs, with the pilot in testvo_pilot (LimitedDelegation), get their proxy: see
+    the tests above."""
+    tag = unique_tag()
+    jobs = [submit_plain_job(dirac_server, tmp_path / f"j{n}", tag) for n in range(2)]
+    conf = data_config(dirac_server, tmp_path, tag)
+    done = run_with_config(dirac_server, conf, tmp_path, proxy=dirac_server.nodeleg_proxy)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job_id in jobs:
+        line = wait_for(dirac_server, job_id, "Failed")
+        assert "Failed to get payload proxy" in line and "Unauthorized query" in line, line
+        assert f"job {job_id}: Failed" in done.stderr
+
+
+def test_delegation_for_a_group_without_a_stored_proxy_is_no_stored_proxy(
+    dirac_server: DiracServer,
+) -> None:
+    """In-process, with the pilots' proxy: a made-up group has no stored proxy, which is
+    NoStoredProxy (runs without a proxy unless the JDL requires one), not an error; the
+    owner's DN and the storage elements come from DIRAC's configuration."""
     backend = DiracBackend(
         dirac_server.settings(
             proxy_manager_url=dirac_server.urls["proxymanager"],

@@ -11,9 +11,12 @@ from typing import IO, Any, cast
 
 import pytest
 
+from pilot.backends.base import MatchedJob
 from pilot.backends.dirac import data
 from pilot.backends.dirac.diset import DisetClient, DisetUnreachable
 from pilot.errors import DiskFullError, SandboxError
+from pilot.job import jdl, sandbox
+from pilot.job.archive import UnpackLimits
 
 LFN = "/testvo/user/t/testuser/out/result.txt"
 SE_URL = "dips://se.example:9148/DataManagement/StorageElement"
@@ -206,3 +209,94 @@ def test_a_local_write_error_stops_at_once(
         manager(catalog, se).download(LFN, tmp_path / "in.txt")
     assert not isinstance(info.value, data.DataError) and se.calls == ["receive_file"]
     assert not (tmp_path / "in.txt.part").exists()
+
+
+def no_url(url: str, dest: Path) -> None:
+    raise AssertionError(f"no URL input expected: {url}")
+
+
+def test_an_input_whose_checksum_differs_from_the_catalogue_is_refused(tmp_path: Path) -> None:
+    """The right number of bytes arrived but not the catalogue's bytes: no file is left
+    (neither the target nor its part file), and staging fails with DIRAC's input data
+    status naming the LFN and both checksums."""
+    content = b"the catalogue's bytes\n"
+    wrong = b"the catalogue's bytez\n"  # same size, another Adler-32
+
+    def receive(file_id: str, sink: Path) -> int:
+        sink.write_bytes(wrong)
+        return len(wrong)
+
+    catalog = replicas_of({"Size": len(content), "Checksum": adler32_of(content)})
+    se = Service(receive_file=receive)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    desc = jdl.load(f'[Executable = "x"; InputData = {{"LFN:{LFN}"}};]')
+
+    class Backend:  # the DIRAC backend's fetch_lfn, on the scripted services
+        def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
+            manager(catalog, se).download(lfn, dest)
+
+    with pytest.raises(SandboxError) as info:
+        sandbox.stage_in(
+            cast(Any, Backend()), MatchedJob("7", "[]"), desc, job_dir, UnpackLimits(), no_url
+        )
+    text = str(info.value)
+    assert text.startswith(f"{sandbox.INPUT_DATA_FAILED}: {LFN}: no replica could be fetched")
+    assert f"Adler-32 {adler32_of(wrong)} differs" in text and adler32_of(content) in text
+    assert list(job_dir.iterdir()) == [] and se.calls == ["receive_file"]
+
+
+def test_an_input_whose_checksum_matches_is_kept(tmp_path: Path) -> None:
+    """The same path with the right bytes: the file is there (the refusal above is the
+    checksum's doing, not the fake's)."""
+    content = b"the catalogue's bytes\n"
+
+    def receive(file_id: str, sink: Path) -> int:
+        sink.write_bytes(content)
+        return len(content)
+
+    catalog = replicas_of({"Size": len(content), "Checksum": adler32_of(content).lstrip("0")})
+    assert manager(catalog, Service(receive_file=receive)).download(LFN, tmp_path / "in.txt")
+    assert (tmp_path / "in.txt").read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        lambda se: {"Size": len(se.files[SE_URL + LFN]), "Checksum": "deadbeef"},
+        lambda se: {"Size": len(se.files[SE_URL + LFN]) - 1, "Checksum": "0"},  # half a file
+    ],
+    ids=["other-adler32", "half-file"],
+)
+def test_a_copy_that_differs_after_upload_is_removed_and_not_registered(
+    tmp_path: Path, stored: Callable[[Service], Any]
+) -> None:
+    """The copy was made but the storage element holds other bytes (another Adler-32, or a
+    truncated file): it is removed again and addFile is never called."""
+    catalog = catalogue(addFile=lambda entries: pytest.fail("registered a bad copy"))
+    se = storage_element()
+    se.methods["getMetadata"] = lambda file_id: stored(se)
+    se.methods["remove"] = lambda file_id, _: se.files.pop(file_id)
+    with pytest.raises(data.DataError, match="another"):
+        manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert se.calls == ["send_file", "getMetadata", "remove"] and se.files == {}
+    assert "addFile" not in catalog.calls
+
+
+def test_a_transfer_that_breaks_midway_removes_the_half_copy(tmp_path: Path) -> None:
+    """The storage element received part of the file, then the connection broke: the part
+    is removed, nothing is registered."""
+    catalog = catalogue(addFile=lambda entries: pytest.fail("registered a half file"))
+    se = storage_element()
+    se.methods["remove"] = lambda file_id, _: se.files.pop(file_id)
+
+    def send_half(file_id: str, source: Path, token: str = "") -> None:
+        se.calls.append("send_file")
+        se.files[file_id] = source.read_bytes()[:5]
+        raise DisetUnreachable("StorageElement: connection reset while sending")
+
+    se.send_file = send_half  # type: ignore[method-assign]
+    with pytest.raises(data.DataError, match="upload to SE-LOCAL failed"):
+        manager(catalog, se).upload(output(tmp_path), LFN, "SE-LOCAL")
+    assert se.calls == ["send_file", "remove"] and se.files == {}
+    assert "addFile" not in catalog.calls

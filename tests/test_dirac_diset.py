@@ -732,6 +732,41 @@ def test_input_sandbox_download(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.tar.bz2"]
 
 
+def test_a_jobs_sandboxes_are_fetched_and_stored_as_its_owner(
+    tls: Tls, wms: tuple[FakeWms, FakeDiset, DiracBackend], tmp_path: Path
+) -> None:
+    """With the owner's delegated proxy handed over (use_owner_proxy), that job's sandbox
+    calls present the owner's proxy, not the pilot's credential; other jobs, and the job
+    once it is over, use the pilot's again."""
+    fake, server, backend = wms
+    root = tls.ca_dir.parent  # the test PKI also holds a second user, "otheruser"
+    cert = x509.load_pem_x509_certificate((root / "other" / "usercert.pem").read_bytes())
+    key = serialization.load_pem_private_key((root / "other" / "userkey.pem").read_bytes(), None)
+    pem = credentials.make_proxy((cert, key, ()), timedelta(hours=1))  # type: ignore[arg-type]
+    credentials.write_proxy(tmp_path / "owner", pem)
+    owner = credentials.load_proxy(tmp_path / "owner")
+    fake.files[f"{backend.sandbox_store.url}/SandBox/t/abc.tar.bz2"] = b"tarball"
+    inputs = jdl.load(JOB.jdl).inputs
+
+    def fetch_as(job: MatchedJob) -> str:
+        dest = tmp_path / f"in-{len(server.peers)}"
+        dest.mkdir()
+        backend.fetch_input_sandbox(job, inputs, dest)
+        return [rdn[0][1] for rdn in server.peers[-1]["subject"]][2]
+
+    other_job = MatchedJob("8", JOB.jdl)
+    backend.use_owner_proxy(JOB, owner)
+    assert fetch_as(JOB) == "otheruser"
+    archive = tmp_path / "output-sandbox.tar.gz"
+    archive.write_bytes(b"gzipped tar")
+    backend.store_output_sandbox(JOB, archive)
+    assert len(fake.uploads) == 1
+    assert [rdn[0][1] for rdn in server.peers[-1]["subject"]][2] == "otheruser"
+    assert fetch_as(other_job) == "testuser"  # the pilot's credential in this fixture
+    backend.use_owner_proxy(JOB, None)
+    assert fetch_as(JOB) == "testuser"
+
+
 @pytest.mark.parametrize(
     ("entries", "match"),
     [
@@ -780,7 +815,7 @@ def test_output_data_goes_to_the_first_output_se_that_works_without_reparsing(
     def no_parse(text: str) -> None:
         raise AssertionError("the JDL was parsed again")
 
-    monkeypatch.setattr(backend, "data_manager", Manager)
+    monkeypatch.setattr(backend, "data_manager", lambda job=None: Manager())
     monkeypatch.setattr(jdl, "load", no_parse)
     source = tmp_path / "result.txt"
     source.write_text("r")

@@ -25,12 +25,17 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 
 def run_with_config(
-    server: DiracServer, conf: Path, tmp: Path, program: Path = BIN / "pilot"
+    server: DiracServer,
+    conf: Path,
+    tmp: Path,
+    program: Path = BIN / "pilot",
+    proxy: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``program run`` (the package's pilot, or the one-file binary) with ``conf`` against
-    the test server's Matcher, in ``tmp``; returns when the pilot has exited."""
+    the test server's Matcher, in ``tmp``, with the pilots' proxy (or ``proxy``); returns
+    when the pilot has exited."""
     argv = ["run", "--config", str(conf), "--server", server.urls["matcher"]]
-    return run_pilot(argv, cwd=tmp, env=env_for(server), timeout=300, program=program)
+    return run_pilot(argv, cwd=tmp, env=env_for(server, proxy), timeout=300, program=program)
 
 
 def run_dirac_pilot(

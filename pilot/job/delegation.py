@@ -115,6 +115,9 @@ class PayloadProxy:
                 return proxy
             credentials.write_proxy(self.path, pem)
         self.identity = proxy.identity
+        act_as_owner = getattr(self.backend, "use_owner_proxy", None)
+        if act_as_owner is not None:  # a backend that stages the job's data as its owner
+            act_as_owner(self.job, proxy)
         log.info(
             "job %s: payload proxy of %s, %s left",
             self.job.job_id,

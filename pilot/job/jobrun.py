@@ -286,6 +286,9 @@ class JobRunner:
             return self._stage_and_run(desc, job_dir)
         finally:
             self._remove_credentials()
+            act_as_owner = getattr(self.backend, "use_owner_proxy", None)
+            if self.payload_proxy is not None and act_as_owner is not None:
+                act_as_owner(self.job, None)  # the job is over: forget its owner's proxy
 
     def _remove_credentials(self) -> None:
         if self.payload_proxy is not None:

@@ -5,9 +5,12 @@ Layout written under ``<dir>``::
     ca/ca.pem, ca/ca.key             the test CA
     certificates/<hash>.0, .r0       X509_CERT_DIR: the CA under its subject hash, an empty CRL
     hostcert.pem, hostkey.pem        /O=DIRACTest/CN=localhost (SAN localhost, 127.0.0.1)
-    user/usercert.pem, userkey.pem   /O=DIRACTest/OU=users/CN=testuser
+    user/usercert.pem, userkey.pem   /O=DIRACTest/OU=users/CN=testuser   (job owner)
+    other/usercert.pem, userkey.pem  /O=DIRACTest/OU=users/CN=otheruser  (owner, no stored proxy)
+    pilot/usercert.pem, userkey.pem  /O=DIRACTest/OU=pilots/CN=testpilot (the pilots' identity)
 
-The user proxy is made later by DIRAC's own ``dirac-proxy-init`` (it carries the DIRAC group).
+The proxies are made later by DIRAC's own ``dirac-proxy-init`` (they carry the DIRAC group).
+A PKI cached from before an identity existed gets that identity from the same CA.
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ USER_SUBJECT = (
     (NameOID.COMMON_NAME, "testuser"),
 )
 USER_DN = "/O=DIRACTest/OU=users/CN=testuser"
+OTHER_SUBJECT = (
+    (NameOID.ORGANIZATION_NAME, "DIRACTest"),
+    (NameOID.ORGANIZATIONAL_UNIT_NAME, "users"),
+    (NameOID.COMMON_NAME, "otheruser"),
+)
+OTHER_DN = "/O=DIRACTest/OU=users/CN=otheruser"
+PILOT_SUBJECT = (
+    (NameOID.ORGANIZATION_NAME, "DIRACTest"),
+    (NameOID.ORGANIZATIONAL_UNIT_NAME, "pilots"),
+    (NameOID.COMMON_NAME, "testpilot"),
+)
+PILOT_DN = "/O=DIRACTest/OU=pilots/CN=testpilot"
+# directory under the PKI -> subject of the client identities
+IDENTITIES = {"user": USER_SUBJECT, "other": OTHER_SUBJECT, "pilot": PILOT_SUBJECT}
 HOST_DN = "/O=DIRACTest/CN=localhost"
 _TEN_YEARS = timedelta(days=3650)
 
@@ -141,25 +158,42 @@ def _write_trust_dir(
 
 
 def make_pki(directory: Path) -> None:
-    """Create the CA, host and user credentials under ``directory``; no-op when they exist."""
-    if (directory / "user" / "usercert.pem").is_file():
-        return
-    ca_cert, ca_key = _make_ca(directory)
-    _write_trust_dir(directory / "certificates", ca_cert, ca_key)
-    san: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    host = _issue(
-        ca_cert,
-        ca_key,
-        HOST_SUBJECT,
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-        san,
-    )
-    _write_cert(directory / "hostcert.pem", host[0])
-    _write_key(directory / "hostkey.pem", host[1])
-    user = _issue(ca_cert, ca_key, USER_SUBJECT, [ExtendedKeyUsageOID.CLIENT_AUTH])
-    # the user cert goes last: its presence marks a complete PKI
-    _write_key(directory / "user" / "userkey.pem", user[1])
-    _write_cert(directory / "user" / "usercert.pem", user[0])
+    """Create the CA, host and client credentials under ``directory``; what exists is kept
+    (a cached PKI gets only the identities it lacks, signed by its own CA)."""
+    if not (directory / "hostcert.pem").is_file():  # written last of the CA and host
+        for sub in IDENTITIES:  # signed by a CA that is replaced now
+            (directory / sub / "usercert.pem").unlink(missing_ok=True)
+        for old in ("ca/ca.key", "hostkey.pem"):  # written mode 0400
+            (directory / old).unlink(missing_ok=True)
+        ca_cert, ca_key = _make_ca(directory)
+        _write_trust_dir(directory / "certificates", ca_cert, ca_key)
+        san: list[x509.GeneralName] = [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]
+        host = _issue(
+            ca_cert,
+            ca_key,
+            HOST_SUBJECT,
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            san,
+        )
+        _write_cert(directory / "hostcert.pem", host[0])
+        _write_key(directory / "hostkey.pem", host[1])
+    else:
+        ca_cert = x509.load_pem_x509_certificate((directory / "ca" / "ca.pem").read_bytes())
+        loaded = serialization.load_pem_private_key(
+            (directory / "ca" / "ca.key").read_bytes(), None
+        )
+        assert isinstance(loaded, rsa.RSAPrivateKey)
+        ca_key = loaded
+    for sub, subject in IDENTITIES.items():
+        cert_path = directory / sub / "usercert.pem"
+        if cert_path.is_file():
+            continue
+        cert, key = _issue(ca_cert, ca_key, subject, [ExtendedKeyUsageOID.CLIENT_AUTH])
+        # the certificate goes last: its presence marks a complete identity
+        key_path = directory / sub / "userkey.pem"
+        key_path.unlink(missing_ok=True)
+        _write_key(key_path, key)
+        _write_cert(cert_path, cert)

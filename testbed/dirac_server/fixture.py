@@ -26,7 +26,7 @@ import pytest
 from pilot import proc
 from pilot.backends.dirac.backend import DiracSettings
 
-from .certs import HOST_DN, USER_DN
+from .certs import HOST_DN, OTHER_DN, PILOT_DN, USER_DN
 from .harness import (
     SERVICES,
     STATE_ENV,
@@ -50,7 +50,10 @@ class DiracServer:
 
     urls: Mapping[str, str]  # "matcher", ..., "proxymanager", "configuration", "filecatalog"
     ca_dir: Path
-    proxy: Path  # user proxy, group testvo_user (NormalUser + GenericPilot), uploaded too
+    proxy: Path  # job owner's proxy, group testvo_user (NormalUser), uploaded too
+    pilot_proxy: Path  # the pilots' proxy, group testvo_pilot (GenericPilot, LimitedDelegation)
+    nodeleg_proxy: Path  # the pilots' identity in testvo_pilot_nodeleg (GenericPilot only)
+    other_proxy: Path  # another owner in testvo_user whose proxy was never uploaded
     host_cert: Path  # /O=DIRACTest/CN=localhost: TrustedHost, Operator, JobAdministrator
     host_key: Path
     user_cert: Path
@@ -65,18 +68,20 @@ class DiracServer:
     ce: str = CE
     queue: str = QUEUE
     user_dn: str = USER_DN
+    pilot_dn: str = PILOT_DN
+    other_dn: str = OTHER_DN
     host_dn: str = HOST_DN
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def settings(self, **overrides: Any) -> DiracSettings:
-        """DiracSettings for the pilot backend against this server (user proxy)."""
+        """DiracSettings for the pilot backend against this server (the pilots' proxy)."""
         values: dict[str, Any] = {
             "matcher_url": self.urls["matcher"],
             "job_state_update_url": self.urls["jobstateupdate"],
             "sandbox_store_url": self.urls["sandboxstore"],
             "job_monitoring_url": self.urls["jobmonitoring"],
             "pilot_manager_url": self.urls["pilotmanager"],
-            "proxy": self.proxy,
+            "proxy": self.pilot_proxy,
             "ca_dir": self.ca_dir,
             "vo": self.vo,
             "timeout": 60.0,
@@ -85,11 +90,18 @@ class DiracServer:
         return DiracSettings(**values)
 
     def dirac(
-        self, command: str, *args: str, timeout: float = 120.0, cwd: Path | None = None
+        self,
+        command: str,
+        *args: str,
+        timeout: float = 120.0,
+        cwd: Path | None = None,
+        proxy: Path | None = None,
     ) -> proc.CommandResult:
-        """Run ``dirac-<command> args...`` from the server's venv as the test user."""
+        """Run ``dirac-<command> args...`` from the server's venv as the job owner
+        (testuser), or with ``proxy`` (another owner's)."""
         argv = [str(self.venv / "bin" / f"dirac-{command}"), *args]
-        return proc.run(argv, timeout=timeout, env=self.env, cwd=str(cwd) if cwd else None)
+        env = dict(self.env) | ({"X509_USER_PROXY": str(proxy)} if proxy else {})
+        return proc.run(argv, timeout=timeout, env=env, cwd=str(cwd) if cwd else None)
 
     def host_context(self) -> ssl.SSLContext:
         """TLS client context with the host certificate (admin-side DISET calls in tests)."""
@@ -113,6 +125,9 @@ def describe(harness: Harness) -> DiracServer:
         urls={svc.key: harness.url(svc.key) for svc in SERVICES},
         ca_dir=layout.ca_dir,
         proxy=layout.proxy,
+        pilot_proxy=layout.pilot_proxy,
+        nodeleg_proxy=layout.nodeleg_proxy,
+        other_proxy=layout.other_proxy,
         host_cert=layout.pki / "hostcert.pem",
         host_key=layout.pki / "hostkey.pem",
         user_cert=layout.pki / "user" / "usercert.pem",

@@ -8,10 +8,16 @@ Set-up (cached, idempotent)::
                                     gfal2-python does not build against Debian 12's gfal2
     $PILOT_DIRAC_STATE (default: a new temp dir)
         etc/dirac.cfg               written at each start (free loopback ports)
-        etc/grid-security/          test CA, host and user certs (testbed/dirac_server/certs.py)
+        etc/grid-security/          test CA, host, user and pilot certs (certs.py)
         mysql/                      private MariaDB datadir + socket (never the system service)
         run/*.pid, log/*.log        one pid file and one log per process
-        run/x509up_testuser         user proxy made by dirac-proxy-init (group testvo_user)
+        run/x509up_testuser         job owner's proxy (dirac-proxy-init, group testvo_user,
+                                    NormalUser), uploaded to the ProxyManager
+        run/x509up_otheruser        another owner's proxy, never uploaded (-N)
+        run/x509up_testpilot        the pilots' proxy (group testvo_pilot: GenericPilot,
+                                    LimitedDelegation), not uploaded
+        run/x509up_testpilot_nodeleg  the same identity in testvo_pilot_nodeleg (GenericPilot
+                                    only: the ProxyManager refuses it)
         storage/sandboxes           the SandboxStore's files
         storage/se                  the DIP storage element SE-LOCAL (DataManagement/StorageElement)
         etc/PilotAgentTest.cfg      what Configuration/Server serves (the same text as dirac.cfg)
@@ -140,6 +146,18 @@ class Layout:
         return self.run / "x509up_testuser"
 
     @property
+    def other_proxy(self) -> Path:
+        return self.run / "x509up_otheruser"
+
+    @property
+    def pilot_proxy(self) -> Path:
+        return self.run / "x509up_testpilot"
+
+    @property
+    def nodeleg_proxy(self) -> Path:
+        return self.run / "x509up_testpilot_nodeleg"
+
+    @property
     def mysql_data(self) -> Path:
         return self.root / "mysql" / "data"
 
@@ -241,10 +259,21 @@ def _build_venv(venv: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PYTHONPATH")}
     env["PIP_CONFIG_FILE"] = os.devnull
     # Exactly the locked versions (make lock refreshes them); no dependency resolution here.
-    pip = [str(venv / "bin" / "pip"), "install", "-q", "--require-hashes", "--no-deps",
-           "-r", str(LOCK)]
-    log.info("installing DIRAC[server]==%s into %s from %s (a few minutes)",
-             DIRAC_VERSION, venv, LOCK.relative_to(REPO))
+    pip = [
+        str(venv / "bin" / "pip"),
+        "install",
+        "-q",
+        "--require-hashes",
+        "--no-deps",
+        "-r",
+        str(LOCK),
+    ]
+    log.info(
+        "installing DIRAC[server]==%s into %s from %s (a few minutes)",
+        DIRAC_VERSION,
+        venv,
+        LOCK.relative_to(REPO),
+    )
     _checked(pip, f"pip install -r {LOCK.name}", timeout=1800, env=env)
 
 
@@ -481,17 +510,33 @@ class Harness:
         self._spawn("optimizers", argv, marker="Optimizers", env=self.env(with_proxy=False))
 
     def _make_proxy(self) -> None:
-        """User proxy with the DIRAC group testvo_user (NormalUser + GenericPilot), also
-        uploaded to the ProxyManager (``dirac-proxy-init`` does that by default in DIRAC 9):
-        pilots get their payloads' proxies delegated from it."""
-        self.layout.proxy.unlink(missing_ok=True)
-        argv = [str(self.layout.venv / "bin" / "dirac-proxy-init"), "-g", "testvo_user"]
-        result = proc.run(argv, timeout=120, env=self.env())
-        if not result.ok or not self.layout.proxy.is_file():
-            output = (result.stdout + result.stderr).strip()[-2000:]
-            raise SetupError(
-                f"dirac-proxy-init wrote no proxy (exit {result.returncode}): {output}"
-            )
+        """The proxies, by DIRAC's own ``dirac-proxy-init``: the job owner's (group
+        testvo_user, NormalUser only), uploaded to the ProxyManager (DIRAC 9 does that by
+        default) so that pilots get their payloads' proxies delegated from it; another
+        owner's, not uploaded; and the pilots' own (group testvo_pilot: GenericPilot +
+        LimitedDelegation; testvo_pilot_nodeleg: GenericPilot only), not uploaded."""
+        pki = self.layout.pki
+        made = (
+            (self.layout.proxy, "user", "testvo_user", ()),
+            (self.layout.other_proxy, "other", "testvo_user", ("-N",)),
+            (self.layout.pilot_proxy, "pilot", "testvo_pilot", ("-N",)),
+            (self.layout.nodeleg_proxy, "pilot", "testvo_pilot_nodeleg", ("-N",)),
+        )
+        for path, identity, group, options in made:
+            path.unlink(missing_ok=True)
+            argv = [str(self.layout.venv / "bin" / "dirac-proxy-init"), "-g", group, *options]
+            env = self.env(with_proxy=False) | {
+                "X509_USER_CERT": str(pki / identity / "usercert.pem"),
+                "X509_USER_KEY": str(pki / identity / "userkey.pem"),
+                "X509_USER_PROXY": str(path),
+            }
+            result = proc.run(argv, timeout=120, env=env)
+            if not result.ok or not path.is_file():
+                output = (result.stdout + result.stderr).strip()[-2000:]
+                raise SetupError(
+                    f"dirac-proxy-init -g {group} wrote no proxy (exit {result.returncode}):"
+                    f" {output}"
+                )
 
     # pid bookkeeping ---------------------------------------------------------------
 

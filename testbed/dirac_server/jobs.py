@@ -71,14 +71,20 @@ def pilot_config(
         f'matcher = "{server.urls["matcher"]}"\n'
         f'jobstateupdate = "{server.urls["jobstateupdate"]}"\n'
         f'sandboxstore = "{server.urls["sandboxstore"]}"\n'
+        # the pilot (testpilot) stages each job's sandboxes as its owner, with the owner's
+        # proxy delegated by the ProxyManager: DIRAC serves a user's sandboxes only to them
+        f'proxymanager = "{server.urls["proxymanager"]}"\n'
+        f'configuration = "{server.urls["configuration"]}"\n'
     )
     return conf
 
 
-def env_for(server: DiracServer) -> dict[str, str]:
-    """The pilot's environment for this server: its proxy and CAs, no PILOT_* settings."""
+def env_for(server: DiracServer, proxy: Path | None = None) -> dict[str, str]:
+    """The pilot's environment for this server: its own proxy (the pilots' identity, not
+    the job owner's; or ``proxy``) and CAs, no PILOT_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PILOT_")}
-    return {**env, "X509_USER_PROXY": str(server.proxy), "X509_CERT_DIR": str(server.ca_dir)}
+    own = proxy or server.pilot_proxy
+    return {**env, "X509_USER_PROXY": str(own), "X509_CERT_DIR": str(server.ca_dir)}
 
 
 def wait_for(server: DiracServer, job_id: str, word: str, timeout: float = 60) -> str:

@@ -25,8 +25,12 @@ upload_pilot_log       nothing: DIRAC's pilot logging service is HTTPS-only
 =====================  ============================================================
 
 Sandbox ``SB:`` entries are always fetched from the configured SandboxStore: DIRAC's
-sandbox SE is that very service (its DIP endpoint). Access to a user's sandbox follows
-DIRAC's rules for the pilot's identity (owner, JobSharing group, or JobAdministrator).
+sandbox SE is that very service (its DIP endpoint). Once the job's delegated proxy is
+handed over (``use_owner_proxy``, called by the job runner for each new or renewed payload
+proxy), that job's sandbox and data calls go out with it, as DIRAC's JobWrapper works
+with the payload's proxy: the SandboxStore serves a user's sandbox only to its owner
+(or JobAdministrator/JobMonitor), never to a GenericPilot identity. A job without a
+payload proxy uses the pilot's own identity for them.
 """
 
 from __future__ import annotations
@@ -168,7 +172,9 @@ class DiracBackend:
         self._cs: cscfg.Section | None = None
         self._cs_lock = threading.Lock()
         self._ctx = ctx
-        self._data: data.DataManager | None = None
+        self._data: tuple[str, dict[str, data.StorageElement]] | None = None
+        # per job: a context with the owner's delegated proxy (see use_owner_proxy)
+        self._owners: dict[str, ssl.SSLContext] = {}
         self._last_ms: dict[str, int] = {}  # per job: the last status time sent (ms)
         self._times_lock = threading.Lock()
 
@@ -243,12 +249,40 @@ class DiracBackend:
 
     # --- data ---------------------------------------------------------------------------
 
-    def data_manager(self) -> data.DataManager:
-        """File Catalog and storage elements: from the settings, else from DIRAC's CS."""
+    def use_owner_proxy(self, job: MatchedJob, proxy: credentials.Proxy | None) -> None:
+        """Act as the job's owner, with ``proxy`` (the payload's delegated proxy, renewed
+        ones too), for that job's sandboxes and data, as DIRAC's JobWrapper does: DIRAC
+        lets a pilot identity (GenericPilot) match jobs and report on them but not read
+        users' sandboxes, and the catalogue should record the owner. ``None``: the job is
+        over. A job without a payload proxy uses the pilot's own."""
+        with self._cs_lock:
+            if proxy is None:
+                self._owners.pop(job.job_id, None)
+                return
+        ctx = credentials.ssl_context(proxy, self.settings.ca_dir, self.settings.ca_file)
+        with self._cs_lock:
+            self._owners[job.job_id] = ctx
+
+    def _ctx_for(self, job: MatchedJob) -> ssl.SSLContext:
+        with self._cs_lock:
+            return self._owners.get(job.job_id, self._ctx)
+
+    def data_manager(self, job: MatchedJob | None = None) -> data.DataManager:
+        """File Catalog and storage elements (from the settings, else from DIRAC's CS),
+        spoken to as ``job``'s owner when the pilot holds its proxy."""
+        ctx = self._ctx if job is None else self._ctx_for(job)
         with self._cs_lock:
             ready = self._data
-        if ready is not None:
-            return ready
+        if ready is None:
+            ready = self._data_endpoints()
+            with self._cs_lock:
+                self._data = ready
+        catalog_url, elements = ready
+        return data.DataManager(
+            self._client(catalog_url, ctx), elements, lambda url: self._client(url, ctx)
+        )
+
+    def _data_endpoints(self) -> tuple[str, dict[str, data.StorageElement]]:
         s = self.settings
         catalog_url = s.file_catalog_url
         elements = {n: data.StorageElement(n, u) for n, u in s.storage_elements.items()}
@@ -264,18 +298,10 @@ class DiracBackend:
                 elements = data.storage_elements_from_cs(cs)
         if not catalog_url:
             raise data.DataError("no FileCatalog URL in the settings or DIRAC's configuration")
-        manager = data.DataManager(
-            self._client(catalog_url, self._ctx), elements, self._data_client
-        )
-        with self._cs_lock:
-            self._data = manager
-        return manager
-
-    def _data_client(self, url: str) -> DisetClient:
-        return self._client(url, self._ctx)
+        return catalog_url, elements
 
     def fetch_lfn(self, job: MatchedJob, lfn: str, dest: Path) -> None:
-        self.data_manager().download(lfn, dest)
+        self.data_manager(job).download(lfn, dest)
 
     def store_lfn(
         self, job: MatchedJob, lfn: str, source: Path, output_se: str | None = None
@@ -288,7 +314,7 @@ class DiracBackend:
         errors = []
         for se_name in se_names:  # the first that works, as DIRAC's JobWrapper does
             try:
-                self.data_manager().upload(source, lfn, se_name)
+                self.data_manager(job).upload(source, lfn, se_name)
                 return
             except data.DataError as exc:
                 errors.append(str(exc))
@@ -428,6 +454,7 @@ class DiracBackend:
     def fetch_input_sandbox(self, job: MatchedJob, inputs: Inputs, dest_dir: Path) -> list[Path]:
         """Download each ``SB:`` entry into ``dest_dir``; plain names are inside those."""
         paths = []
+        store = self._sandbox_store(job)
         for entry in inputs.sandboxes:  # LFNs come through fetch_lfn, plain names inside these
             se_name, path = split_sandbox_url(entry)
             dest = dest_dir / _archive_name(path)
@@ -435,17 +462,25 @@ class DiracBackend:
                 "job %s: fetching %s from %s (SE %s)",
                 job.job_id,
                 path,
-                self.sandbox_store.url,
+                store.url,
                 se_name,
             )
-            self._download(path, dest, entry)
+            self._download(store, path, dest, entry)
             paths.append(dest)
         return paths
 
-    def _download(self, path: str, dest: Path, entry: str) -> None:
+    def _sandbox_store(self, job: MatchedJob) -> DisetClient:
+        """The SandboxStore as the job's owner (DIRAC serves a user's sandboxes only to
+        that user), or as the pilot when it holds no proxy of the owner."""
+        ctx = self._ctx_for(job)
+        if ctx is self._ctx:
+            return self.sandbox_store
+        return self._client(self.settings.sandbox_store_url, ctx)
+
+    def _download(self, store: DisetClient, path: str, dest: Path, entry: str) -> None:
         part = dest.with_name(dest.name + ".part")
         try:
-            size = self.sandbox_store.receive_file(self.sandbox_store.url + path, part)
+            size = store.receive_file(store.url + path, part)
             part.replace(dest)
         except ServerUnreachable:
             raise
@@ -461,7 +496,7 @@ class DiracBackend:
         extension = _tar_extension(archive)
         file_id = [f"{_md5(archive)}.{extension}", {f"Job:{job.job_id}": "Output"}]
         try:
-            location = self.sandbox_store.send_file(file_id, archive)
+            location = self._sandbox_store(job).send_file(file_id, archive)
         except ServerUnreachable:
             raise
         except DisetError as exc:
