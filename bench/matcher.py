@@ -1,7 +1,13 @@
 """The matcher stub under load: matching rate with mostly unfit work waiting, many pilots.
 
+Both send what a pilot sends: its resource description as the pilot builds it
+(``ResourceDescription.as_dict()`` of ``with_free``: a PilotReference of its own per
+simulated pilot, a wall clock and CPUTime left that change at every request, disk,
+benchmark...) and a request id per request.
+
 (a) One keep-alive client (the standard library's: its own cost per request is a third
-    of httpx's, so the figure is mostly the stub's) asks for jobs while 10^5 jobs wait
+    of httpx's, so the figure is mostly the stub's), a new simulated pilot every
+    MATCHES_PER_PILOT requests, asks for jobs while 10^5 jobs wait
     in 1000 requirement shapes, 900 of which do not fit its resource description (other
     sites, banned site, platform, a tag it lacks, too many processors or too much memory
     or CPU time); the unfit jobs are the older ones, so they sit ahead of the fitting
@@ -12,7 +18,8 @@
     stub's resident memory read after each.
 (b) ``--pilots`` simulated pilots (threads in a few processes, each with its own
     keep-alive HTTP client) take ``--pilot-jobs`` short jobs: match, Running, Done. Every
-    job must end Done exactly once (checked in the stub's database afterwards).
+    job must end Done exactly once (checked in the stub's database afterwards); if not,
+    the bench exits 1 after its last line.
 
 Last line: ``mixed_per_s=<x> fitting_per_s=<y> ratio=<x/y>``; goals: ratio >= 0.8 and
 mixed_per_s >= 1000.
@@ -21,7 +28,9 @@ mixed_per_s >= 1000.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
+import itertools
 import json
 import multiprocessing
 import os
@@ -32,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,17 +51,61 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stubproc
 
+from pilot.node.resources import ResourceDescription
+
 SITE = "Bench.Site"
-RESOURCES = {
-    "Site": SITE,
-    "GridCE": "ce.bench.example",
-    "Platform": "Linux_x86_64_glibc-2.36",
-    "CPUTime": 200000,
-    "NumberOfProcessors": 4,
-    "MaxRAM": 16000,
-    "Tag": ["cvmfs:vo.example.org"],
-    "VirtualOrganization": "vo",
-}
+# A slot as the pilot describes it (pilot.node.resources.describe): the bench's pilots
+# each get their own PilotReference, and every request offers what the slot has free
+# (ResourceDescription.with_free), so WallClockTimeLeft and CPUTime shrink from one
+# request to the next, as a real pilot's do.
+SLOT = ResourceDescription(
+    site=SITE,
+    grid_ce="ce.bench.example",
+    ce_queue="long",
+    vo="vo",
+    platform="Linux_x86_64_glibc-2.36",
+    architecture="x86_64",
+    number_of_processors=4,
+    max_ram_mb=16000,
+    cpu_time=200000,
+    wall_clock_time_left=86400,
+    disk_space_mb=40000,
+    number_of_gpus=0,
+    tags=("cvmfs:vo.example.org", "MultiProcessor"),
+    required_tags=(),
+    pilot_reference="",
+    pilot_benchmark=10.0,
+)
+JOB_SECONDS = 37.0  # how much a simulated pilot's clock advances from request to request
+MATCHES_PER_PILOT = 10  # requests one simulated pilot makes in (a) before the next starts
+
+
+class SimulatedPilot:
+    """One pilot's identity and the description it sends with each match request."""
+
+    def __init__(self, n: int) -> None:
+        self.stamp = f"bench-pilot-{n}-{uuid.uuid4().hex[:8]}"
+        # like a batch system's job id: unique per pilot; disk differs per node too
+        self.desc = dataclasses.replace(
+            SLOT,
+            pilot_reference=f"https://ce.bench.example:8443/{uuid.uuid4()}",
+            disk_space_mb=SLOT.disk_space_mb + n % 997 if SLOT.disk_space_mb else None,
+        )
+        self.age = (n % 50) * 60.0  # seconds the pilot has run: pilots of different ages
+
+    def body(self) -> str:
+        """A match request as the pilot's stub backend sends it: this moment's free
+        slot and a request id of its own. A real pilot asks again once its last job has
+        run, so its wall clock left (hence CPUTime) differs at every request: the
+        bench's pilots age JOB_SECONDS per request, however fast the bench goes."""
+        self.age += JOB_SECONDS
+        left = self.desc.wall_clock_time_left - self.age
+        offer = self.desc.with_free(SLOT.number_of_processors, SLOT.max_ram_mb, left)
+        return json.dumps(
+            {"pilot": self.stamp, "resources": offer.as_dict(), "request_id": os.urandom(16).hex()}
+        )
+
+
 BATCH = 100  # JDL texts per submission request
 
 
@@ -107,16 +161,22 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+_PILOT_NUMBERS = itertools.count()
+
+
 def match_rate(url: str, limit: int, seconds: float) -> tuple[int, float]:
     """Matches per second over ``limit`` matches or ``seconds``, whichever ends first."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=120)
-    body = json.dumps({"pilot": "bench", "resources": RESOURCES})
     headers = {"Content-Type": "application/json"}
     matched = 0
+    pilot = SimulatedPilot(next(_PILOT_NUMBERS))
     start = time.perf_counter()
     try:
         while matched < limit and time.perf_counter() - start < seconds:
+            if matched and matched % MATCHES_PER_PILOT == 0:
+                pilot = SimulatedPilot(next(_PILOT_NUMBERS))
+            body = pilot.body()
             conn.request("POST", "/api/jobs/match", body=body, headers=headers)
             answer = conn.getresponse()
             answer.read()
@@ -183,13 +243,14 @@ def stop(proc: subprocess.Popen[str]) -> None:
 # -- (b) many pilots ----------------------------------------------------------------------
 
 
-def pilot_loop(url: str, name: str, claimed: list[int], deadline: float) -> None:
+def pilot_loop(url: str, number: int, claimed: list[int], deadline: float) -> None:
     """One simulated pilot: register, then match / Running / Done until nothing is left."""
+    pilot = SimulatedPilot(number)
     with httpx.Client(base_url=url, timeout=120) as client:
-        client.post("/api/pilots", json={"stamp": name, "info": {"site": SITE}})
-        body = {"pilot": name, "resources": RESOURCES}
+        client.post("/api/pilots", json={"stamp": pilot.stamp, "info": {"site": SITE}})
+        headers = {"Content-Type": "application/json"}
         while time.monotonic() < deadline:
-            answer = client.post("/api/jobs/match", json=body)
+            answer = client.post("/api/jobs/match", content=pilot.body(), headers=headers)
             if answer.status_code == 204:
                 return
             answer.raise_for_status()
@@ -205,16 +266,13 @@ def pilot_process(url: str, first: int, count: int, deadline: float) -> list[int
     claimed: list[int] = []
     errors: list[BaseException] = []
 
-    def run(name: str) -> None:
+    def run(number: int) -> None:
         try:
-            pilot_loop(url, name, claimed, deadline)
+            pilot_loop(url, number, claimed, deadline)
         except BaseException as exc:  # reported by the parent
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=run, args=(f"bench-pilot-{n}",))
-        for n in range(first, first + count)
-    ]
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(first, first + count)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -224,7 +282,8 @@ def pilot_process(url: str, first: int, count: int, deadline: float) -> list[int
     return claimed
 
 
-def many_pilots(tmp: Path, pilots: int, jobs: int, procs: int, seconds: float) -> None:
+def many_pilots(tmp: Path, pilots: int, jobs: int, procs: int, seconds: float) -> bool:
+    """Run (b); whether every job ended Done exactly once."""
     proc, url = stubproc.start_stub(tmp / "pilots.db")
     db = tmp / "pilots.db"
     try:
@@ -244,14 +303,15 @@ def many_pilots(tmp: Path, pilots: int, jobs: int, procs: int, seconds: float) -
     finally:
         stop(proc)
     claimed = [job for part in results for job in part]
-    check = _done_once(db, claimed, jobs)
+    ok, check = _done_once(db, claimed, jobs)
     print(
         f"pilots: {pilots} simulated pilots, {len(claimed)} of {jobs} jobs in {wall:.1f} s,"
         f" {len(claimed) / wall:.0f} matches/s (stub CPU {stub_cpu:.0f} s); {check}"
     )
+    return ok
 
 
-def _done_once(db: Path, claimed: list[int], jobs: int) -> str:
+def _done_once(db: Path, claimed: list[int], jobs: int) -> tuple[bool, str]:
     conn = sqlite3.connect(db)
     try:
         done = dict(
@@ -264,8 +324,8 @@ def _done_once(db: Path, claimed: list[int], jobs: int) -> str:
         conn.close()
     twice = len(claimed) - len(set(claimed))
     if twice or len(claimed) != jobs or len(done) != jobs or set(done.values()) != {1}:
-        return f"NOT every job Done exactly once: claimed twice {twice}, statuses {statuses}"
-    return "every job Done exactly once"
+        return False, f"NOT every job Done exactly once: claimed twice {twice}, statuses {statuses}"
+    return True, "every job Done exactly once"
 
 
 def main() -> None:
@@ -294,12 +354,13 @@ def main() -> None:
         finally:
             for proc, _ in stubs.values():
                 stop(proc)
-        if args.pilots:
-            many_pilots(
-                Path(tmp), args.pilots, args.pilot_jobs, args.pilot_procs, args.pilot_seconds
-            )
+        all_done = not args.pilots or many_pilots(
+            Path(tmp), args.pilots, args.pilot_jobs, args.pilot_procs, args.pilot_seconds
+        )
     x, y = rates["mixed"], rates["fitting"]
     print(f"mixed_per_s={x:.0f} fitting_per_s={y:.0f} ratio={x / y:.2f}")
+    if not all_done:
+        sys.exit(1)  # (b) failed: some job not Done, or Done twice
 
 
 if __name__ == "__main__":

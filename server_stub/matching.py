@@ -17,6 +17,22 @@ from pilot.job.jdl import JobDescription
 
 _PROCESSOR_TAG = re.compile(r"^\d+Processors$")
 
+# Every key of a resource description that :func:`mismatches` reads, and only those: a
+# pilot's description carries more (PilotReference, WallClockTimeLeft, DiskSpace...),
+# which no decision depends on. The task queues remember which queues fit a description
+# by these fields alone; tests/test_taskqueues.py checks that mismatches reads no other.
+RESOURCE_FIELDS: tuple[str, ...] = (
+    "Site",
+    "Platform",
+    "GridCE",
+    "CPUTime",
+    "NumberOfProcessors",
+    "MaxRAM",
+    "VirtualOrganization",
+    "Tag",
+    "RequiredTag",
+)
+
 
 def requirements(desc: JobDescription) -> dict[str, Any]:
     """The part of a job description that matching looks at, as JSON-able values."""

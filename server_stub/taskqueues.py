@@ -5,9 +5,13 @@ processors, memory, CPU time, VO, whole node: :func:`server_stub.matching.requir
 and the same priority share a task queue. A match request then evaluates queues, not
 jobs: whether a queue fits a resource description is computed once per description and
 kept (a queue's requirements never change), so 10^5 waiting jobs in 1000 queues cost a
-pilot about as much as 1000 fitting jobs do. CPU time is kept exact, not in classes, and
-checked apart from the rest, because a pilot's CPU time left changes from one request
-to the next while the rest of its description rarely does.
+pilot about as much as 1000 fitting jobs do. The fits are remembered by the fields
+matching reads (:data:`server_stub.matching.RESOURCE_FIELDS`), not by the whole
+description, so pilots of one kind share an entry whatever their PilotReference, wall
+clock or disk; the most recently used :data:`FIT_CACHE_SIZE` entries are kept. CPU time
+is kept exact, not in classes, and checked apart from the rest, because a pilot's CPU
+time left changes from one request to the next while the rest of its description rarely
+does.
 
 The winner is the fitting queue with the highest priority whose oldest waiting job is
 the oldest; that job is what the former job-by-job scan returned (highest priority, then
@@ -29,7 +33,11 @@ from typing import Any
 
 from server_stub import matching
 
-FIT_CACHE_SIZE = 1024  # resource descriptions whose queue fits are remembered
+FIT_CACHE_SIZE = 1024  # resource descriptions whose queue fits are remembered (LRU)
+# What the fit cache is keyed on: the fields matching reads, CPU time aside. The rest of
+# a pilot's description (PilotReference, WallClockTimeLeft, DiskSpace...) differs from
+# pilot to pilot and from request to request and would make every request a miss.
+_FIT_FIELDS = tuple(k for k in matching.RESOURCE_FIELDS if k != "CPUTime")
 
 
 @dataclass
@@ -150,8 +158,8 @@ class TaskQueues:
 
     def _fitting(self, resources: Mapping[str, Any]) -> _Fits:
         """Ids of the queues whose requirements fit ``resources``, CPU time aside."""
-        rest = {k: v for k, v in resources.items() if k != "CPUTime"}
-        key = json.dumps(rest, sort_keys=True, default=str)
+        rest = {k: resources[k] for k in _FIT_FIELDS if k in resources}
+        key = json.dumps([rest.get(k) for k in _FIT_FIELDS], default=str)
         fits = self._fits.get(key)
         if fits is None:
             fits = self._fits[key] = _Fits()

@@ -24,36 +24,55 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pilot.job import jdl
-from server_stub import matching
+from server_stub import matching, taskqueues
 from server_stub.app import StubApp
 from server_stub.sandboxes import SandboxStore
 from server_stub.store import Store, StoreError
 
 SITES = ["A.site", "B.site", "C.site"]
 
+# Every attribute that goes into a job's task-queue key (matching.requirements) varies.
 job_shapes = st.tuples(
     st.sampled_from(["", 'Site = "A.site";', 'Site = {"B.site", "C.site"};', 'Site = "ANY";']),
     st.sampled_from(["", 'BannedSites = {"A.site"};']),
     st.sampled_from(["", 'Platform = "p1";', 'Platform = {"p1", "p2"};']),
     st.sampled_from(["", 'Tags = {"GPU"};', 'Tags = {"t1"};']),
-    st.sampled_from([1, 2, 4]),  # processors
+    st.sampled_from(["", 'GridCE = "ce1";', 'GridCE = {"ce1", "ce2"};']),
+    st.sampled_from(
+        [
+            "NumberOfProcessors = 1;",
+            "NumberOfProcessors = 2;",
+            "NumberOfProcessors = 4;",
+            "MinNumberOfProcessors = 2; MaxNumberOfProcessors = 4;",
+            "MinNumberOfProcessors = 1; MaxNumberOfProcessors = 8;",
+        ]
+    ),
+    st.sampled_from(["", "MaxRAM = 1000;", "MaxRAM = 8000;"]),
+    st.sampled_from(["", 'VirtualOrganization = "vo1";', 'VirtualOrganization = "vo2";']),
+    st.sampled_from(["", "WholeNode = true;"]),
     st.sampled_from([100, 5000, 50000]),  # CPU time
     st.sampled_from([1, 2, 3]),  # priority
-).map(
-    lambda s: f"{s[0]} {s[1]} {s[2]} {s[3]} NumberOfProcessors = {s[4]};"
-    f" CPUTime = {s[5]}; Priority = {s[6]};"
-)
+).map(lambda s: " ".join(s[:9]) + f" CPUTime = {s[9]}; Priority = {s[10]};")
 
+# Pilots' descriptions, with what matching ignores (PilotReference, WallClockTimeLeft,
+# DiskSpace) varying too: the fit cache must not confuse two pilots that differ in
+# anything matching reads, nor tell apart two that differ only in what it ignores.
 resources = st.fixed_dictionaries(
     {
         "Site": st.sampled_from(SITES),
         "Platform": st.sampled_from(["p1", "p2", "p3"]),
-        "NumberOfProcessors": st.sampled_from([1, 2, 4]),
+        "NumberOfProcessors": st.sampled_from([1, 2, 4, 8]),
     },
     optional={
         "CPUTime": st.sampled_from([50, 1000, 10000, 100000]),
-        "Tag": st.sampled_from([["GPU"], ["t1"], ["GPU", "t1"]]),
+        "Tag": st.sampled_from([["GPU"], ["t1"], ["GPU", "t1"], ["WholeNode"]]),
         "RequiredTag": st.sampled_from([["t1"]]),
+        "GridCE": st.sampled_from(["ce1", "ce2", "ce3"]),
+        "MaxRAM": st.sampled_from([500, 2000, 16000]),
+        "VirtualOrganization": st.sampled_from(["vo1", "vo2"]),
+        "PilotReference": st.sampled_from(["ref-1", "ref-2", "ref-3"]),
+        "WallClockTimeLeft": st.integers(0, 100000),
+        "DiskSpace": st.sampled_from([100, 5000]),
     },
 )
 
@@ -246,9 +265,7 @@ def test_parametric_jobs_are_validated_and_queued_like_single_ones(
             return
         assert expected is not None, text
         db = sqlite3.connect(Path(tmp) / "p.db")
-        rows = db.execute(
-            "SELECT id, priority, requirements FROM jobs ORDER BY id"
-        ).fetchall()
+        rows = db.execute("SELECT id, priority, requirements FROM jobs ORDER BY id").fetchall()
         assert [row[0] for row in rows] == ids
         rows = [row[1:] for row in rows]
         db.close()
@@ -299,9 +316,7 @@ with store.transaction() as db:
     print("in transaction", flush=True)
     time.sleep(60)
 """
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
-    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "in transaction\n"
     finally:
@@ -341,3 +356,107 @@ def test_a_number_that_is_no_number_counts_as_not_given(
     assert store.match(resources, "p", dry_run=True) is not None
     assert reference(tmp_path / "s.db", resources) == 1
     assert store.near_misses(resources) == []
+
+
+class _Recording(dict[str, Any]):
+    """A resource description that notes every key read from it."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+
+def test_the_fit_cache_key_holds_every_field_matching_reads() -> None:
+    """The task queues remember fits by matching.RESOURCE_FIELDS alone: mismatches must
+    read nothing else, or a new matching field would be left out of the key and two
+    pilots differing in it would share an answer. Requirements that exercise every
+    branch (lists given, a VO, RAM, processors) on descriptions with and without values."""
+    text = (
+        'Executable = "/bin/true"; Site = "A.site"; BannedSites = {"B.site"};'
+        ' Platform = "p1"; GridCE = "ce1"; Tags = {"GPU"}; NumberOfProcessors = 2;'
+        ' MaxRAM = 1000; VirtualOrganization = "vo1"; WholeNode = true; CPUTime = 100;'
+    )
+    req = matching.requirements(jdl.load(text))
+    full = {
+        "Site": "A.site",
+        "Platform": "p2",
+        "GridCE": "ce2",
+        "CPUTime": 10,
+        "NumberOfProcessors": 1,
+        "MaxRAM": 500,
+        "VirtualOrganization": "vo2",
+        "Tag": ["t1"],
+        "RequiredTag": ["t2"],
+        "PilotReference": "ref",
+        "WallClockTimeLeft": 1000,
+        "DiskSpace": 100,
+    }
+    read: set[str] = set()
+    for res in (_Recording(full), _Recording()):
+        assert matching.mismatches(req, res)  # it did look (something does not fit)
+        read |= res.read
+    assert read <= set(matching.RESOURCE_FIELDS), read - set(matching.RESOURCE_FIELDS)
+    # and the tuple names nothing matching does not read (a stale entry splits the cache)
+    assert read == set(matching.RESOURCE_FIELDS)
+
+
+def test_pilots_differing_only_in_what_matching_ignores_share_one_fit_entry(
+    tmp_path: Path,
+) -> None:
+    """A real pilot's PilotReference, WallClockTimeLeft and DiskSpace change from one
+    request to the next: the fits found for the first request serve the others, while
+    a description differing in a field matching reads gets an entry of its own. The
+    cache is bounded: the least recently used entry goes first."""
+    store = Store(tmp_path / "s.db")
+    _submit(store, 'Site = "A.site";', 3)
+    _submit(store, 'Site = "B.site";', 3)
+    queues = store.queues
+    for n in range(5):
+        res = {"Site": "A.site", "CPUTime": 100000 + n, "PilotReference": f"ref-{n}"}
+        res |= {"WallClockTimeLeft": 5000 - n, "DiskSpace": 100 + n}
+        assert store.match(res, f"p{n}", dry_run=True) is not None
+    assert len(queues._fits) == 1
+    assert store.match({"Site": "B.site", "PilotReference": "x"}, "q", dry_run=True)
+    assert len(queues._fits) == 2
+    first = next(iter(queues._fits))
+    for n in range(taskqueues.FIT_CACHE_SIZE + 5):
+        queues.best({"Site": f"S{n}.site"})
+    assert len(queues._fits) == taskqueues.FIT_CACHE_SIZE and first not in queues._fits
+
+
+@pytest.mark.parametrize(
+    ("jdl_part", "field", "fits", "unfit"),
+    [
+        ('Site = "A.site";', "Site", "A.site", "B.site"),
+        ('Platform = "p1";', "Platform", "p1", "p2"),
+        ('GridCE = "ce1";', "GridCE", "ce1", "ce2"),
+        ("NumberOfProcessors = 2;", "NumberOfProcessors", 2, 1),
+        ("MaxRAM = 1000;", "MaxRAM", 2000, 500),
+        ('VirtualOrganization = "vo1";', "VirtualOrganization", "vo1", "vo2"),
+        ('Tags = {"GPU"};', "Tag", ["GPU"], ["t1"]),
+        ("", "RequiredTag", [], ["t1"]),
+    ],
+)
+def test_a_warm_fit_cache_tells_apart_pilots_differing_in_one_matching_field(
+    tmp_path: Path, jdl_part: str, field: str, fits: Any, unfit: Any
+) -> None:
+    store = Store(tmp_path / "s.db")
+    (job,) = _submit(store, jdl_part)
+    base = {"Site": "A.site", "CPUTime": 100000, "PilotReference": "r1"}
+    good, bad = {**base, field: fits}, {**base, field: unfit, "PilotReference": "r2"}
+    for _ in range(2):  # the second time round, both answers come from the cache
+        assert reference(tmp_path / "s.db", good) == job and store.match(good, "p", dry_run=True)
+        assert reference(tmp_path / "s.db", bad) is None
+        assert store.match(bad, "p", dry_run=True) is None
