@@ -71,6 +71,11 @@ class TaskQueues:
     def __len__(self) -> int:
         return len(self._queue_of)
 
+    def cached_fits(self) -> list[str]:
+        """The keys of the match cache (one per kind of resources asked with), oldest first;
+        at most FIT_CACHE_SIZE of them."""
+        return list(self._fits)
+
     @property
     def queues(self) -> int:
         return len(self._queues)

@@ -427,13 +427,14 @@ def test_pilots_differing_only_in_what_matching_ignores_share_one_fit_entry(
         res = {"Site": "A.site", "CPUTime": 100000 + n, "PilotReference": f"ref-{n}"}
         res |= {"WallClockTimeLeft": 5000 - n, "DiskSpace": 100 + n}
         assert store.match(res, f"p{n}", dry_run=True) is not None
-    assert len(queues._fits) == 1
+    assert len(queues.cached_fits()) == 1
     assert store.match({"Site": "B.site", "PilotReference": "x"}, "q", dry_run=True)
-    assert len(queues._fits) == 2
-    first = next(iter(queues._fits))
+    assert len(queues.cached_fits()) == 2
+    first = queues.cached_fits()[0]
     for n in range(taskqueues.FIT_CACHE_SIZE + 5):
         queues.best({"Site": f"S{n}.site"})
-    assert len(queues._fits) == taskqueues.FIT_CACHE_SIZE and first not in queues._fits
+    cached = queues.cached_fits()
+    assert len(cached) == taskqueues.FIT_CACHE_SIZE and first not in cached
 
 
 @pytest.mark.parametrize(
