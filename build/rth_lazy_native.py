@@ -82,4 +82,7 @@ def prefetch(relative):
 sys.meta_path.insert(0, LazyNativeFinder)
 if proxy_expected():
     for relative in LAZY_MODULES.values():
-        threading.Thread(target=prefetch, args=(relative,), daemon=True).start()
+        # "fork-safe:" (pilot.job.guardian.FORK_SAFE): it only inflates a file, so the
+        # guardian forks beside it instead of waiting for it to end
+        name = "fork-safe:unpack " + relative
+        threading.Thread(target=prefetch, args=(relative,), daemon=True, name=name).start()

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from server_stub.server import StubServer
 from testbed.faultcheck import RECORDER, error_lines, executions, judge, recorder_jdl
 from testbed.faultproxy import FaultProxy, Faults
-from tests.conftest import Stub, start_stub
+from tests.conftest import REPO, Stub, start_stub
 from tests.payloads.support import (
     PYTHON,
     SYSTEM_PYTHON,
@@ -480,6 +481,51 @@ def test_the_guardian_spares_a_process_that_took_a_job_process_number() -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+GUARDIAN_BESIDE_A_THREAD = """
+import sys, threading, time
+from pilot.job import guardian
+name = sys.argv[1]
+thread = threading.Thread(target=time.sleep, args=(float(sys.argv[2]),), name=name)
+thread.daemon = True
+thread.start()
+began = time.monotonic()
+pid = guardian.start(None)
+print(pid is not None, thread.is_alive(), round(time.monotonic() - began, 2))
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "sleep", "forked", "beside"),
+    [
+        ("fork-safe:unpack lib.so", "5", True, True),  # the binary's unpacking thread
+        ("worker", "0.3", True, False),  # waited for: it ends in time
+        ("worker", "5", False, True),  # still running after THREADS_WAIT_S: no fork
+    ],
+)
+def test_the_guardian_forks_beside_fork_safe_threads_only(
+    name: str, sleep: str, forked: bool, beside: bool
+) -> None:
+    """A thread named FORK_SAFE (the one-file binary's early unpacking of a library, see
+    build/rth_lazy_native.py) does not hold the guardian up; any other is waited for,
+    and one that outlives the wait means no guardian rather than an unsafe fork."""
+    from pilot.job import guardian
+
+    assert name.startswith(guardian.FORK_SAFE) == (name != "worker")
+    hook = (REPO / "build" / "rth_lazy_native.py").read_text()
+    assert f'name = "{guardian.FORK_SAFE}unpack ' in hook  # the hook names its thread so
+    done = subprocess.run(
+        [sys.executable, "-c", GUARDIAN_BESIDE_A_THREAD, name, sleep],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    did_fork, alive, took = done.stdout.split()
+    assert (did_fork, alive) == (str(forked), str(beside)), done.stdout
+    if name != "worker":
+        assert float(took) < 0.5, done.stdout  # not waited for (it sleeps 5 s)
 
 
 def _history_count(stub: Stub, job: int, status: str, minor: str) -> int:
