@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.utils import CryptographyDeprecationWarning
 
 from pilot.errors import CredentialError
-from pilot.grid import voms
+from pilot.grid import gridenv, voms
 from pilot.grid.gridenv import DEFAULT_CA_DIR as DEFAULT_CA_DIR
 from pilot.grid.gridenv import Token as Token
 from pilot.grid.gridenv import ca_locations as ca_locations
@@ -587,16 +587,7 @@ def _proxy_pem(certs: Sequence[x509.Certificate], key: PrivateKey) -> bytes:
 def write_proxy(path: Path, pem: bytes) -> None:
     """Write a proxy file with mode 0600, atomically replacing ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise CredentialError(f"cannot write proxy {path}: {exc.strerror}") from exc
+    gridenv.write_private(path, pem, "proxy")
     log.debug("wrote proxy %s", path)
 
 

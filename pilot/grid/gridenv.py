@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import stat
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -142,3 +143,22 @@ def token_expiry(token: Token | str) -> datetime | None:
         return datetime.fromtimestamp(exp, UTC)
     except (OverflowError, OSError, ValueError):
         return None
+
+
+def write_private(path: Path, data: bytes, what: str) -> None:
+    """Write a credential file (``what`` names it in errors) with mode 0600, atomically
+    replacing ``path``: a reader sees the old file or the new one, never a part; a full
+    disk is a CredentialError and leaves nothing behind."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise CredentialError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CredentialError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc

@@ -20,16 +20,15 @@ written (disk full).
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pilot.backends.base import MatchedJob
-from pilot.errors import CredentialError, PilotError
+from pilot.errors import PilotError
+from pilot.grid import gridenv
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +115,4 @@ class PayloadToken:
 
 def write_token(path: Path, token: str) -> None:
     """Write the token file with mode 0600, atomically replacing ``path``."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    except OSError as exc:
-        raise CredentialError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise CredentialError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    gridenv.write_private(path, (token + "\n").encode(), "token file")
