@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 from pilot.backends.base import MatchedJob
 from pilot.errors import PilotError
 from pilot.grid import gridenv
+from pilot.job.delegation import RenewedFile
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,8 @@ def minter_of(backend: object) -> Minter | None:
     return found if callable(found) else None
 
 
-class PayloadToken:
+class PayloadToken(RenewedFile):
     """One job's bearer token file: obtained, renewed in the background, removed."""
-
-    join_timeout = 30.0  # seconds remove() waits for a renewal under way
 
     def __init__(
         self,
@@ -58,16 +56,13 @@ class PayloadToken:
         lifetime: int,
         renew_fraction: float = 0.25,
     ) -> None:
+        super().__init__(job_dir / TOKEN_FILE)
         self.mint = mint
         self.job = job
-        self.path = job_dir / TOKEN_FILE
         self.lifetime = lifetime
         self.renew_fraction = renew_fraction
         self.expires = 0.0
         self._secret = secrets.token_urlsafe(32)  # the same for every call of this job
-        self._stop = threading.Event()
-        self._file_lock = threading.Lock()  # a renewal never writes after remove()
-        self._thread: threading.Thread | None = None
 
     def obtain(self) -> bool:
         """Mint (or renew) the token and write the file; False when the job has no owner
@@ -76,20 +71,16 @@ class PayloadToken:
         if answer is None:
             return False
         token, expires = answer
-        with self._file_lock:
-            if self._stop.is_set():  # removed while the server answered: write nothing
-                return True
-            write_token(self.path, token)
+        self._write(lambda path: write_token(path, token))
+        if self._stop.is_set():  # removed while the server answered: nothing written
+            return True
         self.expires = expires
         left = int(expires - time.time())
         log.info("job %s: payload token, %d s left", self.job.job_id, left)  # never the token
         return True
 
     def start_renewal(self) -> None:
-        self._thread = threading.Thread(
-            target=self._renew_loop, name=f"token-renewal-{self.job.job_id}", daemon=True
-        )
-        self._thread.start()
+        self._start(self._renew_loop, f"token-renewal-{self.job.job_id}")
 
     def _renew_loop(self) -> None:
         span = max(60.0, self.expires - time.time())
@@ -103,14 +94,6 @@ class PayloadToken:
                 log.warning("job %s: payload token not renewed: %s", self.job.job_id, exc)
                 if self._stop.wait(min(300.0, max(5.0, left / 4))):
                     return
-
-    def remove(self) -> None:
-        """Stop renewing and delete the file (before the output sandbox is packed)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.join_timeout)
-        with self._file_lock:
-            self.path.unlink(missing_ok=True)
 
 
 def write_token(path: Path, token: str) -> None:

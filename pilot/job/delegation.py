@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -71,10 +72,43 @@ def required(jdl_value: object) -> bool:
     return isinstance(jdl_value, str) and jdl_value.strip().lower() == "required"
 
 
-class PayloadProxy:
-    """One job's delegated proxy file: obtained, renewed in the background, removed."""
+class RenewedFile:
+    """A credential file of one job in its directory, renewed by a thread of its own
+    until remove(): the part the payload proxy and the payload token share."""
 
     join_timeout = 30.0  # seconds remove() waits for a renewal under way
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stop = threading.Event()
+        self._file_lock = threading.Lock()  # a renewal never writes after remove()
+        self._thread: threading.Thread | None = None
+
+    def _write(self, write: Callable[[Path], None]) -> None:
+        """``write(self.path)``, unless the file was removed while the server answered."""
+        with self._file_lock:
+            if not self._stop.is_set():
+                write(self.path)
+
+    def _start(self, loop: Callable[[], None], name: str) -> None:
+        self._thread = threading.Thread(target=loop, name=name, daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the renewal thread (if one started) to end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def remove(self) -> None:
+        """Stop renewing and delete the file (before the output sandbox is packed)."""
+        self._stop.set()
+        self.join(self.join_timeout)
+        with self._file_lock:
+            self.path.unlink(missing_ok=True)
+
+
+class PayloadProxy(RenewedFile):
+    """One job's delegated proxy file: obtained, renewed in the background, removed."""
 
     def __init__(
         self,
@@ -84,15 +118,12 @@ class PayloadProxy:
         lifetime: int,
         policy: DelegationPolicy,
     ) -> None:
+        super().__init__(job_dir / PROXY_FILE)
         self.backend = backend
         self.job = job
-        self.path = job_dir / PROXY_FILE
         self.lifetime = lifetime
         self.policy = policy
         self.identity: str | None = None
-        self._stop = threading.Event()
-        self._file_lock = threading.Lock()  # a renewal never writes after remove()
-        self._thread: threading.Thread | None = None
 
     def obtain(self) -> credentials.Proxy:
         """Ask for a new proxy and (re)write the file; CredentialError/ServerError on failure."""
@@ -110,10 +141,9 @@ class PayloadProxy:
             raise CredentialError(
                 f"renewed proxy is for {proxy.identity_slash}, not the job's owner"
             )
-        with self._file_lock:
-            if self._stop.is_set():  # removed while the server answered: write nothing
-                return proxy
-            credentials.write_proxy(self.path, pem)
+        self._write(lambda path: credentials.write_proxy(path, pem))
+        if self._stop.is_set():
+            return proxy
         self.identity = proxy.identity
         act_as_owner = getattr(self.backend, "use_owner_proxy", None)
         if act_as_owner is not None:  # a backend that stages the job's data as its owner
@@ -127,13 +157,7 @@ class PayloadProxy:
         return proxy
 
     def start_renewal(self, proxy: credentials.Proxy) -> None:
-        self._thread = threading.Thread(
-            target=self._renew_loop,
-            args=(proxy,),
-            name=f"proxy-renewal-{self.job.job_id}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._start(lambda: self._renew_loop(proxy), f"proxy-renewal-{self.job.job_id}")
 
     def _renew_loop(self, proxy: credentials.Proxy) -> None:
         # The share is of what the server gave, which may be less than we asked for (its
@@ -161,16 +185,3 @@ class PayloadProxy:
                 )
             if self._stop.wait(min(300.0, max(5.0, left / 4))):
                 return
-
-    def join(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the renewal thread (if one started) to end."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def remove(self) -> None:
-        """Stop renewing and delete the file (before the output sandbox is packed)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.join_timeout)
-        with self._file_lock:
-            self.path.unlink(missing_ok=True)
