@@ -25,13 +25,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 REQ = REPO / "requirements"
-COMMON = ["--generate-hashes", "--python-version", "3.11", "--no-header", "--emit-index-annotation", "--quiet"]
+COMMON = [
+    "--generate-hashes",
+    "--python-version",
+    "3.11",
+    "--no-header",
+    "--emit-index-annotation",
+    "--quiet",
+]
 LINUX = ["--python-platform", "x86_64-unknown-linux-gnu"]
 # the binary's wheels are chosen for glibc <= 2.28 (build/build.py)
 EL8 = ["--python-platform", "x86_64-manylinux_2_28"]
 
 LOCKS: list[tuple[str, list[str]]] = [
-    ("dev.lock", ["pyproject.toml", "requirements/tools.in", "--extra", "dev", "--extra", "build", *LINUX]),
+    (
+        "dev.lock",
+        ["pyproject.toml", "requirements/tools.in", "--extra", "dev", "--extra", "build", *LINUX],
+    ),
     ("binary.lock", ["requirements/binary.in", "-c", "requirements/dev.lock", *EL8]),
     ("staticx.lock", ["requirements/staticx.in", "-c", "requirements/binary.lock", *EL8]),
     ("dirac.lock", ["requirements/dirac.in", "--no-emit-package", "gfal2-python", *LINUX]),

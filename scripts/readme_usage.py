@@ -119,9 +119,7 @@ def usage_block() -> str:
             where.append(f"`{config.env_name(name)}`")
         table = "TOML table only" if not where else " ".join(where)
         default = config.default_text(name)
-        lines.append(
-            f"| `{name}` | {table} | {default} | {spec.allowed()} | {spec.help} |"
-        )
+        lines.append(f"| `{name}` | {table} | {default} | {spec.allowed()} | {spec.help} |")
     lines += ["", END]
     return "\n".join(lines)
 
@@ -137,7 +135,9 @@ def main() -> int:
     wanted = head + usage_block() + tail
     if "--check" in sys.argv[1:]:
         if wanted != text:
-            print(f"{readme}: usage section out of date; run {Path(__file__).name}", file=sys.stderr)
+            print(
+                f"{readme}: usage section out of date; run {Path(__file__).name}", file=sys.stderr
+            )
             return 1
         return 0
     readme.write_text(wanted)
