@@ -301,6 +301,15 @@ class JobRunner:
         if self.payload_token is not None:
             self.payload_token.remove()
 
+    def _credential_lifetime(self, desc: jdl.JobDescription) -> int:
+        """Seconds the payload's proxy or token must last: the job's wall time, or the
+        slot's time left if that ends first, plus the policy's margin, capped."""
+        wall = _seconds(desc, WALL_TIME_KEYS)
+        if self.slot_deadline is not None:
+            slot_left = self.slot_deadline - time.monotonic()
+            wall = slot_left if wall is None else min(wall, slot_left)
+        return self.settings.delegation.lifetime(wall)
+
     def _get_payload_token(self, desc: jdl.JobDescription, job_dir: Path) -> JobOutcome | None:
         """The job's bearer token, where the backend mints them (None: go on, with or
         without one; else the failure, as for a failed delegation)."""
@@ -310,14 +319,9 @@ class JobRunner:
         if self.job.extra.get(OWNER_IDENTITY) is False:  # the match said: nothing to mint
             log.info("job %s: runs without a payload token: no owner", self.job.job_id)
             return None
-        policy = self.settings.delegation
-        wall = _seconds(desc, WALL_TIME_KEYS)
-        if self.slot_deadline is not None:
-            slot_left = self.slot_deadline - time.monotonic()
-            wall = slot_left if wall is None else min(wall, slot_left)
-        token = bearer.PayloadToken(
-            mint, self.job, job_dir, policy.lifetime(wall), policy.renew_fraction
-        )
+        lifetime = self._credential_lifetime(desc)
+        renew = self.settings.delegation.renew_fraction
+        token = bearer.PayloadToken(mint, self.job, job_dir, lifetime, renew)
         try:
             if not token.obtain():
                 log.info("job %s: runs without a payload token: no owner", self.job.job_id)
@@ -338,12 +342,8 @@ class JobRunner:
                 minor = f"{delegation.FAILED_MINOR}: payload proxies are off on this pilot"
                 return self._finish(JobStatus.FAILED, minor, None)
             return None
-        wall = _seconds(desc, WALL_TIME_KEYS)
-        if self.slot_deadline is not None:
-            slot_left = self.slot_deadline - time.monotonic()
-            wall = slot_left if wall is None else min(wall, slot_left)
         payload_proxy = delegation.PayloadProxy(
-            self.backend, self.job, job_dir, policy.lifetime(wall), policy
+            self.backend, self.job, job_dir, self._credential_lifetime(desc), policy
         )
         start = time.monotonic()
         try:

@@ -255,13 +255,13 @@ class DiracBackend:
         lets a pilot identity (GenericPilot) match jobs and report on them but not read
         users' sandboxes, and the catalogue should record the owner. ``None``: the job is
         over. A job without a payload proxy uses the pilot's own."""
+        ca_dir, ca_file = self.settings.ca_dir, self.settings.ca_file
+        ctx = None if proxy is None else credentials.ssl_context(proxy, ca_dir, ca_file)
         with self._cs_lock:
-            if proxy is None:
+            if ctx is None:
                 self._owners.pop(job.job_id, None)
-                return
-        ctx = credentials.ssl_context(proxy, self.settings.ca_dir, self.settings.ca_file)
-        with self._cs_lock:
-            self._owners[job.job_id] = ctx
+            else:
+                self._owners[job.job_id] = ctx
 
     def _ctx_for(self, job: MatchedJob) -> ssl.SSLContext:
         with self._cs_lock:
