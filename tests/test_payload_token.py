@@ -336,6 +336,29 @@ def test_a_token_is_bound_to_its_job_and_owner(api: Api) -> None:
     assert api.mint(job, job_token, key, lifetime=1).status_code == 400
 
 
+def test_nonsense_mint_requests_get_one_line_400s(api: Api) -> None:
+    """Lifetimes that are no number of seconds (NaN, negative, a bool, a string) and a
+    secret that is no string are refused with one line; the job's token still mints."""
+    job = api.submit("alice")
+    jid, job_token = api.match()
+    key = random.token_urlsafe(32)
+    nan = api.http.post(  # NaN as Python's json writes it (httpx refuses to)
+        f"/api/jobs/{job}/bearer-token",
+        content=f'{{"secret": "{key}", "lifetime": NaN}}',
+        headers={"X-Job-Token": job_token, "Content-Type": "application/json"},
+    )
+    for lifetime, answer in [
+        ("NaN", nan),
+        *((v, api.mint(job, job_token, key, lifetime=v)) for v in (-600, True, "600", None)),  # type: ignore[arg-type]
+    ]:
+        assert answer.status_code == 400, (lifetime, answer.text)
+        assert "lifetime must be a number of seconds" in answer.json()["detail"], answer.text
+    for bad_secret in (None, 12345, ["x" * 40], "x" * 129):
+        answer = api.mint(job, job_token, bad_secret)  # type: ignore[arg-type]
+        assert answer.status_code == 400 and "secret must be" in answer.json()["detail"]
+    assert api.mint(jid, job_token, key).status_code == 200
+
+
 def test_what_a_token_opens_and_what_it_does_not(api: Api) -> None:
     job, _, _, token = _minted(api)
     other_job = api.submit("bob")
